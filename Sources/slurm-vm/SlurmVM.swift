@@ -1,0 +1,11 @@
+// slurm-vm: the admin and user command line.
+
+import ArgumentParser
+
+@main
+struct SlurmVM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "slurm-vm",
+        abstract: "VM-on-demand jobs for Slurm: image matching, catalog and guests.",
+        subcommands: [ClassAdCommand.self, BenchCommand.self])
+}
