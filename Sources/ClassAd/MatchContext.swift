@@ -10,10 +10,11 @@
 // with <left>'s parent scope lCtx and <right>'s rCtx, and each ad's alternate scope the other ad.
 
 public final class MatchContext {
-    public let left: ClassAd
-    public let right: ClassAd
+    public private(set) var left: ClassAd
+    public private(set) var right: ClassAd
     let root = ClassAd()
-    private let saved: (ClassAd?, ClassAd?, ClassAd?, ClassAd?)
+    let lCtx: ClassAd, rCtx: ClassAd
+    private var saved: (ClassAd?, ClassAd?, ClassAd?, ClassAd?)
 
     public init(left: ClassAd, right: ClassAd) {
         self.left = left
@@ -22,6 +23,8 @@ public final class MatchContext {
         func ref(_ n: String) -> Expr { .attr(AttrName(n), absolute: true) }
         let lCtx = ClassAd([("ad", ref("LEFT")), ("my", ref("LEFT")), ("other", ref("RIGHT")), ("target", ref("RIGHT"))])
         let rCtx = ClassAd([("ad", ref("RIGHT")), ("my", ref("RIGHT")), ("other", ref("LEFT")), ("target", ref("LEFT"))])
+        self.lCtx = lCtx
+        self.rCtx = rCtx
         root.insert("lCtx", .record(lCtx))
         root.insert("LEFT", .record(left))
         root.insert("rCtx", .record(rCtx))
@@ -37,8 +40,27 @@ public final class MatchContext {
         right.alternateScope = left
     }
 
-    /// Puts the two ads back as they were.
+    private var released = false
+
+    /// Reuses this match record for another pair (as HTCondor's negotiator reuses its match ad).
+    public func rebind(left newLeft: ClassAd, right newRight: ClassAd) {
+        release()
+        released = false
+        left = newLeft
+        right = newRight
+        saved = (newLeft.parentScope, newLeft.alternateScope, newRight.parentScope, newRight.alternateScope)
+        root.insert("LEFT", .record(newLeft))
+        root.insert("RIGHT", .record(newRight))
+        newLeft.parentScope = lCtx
+        newRight.parentScope = rCtx
+        newLeft.alternateScope = newRight
+        newRight.alternateScope = newLeft
+    }
+
+    /// Puts the two ads back as they were (once; later calls do nothing).
     public func release() {
+        if released { return }
+        released = true
         left.parentScope = saved.0
         left.alternateScope = saved.1
         right.parentScope = saved.2
