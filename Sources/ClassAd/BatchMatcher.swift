@@ -51,6 +51,9 @@ public final class BatchMatcher {
     /// Names referenced anywhere in the image ads (the job attributes images can see).
     var imageRefs = Set<String>()
     var imagesNeedWholeJob = false
+    /// Names some image binds to a non-literal expression: such an attribute may look back at the job,
+    /// so a job clause that reaches it cannot be shared between jobs.
+    var imageComputedNames = Set<String>()
 
     public init(images: [ClassAd]) {
         self.images = images
@@ -65,7 +68,8 @@ public final class BatchMatcher {
             }
             imageSide.append(side)
             imageRankIds.append(ad.lookup("Rank").map { BatchMatcher.intern($0, own: ad, ownIndex: i, table: &imageClauseTable) })
-            for (_, e) in zip(ad.names, ad.exprs) {
+            for (n, e) in zip(ad.names, ad.exprs) {
+                if !BatchMatcher.isConstant(e) { imageComputedNames.insert(n.key) }
                 var whole = false
                 BatchMatcher.collectRefs(e, into: &imageRefs, whole: &whole)
                 imagesNeedWholeJob = imagesNeedWholeJob || whole
@@ -105,6 +109,19 @@ public final class BatchMatcher {
         case .list(let items): for a in items { collectRefs(a, into: &s, whole: &whole) }
         case .record: whole = true
         }
+    }
+
+    /// A literal, or a list written with only such elements: nothing in it can refer to another ad.
+    static func isConstant(_ e: Expr) -> Bool {
+        switch e {
+        case .literal(let v): return isPlain(v)
+        case .list(let items): return items.allSatisfy(isConstant)
+        default: return false
+        }
+    }
+
+    static func isPlain(_ v: Value) -> Bool {
+        switch v { case .list, .classad: return false; default: return true }
     }
 
     /// A plain literal attribute of `ad` (what can be substituted into a clause).
@@ -158,9 +175,16 @@ public final class BatchMatcher {
     }
 
     /// The clause id: shared by every ad whose specialised clause reads the same, else private to this ad.
-    static func intern(_ e: Expr, own: ClassAd, ownIndex: Int, table: inout [String: Int32]) -> Int32 {
+    /// `partnerComputed`: names the partner side binds to computed expressions (nil: the partners are
+    /// not known yet, and this side's memo is per partner anyway).
+    static func intern(_ e: Expr, own: ClassAd, ownIndex: Int, table: inout [String: Int32], partnerComputed: Set<String>? = nil) -> Int32 {
         var shareable = true
         let residual = specialise(e, own: own, shareable: &shareable)
+        if shareable, let computed = partnerComputed {
+            var refs = Set<String>(), whole = false
+            collectRefs(residual, into: &refs, whole: &whole)
+            if (whole && !computed.isEmpty) || !refs.isDisjoint(with: computed) { shareable = false }
+        }
         let key = (shareable ? "" : "#\(ownIndex):") + Unparser.unparse(residual)
         if let id = table[key] { return id }
         let id = Int32(table.count)
@@ -230,11 +254,11 @@ public final class BatchMatcher {
             if let req = job.lookup("Requirements") {
                 for e in Explainer.conjuncts(req) {
                     side.exprs.append(e)
-                    side.ids.append(BatchMatcher.intern(e, own: job, ownIndex: c, table: &jobClauseTable))
+                    side.ids.append(BatchMatcher.intern(e, own: job, ownIndex: c, table: &jobClauseTable, partnerComputed: imageComputedNames))
                 }
             }
             jobSide.append(side)
-            jobRankIds.append(job.lookup("Rank").map { BatchMatcher.intern($0, own: job, ownIndex: c, table: &jobClauseTable) })
+            jobRankIds.append(job.lookup("Rank").map { BatchMatcher.intern($0, own: job, ownIndex: c, table: &jobClauseTable, partnerComputed: imageComputedNames) })
         }
         let tPhase2 = clockSeconds()
         let nImages = images.count

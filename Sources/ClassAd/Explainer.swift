@@ -78,23 +78,19 @@ public struct Explainer {
         }
         var clauses = jobClauses.enumerated().map { Explanation.Clause(side: "job", text: Unparser.unparse($1), rulesOut: jobOut[$0], appliesTo: images.count) }
         clauses += imageClauses.map { Explanation.Clause(side: "image", text: $0.text, rulesOut: $0.out, appliesTo: $0.has) }
-        // The nearest misses: images kept out by a single clause.
+        // The nearest misses: images kept out by the fewest clauses (at most three), with what would change.
         var suggestions: [String] = []
         let infos = images.enumerated().map { ImageInfo($1, index: $0) }
-        for f in failing.sorted(by: { ($0.job.count + $0.img.count) < ($1.job.count + $1.img.count) }) where f.job.count + f.img.count == 1 {
+        for f in failing.sorted(by: { ($0.job.count + $0.img.count) < ($1.job.count + $1.img.count) }) where f.job.count + f.img.count <= 3 {
             let name = infos[f.image].name
-            if let k = f.job.first, k >= 0 {
+            var changes: [String] = []
+            for k in f.job {
+                if k < 0 { changes.append("give the job a Requirements expression"); continue }
                 let c = jobClauses[k]
-                if let hint = numericHint(c, job: job, image: images[f.image]) {
-                    suggestions.append("\(hint) and image \(name) would match")
-                } else {
-                    suggestions.append("drop or relax `\(Unparser.unparse(c))` and image \(name) would match")
-                }
-            } else if f.job.first == -1 {
-                suggestions.append("give the job a Requirements expression (image \(name) would then be considered)")
-            } else if let t = f.img.first {
-                suggestions.append("image \(name) rejects the job only by `\(t)` (its administrator sets this)")
+                changes.append(numericHint(c, job: job, image: images[f.image]) ?? "drop or relax `\(Unparser.unparse(c))`")
             }
+            for t in f.img { changes.append("the image's own rule `\(t)` would have to admit the job (its administrator sets it)") }
+            suggestions.append("image \(name): " + changes.joined(separator: "; and "))
             if suggestions.count >= 5 { break }
         }
         return Explanation(clauses: clauses, suggestions: suggestions, imageCount: images.count, matchCount: matches)

@@ -18,6 +18,8 @@ public struct ParseError: Error, CustomStringConvertible, Sendable {
     public let column: Int
     /// The source line with a caret under the offending text.
     public let excerpt: String
+    /// Byte offset of the error in the input.
+    public let offset: Int
     public var description: String { "parse error at line \(line), column \(column): \(message)\n\(excerpt)" }
 }
 
@@ -53,7 +55,7 @@ struct Lexer {
             caretCol = caretCol - from + (from > 0 ? 1 : 0)
         }
         let excerpt = "  " + text + "\n  " + String(repeating: " ", count: Swift.max(0, caretCol)) + "^"
-        return ParseError(message: msg, line: line, column: col, excerpt: excerpt)
+        return ParseError(message: msg, line: line, column: col, excerpt: excerpt, offset: at)
     }
 
     @inline(__always) func peekByte(_ off: Int = 0) -> UInt8? { pos + off < src.count ? src[pos + off] : nil }

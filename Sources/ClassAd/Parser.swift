@@ -65,8 +65,12 @@ public enum Parser {
             var rhs = [UInt8](repeating: 32, count: lineStart + eq + 1)
             for i in 0..<rhs.count where bytes[i] == 10 { rhs[i] = 10 }
             rhs += Array(line[(eq + 1)...])
-            let e = try parseExpression(rhs, oldSyntax: true)
-            ad.insert(name, e)
+            do {
+                ad.insert(name, try parseExpression(rhs, oldSyntax: true))
+            } catch {
+                // Same offsets as the file: point into the file's own text.
+                throw Lexer(bytes).error(error.message, at: error.offset)
+            }
         }
         return ad
     }

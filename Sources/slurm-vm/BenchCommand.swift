@@ -36,7 +36,7 @@ struct MatchBench: ParsableCommand {
     func run() throws {
         var jobAds: [ClassAd], imageAds: [ClassAd]
         if generate.count == 2 {
-            var g = Workload(seed: seed)
+            var g = SyntheticWorkload(seed: seed)
             imageAds = (0..<generate[1]).map { g.image($0) }
             jobAds = (0..<generate[0]).map { g.job($0) }
         } else if let jobs, let images {
@@ -90,57 +90,3 @@ struct MatchBench: ParsableCommand {
     }
 }
 
-/// A synthetic but realistic workload: images with OS, kernel, libraries, size and access rules; jobs
-/// from 40 users asking for OS, kernel, libraries, vCPUs and memory, with Rank on both sides.
-struct Workload {
-    var rng: UInt64
-    init(seed: UInt64) { rng = seed &* 0x9E3779B97F4A7C15 | 1 }
-    mutating func next() -> UInt64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
-    mutating func pick<T>(_ a: [T]) -> T { a[Int(next() % UInt64(a.count))] }
-    mutating func int(_ lo: Int, _ hi: Int) -> Int { lo + Int(next() % UInt64(hi - lo + 1)) }
-
-    static let oses = [("debian", ["11", "12", "13"]), ("ubuntu", ["22.04", "24.04"]), ("rocky", ["8", "9"])]
-    static let kernels = ["5.10.0-30", "6.1.0-25", "6.1.0-28", "6.6.15", "6.12.4"]
-    static let libs = ["mpich", "libmpich12", "openmpi", "libopenmpi3", "libfftw3", "libhdf5", "libnetcdf", "libblas3", "liblapack3", "python3"]
-    static let users = (0..<40).map { "user\($0)" }
-    static let groups = ["physics", "chem", "bio", "guests"]
-
-    mutating func image(_ i: Int) -> ClassAd {
-        let (os, versions) = pick(Workload.oses)
-        var l = Set<String>()
-        for _ in 0..<int(1, 5) { l.insert(pick(Workload.libs)) }
-        let libList = l.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
-        let req = pick([
-            "true",
-            "TARGET.AcctGroup =!= \"guests\"",
-            "member(TARGET.AcctGroup, {\"physics\", \"chem\"})",
-            "regexp(\"^user[0-9]$\", TARGET.Owner)",
-            "stringListMember(TARGET.Owner, \"user1,user2,user3,user4,user5,user6,user7\")",
-            "TARGET.VCPUs <= 32 && TARGET.AcctGroup =!= \"guests\"",
-        ])
-        let text = """
-        [ Name = "img\(i)"; Version = "\(int(1, 4)).\(int(0, 9))"; OS = "\(os)"; OSVersion = "\(pick(versions))"; \
-        KernelVersion = "\(pick(Workload.kernels))"; Arch = "x86_64"; Libraries = {\(libList)}; SizeMB = \(int(20, 400)); \
-        MaxVCPUs = \(pick([4, 8, 16, 32, 64])); MinMemoryMB = \(pick([128, 256, 512, 1024])); Requirements = \(req); \
-        Rank = \(pick(["0", "TARGET.VCPUs", "member(TARGET.AcctGroup, {\"physics\"}) ? 10 : 0"])) ]
-        """
-        return try! Parser.parseClassAd(text)
-    }
-
-    mutating func job(_ j: Int) -> ClassAd {
-        let (os, versions) = pick(Workload.oses)
-        var clauses = ["TARGET.OS == \"\(os)\"", "TARGET.MaxVCPUs >= MY.VCPUs", "TARGET.MinMemoryMB <= MY.MemoryMB"]
-        if next() % 2 == 0 { clauses.append("versionGE(TARGET.OSVersion, \"\(pick(versions))\")") }
-        if next() % 2 == 0 { clauses.append("versioncmp(TARGET.KernelVersion, \"\(pick(["5.10", "6.1", "6.6"]))\") >= 0") }
-        for _ in 0..<int(0, 2) { clauses.append("member(\"\(pick(Workload.libs))\", TARGET.Libraries)") }
-        if next() % 4 == 0 { clauses.append("regexp(\"^img[0-9]*[02468]$\", TARGET.Name)") }
-        if next() % 5 == 0 { clauses.append("stringListMember(TARGET.Arch, \"x86_64,aarch64\")") }
-        let text = """
-        [ Owner = "\(pick(Workload.users))"; AcctGroup = "\(pick(Workload.groups))"; VCPUs = \(pick([1, 2, 4, 8, 16])); \
-        MemoryMB = \(pick([512, 1024, 2048, 4096])); ClusterId = \(j); \
-        Requirements = \(clauses.joined(separator: " && ")); \
-        Rank = \(pick(["-TARGET.SizeMB", "0", "TARGET.MaxVCPUs", "versioncmp(TARGET.KernelVersion, \"6.1\") > 0 ? 10 : 0"])) ]
-        """
-        return try! Parser.parseClassAd(text)
-    }
-}
