@@ -21,6 +21,10 @@ public struct EvalState {
     var depthRemaining = 400
     /// Attributes being evaluated right now; referring back to one of them is a cycle and gives UNDEFINED.
     var inProgress: [(ObjectIdentifier, Int)] = []
+    /// Nested compound-expression evaluations; bounded so that no input can exhaust the stack
+    /// (HTCondor itself crashes on some self-referential records; we return ERROR instead).
+    var frames = 0
+    static let maxFrames = 4000
 
     public init(scope: ClassAd?) { setScopes(scope) }
 
@@ -91,6 +95,7 @@ public enum Evaluator {
                     var t = EvalState(scope: st.curAd)
                     t.depthRemaining = st.depthRemaining
                     t.inProgress = st.inProgress
+                    t.frames = st.frames
                     out.append(try evalAttr(base: item, name: name, absolute: false, &t))
                 }
                 return .list(ListValue(values: out))
@@ -128,6 +133,9 @@ public enum Evaluator {
         case .attr(let n, let abs): return try evalAttr(base: nil, name: n, absolute: abs, &st)
         case .select(let b, let n): return try evalAttr(base: b, name: n, absolute: false, &st)
         default:
+            if st.frames >= EvalState.maxFrames { throw EvalFailure(residue: .error) }
+            st.frames += 1
+            defer { st.frames -= 1 }
             do { return try evalCompound(e, &st) } catch { throw EvalFailure(residue: .error) }
         }
     }
@@ -170,7 +178,7 @@ public enum Evaluator {
         case (.classad(let c), .string(let s)):
             let name = AttrName(s.description)
             guard c.lookup(name) != nil else { return .undefined }
-            return evaluateAttribute(c, name)
+            return evaluateAttribute(c, name, within: st)
         case (.list(let l), .integer(let i)):
             // HTCondor reads the index as a C int.
             let idx = Int(Int32(truncatingIfNeeded: i))
@@ -193,7 +201,18 @@ public enum Evaluator {
     /// ClassAd::EvaluateAttr: a fresh evaluation rooted at `ad`. Like HTCondor, a record or list result
     /// is handed back as a copy that no longer sits in any scope.
     public static func evaluateAttribute(_ ad: ClassAd, _ name: AttrName) -> Value {
+        evaluateAttribute(ad, name, within: nil)
+    }
+
+    /// `outer`: the evaluation this one runs inside; its reference stack, depth and frame budget carry
+    /// over, so that a record that subscripts itself ends in UNDEFINED rather than endless recursion.
+    static func evaluateAttribute(_ ad: ClassAd, _ name: AttrName, within outer: EvalState?) -> Value {
         var st = EvalState(scope: ad)
+        if let outer {
+            st.inProgress = outer.inProgress
+            st.depthRemaining = outer.depthRemaining
+            st.frames = outer.frames
+        }
         let v: Value
         do { v = try evalAttr(base: nil, name: name, absolute: false, &st) } catch { return .error }
         switch v {

@@ -95,13 +95,14 @@ public struct Unparser {
         return String(decoding: out, as: UTF8.self)
     }
 
-    static let keywords: Set<String> = ["true", "false", "undefined", "error", "is", "isnt"]
+    /// Names HTCondor quotes when it prints them as an attribute (but not after a `.`).
+    static let reservedNames: Set<String> = ["true", "false", "undefined", "error", "is", "isnt", "parent"]
 
-    static func quoteName(_ name: String, canonical: Bool) -> String {
+    static func quoteName(_ name: String, canonical: Bool, selected: Bool = false) -> String {
         let u = Array(name.utf8)
         var plain = !u.isEmpty && (Lexer.isAlpha(u[0]) || u[0] == UInt8(ascii: "_"))
             && u.allSatisfy { Lexer.isAlpha($0) || Lexer.isDigit($0) || $0 == UInt8(ascii: "_") }
-        if canonical && keywords.contains(name.lowercased()) { plain = false }
+        if (canonical || !selected) && reservedNames.contains(name.lowercased()) { plain = false }
         if plain { return name }
         return quoteString(Bytes(u), delimiter: UInt8(ascii: "'"))
     }
@@ -202,7 +203,7 @@ public struct Unparser {
             out += Unparser.quoteName(n.spelling, canonical: style == .canonical)
         case .select(let b, let n):
             sub(b, minPrec: 13, &out)
-            out += "." + Unparser.quoteName(n.spelling, canonical: style == .canonical)
+            out += "." + Unparser.quoteName(n.spelling, canonical: style == .canonical, selected: true)
         case .subscript_(let a, let i):
             sub(a, minPrec: 13, &out)
             out += "["

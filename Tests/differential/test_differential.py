@@ -14,14 +14,18 @@ COUNT = int(os.environ.get("DIFF_COUNT", "4000"))
 
 # Known, documented differences (docs/classad.md): requests whose expressions use these are compared
 # but a mismatch on them is reported rather than failed.
-KNOWN = ["'parent'", "stringListSubsetMatch(\"6.10\""]
+KNOWN = ["stringListSubsetMatch(\"6.10\""]
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_generated_requests_agree(seed):
     g = gen.Gen(seed)
     reqs = [g.request(i) for i in range(COUNT)]
-    mismatches = compare.run(reqs, BIN)
+    crashed = []
+    mismatches = compare.run(reqs, BIN, crashed)
+    if crashed:
+        print(f"HTCondor's library crashed on {len(crashed)} request(s); first: {json.dumps(crashed[0])[:300]}")
+    assert len(crashed) <= COUNT // 500
     hard = [m for m in mismatches if not any(k in json.dumps(m[0]) + json.dumps(m[1]) for k in KNOWN)]
     # A handful of the rarest corner cases (listed in docs/classad.md) still differ: allow at most 0.1%.
     assert len(hard) <= COUNT // 1000, "\n".join(json.dumps(m, default=str)[:600] for m in hard[:5])
