@@ -237,10 +237,15 @@ struct Lexer {
     }
 
     private static let puncts3 = [">>>", "=?=", "=!="]
-    // "?:" written without a space is one token: HTCondor's high-precedence default operator.
-    private static let puncts2 = ["==", "!=", "<=", ">=", "&&", "||", "<<", ">>", "?:"]
+    private static let puncts2 = ["==", "!=", "<=", ">=", "&&", "||", "<<", ">>"]
 
     private mutating func punctuation() throws(ParseError) -> Token {
+        // `?` followed (after any blanks) by `:` is one token, the postfix default operator `?:`.
+        if src[pos] == UInt8(ascii: "?") {
+            var p = pos + 1
+            while p < src.count && Lexer.isSpace(src[p]) { p += 1 }
+            if p < src.count && src[p] == UInt8(ascii: ":") { pos = p + 1; return .punct("?:") }
+        }
         for p in Lexer.puncts3 where matches(p) { pos += 3; return .punct(p == "=?=" ? "is" : p == "=!=" ? "isnt" : p) }
         for p in Lexer.puncts2 where matches(p) { pos += 2; return .punct(p) }
         let c = src[pos]

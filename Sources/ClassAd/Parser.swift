@@ -1,10 +1,10 @@
 // Recursive-descent parser for ClassAd expressions and records (new syntax) and for the old
 // line-oriented ad format (`Name = expr` per line).
 //
-// Precedence, lowest first: `c ? t : f` (and its spaced default form `a ? : b`), ||, &&, |, ^, &,
-// == != is isnt =?= =!=, < <= > >=, << >> >>>, + -, * / %, unary + - ! ~, then the postfix operators
-// `.name`, `[i]` and `a ?: b`. As in HTCondor, `?:` written without a space is a postfix operator whose
-// right operand is a postfix expression: `10 ?: 2 + 3` is `(10 ?: 2) + 3`, while `10 ? : 2 + 3` is 10.
+// Precedence, lowest first: `c ? t : f`, ||, &&, |, ^, &, == != is isnt =?= =!=, < <= > >=,
+// << >> >>>, + -, * / %, unary + - ! ~, then the postfix operators `.name`, `[i]` and `a ?: b`.
+// As in HTCondor, `?:` (also written `? :`) is a postfix operator whose right operand is a postfix
+// expression: `10 ?: 2 + 3` is `(10 ?: 2) + 3` = 13.
 
 public enum Parser {
     /// HTCondor's parser gives up past 165 nested brackets; so do we (it also bounds our stack use).

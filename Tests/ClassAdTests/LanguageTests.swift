@@ -24,7 +24,7 @@ private func same(_ a: Value, _ b: Value) -> Bool {
         ("undefined == undefined", .undefined), ("undefined =?= undefined", .boolean(true)), ("-true", .error),
         ("9223372036854775807 + 1", .integer(.min)), ("-9223372036854775808 / -1", .integer(.max)),
         ("1 << 64", .integer(1)), ("-8 >> 100", .integer(-1)), ("-8 >>> 1", .integer(9223372036854775804)),
-        ("x ?: 5", .integer(5)), ("10 ?: 2 + 3", .integer(13)), ("10 ? : 2 + 3", .integer(10)),
+        ("x ?: 5", .integer(5)), ("10 ?: 2 + 3", .integer(13)), ("10 ? : 2 + 3", .integer(13)),
         ("1 ? 2 : 3 ? 4 : 5", .integer(2)), ("1 - 2 - 3", .integer(-4)), ("1 < 2 == true", .boolean(true)),
     ])
     func evaluates(_ text: String, _ expected: Value) throws {
