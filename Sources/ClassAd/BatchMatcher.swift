@@ -54,10 +54,15 @@ public final class BatchMatcher {
     /// Names some image binds to a non-literal expression: such an attribute may look back at the job,
     /// so a job clause that reaches it cannot be shared between jobs.
     var imageComputedNames = Set<String>()
+    /// For each image, the set of names it mentions anywhere (index into `nameSets`), or -1 when it can
+    /// see the whole job. Image-side results depend on the job only through these attributes.
+    var imageNameSet: [Int] = []
+    var nameSets: [[AttrName]] = []
 
     public init(images: [ClassAd]) {
         self.images = images
         mm = Matchmaker(images: images)
+        var setIndex: [[String]: Int] = [:]
         for (i, ad) in images.enumerated() {
             var side = SideClauses(ids: [], exprs: [], hasRequirements: ad.lookup("Requirements") != nil)
             if let req = ad.lookup("Requirements") {
@@ -68,11 +73,19 @@ public final class BatchMatcher {
             }
             imageSide.append(side)
             imageRankIds.append(ad.lookup("Rank").map { BatchMatcher.intern($0, own: ad, ownIndex: i, table: &imageClauseTable) })
+            var mine = Set<String>(), mineWhole = false
             for (n, e) in zip(ad.names, ad.exprs) {
                 if !BatchMatcher.isConstant(e) { imageComputedNames.insert(n.key) }
-                var whole = false
-                BatchMatcher.collectRefs(e, into: &imageRefs, whole: &whole)
-                imagesNeedWholeJob = imagesNeedWholeJob || whole
+                BatchMatcher.collectRefs(e, into: &mine, whole: &mineWhole)
+            }
+            imageRefs.formUnion(mine)
+            imagesNeedWholeJob = imagesNeedWholeJob || mineWhole
+            if mineWhole {
+                imageNameSet.append(-1)
+            } else {
+                let sorted = mine.sorted()
+                let idx = setIndex[sorted] ?? { nameSets.append(sorted.map(AttrName.init)); setIndex[sorted] = nameSets.count - 1; return nameSets.count - 1 }()
+                imageNameSet.append(idx)
             }
         }
     }
@@ -284,6 +297,37 @@ public final class BatchMatcher {
         var andTable = [UInt8](repeating: Code.e.rawValue, count: 64)
         for x in 0..<5 { for y in 0..<5 { andTable[x * 8 + y] = BatchMatcher.fold(Code(rawValue: UInt8(x))!, Code(rawValue: UInt8(y))!).rawValue } }
         var acc = [UInt8](repeating: 0, count: nImages)
+        // Projections: a cluster's values of the attributes one image name set mentions, interned.
+        struct ProjectedKey: Hashable { let clause: Int32; let set: Int32; let projection: Int32 }
+        let nSets = nameSets.count
+        var projIds = [Int32](repeating: -2, count: nClusters * max(1, nSets))
+        var projTables = [[String: Int32]](repeating: [:], count: nSets)
+        var projected: [ProjectedKey: UInt8] = [:]
+        var projectedRank: [ProjectedKey: Double] = [:]
+        func projection(_ c: Int, _ set: Int) -> Int32 {
+            let slot = c * nSets + set
+            if projIds[slot] != -2 { return projIds[slot] }
+            let job = jobs[reps[c]]
+            var key = ""
+            var ok = true
+            for n in nameSets[set] {
+                guard let e = job.lookup(n) else { key += "\u{1}"; continue }
+                guard BatchMatcher.isConstant(e) else { ok = false; break }
+                key += Unparser.unparse(e) + "\u{1}"
+            }
+            var id: Int32 = -1
+            if ok {
+                if let x = projTables[set][key] { id = x } else { id = Int32(projTables[set].count); projTables[set][key] = id }
+            }
+            projIds[slot] = id
+            return id
+        }
+        func projectedKey(_ clause: Int32, image i: Int, cluster c: Int) -> ProjectedKey? {
+            let set = imageNameSet[i]
+            guard set >= 0 else { return nil }
+            let p = projection(c, set)
+            return p >= 0 ? ProjectedKey(clause: clause, set: Int32(set), projection: p) : nil
+        }
         // One match record, rebound to each pair that needs an evaluation.
         let shared = MatchContext(left: jobs[reps.first ?? 0], right: images[0])
         defer { shared.release() }
@@ -333,10 +377,16 @@ public final class BatchMatcher {
                     let slot = Int(id) * nClusters + c
                     var v = imageMemo[slot]
                     if v == Code.unknown.rawValue {
-                        if ctx == nil { ctx = bind(job, images[i]) }
-                        v = BatchMatcher.code(BatchMatcher.evalClause(isd.exprs[k], of: images[i], ctx!)).rawValue
+                        let pk = projectedKey(id, image: i, cluster: c)
+                        if let pk, let known = projected[pk] {
+                            v = known
+                        } else {
+                            if ctx == nil { ctx = bind(job, images[i]) }
+                            v = BatchMatcher.code(BatchMatcher.evalClause(isd.exprs[k], of: images[i], ctx!)).rawValue
+                            evaluations += 1
+                            if let pk { projected[pk] = v }
+                        }
                         imageMemo[slot] = v
-                        evaluations += 1
                     }
                     a = k == 0 ? (v == Code.other.rawValue ? Code.other.rawValue : v) : andTable[Int(a) * 8 + Int(v)]
                     if a == Code.f.rawValue { break }
@@ -355,8 +405,15 @@ public final class BatchMatcher {
                 if let rid = imageRankIds[i] {
                     let slot = Int(rid) * nClusters + c
                     if !imageRankKnown[slot] {
-                        if ctx == nil { ctx = bind(job, images[i]) }
-                        imageRankMemo[slot] = BatchMatcher.evalRank(images[i], ctx!); imageRankKnown[slot] = true; evaluations += 1
+                        let pk = projectedKey(rid, image: i, cluster: c)
+                        if let pk, let known = projectedRank[pk] {
+                            imageRankMemo[slot] = known
+                        } else {
+                            if ctx == nil { ctx = bind(job, images[i]) }
+                            imageRankMemo[slot] = BatchMatcher.evalRank(images[i], ctx!); evaluations += 1
+                            if let pk { projectedRank[pk] = imageRankMemo[slot] }
+                        }
+                        imageRankKnown[slot] = true
                     }
                     ir = imageRankMemo[slot]
                 }

@@ -5,7 +5,7 @@ public final class ClassAd: @unchecked Sendable {
     /// Attribute names as first spelled, in insertion order (replacing keeps the first spelling, as HTCondor does).
     public private(set) var names: [AttrName] = []
     public private(set) var exprs: [Expr] = []
-    private var index: [String: Int] = [:]
+    private var index: [AttrKey: Int] = [:]
 
     /// The record this one is written inside (or, in a match, its context record); unscoped names that
     /// are not found here are looked up there.
@@ -25,10 +25,10 @@ public final class ClassAd: @unchecked Sendable {
     public func insert(_ name: String, _ expr: Expr) {
         let n = AttrName(name)
         adopt(expr)
-        if let i = index[n.key] {
+        if let i = index[n.k] {
             exprs[i] = expr
         } else {
-            index[n.key] = names.count
+            index[n.k] = names.count
             names.append(n)
             exprs.append(expr)
         }
@@ -38,25 +38,24 @@ public final class ClassAd: @unchecked Sendable {
 
     @discardableResult
     public func remove(_ name: String) -> Expr? {
-        let key = AttrName(name).key
-        guard let i = index[key] else { return nil }
+        guard let i = index[AttrName(name).k] else { return nil }
         let e = exprs[i]
         names.remove(at: i)
         exprs.remove(at: i)
         index = [:]
-        for (j, n) in names.enumerated() { index[n.key] = j }
+        for (j, n) in names.enumerated() { index[n.k] = j }
         return e
     }
 
     @inline(__always)
     public func lookup(_ name: AttrName) -> Expr? {
-        if let i = index[name.key] { return exprs[i] }
+        if let i = index[name.k] { return exprs[i] }
         return nil
     }
 
     public func lookup(_ name: String) -> Expr? { lookup(AttrName(name)) }
 
-    @inline(__always) func slot(_ name: AttrName) -> Int? { index[name.key] }
+    @inline(__always) func slot(_ name: AttrName) -> Int? { index[name.k] }
     @inline(__always) func expr(at i: Int) -> Expr { exprs[i] }
 
     /// Attributes in HTCondor's storage order (shortest name first, then case-insensitively), which is

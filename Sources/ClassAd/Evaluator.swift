@@ -58,18 +58,18 @@ public enum Evaluator {
             st.curAd = cur
             if let i = cur.slot(name) { return .found(cur.expr(at: i), in: cur, slot: i) }
             let superScope: ClassAd? = (st.rootAd === cur) ? nil : cur.parentScope
-            switch name.key {
-            case "toplevel", "root":
+            switch name.special {
+            case .root:
                 guard let r = st.rootAd else { return .failed }
                 return .value(.classad(r))
-            case "self", "my":
+            case .current:
                 return .value(.classad(cur))
-            case "parent":
+            case .parent:
                 if let s = superScope { return .value(.classad(s)) }
                 return .undefined
-            case "currenttime":
+            case .currentTime:
                 return .value(.integer(Int64(time(nil))))
-            default:
+            case .none:
                 current = superScope
                 if current === start { return .undefined }
             }

@@ -134,16 +134,45 @@ public struct Bytes: Hashable, Sendable, Comparable, CustomStringConvertible {
     }
 }
 
+/// The identity of an attribute name: its lowercased bytes, with the hash computed once (hashing a
+/// Swift String normalises Unicode on every lookup, which the evaluator cannot afford).
+public struct AttrKey: Hashable, Sendable {
+    public let bytes: [UInt8]
+    let h: Int
+    init(_ lowered: [UInt8]) {
+        bytes = lowered
+        var x: UInt64 = 0xcbf29ce484222325
+        for c in lowered { x = (x ^ UInt64(c)) &* 0x100000001b3 }
+        h = Int(truncatingIfNeeded: x)
+    }
+    public static func == (a: AttrKey, b: AttrKey) -> Bool { a.h == b.h && a.bytes == b.bytes }
+    public func hash(into hasher: inout Hasher) { hasher.combine(h) }
+}
+
 /// A case-insensitive attribute name that remembers how it was spelled.
 public struct AttrName: Hashable, Sendable, CustomStringConvertible {
     public let spelling: String
     /// Lowercased spelling: the identity of the name.
     public let key: String
+    public let k: AttrKey
+    /// Which of HTCondor's special scope names this is, if any.
+    let special: Special
+    enum Special: UInt8, Sendable { case none, root, current, parent, currentTime }
+
     public init(_ s: String) {
         spelling = s
-        key = String(decoding: Array(s.utf8).map(Bytes.lowerASCII), as: UTF8.self)
+        let lowered = Array(s.utf8).map(Bytes.lowerASCII)
+        key = String(decoding: lowered, as: UTF8.self)
+        k = AttrKey(lowered)
+        switch key {
+        case "toplevel", "root": special = .root
+        case "self", "my": special = .current
+        case "parent": special = .parent
+        case "currenttime": special = .currentTime
+        default: special = .none
+        }
     }
-    public static func == (a: AttrName, b: AttrName) -> Bool { a.key == b.key }
-    public func hash(into h: inout Hasher) { h.combine(key) }
+    public static func == (a: AttrName, b: AttrName) -> Bool { a.k == b.k }
+    public func hash(into h: inout Hasher) { h.combine(k) }
     public var description: String { spelling }
 }
