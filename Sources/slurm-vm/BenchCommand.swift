@@ -32,6 +32,7 @@ struct MatchBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Generate JOBS IMAGES synthetic ads instead.") var generate: [Int] = []
     @Option(help: "Seed for --generate.") var seed: UInt64 = 1
     @Option(help: "Jobs evaluated pair by pair for the baseline and the cross-check.") var sample = 200
+    @Option(help: "Also write the workload to DIR/jobs.ads and DIR/images.ads (one ad per line).") var dump: String?
 
     func run() throws {
         var jobAds: [ClassAd], imageAds: [ClassAd]
@@ -46,6 +47,13 @@ struct MatchBench: ParsableCommand {
             throw ValidationError("give --jobs FILE --images FILE, or --generate JOBS IMAGES")
         }
         guard !jobAds.isEmpty, !imageAds.isEmpty else { throw ValidationError("need at least one job and one image") }
+        if let dump {
+            try FileManager.default.createDirectory(atPath: dump, withIntermediateDirectories: true)
+            for (name, ads) in [("jobs.ads", jobAds), ("images.ads", imageAds)] {
+                let text = ads.map { Unparser.unparse($0, style: .canonical) }.joined(separator: "\n") + "\n"
+                try text.write(toFile: dump + "/" + name, atomically: true, encoding: .utf8)
+            }
+        }
         let pairs = Double(jobAds.count) * Double(imageAds.count)
 
         // batch matcher (best of 3 runs; each run starts cold: new matcher, empty memos)
