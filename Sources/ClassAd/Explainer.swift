@@ -82,7 +82,8 @@ public struct Explainer {
         var suggestions: [String] = []
         let infos = images.enumerated().map { ImageInfo($1, index: $0) }
         for f in failing.sorted(by: { ($0.job.count + $0.img.count) < ($1.job.count + $1.img.count) }) where f.job.count + f.img.count <= 3 {
-            let name = infos[f.image].name
+            let v = String(decoding: infos[f.image].version, as: UTF8.self)
+            let name = infos[f.image].name + (v.isEmpty ? "" : " " + v)
             var changes: [String] = []
             for k in f.job {
                 if k < 0 { changes.append("give the job a Requirements expression"); continue }

@@ -29,7 +29,11 @@ import Testing
             _ = ctx.requirementsHold(of: ad)
             _ = ctx.evaluate(attribute: "y", of: other)
             ctx.release()
-            _ = Unparser.unparse(e)
+            // the canonical form reads back to the same tree
+            let printed = Unparser.unparse(e)
+            let again = try? Parser.parseExpression(printed)
+            #expect(again != nil, "canonical text does not parse: \(printed)")
+            if let again { #expect(Unparser.unparse(again) == printed, "round trip changed \(printed)") }
         }
         _ = try? Parser.parseAd(String(decoding: text, as: UTF8.self))
     }
