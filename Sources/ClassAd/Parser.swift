@@ -115,10 +115,6 @@ public enum Parser {
             guard tok == .punct("?") else { return cond }
             try enter(); defer { depth -= 1 }
             try advance()
-            if tok == .punct(":") {
-                try advance()
-                return .elvis(cond, try expression())
-            }
             let t = try expression()
             try expect(":", "in the conditional expression")
             return .ternary(cond, t, try expression())
