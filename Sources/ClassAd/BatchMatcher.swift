@@ -12,14 +12,6 @@
 //
 // Every value is still produced by the exact evaluator; the batch path only avoids recomputing it.
 
-import Foundation
-
-func clockSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
 public struct BatchResult: Sendable {
     /// For each job: its best image (index into the images), or nil.
     public let best: [Int?]
@@ -66,7 +58,7 @@ public final class BatchMatcher {
         for (i, ad) in images.enumerated() {
             var side = SideClauses(ids: [], exprs: [], hasRequirements: ad.lookup("Requirements") != nil)
             if let req = ad.lookup("Requirements") {
-                for c in Explainer.conjuncts(req) {
+                for c in req.conjuncts {
                     side.exprs.append(c)
                     side.ids.append(BatchMatcher.intern(c, own: ad, ownIndex: i, table: &imageClauseTable))
                 }
@@ -101,27 +93,21 @@ public final class BatchMatcher {
     /// `TARGET`, eval(), unparse(), a computed subscript, an absolute reference).
     static func collectRefs(_ e: Expr, into s: inout Set<String>, whole: inout Bool) {
         switch e {
-        case .literal(let v):
-            if case .classad = v { whole = true }
+        case .literal(.classad), .record, .subscript_: whole = true
         case .attr(let n, let abs):
             if abs || scopeNames.contains(n.key) { whole = true }
             s.insert(n.key)
-        case .select(let b, let n):
+        case .select(.attr(let bn, false), let n) where scopeNames.contains(bn.key):
             s.insert(n.key)
-            if case .attr(let bn, false) = b, scopeNames.contains(bn.key) { s.insert(bn.key) } else { collectRefs(b, into: &s, whole: &whole) }
-        case .subscript_(let a, let b):
-            whole = true
-            collectRefs(a, into: &s, whole: &whole); collectRefs(b, into: &s, whole: &whole)
-        case .unary(_, let a), .paren(let a): collectRefs(a, into: &s, whole: &whole)
-        case .binary(_, let a, let b), .elvis(let a, let b): collectRefs(a, into: &s, whole: &whole); collectRefs(b, into: &s, whole: &whole)
-        case .ternary(let a, let b, let c): collectRefs(a, into: &s, whole: &whole); collectRefs(b, into: &s, whole: &whole); collectRefs(c, into: &s, whole: &whole)
-        case .call(let f, let args):
+            s.insert(bn.key)
+            return
+        case .select(_, let n): s.insert(n.key)
+        case .call(let f, _):
             let n = f.name.lowercased()
             if n == "eval" || n == "unparse" { whole = true }
-            for a in args { collectRefs(a, into: &s, whole: &whole) }
-        case .list(let items): for a in items { collectRefs(a, into: &s, whole: &whole) }
-        case .record: whole = true
+        default: break
         }
+        for c in e.children { collectRefs(c, into: &s, whole: &whole) }
     }
 
     /// A literal, or a list written with only such elements: nothing in it can refer to another ad.
@@ -139,19 +125,16 @@ public final class BatchMatcher {
 
     /// A plain literal attribute of `ad` (what can be substituted into a clause).
     static func literalAttribute(_ ad: ClassAd, _ n: AttrName) -> Value? {
-        guard let e = ad.lookup(n), case .literal(let v) = e else { return nil }
-        switch v {
-        case .list, .classad: return nil
-        default: return v
-        }
+        guard let e = ad.lookup(n), case .literal(let v) = e, isPlain(v) else { return nil }
+        return v
     }
 
     /// Specialises `e` on `own`'s literal attributes. `shareable` is cleared if the result still depends on `own`.
     static func specialise(_ e: Expr, own: ClassAd, shareable: inout Bool) -> Expr {
         func go(_ e: Expr) -> Expr {
             switch e {
-            case .literal(let v):
-                if case .classad = v { shareable = false }
+            case .literal(.classad), .record:
+                shareable = false
                 return e
             case .attr(let n, let abs):
                 if abs || scopeNames.contains(n.key) && n.key != "target" && n.key != "other" { shareable = false; return e }
@@ -160,28 +143,18 @@ public final class BatchMatcher {
                     shareable = false
                 }
                 return e
-            case .select(let b, let n):
-                if case .attr(let bn, false) = b, own.lookup(bn) == nil {
-                    if bn.key == "my" || bn.key == "self" {
-                        if let v = literalAttribute(own, n) { return .literal(v) }
-                        shareable = false
-                        return e
-                    }
-                    if bn.key == "target" || bn.key == "other" { return e }
-                }
-                return .select(go(b), n)
-            case .subscript_(let a, let b): return .subscript_(go(a), go(b))
-            case .unary(let op, let a): return .unary(op, go(a))
-            case .paren(let a): return .paren(go(a))
-            case .binary(let op, let a, let b): return .binary(op, go(a), go(b))
-            case .elvis(let a, let b): return .elvis(go(a), go(b))
-            case .ternary(let a, let b, let c): return .ternary(go(a), go(b), go(c))
-            case .call(let f, let args):
+            case .select(.attr(let bn, false), let n) where own.lookup(bn) == nil && (bn.key == "my" || bn.key == "self"):
+                if let v = literalAttribute(own, n) { return .literal(v) }
+                shareable = false
+                return e
+            case .select(.attr(let bn, false), _) where own.lookup(bn) == nil && (bn.key == "target" || bn.key == "other"):
+                return e
+            case .call(let f, _):
                 let n = f.name.lowercased()
                 if n == "eval" || n == "unparse" { shareable = false }
-                return .call(f, args.map(go))
-            case .list(let items): return .list(items.map(go))
-            case .record: shareable = false; return e
+                return e.mapChildren(go)
+            default:
+                return e.mapChildren(go)
             }
         }
         return go(e)
@@ -228,8 +201,9 @@ public final class BatchMatcher {
         }
     }
 
-    /// Evaluates one conjunct of `ad`'s Requirements in the match context, as evaluating Requirements would.
-    static func evalClause(_ e: Expr, of ad: ClassAd, _ ctx: MatchContext) -> Value {
+    /// Evaluates one conjunct of `ad`'s Requirements, as evaluating Requirements would (`ad` must be bound
+    /// in a match context).
+    static func evalClause(_ e: Expr, of ad: ClassAd) -> Value {
         var st = EvalState(scope: ad)
         if let slot = ad.slot(AttrName("Requirements")) {
             st.inProgress.append((ObjectIdentifier(ad), slot))
@@ -244,7 +218,6 @@ public final class BatchMatcher {
 
     /// Matches every job; returns each job's best image.
     public func matchAll(_ jobs: [ClassAd]) -> BatchResult {
-        let tStart = clockSeconds()
         // 1. autoclusters
         var clusterOf = [Int](repeating: 0, count: jobs.count)
         var signatures: [String: Int] = [:]
@@ -256,7 +229,6 @@ public final class BatchMatcher {
             clusterOf[j] = reps.count
             reps.append(j)
         }
-        let tPhase1 = clockSeconds()
         // 2. job-side clauses per cluster
         var jobClauseTable: [String: Int32] = [:]
         var jobSide: [SideClauses] = []
@@ -265,7 +237,7 @@ public final class BatchMatcher {
             let job = jobs[j]
             var side = SideClauses(ids: [], exprs: [], hasRequirements: job.lookup("Requirements") != nil)
             if let req = job.lookup("Requirements") {
-                for e in Explainer.conjuncts(req) {
+                for e in req.conjuncts {
                     side.exprs.append(e)
                     side.ids.append(BatchMatcher.intern(e, own: job, ownIndex: c, table: &jobClauseTable, partnerComputed: imageComputedNames))
                 }
@@ -273,7 +245,6 @@ public final class BatchMatcher {
             jobSide.append(side)
             jobRankIds.append(job.lookup("Rank").map { BatchMatcher.intern($0, own: job, ownIndex: c, table: &jobClauseTable, partnerComputed: imageComputedNames) })
         }
-        let tPhase2 = clockSeconds()
         let nImages = images.count
         let nClusters = reps.count
         let nJobClauses = jobClauseTable.count
@@ -331,6 +302,7 @@ public final class BatchMatcher {
         // One match record, rebound to each pair that needs an evaluation.
         let shared = MatchContext(left: jobs[reps.first ?? 0], right: images[0])
         defer { shared.release() }
+        @discardableResult
         func bind(_ job: ClassAd, _ image: ClassAd) -> MatchContext {
             if shared.left !== job || shared.right !== image { shared.rebind(left: job, right: image) }
             return shared
@@ -341,8 +313,8 @@ public final class BatchMatcher {
             let job = jobs[reps[c]]
             let e = jobSide[c].exprs[k]
             for i in 0..<nImages {
-                let ctx = bind(job, images[i])
-                jobRows[id * nImages + i] = BatchMatcher.code(BatchMatcher.evalClause(e, of: job, ctx)).rawValue
+                bind(job, images[i])
+                jobRows[id * nImages + i] = BatchMatcher.code(BatchMatcher.evalClause(e, of: job)).rawValue
             }
             evaluations += nImages
             jobRowDone[id] = true
@@ -366,8 +338,7 @@ public final class BatchMatcher {
                 }
             }
             let job = jobs[reps[c]]
-            var bestIndex = -1
-            var bestJR = 0.0, bestIR = 0.0
+            var best: ImageMatch? = nil
             for i in 0..<nImages where acc[i] == Code.t.rawValue {
                 let isd = imageSide[i]
                 guard isd.hasRequirements else { continue }
@@ -382,7 +353,7 @@ public final class BatchMatcher {
                             v = known
                         } else {
                             if ctx == nil { ctx = bind(job, images[i]) }
-                            v = BatchMatcher.code(BatchMatcher.evalClause(isd.exprs[k], of: images[i], ctx!)).rawValue
+                            v = BatchMatcher.code(BatchMatcher.evalClause(isd.exprs[k], of: images[i])).rawValue
                             evaluations += 1
                             if let pk { projected[pk] = v }
                         }
@@ -417,23 +388,10 @@ public final class BatchMatcher {
                     }
                     ir = imageRankMemo[slot]
                 }
-                if bestIndex < 0 {
-                    bestIndex = i; bestJR = jr; bestIR = ir
-                } else if jr != bestJR || ir != bestIR {
-                    if mm.better(ImageMatch(imageIndex: i, imageName: "", jobRank: jr, imageRank: ir),
-                                 ImageMatch(imageIndex: bestIndex, imageName: "", jobRank: bestJR, imageRank: bestIR)) {
-                        bestIndex = i; bestJR = jr; bestIR = ir
-                    }
-                } else if mm.better(ImageMatch(imageIndex: i, imageName: mm.info[i].name, jobRank: jr, imageRank: ir),
-                                    ImageMatch(imageIndex: bestIndex, imageName: mm.info[bestIndex].name, jobRank: bestJR, imageRank: bestIR)) {
-                    bestIndex = i; bestJR = jr; bestIR = ir
-                }
+                let candidate = ImageMatch(imageIndex: i, imageName: mm.info[i].name, jobRank: jr, imageRank: ir)
+                if best == nil || mm.better(candidate, best!) { best = candidate }
             }
-            clusterBest[c] = bestIndex >= 0 ? bestIndex : nil
-        }
-        if ProcessInfo.processInfo.environment["SLURM_VM_PHASES"] != nil {
-            let t3 = clockSeconds()
-            print(String(format: "phases: clusters %.3f s, clauses %.3f s, matching %.3f s", tPhase1 - tStart, tPhase2 - tPhase1, t3 - tPhase2))
+            clusterBest[c] = best?.imageIndex
         }
         var bestPerJob = [Int?](repeating: nil, count: jobs.count)
         var pairs = 0

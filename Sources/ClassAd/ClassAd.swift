@@ -72,17 +72,8 @@ public final class ClassAd: @unchecked Sendable {
     /// inserting `expr` into this ad would: used to evaluate an expression "as an attribute of" this ad.
     public func adopt(_ expr: Expr) {
         switch expr {
-        case .literal(let v):
-            if case .classad(let c) = v { c.parentScope = self }
-        case .attr: break
-        case .select(let b, _): adopt(b)
-        case .subscript_(let a, let b): adopt(a); adopt(b)
-        case .unary(_, let a), .paren(let a): adopt(a)
-        case .binary(_, let a, let b), .elvis(let a, let b): adopt(a); adopt(b)
-        case .ternary(let a, let b, let c): adopt(a); adopt(b); adopt(c)
-        case .call(_, let args): args.forEach(adopt)
-        case .list(let items): items.forEach(adopt)
-        case .record(let r): r.parentScope = self
+        case .literal(.classad(let c)), .record(let c): c.parentScope = self
+        default: expr.children.forEach(adopt)
         }
     }
 
@@ -98,20 +89,9 @@ extension Expr {
     /// Copies records so that the copy's scopes do not alias the original's.
     static func deepCopy(_ e: Expr) -> Expr {
         switch e {
-        case .literal(let v):
-            if case .classad(let c) = v { return .literal(.classad(c.copy())) }
-            return e
-        case .attr: return e
-        case .select(let b, let n): return .select(deepCopy(b), n)
-        case .subscript_(let a, let b): return .subscript_(deepCopy(a), deepCopy(b))
-        case .unary(let op, let a): return .unary(op, deepCopy(a))
-        case .paren(let a): return .paren(deepCopy(a))
-        case .binary(let op, let a, let b): return .binary(op, deepCopy(a), deepCopy(b))
-        case .elvis(let a, let b): return .elvis(deepCopy(a), deepCopy(b))
-        case .ternary(let a, let b, let c): return .ternary(deepCopy(a), deepCopy(b), deepCopy(c))
-        case .call(let f, let args): return .call(f, args.map(deepCopy))
-        case .list(let items): return .list(items.map(deepCopy))
+        case .literal(.classad(let c)): return .literal(.classad(c.copy()))
         case .record(let r): return .record(r.copy())
+        default: return e.mapChildren(deepCopy)
         }
     }
 }

@@ -2,13 +2,7 @@
 
 import Foundation
 
-public enum Convert {
-    /// A value for people: strings without quotes, everything else as ClassAd text.
-    public static func display(_ v: Value) -> String {
-        if case .string(let s) = v { return s.description }
-        return Unparser.unparse(v)
-    }
-
+enum Convert {
     /// string(): numbers, booleans, lists and records as HTCondor prints them.
     static func toString(_ v: Value) -> Value {
         switch v {

@@ -28,6 +28,17 @@ public struct EvalState {
 
     public init(scope: ClassAd?) { setScopes(scope) }
 
+    /// A fresh evaluation rooted at `scope` that still counts against `outer`'s reference stack, depth and
+    /// frame budget, so that an evaluation cannot escape its limits by starting a new one.
+    init(scope: ClassAd?, within outer: EvalState?) {
+        self.init(scope: scope)
+        if let outer {
+            inProgress = outer.inProgress
+            depthRemaining = outer.depthRemaining
+            frames = outer.frames
+        }
+    }
+
     mutating func setScopes(_ ad: ClassAd?) {
         curAd = ad
         guard let ad else { rootAd = nil; return }
@@ -92,10 +103,7 @@ public enum Evaluator {
                 var out: [Value] = []
                 out.reserveCapacity(l.items.count)
                 for item in l.items {
-                    var t = EvalState(scope: st.curAd)
-                    t.depthRemaining = st.depthRemaining
-                    t.inProgress = st.inProgress
-                    t.frames = st.frames
+                    var t = EvalState(scope: st.curAd, within: st)
                     out.append(try evalAttr(base: item, name: name, absolute: false, &t))
                 }
                 return .list(ListValue(values: out))
@@ -207,12 +215,7 @@ public enum Evaluator {
     /// `outer`: the evaluation this one runs inside; its reference stack, depth and frame budget carry
     /// over, so that a record that subscripts itself ends in UNDEFINED rather than endless recursion.
     static func evaluateAttribute(_ ad: ClassAd, _ name: AttrName, within outer: EvalState?) -> Value {
-        var st = EvalState(scope: ad)
-        if let outer {
-            st.inProgress = outer.inProgress
-            st.depthRemaining = outer.depthRemaining
-            st.frames = outer.frames
-        }
+        var st = EvalState(scope: ad, within: outer)
         let v: Value
         do { v = try evalAttr(base: nil, name: name, absolute: false, &st) } catch { return .error }
         switch v {

@@ -41,22 +41,14 @@ public struct Explainer {
     public let images: [ClassAd]
     public init(images: [ClassAd]) { self.images = images }
 
-    /// The top-level `&&` operands of an expression (looking through parentheses).
-    public static func conjuncts(_ e: Expr) -> [Expr] {
-        switch e {
-        case .binary(.logicalAnd, let a, let b): return conjuncts(a) + conjuncts(b)
-        case .paren(let a): return conjuncts(a)
-        default: return [e]
-        }
-    }
-
     public func explain(_ job: ClassAd) -> Explanation {
-        let jobClauses = job.lookup("Requirements").map(Explainer.conjuncts) ?? []
+        let jobClauses = job.lookup("Requirements").map(\.conjuncts) ?? []
         var jobOut = [Int](repeating: 0, count: jobClauses.count)
         var imageClauseIndex: [String: Int] = [:]
         var imageClauses: [(text: String, out: Int, has: Int)] = []
         var failing: [(image: Int, job: [Int], img: [String])] = []
         var matches = 0
+        var hints: [Int: [Int: String]] = [:]   // image → job clause → numeric hint, computed while bound
         for (i, image) in images.enumerated() {
             let ctx = MatchContext(left: job, right: image)
             defer { ctx.release() }
@@ -64,10 +56,11 @@ public struct Explainer {
             for (k, c) in jobClauses.enumerated() where !holds(ctx.evaluate(c, in: job)) {
                 jobOut[k] += 1
                 jf.append(k)
+                if let h = numericHint(c, job: job, ctx) { hints[i, default: [:]][k] = h }
             }
             if job.lookup("Requirements") == nil { jf.append(-1) }
             var imf: [String] = []
-            for c in image.lookup("Requirements").map(Explainer.conjuncts) ?? [] {
+            for c in image.lookup("Requirements").map(\.conjuncts) ?? [] {
                 let t = Unparser.unparse(c)
                 let idx = imageClauseIndex[t] ?? { imageClauses.append((t, 0, 0)); imageClauseIndex[t] = imageClauses.count - 1; return imageClauses.count - 1 }()
                 imageClauses[idx].has += 1
@@ -82,13 +75,12 @@ public struct Explainer {
         var suggestions: [String] = []
         let infos = images.enumerated().map { ImageInfo($1, index: $0) }
         for f in failing.sorted(by: { ($0.job.count + $0.img.count) < ($1.job.count + $1.img.count) }) where f.job.count + f.img.count <= 3 {
-            let v = String(decoding: infos[f.image].version, as: UTF8.self)
-            let name = infos[f.image].name + (v.isEmpty ? "" : " " + v)
+            let name = infos[f.image].label
             var changes: [String] = []
             for k in f.job {
                 if k < 0 { changes.append("give the job a Requirements expression"); continue }
                 let c = jobClauses[k]
-                changes.append(numericHint(c, job: job, image: images[f.image]) ?? "drop or relax `\(Unparser.unparse(c))`")
+                changes.append(hints[f.image]?[k] ?? "drop or relax `\(Unparser.unparse(c))`")
             }
             for t in f.img { changes.append("the image's own rule `\(t)` would have to admit the job (its administrator sets it)") }
             suggestions.append("image \(name): " + changes.joined(separator: "; and "))
@@ -100,7 +92,7 @@ public struct Explainer {
     func holds(_ v: Value) -> Bool { v.booleanEquivalent ?? false }
 
     /// For `TARGET.x OP MY.y` (either order) with numbers on both sides: the value of the job's y that would pass.
-    func numericHint(_ c: Expr, job: ClassAd, image: ClassAd) -> String? {
+    func numericHint(_ c: Expr, job: ClassAd, _ ctx: MatchContext) -> String? {
         var e = c
         while case .paren(let inner) = e { e = inner }
         guard case .binary(let op, let l, let r) = e, op.isComparison, op != .metaEqual, op != .metaNotEqual else { return nil }
@@ -111,8 +103,6 @@ public struct Explainer {
             default: return nil
             }
         }
-        let ctx = MatchContext(left: job, right: image)
-        defer { ctx.release() }
         if let name = jobAttr(r), case let v = ctx.evaluate(l, in: job), let num = number(v) {
             return "set the job's \(name) \(relation(op, flipped: true)) \(num)"
         }

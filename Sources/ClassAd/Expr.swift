@@ -73,6 +73,46 @@ public indirect enum Expr: @unchecked Sendable {
     case record(ClassAd)
 }
 
+extension Expr {
+    /// The direct subexpressions (a record's attributes are not: a record is its own scope).
+    public var children: [Expr] {
+        switch self {
+        case .literal, .attr, .record: return []
+        case .select(let b, _): return [b]
+        case .unary(_, let a), .paren(let a): return [a]
+        case .subscript_(let a, let b), .binary(_, let a, let b), .elvis(let a, let b): return [a, b]
+        case .ternary(let a, let b, let c): return [a, b, c]
+        case .call(_, let args): return args
+        case .list(let items): return items
+        }
+    }
+
+    /// The same node with each direct subexpression replaced by `f(child)`.
+    public func mapChildren(_ f: (Expr) -> Expr) -> Expr {
+        switch self {
+        case .literal, .attr, .record: return self
+        case .select(let b, let n): return .select(f(b), n)
+        case .subscript_(let a, let b): return .subscript_(f(a), f(b))
+        case .unary(let op, let a): return .unary(op, f(a))
+        case .paren(let a): return .paren(f(a))
+        case .binary(let op, let a, let b): return .binary(op, f(a), f(b))
+        case .elvis(let a, let b): return .elvis(f(a), f(b))
+        case .ternary(let a, let b, let c): return .ternary(f(a), f(b), f(c))
+        case .call(let fn, let args): return .call(fn, args.map(f))
+        case .list(let items): return .list(items.map(f))
+        }
+    }
+
+    /// The top-level `&&` operands (looking through parentheses).
+    public var conjuncts: [Expr] {
+        switch self {
+        case .binary(.logicalAnd, let a, let b): return a.conjuncts + b.conjuncts
+        case .paren(let a): return a.conjuncts
+        default: return [self]
+        }
+    }
+}
+
 /// A function call target: the name as written and the builtin it resolved to (nil: unknown → ERROR).
 public struct Function: @unchecked Sendable {
     public let name: String

@@ -19,42 +19,42 @@ public final class MatchContext {
     public init(left: ClassAd, right: ClassAd) {
         self.left = left
         self.right = right
-        saved = (left.parentScope, left.alternateScope, right.parentScope, right.alternateScope)
+        saved = (nil, nil, nil, nil)
         func ref(_ n: String) -> Expr { .attr(AttrName(n), absolute: true) }
-        let lCtx = ClassAd([("ad", ref("LEFT")), ("my", ref("LEFT")), ("other", ref("RIGHT")), ("target", ref("RIGHT"))])
-        let rCtx = ClassAd([("ad", ref("RIGHT")), ("my", ref("RIGHT")), ("other", ref("LEFT")), ("target", ref("LEFT"))])
-        self.lCtx = lCtx
-        self.rCtx = rCtx
+        lCtx = ClassAd([("ad", ref("LEFT")), ("my", ref("LEFT")), ("other", ref("RIGHT")), ("target", ref("RIGHT"))])
+        rCtx = ClassAd([("ad", ref("RIGHT")), ("my", ref("RIGHT")), ("other", ref("LEFT")), ("target", ref("LEFT"))])
         root.insert("lCtx", .record(lCtx))
-        root.insert("LEFT", .record(left))
         root.insert("rCtx", .record(rCtx))
-        root.insert("RIGHT", .record(right))
         root.insert("leftRankValue", .select(ref("LEFT"), AttrName("rank")))
         root.insert("rightRankValue", .select(ref("RIGHT"), AttrName("rank")))
         root.insert("symmetricMatch", .binary(.logicalAnd, .select(ref("RIGHT"), AttrName("requirements")), .select(ref("LEFT"), AttrName("requirements"))))
         root.insert("leftMatchesRight", .select(ref("RIGHT"), AttrName("requirements")))
         root.insert("rightMatchesLeft", .select(ref("LEFT"), AttrName("requirements")))
-        left.parentScope = lCtx
-        right.parentScope = rCtx
-        left.alternateScope = right
-        right.alternateScope = left
+        attach(left, right)
     }
+
+    deinit { release() }
 
     private var released = false
 
     /// Reuses this match record for another pair (as HTCondor's negotiator reuses its match ad).
     public func rebind(left newLeft: ClassAd, right newRight: ClassAd) {
         release()
+        attach(newLeft, newRight)
+    }
+
+    /// Puts `l` and `r` into the record, remembering their scopes to restore on release.
+    private func attach(_ l: ClassAd, _ r: ClassAd) {
         released = false
-        left = newLeft
-        right = newRight
-        saved = (newLeft.parentScope, newLeft.alternateScope, newRight.parentScope, newRight.alternateScope)
-        root.insert("LEFT", .record(newLeft))
-        root.insert("RIGHT", .record(newRight))
-        newLeft.parentScope = lCtx
-        newRight.parentScope = rCtx
-        newLeft.alternateScope = newRight
-        newRight.alternateScope = newLeft
+        left = l
+        right = r
+        saved = (l.parentScope, l.alternateScope, r.parentScope, r.alternateScope)
+        root.insert("LEFT", .record(l))
+        root.insert("RIGHT", .record(r))
+        l.parentScope = lCtx
+        r.parentScope = rCtx
+        l.alternateScope = r
+        r.alternateScope = l
     }
 
     /// Puts the two ads back as they were (once; later calls do nothing).
@@ -66,8 +66,6 @@ public final class MatchContext {
         right.parentScope = saved.2
         right.alternateScope = saved.3
     }
-
-    deinit { release() }
 
     /// Evaluates `expr` as an attribute of `scope` (the left or the right ad).
     public func evaluate(_ expr: Expr, in scope: ClassAd) -> Value {

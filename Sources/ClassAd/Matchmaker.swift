@@ -19,6 +19,8 @@ public struct MatchResult: Sendable {
 struct ImageInfo {
     let name: String
     let version: [UInt8]
+    /// "name version", as people are shown an image.
+    var label: String { version.isEmpty ? name : name + " " + String(decoding: version, as: UTF8.self) }
 
     init(_ ad: ClassAd, index: Int) {
         if case .string(let s) = ad.evaluate("Name") { name = s.description } else { name = "image #\(index + 1)" }
@@ -54,6 +56,9 @@ public final class Matchmaker {
         return MatchResult(matches: sortMatches(out))
     }
 
+    /// "name version" of image `index`.
+    public func label(of index: Int) -> String { info[index].label }
+
     func sortMatches(_ m: [ImageMatch]) -> [ImageMatch] {
         m.sorted { better($0, $1) }
     }
@@ -64,7 +69,8 @@ public final class Matchmaker {
         if a.imageRank != b.imageRank { return Matchmaker.rankGreater(a.imageRank, b.imageRank) }
         let c = Builtins.naturalCompare(info[a.imageIndex].version, info[b.imageIndex].version)
         if c != 0 { return c > 0 }
-        if a.imageName != b.imageName { return a.imageName < b.imageName }
+        let na = info[a.imageIndex].name, nb = info[b.imageIndex].name
+        if na != nb { return na < nb }
         return a.imageIndex < b.imageIndex
     }
 

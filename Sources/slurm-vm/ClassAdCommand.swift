@@ -62,9 +62,7 @@ struct ClassAdCommand: ParsableCommand {
                 print("no image matches this job")
             } else {
                 for (i, m) in result.matches.enumerated() {
-                    let version = imageAds[m.imageIndex].evaluate("Version")
-                    let v = version.isUndefined ? "" : " " + (Convert.display(version))
-                    print("\(i + 1). \(m.imageName)\(v)  (job rank \(fmt(m.jobRank)), image rank \(fmt(m.imageRank)))")
+                    print("\(i + 1). \(mm.label(of: m.imageIndex))  (job rank \(fmt(m.jobRank)), image rank \(fmt(m.imageRank)))")
                 }
             }
             if explain || result.matches.isEmpty {
