@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Installs what building and testing slurm-vm needs on Debian 12 (idempotent). Swift 6 itself must be
-# on PATH (the project's machines carry it in /opt/swift).
+# Installs what building, testing and running slurm-vm needs on Debian 12 (idempotent). Swift 6 itself
+# must be on PATH (the project's machines carry it in /opt/swift). Sourced by demo.sh and test.sh.
 set -euo pipefail
+# libpcre2-dev: the ClassAd regex engine; libsqlite3-dev: the catalog; liblz4-dev: initramfs and kernel
+# payloads; qemu-system-x86: the guest backend; gcc/libc6-dev: the statically linked guest agent;
+# dpkg-dev/apt: the image builder downloads and unpacks Debian packages; cpio/lz4: inspecting images.
+pkgs=(libpcre2-dev libsqlite3-dev liblz4-dev qemu-system-x86 gcc libc6-dev cpio lz4 python3 python3-pip)
 need_apt=()
-dpkg -s libpcre2-dev >/dev/null 2>&1 || need_apt+=(libpcre2-dev)
-command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  echo "deps: installing ${need_apt[*]}" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 # HTCondor's own ClassAd library is the reference the differential tests compare against.
 python3 -c 'import classad2, pytest' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check htcondor pytest

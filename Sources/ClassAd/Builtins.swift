@@ -305,7 +305,7 @@ public enum Builtins {
     }
 
     /// strverscmp-like ordering: runs of digits compare as numbers (HTCondor's natural_cmp).
-    static func naturalCompare(_ a: [UInt8], _ b: [UInt8]) -> Int {
+    public static func naturalCompare(_ a: [UInt8], _ b: [UInt8]) -> Int {
         let s1 = a + [0], s2 = b + [0]
         func dig(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
         var i = 0

@@ -7,5 +7,5 @@ struct SlurmVM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "slurm-vm",
         abstract: "VM-on-demand jobs for Slurm: image matching, catalog and guests.",
-        subcommands: [ClassAdCommand.self, BenchCommand.self])
+        subcommands: [ImageCommand.self, MatchCommand.self, VMCommand.self, ClassAdCommand.self, BenchCommand.self])
 }

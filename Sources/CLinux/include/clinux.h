@@ -1,0 +1,34 @@
+// Small Linux helpers Swift cannot express directly: fork+exec with per-child setup (death signal,
+// session, CPU affinity, descriptor layout), thread affinity by tid, and the TSC.
+#ifndef CLINUX_H
+#define CLINUX_H
+#include <stdint.h>
+#include <sys/types.h>
+
+/// Options for clinux_spawn. `cpus` is a list of host CPU ids the child starts on (0 entries: inherit).
+typedef struct {
+    const char *path;            // executable (absolute)
+    char *const *argv;           // NULL-terminated
+    char *const *envp;           // NULL-terminated; NULL inherits environ
+    int stdin_fd, stdout_fd, stderr_fd;   // -1: /dev/null
+    int new_session;             // setsid() in the child, so it survives our terminal's signals
+    int death_signal;            // 0: none; else the child gets it when we exit (PR_SET_PDEATHSIG)
+    const int *cpus; int ncpus;  // initial affinity of the child
+    const char *cwd;             // NULL: inherit
+} clinux_spawn_opts;
+
+/// Starts a child; returns its pid, or -errno. An exec failure in the child is reported as -errno too
+/// (through a close-on-exec pipe), so the caller never mistakes a missing binary for a started one.
+pid_t clinux_spawn(const clinux_spawn_opts *o);
+
+/// sched_setaffinity / sched_getaffinity for any thread id (0: the caller). Return 0 or -errno.
+int clinux_set_affinity(pid_t tid, const int *cpus, int ncpus);
+/// Fills `out` with up to `cap` CPU ids of the thread's affinity mask; returns how many, or -errno.
+int clinux_get_affinity(pid_t tid, int *out, int cap);
+
+/// The time-stamp counter (rdtsc), or 0 where there is none.
+uint64_t clinux_rdtsc(void);
+
+/// Linux's gettid().
+pid_t clinux_gettid(void);
+#endif

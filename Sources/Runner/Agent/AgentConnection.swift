@@ -1,0 +1,224 @@
+// The host end of one agent channel: a reader thread decodes frames and routes them to sessions;
+// callers run commands with `start` and wait for them. Any number of commands run at once over the one
+// channel. The channel is a connected stream socket, whichever VMM provides it.
+
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct AgentError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+public final class AgentConnection: @unchecked Sendable {
+    let fd: Int32
+    let cond = NSCondition()          // guards everything below, and signals every change
+    let writeLock = NSLock()
+    var decoder = AgentFrameDecoder()
+    var sessions: [UInt32: Session] = [:]
+    var nextSession: UInt32 = 1
+    var ready: [UInt64: GuestInfo] = [:]
+    var failure: String?
+    var thread: Thread?
+
+    final class Session {
+        var started = false
+        var pid: UInt32 = 0
+        var status: ExitStatus?
+        var errors: [String] = []
+        var unacked = 0
+        let onStdout: @Sendable ([UInt8]) -> Void
+        let onStderr: @Sendable ([UInt8]) -> Void
+        init(_ o: @escaping @Sendable ([UInt8]) -> Void, _ e: @escaping @Sendable ([UInt8]) -> Void) { onStdout = o; onStderr = e }
+    }
+
+    /// Takes ownership of a connected stream descriptor.
+    public init(fd: Int32) {
+        self.fd = fd
+        let t = Thread { [unowned self] in self.readLoop() }
+        t.name = "agent-reader"
+        thread = t
+        t.start()
+    }
+
+    /// Connects to a Unix socket path (the QEMU backend's chardev).
+    public static func connect(path: String) throws -> AgentConnection {
+        AgentConnection(fd: try UnixSocket.connect(path))
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// Ends the connection; commands still running in the guest are killed by the agent.
+    public func close() {
+        cond.lock()
+        if failure == nil { failure = "connection closed" }
+        cond.broadcast()
+        cond.unlock()
+        Glibc.shutdown(fd, Int32(SHUT_RDWR))
+    }
+
+    // MARK: handshake
+
+    /// Says HELLO with a fresh nonce and waits for the agent's READY answering it. Earlier traffic
+    /// (a boot-time READY, frames meant for a previous connection) is ignored.
+    public func handshake(timeout: TimeInterval) throws -> GuestInfo {
+        let nonce = UInt64.random(in: 1...UInt64.max)
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        try send(AgentCodec.hello(nonce: nonce))
+        cond.lock(); defer { cond.unlock() }
+        while ready[nonce] == nil {
+            if let f = failure { throw AgentError("agent channel failed before the agent was ready: \(f)") }
+            if !cond.wait(until: deadline) {
+                throw AgentError("the guest agent did not answer within \(Int(timeout)) s")
+            }
+        }
+        return ready[nonce]!
+    }
+
+    // MARK: commands
+
+    public final class Command: @unchecked Sendable {
+        let conn: AgentConnection
+        public let session: UInt32
+        init(_ c: AgentConnection, _ s: UInt32) { conn = c; session = s }
+
+        /// Delivers a signal to the command's process group.
+        public func signal(_ sig: Int32) { try? conn.send(AgentCodec.signal(sig, session: session)) }
+
+        /// Waits for the exit status. Errors the agent reported for the session go to `errors`.
+        public func wait() throws -> (status: ExitStatus, errors: [String]) {
+            conn.cond.lock(); defer { conn.cond.unlock() }
+            while true {
+                guard let s = conn.sessions[session] else { throw AgentError("session \(session) vanished") }
+                if let st = s.status { conn.sessions[session] = nil; return (st, s.errors) }
+                if let f = conn.failure { conn.sessions[session] = nil; throw AgentError("lost the guest agent while a command ran: \(f)") }
+                conn.cond.wait()
+            }
+        }
+    }
+
+    /// Starts a command. Output arrives on the reader thread, in order, through the two callbacks.
+    /// `stdin`: a descriptor to copy to the command (until its end), or nil for empty input.
+    public func start(_ req: ExecRequest, stdin: Int32? = nil,
+                      stdout: @escaping @Sendable ([UInt8]) -> Void,
+                      stderr: @escaping @Sendable ([UInt8]) -> Void) throws -> Command {
+        cond.lock()
+        if let f = failure { cond.unlock(); throw AgentError("agent channel is closed: \(f)") }
+        let id = nextSession
+        nextSession &+= 1
+        sessions[id] = Session(stdout, stderr)
+        cond.unlock()
+        try send(AgentCodec.exec(req, session: id))
+        if let stdin {
+            let t = Thread { [self] in self.pumpStdin(from: stdin, session: id) }
+            t.name = "agent-stdin"
+            t.start()
+        } else {
+            try send(AgentFrame(.stdin, session: id))
+        }
+        return Command(self, id)
+    }
+
+    /// Copies a local descriptor to the command's stdin, keeping at most the agent's window in flight.
+    func pumpStdin(from fd: Int32, session: UInt32) {
+        let cap = 64 << 10
+        var buf = [UInt8](repeating: 0, count: cap)
+        while true {
+            cond.lock()
+            while let s = sessions[session], s.status == nil, failure == nil, s.unacked + cap > AgentFrame.stdinWindow { cond.wait() }
+            let alive = sessions[session].map { $0.status == nil } ?? false
+            cond.unlock()
+            if !alive || failure != nil { return }
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, cap) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { try? send(AgentFrame(.stdin, session: session)); return }
+            cond.lock(); sessions[session]?.unacked += n; cond.unlock()
+            do { try send(AgentFrame(.stdin, session: session, payload: Array(buf[0..<n]))) } catch { return }
+        }
+    }
+
+    /// Asks the guest to power off (the VMM notices and exits).
+    public func shutdownGuest() { try? send(AgentCodec.shutdown()) }
+
+    // MARK: I/O
+
+    func send(_ f: AgentFrame) throws {
+        let bytes = f.encoded
+        writeLock.lock(); defer { writeLock.unlock() }
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, bytes.count - off) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let e = String(cString: strerror(errno))
+                fail("write: \(e)")
+                throw AgentError("cannot write to the guest agent: \(e)")
+            }
+            off += n
+        }
+    }
+
+    func fail(_ why: String) {
+        cond.lock()
+        if failure == nil { failure = why }
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    func readLoop() {
+        var buf = [UInt8](repeating: 0, count: 256 << 10)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { fail(n == 0 ? "the guest closed the channel" : "read: \(String(cString: strerror(errno)))"); return }
+            decoder.feed(buf[0..<n])
+            while let f = decoder.next() { dispatch(f) }
+        }
+    }
+
+    func dispatch(_ f: AgentFrame) {
+        guard let t = AgentFrameType(rawValue: f.type) else { return }
+        switch t {
+        case .stdout, .stderr:
+            cond.lock(); let s = sessions[f.session]; cond.unlock()
+            if let s { (t == .stdout ? s.onStdout : s.onStderr)(f.payload) }
+        default:
+            cond.lock(); defer { cond.broadcast(); cond.unlock() }
+            switch t {
+            case .ready: if let info = AgentCodec.ready(f) { ready[info.nonce] = info }
+            case .started: sessions[f.session]?.started = true; sessions[f.session]?.pid = AgentCodec.u32(f) ?? 0
+            case .exit: sessions[f.session]?.status = AgentCodec.exit(f) ?? ExitStatus(exitCode: nil, signal: nil)
+            case .stdinAck: if let n = AgentCodec.u32(f) { sessions[f.session]?.unacked -= Int(n) }
+            case .error: if let m = AgentCodec.string(f) { sessions[f.session]?.errors.append(m) }
+            default: break
+            }
+        }
+    }
+}
+
+enum UnixSocket {
+    static func connect(_ path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw AgentError("socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            Glibc.close(fd); throw AgentError("socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            for (i, b) in bytes.enumerated() { p[i] = b }
+            p[bytes.count] = 0
+        }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard r == 0 else {
+            let e = String(cString: strerror(errno)); Glibc.close(fd)
+            throw AgentError("cannot connect to \(path): \(e)")
+        }
+        return fd
+    }
+}

@@ -1,0 +1,86 @@
+// Child processes for VMMs: started through CLinux (death signal, own session, initial affinity), then
+// watched and ended by pid.
+
+import CLinux
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct SpawnOptions: Sendable {
+    public var stdin: Int32 = -1, stdout: Int32 = -1, stderr: Int32 = -1
+    /// Own session: the child is not hit by the terminal's Ctrl-C (we decide how it ends).
+    public var newSession = true
+    /// Kill the child if we die (guests that must not outlive their runner); off for kept guests.
+    public var dieWithParent = true
+    public var cpus: [Int] = []
+    public var env: [String]? = nil
+    public init() {}
+}
+
+public enum Processes {
+    public static func spawn(_ path: String, _ args: [String], _ o: SpawnOptions) throws -> Int32 {
+        let argv = ([path] + args).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        let envp: [UnsafeMutablePointer<CChar>?]? = o.env.map { $0.map { strdup($0) } + [nil] }
+        defer { envp?.forEach { free($0) } }
+        let cpus = o.cpus.map(Int32.init)
+        let pathC = strdup(path)
+        defer { free(pathC) }
+        let pid: Int32 = argv.withUnsafeBufferPointer { av in
+            cpus.withUnsafeBufferPointer { cp in
+                func go(_ ep: UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+                    var opts = clinux_spawn_opts(
+                        path: pathC, argv: av.baseAddress, envp: ep,
+                        stdin_fd: o.stdin, stdout_fd: o.stdout, stderr_fd: o.stderr,
+                        new_session: o.newSession ? 1 : 0, death_signal: o.dieWithParent ? SIGKILL : 0,
+                        cpus: cp.baseAddress, ncpus: Int32(cp.count), cwd: nil)
+                    return clinux_spawn(&opts)
+                }
+                if let envp { return envp.withUnsafeBufferPointer { go($0.baseAddress) } }
+                return go(nil)
+            }
+        }
+        if pid < 0 { throw RunnerError.spawn("cannot start \(path): \(String(cString: strerror(-pid)))") }
+        return pid
+    }
+
+    /// Non-blocking: the exit status if the child has ended (reaping it).
+    public static func poll(_ pid: Int32) -> Int32? {
+        var st: Int32 = 0
+        let r = waitpid(pid, &st, WNOHANG)
+        if r == pid { return st }
+        if r < 0 && errno == ECHILD { return -1 }   // not ours, or already reaped
+        return nil
+    }
+
+    /// Waits up to `timeout` for a child to end; true if it did.
+    public static func wait(_ pid: Int32, timeout: TimeInterval) -> Bool {
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        while Date() < deadline {
+            if poll(pid) != nil { return true }
+            if !isChild(pid) && kill(pid, 0) != 0 { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    static func isChild(_ pid: Int32) -> Bool {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = s.lastIndex(of: ")") else { return false }
+        let f = s[s.index(after: close)...].split(separator: " ")
+        return f.count > 1 && Int32(f[1]) == getpid()
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    public static func terminate(_ pid: Int32, grace: TimeInterval = 3) {
+        guard pid > 0 else { return }
+        kill(pid, SIGTERM)
+        if !wait(pid, timeout: grace) { kill(pid, SIGKILL); _ = wait(pid, timeout: 5) }
+    }
+
+    /// Thread ids of a process.
+    public static func threads(of pid: Int32) -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) }.sorted()
+    }
+}

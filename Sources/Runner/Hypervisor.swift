@@ -1,0 +1,101 @@
+// The seam between what a guest is (GuestSpec) and what runs it. Backends: QEMU today (QEMU/); the
+// embedded KVM VMM later, behind the same protocol. Whatever the backend, a guest has its vCPUs pinned
+// one-to-one on dedicated host CPUs, its memory preallocated, a console log, and an agent channel that
+// is a plain connected byte stream.
+
+import Foundation
+
+public struct GuestSpec: Sendable, Codable {
+    /// Unique id of the guest on this host; also its hostname unless `hostname` is set.
+    public var id: String
+    public var hostname: String
+    public var kernel: String
+    /// Digest of `kernel` (lets a backend cache what it derives from it).
+    public var kernelDigest: String?
+    public var initrd: String?
+    public var disk: String?
+    /// The whole kernel command line the image wants; the backend adds only its own device options.
+    public var cmdline: String
+    public var vcpus: Int
+    public var memoryMB: Int
+    /// Host CPU of each vCPU (count == vcpus).
+    public var cpus: [Int]
+    /// Host CPUs for every other VMM thread (I/O, monitor, preallocation).
+    public var housekeeping: [Int]
+    /// Give the guest an agent channel (images have one; raw kernels usually do not).
+    public var agent: Bool
+    /// Back guest memory with hugetlbfs pages (a pool must be reserved).
+    public var hugepages: Bool
+    /// Where the backend keeps sockets and logs of this guest.
+    public var runDir: String
+    /// The guest outlives the process that started it.
+    public var keep: Bool
+    public var accelerator: Accelerator?
+
+    public init(id: String, hostname: String? = nil, kernel: String, kernelDigest: String? = nil, initrd: String?, disk: String? = nil,
+                cmdline: String, vcpus: Int, memoryMB: Int, cpus: [Int], housekeeping: [Int], agent: Bool,
+                hugepages: Bool = false, runDir: String, keep: Bool = false, accelerator: Accelerator? = nil) {
+        self.id = id; self.hostname = hostname ?? id; self.kernel = kernel; self.kernelDigest = kernelDigest
+        self.initrd = initrd; self.disk = disk; self.cmdline = cmdline; self.vcpus = vcpus; self.memoryMB = memoryMB
+        self.cpus = cpus; self.housekeeping = housekeeping; self.agent = agent; self.hugepages = hugepages
+        self.runDir = runDir; self.keep = keep; self.accelerator = accelerator
+    }
+
+    public var consolePath: String { runDir + "/console.log" }
+    public var agentSocket: String { runDir + "/agent.sock" }
+
+    /// The space-sharing invariants: one dedicated CPU per vCPU, never shared within the guest.
+    public func validate() throws {
+        guard vcpus >= 1 else { throw RunnerError.invalidRequest("a guest needs at least one vCPU") }
+        guard cpus.count == vcpus else {
+            throw RunnerError.invalidRequest("guest \(id) has \(vcpus) vCPUs but \(cpus.count) host CPUs; each vCPU needs its own CPU")
+        }
+        guard Set(cpus).count == cpus.count else { throw RunnerError.invalidRequest("guest \(id) was given the same CPU twice") }
+        guard memoryMB >= 16 else { throw RunnerError.invalidRequest("guest \(id): \(memoryMB) MiB is too little memory") }
+    }
+}
+
+/// How a guest ended.
+public enum GuestEnd: Sendable, Equatable, CustomStringConvertible {
+    case poweredOff, reset, halted, panicked
+    case vmmExited(Int32)
+    public var description: String {
+        switch self {
+        case .poweredOff: return "powered off"
+        case .reset: return "reset"
+        case .halted: return "halted"
+        case .panicked: return "kernel panic"
+        case .vmmExited(let s): return "VMM exited (status \(s))"
+        }
+    }
+}
+
+public protocol RunningGuest: AnyObject, Sendable {
+    var spec: GuestSpec { get }
+    /// The VMM process.
+    var pid: Int32 { get }
+    /// Host thread id of each vCPU, in vCPU order.
+    var vcpuThreads: [Int32] { get }
+    /// Opens the agent channel (the guest must have been booted with `agent`).
+    func connectAgent() throws -> AgentConnection
+    /// Blocks until the guest ends or `timeout` passes (nil).
+    func waitForEnd(timeout: TimeInterval?) -> GuestEnd?
+    /// Ends the guest now and removes its run directory.
+    func destroy()
+}
+
+public protocol Hypervisor: Sendable {
+    var name: String { get }
+    /// Starts a guest: memory preallocated, vCPUs pinned, paused until everything is in place, then run.
+    func boot(_ spec: GuestSpec) throws -> RunningGuest
+}
+
+public enum Console {
+    /// The last `lines` lines of a console log, for error messages.
+    public static func tail(_ path: String, lines: Int = 25) -> String {
+        guard let d = FileManager.default.contents(atPath: path) else { return "" }
+        let text = String(decoding: d.suffix(64 << 10), as: UTF8.self).replacingOccurrences(of: "\r", with: "")
+        let last = text.split(separator: "\n").suffix(lines)
+        return last.map { "  | " + $0 }.joined(separator: "\n")
+    }
+}
