@@ -50,8 +50,8 @@ let package = Package(
             ]),
         .testTarget(name: "ClassAdTests", dependencies: ["ClassAd"]),
         .testTarget(name: "CatalogTests", dependencies: ["Catalog", "ClassAd"]),
-        .testTarget(name: "ImageBuilderTests", dependencies: ["ImageBuilder", "Catalog"]),
-        .testTarget(name: "RunnerTests", dependencies: ["Runner", "Catalog"]),
+        .testTarget(name: "ImageBuilderTests", dependencies: ["ImageBuilder", "Catalog", "Runner"]),
+        .testTarget(name: "RunnerTests", dependencies: ["Runner", "Catalog", .product(name: "Crypto", package: "swift-crypto")]),
         // End to end through the built `slurm-vm` binary: builds the minimal image and boots real guests.
         .testTarget(name: "GuestTests", dependencies: ["Catalog"]),
     ],

@@ -102,12 +102,11 @@ struct Apt {
             let parts = line.split(separator: " ")
             guard parts.count >= 3 else { continue }
             let name = String(parts[1])
-            guard let open = line.firstIndex(of: "(") else { continue }
-            let inner = line[line.index(after: open)...].split(separator: " ")
-            guard let ver = inner.first else { continue }
-            let arch = line.range(of: "[", options: .backwards).map { r -> String in
-                String(line[r.upperBound...].prefix { $0 != "]" })
-            } ?? "amd64"
+            guard let open = line.firstIndex(of: "("), let close = line[open...].firstIndex(of: ")") else { continue }
+            let inner = line[line.index(after: open)..<close]
+            guard let ver = inner.split(separator: " ").first else { continue }
+            var arch = "amd64"
+            if let lb = inner.lastIndex(of: "["), let rb = inner[lb...].firstIndex(of: "]") { arch = String(inner[inner.index(after: lb)..<rb]) }
             pkgs.append(DebPackage(name: name.split(separator: ":").first.map(String.init) ?? name, version: String(ver), arch: arch))
         }
         return try describe(pkgs)

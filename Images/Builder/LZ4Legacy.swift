@@ -21,7 +21,7 @@ enum LZ4Legacy {
             let n = min(blockSize, bytes.count - off)
             let c = bytes.withUnsafeBufferPointer { src in
                 src.baseAddress!.advanced(by: off).withMemoryRebound(to: CChar.self, capacity: n) { s in
-                    LZ4_compress_HC(s, &dst, Int32(n), Int32(bound), LZ4HC_CLEVEL_MAX)
+                    LZ4_compress_HC(s, &dst, Int32(n), Int32(bound), LZ4HC_CLEVEL_DEFAULT)
                 }
             }
             le(UInt32(c))

@@ -26,7 +26,7 @@ public final class AgentConnection: @unchecked Sendable {
     final class Session {
         var started = false
         var pid: UInt32 = 0
-        var status: ExitStatus?
+        var status: CommandStatus?
         var errors: [String] = []
         var unacked = 0
         let onStdout: @Sendable ([UInt8]) -> Void
@@ -88,7 +88,7 @@ public final class AgentConnection: @unchecked Sendable {
         public func signal(_ sig: Int32) { try? conn.send(AgentCodec.signal(sig, session: session)) }
 
         /// Waits for the exit status. Errors the agent reported for the session go to `errors`.
-        public func wait() throws -> (status: ExitStatus, errors: [String]) {
+        public func wait() throws -> (status: CommandStatus, errors: [String]) {
             conn.cond.lock(); defer { conn.cond.unlock() }
             while true {
                 guard let s = conn.sessions[session] else { throw AgentError("session \(session) vanished") }
@@ -189,7 +189,7 @@ public final class AgentConnection: @unchecked Sendable {
             switch t {
             case .ready: if let info = AgentCodec.ready(f) { ready[info.nonce] = info }
             case .started: sessions[f.session]?.started = true; sessions[f.session]?.pid = AgentCodec.u32(f) ?? 0
-            case .exit: sessions[f.session]?.status = AgentCodec.exit(f) ?? ExitStatus(exitCode: nil, signal: nil)
+            case .exit: sessions[f.session]?.status = AgentCodec.exit(f) ?? CommandStatus(exitCode: nil, signal: nil)
             case .stdinAck: if let n = AgentCodec.u32(f) { sessions[f.session]?.unacked -= Int(n) }
             case .error: if let m = AgentCodec.string(f) { sessions[f.session]?.errors.append(m) }
             default: break

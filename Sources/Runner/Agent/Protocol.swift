@@ -94,7 +94,7 @@ public struct ExecRequest: Sendable, Equatable {
 }
 
 /// How a command ended, in the shell's convention for `code`.
-public struct ExitStatus: Sendable, Equatable, CustomStringConvertible {
+public struct CommandStatus: Sendable, Equatable, CustomStringConvertible {
     public var exitCode: Int32?
     public var signal: Int32?
     /// The shell's number: the exit code, or 128 + signal.
@@ -132,11 +132,11 @@ public enum AgentCodec {
         return GuestInfo(nonce: nonce, uptimeMs: up, cpus: cpus, memoryKB: mem, hostname: host, kernelRelease: rel, agentVersion: ver)
     }
 
-    public static func exit(_ f: AgentFrame) -> ExitStatus? {
+    public static func exit(_ f: AgentFrame) -> CommandStatus? {
         var r = ByteReader(f.payload)
         guard let c = r.u32(), let s = r.u32() else { return nil }
         let code = Int32(bitPattern: c), sig = Int32(bitPattern: s)
-        return sig != 0 ? ExitStatus(exitCode: nil, signal: sig) : ExitStatus(exitCode: code, signal: nil)
+        return sig != 0 ? CommandStatus(exitCode: nil, signal: sig) : CommandStatus(exitCode: code, signal: nil)
     }
 
     public static func u32(_ f: AgentFrame) -> UInt32? { var r = ByteReader(f.payload); return r.u32() }

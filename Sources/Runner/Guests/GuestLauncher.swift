@@ -106,8 +106,8 @@ public enum GuestLauncher {
     /// Runs one command in every guest at once. With several guests each output line is prefixed by the
     /// guest's id; stdin goes to the first guest only (as srun sends it to task 0).
     public static func run(_ req: ExecRequest, in guests: [ReadyGuest], stdin: Int32?, prefix: Bool,
-                           out: OutputSink, err: OutputSink) -> [Result<ExitStatus, Error>] {
-        final class Box: @unchecked Sendable { var r: Result<ExitStatus, Error> = .failure(AgentError("not run")) }
+                           out: OutputSink, err: OutputSink) -> [Result<CommandStatus, Error>] {
+        final class Box: @unchecked Sendable { var r: Result<CommandStatus, Error> = .failure(AgentError("not run")) }
         let boxes = guests.map { _ in Box() }
         DispatchQueue.concurrentPerform(iterations: guests.count) { i in
             let g = guests[i]

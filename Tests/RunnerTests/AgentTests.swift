@@ -1,0 +1,152 @@
+// The real guest agent (Images/agent, compiled by the test) against the real host client, over a
+// socket pair on this host: the agent's --fd mode serves the protocol without the init duties.
+
+import Foundation
+import Testing
+@testable import Runner
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum AgentBinary {
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    /// Built once per test process.
+    static let path: String = {
+        let out = NSTemporaryDirectory() + "slurm-vm-agent-test-\(getpid())"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/make")
+        p.arguments = ["-s", "-C", repo + "/Images/agent", "OUT=\(out)"]
+        try! p.run(); p.waitUntilExit()
+        precondition(p.terminationStatus == 0, "building the agent failed")
+        return out
+    }()
+}
+
+/// An agent process serving one end of a socket pair.
+final class LocalAgent: @unchecked Sendable {
+    let conn: AgentConnection
+    let pid: Int32
+    init() throws {
+        var sv: [Int32] = [0, 0]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0 else { throw AgentError("socketpair") }
+        var o = SpawnOptions()
+        o.stdin = sv[1]; o.newSession = true
+        pid = try Processes.spawn(AgentBinary.path, ["--fd", "0"], o)
+        close(sv[1])
+        conn = AgentConnection(fd: sv[0])
+    }
+    deinit { conn.close(); kill(pid, SIGKILL); _ = Processes.wait(pid, timeout: 5) }
+
+    final class Collected: @unchecked Sendable {
+        let lock = NSLock(); var out = [UInt8](); var err = [UInt8]()
+        var stdout: String { lock.lock(); defer { lock.unlock() }; return String(decoding: out, as: UTF8.self) }
+        var stderr: String { lock.lock(); defer { lock.unlock() }; return String(decoding: err, as: UTF8.self) }
+    }
+
+    func run(_ argv: [String], env: [String] = ["PATH=/usr/bin:/bin"], cwd: String = "/", stdin: Int32? = nil) throws -> (CommandStatus, Collected) {
+        let c = Collected()
+        let cmd = try conn.start(ExecRequest(argv: argv, env: env, cwd: cwd, uid: getuid(), gid: getgid()), stdin: stdin,
+                                 stdout: { b in c.lock.lock(); c.out += b; c.lock.unlock() },
+                                 stderr: { b in c.lock.lock(); c.err += b; c.lock.unlock() })
+        return (try cmd.wait().status, c)
+    }
+}
+
+@Suite(.serialized) struct AgentTests {
+    @Test func handshakeAnswersOurNonce() throws {
+        let a = try LocalAgent()
+        let info = try a.conn.handshake(timeout: 10)
+        #expect(info.agentVersion == "1")
+        #expect(info.cpus >= 1)
+        #expect(!info.hostname.isEmpty)
+    }
+
+    @Test func exitCodesAreTheShellsConvention() throws {
+        let a = try LocalAgent()
+        _ = try a.conn.handshake(timeout: 10)
+        #expect(try a.run(["true"]).0.code == 0)
+        #expect(try a.run(["false"]).0.code == 1)
+        #expect(try a.run(["sh", "-c", "exit 42"]).0.code == 42)
+        let (nf, out) = try a.run(["no-such-command-xyz"])
+        #expect(nf.code == 127)
+        #expect(out.stderr.contains("no-such-command-xyz: command not found"))
+        let (sig, _) = try a.run(["sh", "-c", "kill -9 $$"])
+        #expect(sig.signal == 9)
+        #expect(sig.code == 137)
+        #expect(try a.run(["/etc/passwd"]).0.code == 126)
+    }
+
+    @Test func environmentAndWorkingDirectoryArriveIntact() throws {
+        let a = try LocalAgent()
+        let (st, c) = try a.run(["sh", "-c", "echo \"$FOO|$(pwd)\""], env: ["PATH=/usr/bin:/bin", "FOO=bar baz"], cwd: "/tmp")
+        #expect(st.code == 0)
+        #expect(c.stdout == "bar baz|/tmp\n")
+        let (st2, c2) = try a.run(["pwd"], cwd: "/no/such/dir")
+        #expect(st2.code == 0)
+        #expect(c2.stderr.contains("cannot change to directory /no/such/dir"))
+        #expect(c2.stdout == "/tmp\n")
+    }
+
+    @Test func tenMegabytesOfOutputArriveWithoutLoss() throws {
+        let a = try LocalAgent()
+        let (st, c) = try a.run(["sh", "-c", "f=$(mktemp); head -c 10485760 /dev/urandom > $f; sha256sum $f >&2; cat $f; rm -f $f"])
+        #expect(st.code == 0)
+        #expect(c.out.count == 10 << 20)
+        let want = c.stderr.split(separator: " ").first.map(String.init)
+        #expect(want == sha256Hex(c.out))
+    }
+
+    @Test func stdinIsStreamedWithFlowControl() throws {
+        let a = try LocalAgent()
+        // 3 MiB through a pipe: far beyond the stdin window, so the window must keep refilling.
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        let p = fds
+        let data = [UInt8]((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        let writer = Thread {
+            data.withUnsafeBytes { b in var off = 0; while off < b.count { let n = write(p[1], b.baseAddress! + off, b.count - off); if n <= 0 { break }; off += n } }
+            close(p[1])
+        }
+        writer.start()
+        let (st, c) = try a.run(["sha256sum"], stdin: p[0])
+        close(p[0])
+        #expect(st.code == 0)
+        #expect(c.stdout.hasPrefix(sha256Hex(data)))
+    }
+
+    @Test func signalsReachTheWholeProcessGroup() throws {
+        let a = try LocalAgent()
+        let c = LocalAgent.Collected()
+        let cmd = try a.conn.start(ExecRequest(argv: ["sh", "-c", "sleep 30 & wait"], env: ["PATH=/usr/bin:/bin"], uid: getuid(), gid: getgid()),
+                                   stdout: { b in c.out += b }, stderr: { _ in })
+        usleep(300_000)
+        cmd.signal(SIGTERM)
+        let (st, _) = try cmd.wait()
+        #expect(st.signal == SIGTERM)
+    }
+
+    @Test func manyCommandsAtOnceOverOneChannel() throws {
+        let a = try LocalAgent()
+        final class R: @unchecked Sendable { var v = [String](repeating: "", count: 16) }
+        let r = R()
+        DispatchQueue.concurrentPerform(iterations: 16) { i in
+            let (_, c) = try! a.run(["sh", "-c", "echo \(i); sleep 0.2; echo done\(i)"])
+            r.v[i] = c.stdout
+        }
+        for i in 0..<16 { #expect(r.v[i] == "\(i)\ndone\(i)\n") }
+    }
+
+    @Test func malformedFramesDoNotKillTheAgent() throws {
+        let a = try LocalAgent()
+        _ = try a.conn.handshake(timeout: 10)
+        // An EXEC whose strings overrun the payload, an unknown type, raw noise.
+        try a.conn.send(AgentFrame(.exec, session: 99, payload: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]))
+        try a.conn.send(AgentFrame(rawType: 0x55, session: 1, payload: [1, 2, 3]))
+        try a.conn.send(AgentFrame(.stdin, session: 12345, payload: [1]))
+        _ = try a.conn.handshake(timeout: 10)
+        #expect(try a.run(["echo", "still alive"]).1.stdout == "still alive\n")
+    }
+}
+
+import Crypto
+func sha256Hex(_ b: [UInt8]) -> String { SHA256.hash(data: b).map { String(format: "%02x", $0) }.joined() }
