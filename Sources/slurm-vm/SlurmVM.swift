@@ -1,6 +1,9 @@
 // slurm-vm: the admin and user command line.
 
 import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
 
 @main
 struct SlurmVM: ParsableCommand {
@@ -8,4 +11,16 @@ struct SlurmVM: ParsableCommand {
         commandName: "slurm-vm",
         abstract: "VM-on-demand jobs for Slurm: image matching, catalog and guests.",
         subcommands: [ImageCommand.self, MatchCommand.self, VMCommand.self, ClassAdCommand.self, BenchCommand.self])
+
+    /// Writes to a pipe or socket whose reader is gone must fail with EPIPE, never kill the CLI
+    /// halfway through tearing guests down.
+    static func main() {
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

@@ -149,7 +149,8 @@ public final class AgentConnection: @unchecked Sendable {
         writeLock.lock(); defer { writeLock.unlock() }
         var off = 0
         while off < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, bytes.count - off) }
+            // send(MSG_NOSIGNAL): a guest that went away is an error to report, not a SIGPIPE.
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }
             if n < 0 {
                 if errno == EINTR { continue }
                 let e = String(cString: strerror(errno))

@@ -2,6 +2,7 @@
 // watched and ended by pid.
 
 import CLinux
+import Catalog
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -54,15 +55,25 @@ public enum Processes {
         return nil
     }
 
-    /// Waits up to `timeout` for a child to end; true if it did.
+    /// Waits up to `timeout` for a process to end; true if it did. Our children are reaped; another
+    /// process's (an adopted, kept guest) is watched until it no longer exists.
     public static func wait(_ pid: Int32, timeout: TimeInterval) -> Bool {
         let deadline = Date(timeIntervalSinceNow: timeout)
+        let start = ProcessIdentity.startTime(of: pid)
         while Date() < deadline {
-            if poll(pid) != nil { return true }
-            if !isChild(pid) && kill(pid, 0) != 0 { return true }
+            if isChild(pid) {
+                if poll(pid) != nil { return true }
+            } else if start == nil || ProcessIdentity.startTime(of: pid) != start || isZombie(pid) {
+                return true
+            }
             usleep(10_000)
         }
         return false
+    }
+
+    static func isZombie(_ pid: Int32) -> Bool {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = s.lastIndex(of: ")") else { return true }
+        return s[s.index(after: close)...].split(separator: " ").first == "Z"
     }
 
     static func isChild(_ pid: Int32) -> Bool {

@@ -42,8 +42,9 @@ public struct QEMUBackend: Hypervisor {
         return o.joined(separator: " ")
     }
 
-    func arguments(_ spec: GuestSpec, kernel: String) -> [String] {
-        var a = ["-name", "\(spec.id),debug-threads=on", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-S"]
+    func arguments(_ spec: GuestSpec, kernel: String, managed: Bool = true) -> [String] {
+        var a = ["-name", "\(spec.id),debug-threads=on", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
+        if managed { a.append("-S") }
         a += ["-M", "microvm,rtc=on,memory-backend=ram"]
         switch accelerator {
         case .kvm: a += ["-accel", "kvm", "-cpu", "host"]
@@ -59,7 +60,7 @@ public struct QEMUBackend: Hypervisor {
         if let i = spec.initrd { a += ["-initrd", i] }
         a += ["-append", [platformCmdline(spec), spec.cmdline].filter { !$0.isEmpty }.joined(separator: " ")]
         a += ["-chardev", "file,id=con,path=\(spec.consolePath)", "-serial", "chardev:con"]
-        a += ["-chardev", "socket,id=qmp,path=\(spec.runDir)/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"]
+        if managed { a += ["-chardev", "socket,id=qmp,path=\(spec.runDir)/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"] }
         if spec.agent {
             a += ["-device", "virtio-serial-device",
                   "-chardev", "socket,id=agent,path=\(spec.agentSocket),server=on,wait=off",
@@ -69,6 +70,13 @@ public struct QEMUBackend: Hypervisor {
             a += ["-drive", "file=\(d),if=none,id=root,format=raw,readonly=on", "-device", "virtio-blk-device,drive=root"]
         }
         return a
+    }
+
+    /// The same QEMU command line, unmanaged: not paused, no monitor, no pinning. The benchmark's
+    /// baseline boots an image this way with `slurmvm.bootonly=1` (the agent powers off at once).
+    public func unmanagedCommand(_ spec: GuestSpec) -> [String] {
+        let kernel = DirectKernel.vmlinux(for: spec.kernel, digest: spec.kernelDigest, cacheDir: kernelCache) ?? spec.kernel
+        return [binary] + arguments(spec, kernel: kernel, managed: false)
     }
 
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {

@@ -48,7 +48,7 @@ public final class QMPClient: @unchecked Sendable {
         let ok = data.withUnsafeBytes { b -> Bool in
             var off = 0
             while off < b.count {
-                let n = write(fd, b.baseAddress! + off, b.count - off)
+                let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL))
                 if n < 0 { if errno == EINTR { continue }; return false }
                 off += n
             }
