@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
-# Runs every test: unit and fuzz tests (swift test) and the differential tests against HTCondor's library.
+# Runs every test: unit, fuzz and end-to-end tests (swift test: real guests under QEMU, the image
+# builder against Debian's archive), the differential tests against HTCondor's library, and the guest
+# benchmark once (so its numbers appear in every CI log). CI runs exactly this: .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 swift build -c release --product slurm-vm 2>&1 | tail -1
-swift test 2>&1 | tail -n 40
+swift build --build-tests 2>&1 | tail -1
+log=$(mktemp)
+rc=0
+swift test --skip-build >"$log" 2>&1 || rc=$?
+# Failures, skips (said loudly) and the summary; the whole log when something failed.
+grep -E '^✘|SKIPPED|recorded an issue|^✔ Test run|Executed [0-9]+ tests' "$log" || true
+if [ "$rc" -ne 0 ]; then tail -n 80 "$log"; exit "$rc"; fi
 SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 -m pytest -q Tests/differential
+# The guest benchmark (3 runs each) on a scratch catalog: build time, vm run vs bare QEMU, VMM memory.
+bench=$(mktemp -d)
+trap 'rm -rf "$bench"' EXIT
+SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-vm image build Images/minimal.toml >/dev/null 2>&1
+SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-vm bench guest --runs 3

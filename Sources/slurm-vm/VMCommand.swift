@@ -62,7 +62,7 @@ struct VMCommand: ParsableCommand {
         @Option(help: "Seconds to wait for every guest's agent.") var bootTimeout: Double = 60
         @Option(help: "Environment for the command, NAME=VALUE (repeatable).") var env: [String] = []
         @Option(help: "Working directory in the guest.") var cwd: String = "/"
-        @Flag(help: "Back guest memory with 2 MiB hugepages (a pool must be reserved).") var hugepages = false
+        @Option(help: "Back guest memory with 2 MiB hugepages: auto (when the reserved pool has room), on, off.") var hugepages: String = "auto"
         @Flag(help: "Keep the guests running after the command (see vm ls, vm exec, vm stop).") var keep = false
         @Argument(parsing: .postTerminator, help: "The command to run in each guest.") var command: [String] = []
 
@@ -104,6 +104,7 @@ struct VMCommand: ParsableCommand {
             }
             if vcpus > maxCPU { throw RunnerError.invalidRequest("--vcpus \(vcpus) is more than image \(rec.label) supports (MaxVCPUs = \(maxCPU))") }
             let p = try plan(count)
+            let huge = try useHugepages(memMB * count)
             // A blob that no longer matches its digest must never boot.
             for a in rec.artefacts { try cat.blobs.verify(a.digest) }
             let records = try GuestRecords()
@@ -116,7 +117,7 @@ struct VMCommand: ParsableCommand {
                                  initrd: rec.artefact("initrd").map { cat.blobs.path(of: $0.digest) },
                                  disk: rec.artefact("disk").map { cat.blobs.path(of: $0.digest) },
                                  cmdline: cmdline, vcpus: vcpus, memoryMB: memMB, cpus: p.perGuest[i], housekeeping: p.housekeeping,
-                                 agent: true, hugepages: hugepages, runDir: records.dir(id), keep: keep, accelerator: hv.accelerator)
+                                 agent: true, hugepages: huge, runDir: records.dir(id), keep: keep, accelerator: hv.accelerator)
             }
             let teardown = Teardown(catalog: cat)
             teardown.install()
@@ -161,6 +162,21 @@ struct VMCommand: ParsableCommand {
             return code
         }
 
+        /// Hugepages for `mb` MiB of guest memory: `auto` uses the 2 MiB pool when it has room.
+        func useHugepages(_ mb: Int) throws -> Bool {
+            let free = HostFacts.freeHugepages2M
+            switch hugepages {
+            case "off": return false
+            case "auto": return free * 2 >= mb
+            case "on":
+                guard free * 2 >= mb else {
+                    throw RunnerError.invalidRequest("--hugepages on: the 2 MiB hugepage pool has \(free) free pages (\(free * 2) MiB) but the guests need \(mb) MiB; reserve more (echo N > /proc/sys/vm/nr_hugepages) or use --hugepages auto")
+                }
+                return true
+            default: throw ValidationError("--hugepages must be auto, on or off")
+            }
+        }
+
         func environment() -> [String] {
             var e = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=\(getuid() == 0 ? "/root" : "/tmp")",
                      "TERM=\(ProcessInfo.processInfo.environment["TERM"] ?? "dumb")"]
@@ -181,7 +197,7 @@ struct VMCommand: ParsableCommand {
             let id = records.newID(prefix: "raw")
             let spec = GuestSpec(id: id, kernel: kernel, initrd: initrd, cmdline: append ?? "", vcpus: vcpus,
                                  memoryMB: try memoryMB(default: 256), cpus: p.perGuest[0], housekeeping: p.housekeeping,
-                                 agent: false, hugepages: hugepages, runDir: records.dir(id), keep: false, accelerator: hv.accelerator)
+                                 agent: false, hugepages: try useHugepages(try memoryMB(default: 256)), runDir: records.dir(id), keep: false, accelerator: hv.accelerator)
             let teardown = Teardown(catalog: nil)
             teardown.install()
             let g = try hv.boot(spec)

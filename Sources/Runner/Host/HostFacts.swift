@@ -49,6 +49,12 @@ public enum HostFacts {
         return khz
     }
 
+    /// Free pages in the 2 MiB hugetlb pool.
+    public static var freeHugepages2M: Int {
+        let t = try? String(contentsOfFile: "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", encoding: .utf8)
+        return Int(t?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 0
+    }
+
     /// An executable on PATH (or an absolute path that is executable).
     public static func which(_ name: String) -> String? {
         if name.hasPrefix("/") { return access(name, X_OK) == 0 ? name : nil }
