@@ -145,6 +145,50 @@ struct Guests {
         Harness.expectClean()
     }
 
+    @Test func rawModeCopiesTheConsoleAndEndsWithTheGuest() throws {
+        let rec = try JSONSerialization.jsonObject(with: Data(Harness.run(["image", "show", "minimal:1.0", "--json"]).out.utf8)) as! [String: Any]
+        func blob(_ role: String) -> String {
+            let d = (rec["artefacts"] as! [[String: Any]]).first { $0["role"] as? String == role }!["digest"] as! String
+            return Harness.catalog + "/blobs/sha256/" + d.dropFirst(7)
+        }
+        // The image's own kernel and initramfs, booted without an agent: the agent's boot-only mode
+        // reports on the console and powers off, which ends the run.
+        let r = Harness.run(["vm", "run", "--kernel", blob("kernel"), "--initrd", blob("initrd"), "--vcpus", "1", "--mem", "128M",
+                             "--append", "slurmvm.bootonly=1"])
+        #expect(r.code == 0, "\(r.err)")
+        #expect(r.out.contains("boot-only: user space reached at"), "\(r.out)")
+        #expect(r.err.contains("guest powered off"))
+        // A guest that halts without powering off also ends the run.
+        let h = Harness.run(["vm", "run", "--kernel", blob("kernel"), "--initrd", blob("initrd"), "--mem", "128M",
+                             "--append", "rdinit=/usr/bin/busybox -- halt -f"])
+        #expect(h.code == 0, "\(h.err)")
+        #expect(h.err.contains("guest halted") || h.err.contains("guest powered off"), "\(h.err)")
+        let e = Harness.run(["vm", "run", "--kernel", blob("kernel"), "--backend", "embedded"])
+        #expect(e.code == 1 && e.err.contains("embedded KVM backend is not part of this build"))
+        Harness.expectClean()
+    }
+
+    @Test func theBuilderNeedsNoRoot() throws {
+        guard getuid() == 0 else {
+            FileHandle.standardError.write(Data("*** SKIPPED theBuilderNeedsNoRoot: only root can switch to an unprivileged user to try ***\n".utf8))
+            return
+        }
+        guard Harness.sh("command -v runuser").0 == 0 else {
+            FileHandle.standardError.write(Data("*** SKIPPED theBuilderNeedsNoRoot: runuser(1) is missing ***\n".utf8))
+            return
+        }
+        let dir = Harness.root + "/nobody"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        chown(dir, 65534, 65534)
+        chmod(Harness.root, 0o755)
+        let cmd = "cd \(dir) && runuser -u nobody -- env HOME=\(dir) XDG_CACHE_HOME=\(dir)/cache SLURM_VM_CATALOG=\(dir)/catalog " +
+            "\(Harness.binary) image build \(Harness.repo)/Images/minimal.toml --json"
+        let (st, out) = Harness.sh(cmd)
+        #expect(st == 0, "\(out)")
+        let mine = try JSONSerialization.jsonObject(with: Data(Harness.run(["image", "show", "minimal:1.0", "--json"]).out.utf8)) as! [String: Any]
+        #expect(out.contains(mine["digest"] as! String), "an unprivileged build gives the same image: \(out)")
+    }
+
     @Test func matchIsADryRunOfSubmission() {
         let hit = Harness.run(["match", "--vm-libs", "busybox-static", "--vm-vcpus", "2", "--vm-os", "debian:12"])
         #expect(hit.code == 0 && hit.out.hasPrefix("minimal:"), "\(hit.out)\(hit.err)")
@@ -243,7 +287,7 @@ struct Guests {
 @Suite(.enabled(if: ProcessInfo.processInfo.environment["SLURM_VM_SKIP_MPI"] == nil, "SKIPPED: MPI image test (SLURM_VM_SKIP_MPI is set)"))
 struct MPIImageTests {
     @Test func mpiexecRunsInsideOneGuest() throws {
-        let b = Harness.run(["image", "build", Harness.repo + "/Images/mpich.toml", "--json"])
+        let b = Harness.run(["image", "build", Harness.repo + "/Images/mpich.toml", "--json"], timeout: 1800)
         #expect(b.code == 0, "\(b.err)")
         let rec = try JSONSerialization.jsonObject(with: Data(Harness.run(["image", "show", "mpich", "--json"]).out.utf8)) as! [String: Any]
         #expect((rec["size_bytes"] as! Int) <= 80 << 20, "the MPI image must stay within 80 MB")

@@ -31,7 +31,10 @@ enum Harness {
 
     /// Runs slurm-vm with the harness's catalog and run directory (plus `env`).
     @discardableResult
-    static func run(_ args: [String], env: [String: String] = [:], stdin: Data? = nil, catalog: String? = nil) -> Result {
+    /// A command still running after `timeout` seconds is killed (SIGTERM: it tears its guests down), so
+    /// a hang fails the test with exit code 143 instead of stalling the suite.
+    static func run(_ args: [String], env: [String: String] = [:], stdin: Data? = nil, catalog: String? = nil,
+                    timeout: TimeInterval = 300) -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
@@ -43,6 +46,10 @@ enum Harness {
         let o = Pipe(), er = Pipe(), i = Pipe()
         p.standardOutput = o; p.standardError = er; p.standardInput = i
         try! p.run()
+        let pid = p.processIdentifier
+        let watchdog = DispatchWorkItem { kill(pid, SIGTERM) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
+        defer { watchdog.cancel() }
         if let stdin { i.fileHandleForWriting.write(stdin) }
         try? i.fileHandleForWriting.close()
         final class Box: @unchecked Sendable { var d = Data() }
@@ -57,7 +64,7 @@ enum Harness {
 
     /// The minimal image, built once per test process (the .deb cache makes later builds quick).
     static let minimal: Result = {
-        let r = run(["image", "build", repo + "/Images/minimal.toml"])
+        let r = run(["image", "build", repo + "/Images/minimal.toml"], timeout: 1800)
         precondition(r.code == 0, "building Images/minimal.toml failed:\n\(r.err)")
         return r
     }()

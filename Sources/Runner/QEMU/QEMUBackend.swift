@@ -158,12 +158,13 @@ public final class QEMUGuest: RunningGuest, @unchecked Sendable {
     }
 
     public func waitForEnd(timeout: TimeInterval?) -> GuestEnd? {
+        // Polls at least once, so a zero timeout is a non-blocking check.
         let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
-        while deadline.map({ Date() < $0 }) ?? true {
+        while true {
             if let e = reapedEnd() { return e }
+            if let deadline, Date() >= deadline { return nil }
             usleep(20_000)
         }
-        return nil
     }
 
     func reapedEnd() -> GuestEnd? {
