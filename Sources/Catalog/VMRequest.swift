@@ -54,6 +54,28 @@ public struct Requester: Codable, Sendable, Equatable {
 }
 
 extension VMRequest {
+    /// The option names (without `--vm-`), in the order `--help` lists them.
+    public static let optionNames = ["count", "vcpus", "mem", "os", "kernel", "libs", "image", "requirements", "rank"]
+
+    /// Builds and validates a request from raw option strings keyed by option name without `--vm-`
+    /// (`count`, `vcpus`, …): what the SPANK plugin sends and what `slurm-vm match` parses. An unknown
+    /// key is an error, so a plugin and daemon of different versions never silently drop an option.
+    public static func fromOptions(_ o: [String: String]) throws(Invalid) -> VMRequest {
+        if let bad = o.keys.sorted().first(where: { !optionNames.contains($0) }) {
+            throw Invalid(option: "--vm-\(bad)", reason: "unknown option (known: \(optionNames.map { "--vm-" + $0 }.joined(separator: ", ")))")
+        }
+        var r = VMRequest()
+        if let v = o["count"] { r.count = try parseCount(v, option: "--vm-count", max: maxCount) }
+        if let v = o["vcpus"] { r.vcpus = try parseCount(v, option: "--vm-vcpus", max: maxVCPUs) }
+        if let v = o["mem"] { r.memoryMB = try parseMemory(v) }
+        r.os = o["os"]; r.kernel = o["kernel"]; r.image = o["image"]; r.requirements = o["requirements"]; r.rank = o["rank"]
+        r.libs = o["libs"].map(parseList) ?? []
+        try r.validate()
+        return r
+    }
+}
+
+extension VMRequest {
     /// Option-value parsers shared by every front end (CLI, plugin via the daemon).
     public static func parseCount(_ s: String, option: String, max: Int) throws(Invalid) -> Int {
         guard let n = Int(s.trimmingCharacters(in: .whitespaces)) else {

@@ -22,14 +22,9 @@ struct VMOptions: ParsableArguments {
     @Option(name: .customLong("vm-rank"), help: "A ClassAd expression ranking images (higher is better).") var rank: String?
 
     func request() throws -> VMRequest {
-        var r = VMRequest()
-        if let count { r.count = try VMRequest.parseCount(count, option: "--vm-count", max: VMRequest.maxCount) }
-        if let vcpus { r.vcpus = try VMRequest.parseCount(vcpus, option: "--vm-vcpus", max: VMRequest.maxVCPUs) }
-        if let mem { r.memoryMB = try VMRequest.parseMemory(mem) }
-        r.os = os; r.kernel = kernel; r.image = image; r.requirements = requirements; r.rank = rank
-        r.libs = libs.map(VMRequest.parseList) ?? []
-        try r.validate()
-        return r
+        let given: [(String, String?)] = [("count", count), ("vcpus", vcpus), ("mem", mem), ("os", os), ("kernel", kernel),
+                                           ("libs", libs), ("image", image), ("requirements", requirements), ("rank", rank)]
+        return try VMRequest.fromOptions(Dictionary(uniqueKeysWithValues: given.compactMap { k, v in v.map { (k, $0) } }))
     }
 }
 
