@@ -7,12 +7,15 @@ let package = Package(
     products: [
         .library(name: "ClassAd", targets: ["ClassAd"]),
         .executable(name: "slurm-vm", targets: ["slurm-vm"]),
+        .executable(name: "slurm-vmd", targets: ["slurm-vmd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         // PCRE2 is the regular-expression engine HTCondor itself uses, so regexp() & co. agree with it exactly.
@@ -35,17 +38,38 @@ let package = Package(
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
+        // TOML read strictly (unknown keys are errors): recipes and the daemon's configuration.
+        .target(name: "StrictTOML", dependencies: [.product(name: "TOMLKit", package: "TOMLKit")]),
         // Builds guest images from recipes (Images/*.toml): Debian packages, the agent, an initramfs.
         .target(
             name: "ImageBuilder",
-            dependencies: ["Catalog", "CLZ4", "CLinux", .product(name: "TOMLKit", package: "TOMLKit")],
+            dependencies: ["Catalog", "CLZ4", "CLinux", "StrictTOML", .product(name: "TOMLKit", package: "TOMLKit")],
             path: "Images/Builder"),
         // Boots guests: the Hypervisor protocol, the QEMU backend (QMP), CPU pinning, the agent client.
         .target(name: "Runner", dependencies: ["Catalog", "CLZ4", "CLinux"]),
+        // A node's share of a job's guests: core placement, per-job guest sets booted in the prolog and torn
+        // down in the epilog, tasks run in them, state on disk and its recovery after a restart.
+        .target(name: "Node", dependencies: ["Catalog", "Runner", "CLinux"]),
+        // slurm-vmd's pieces: configuration, the Unix-socket API (JSON lines, SO_PEERCRED), the catalog
+        // role (matching, blobs over TCP) and the node role (Node) behind it.
+        .target(
+            name: "Daemon",
+            dependencies: [
+                "Catalog", "ClassAd", "Node", "Runner", "CLinux", "StrictTOML",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "slurm-vmd",
+            dependencies: [
+                "Daemon",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
         .executableTarget(
             name: "slurm-vm",
             dependencies: [
-                "ClassAd", "Catalog", "ImageBuilder", "Runner",
+                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "ClassAdTests", dependencies: ["ClassAd"]),

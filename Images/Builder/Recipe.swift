@@ -4,6 +4,7 @@
 
 import Catalog
 import Foundation
+import StrictTOML
 import TOMLKit
 
 public struct BuildError: Error, CustomStringConvertible {
@@ -56,7 +57,7 @@ public struct Recipe: Sendable, Equatable {
         do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
             throw BuildError("\(path):\(e.source.begin.line):\(e.source.begin.column): \(e.description)")
         }
-        return try Recipe(table: StrictTable(table, path: path, at: ""), path: path)
+        return try Recipe(table: StrictTable(table, path: path, at: "", hint: "Images/README.md"), path: path)
     }
 
     init(table t: StrictTable, path: String) throws {
@@ -133,54 +134,4 @@ public struct Recipe: Sendable, Equatable {
     }
 
     public var directory: String { (path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent }
-}
-
-/// A TOML table that remembers which keys were read, so leftovers can be reported as unknown.
-final class StrictTable {
-    let t: TOMLTable
-    let path: String
-    let at: String
-    var used: Set<String> = []
-
-    init(_ t: TOMLTable, path: String, at: String) { self.t = t; self.path = path; self.at = at }
-
-    var keys: [String] { t.keys.sorted() }
-    func name(_ k: String) -> String { at.isEmpty ? k : "\(at).\(k)" }
-
-    func value(_ k: String) -> TOMLValueConvertible? { used.insert(k); return t[k] }
-
-    func wrong(_ k: String, _ want: String, _ v: TOMLValueConvertible) -> BuildError {
-        BuildError("\(path): \(name(k)) must be \(want), not \(v.type)")
-    }
-
-    func string(_ k: String) throws -> String {
-        guard let v = value(k) else { throw BuildError("\(path): \(name(k)) is missing") }
-        guard let s = v.string else { throw wrong(k, "a string", v) }
-        return s
-    }
-    func optionalString(_ k: String) throws -> String? { try value(k).map { v in guard let s = v.string else { throw wrong(k, "a string", v) }; return s } }
-    func optionalInt(_ k: String) throws -> Int? { try value(k).map { v in guard let s = v.int else { throw wrong(k, "an integer", v) }; return s } }
-    func optionalBool(_ k: String) throws -> Bool? { try value(k).map { v in guard let s = v.bool else { throw wrong(k, "true or false", v) }; return s } }
-    func optionalStrings(_ k: String) throws -> [String]? {
-        try value(k).map { v in
-            guard let a = v.array else { throw wrong(k, "a list of strings", v) }
-            return try a.map { e in guard let s = e.string else { throw wrong(k, "a list of strings", v) }; return s }
-        }
-    }
-    func table(_ k: String) throws -> StrictTable {
-        guard let v = value(k) else { throw BuildError("\(path): [\(name(k))] is missing") }
-        guard let tt = v.table else { throw wrong(k, "a table", v) }
-        return StrictTable(tt, path: path, at: name(k))
-    }
-    func optionalTable(_ k: String) throws -> StrictTable? { t[k] == nil ? nil : try table(k) }
-
-    /// Throws on any key that was not read.
-    func done() throws {
-        let unknown = t.keys.filter { !used.contains($0) }.sorted()
-        if !unknown.isEmpty {
-            throw BuildError("\(path): unknown key\(unknown.count > 1 ? "s" : "") \(unknown.map(name).joined(separator: ", ")) (check the spelling against Images/README.md)")
-        }
-    }
-    /// For tables whose keys are all data (files, links): every key was read by iterating.
-    func doneAll() throws { used.formUnion(t.keys) }
 }

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -98,3 +99,55 @@ uint64_t clinux_rdtsc(void) {
 }
 
 pid_t clinux_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+int clinux_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred c;
+    socklen_t len = sizeof c;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c, &len) != 0) return -errno;
+    *pid = c.pid; *uid = c.uid; *gid = c.gid;
+    return 0;
+}
+
+#define CLINUX_MAX_FDS 8
+
+long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > CLINUX_MAX_FDS || len == 0) return -EINVAL;
+    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * CLINUX_MAX_FDS)]; } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (nfds > 0) {
+        m.msg_control = ctl.space;
+        m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    for (;;) {
+        ssize_t r = sendmsg(fd, &m, MSG_NOSIGNAL);
+        if (r >= 0) return r;
+        if (errno != EINTR) return -errno;
+    }
+}
+
+long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int maxfds, int *nfds) {
+    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * CLINUX_MAX_FDS)]; } ctl;
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space, .msg_controllen = sizeof ctl.space };
+    *nfds = 0;
+    ssize_t r;
+    do { r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *got = (int *)CMSG_DATA(c);
+        for (int i = 0; i < n; i++) {
+            if (*nfds < maxfds) fds[(*nfds)++] = got[i];
+            else close(got[i]);
+        }
+    }
+    return r;
+}

@@ -16,6 +16,8 @@ struct SlurmVM: ParsableCommand {
     /// halfway through tearing guests down.
     static func main() {
         signal(SIGPIPE, SIG_IGN)
+        // Started by the SPANK plugin in place of a task's argv[0]: run the task in a guest.
+        if TaskWrapper.active { TaskWrapper.main() }
         do {
             var command = try parseAsRoot()
             try command.run()

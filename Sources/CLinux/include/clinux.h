@@ -31,4 +31,15 @@ uint64_t clinux_rdtsc(void);
 
 /// Linux's gettid().
 pid_t clinux_gettid(void);
+
+/// The peer of a connected Unix socket (SO_PEERCRED). Returns 0 or -errno.
+int clinux_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// send(2) of `len` bytes (at least 1) with `nfds` descriptors attached (SCM_RIGHTS). Returns bytes
+/// sent or -errno.
+long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds);
+
+/// recv(2) into `buf`, collecting up to `maxfds` attached descriptors (close-on-exec) into `fds` and
+/// their number into `*nfds`; descriptors beyond `maxfds` are closed. Returns bytes or -errno.
+long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int maxfds, int *nfds);
 #endif

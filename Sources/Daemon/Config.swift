@@ -1,0 +1,75 @@
+// slurm-vmd's configuration: one TOML file (default /etc/slurm-vm/slurm-vmd.toml), read strictly —
+// an unknown key or a wrong type is an error naming it. docs/daemon.md documents every key.
+//
+//   socket = "/run/slurm-vm/slurm-vmd.sock"   # the Unix-socket API
+//   slurm_user = "slurm"                       # may prepare/tear down guests, as root may
+//   [catalog]                                  # the catalog role (matching, image blobs)
+//   path = "/var/lib/slurm-vm"
+//   listen = "0.0.0.0:7420"                    # blob service for the nodes
+//   [node]                                     # the node role (guests)
+//   name = "node1"                             # default: the short host name
+//   catalog = "head:7420"                      # where to fetch images from
+//   state = "/var/lib/slurm-vm/node"  run = "/run/slurm-vm"  cache = "/var/cache/slurm-vm"
+//   boot_timeout = 120  hugepages = "auto"  accelerator = "kvm"|"tcg"  qemu = "/usr/bin/qemu-system-x86_64"
+
+import Foundation
+import Node
+import Runner
+import StrictTOML
+
+public struct DaemonConfig: Sendable {
+    public struct CatalogRole: Sendable {
+        public var path: String
+        public var listen: String
+    }
+
+    public var socket: String
+    public var slurmUser: String?
+    public var catalog: CatalogRole?
+    public var node: NodeConfig?
+    public var path: String
+
+    public static let defaultPath = "/etc/slurm-vm/slurm-vmd.toml"
+
+    public static func load(_ path: String) throws -> DaemonConfig {
+        let t = try StrictTable.load(path, hint: "docs/daemon.md")
+        var c = DaemonConfig(socket: try t.optionalString("socket") ?? "/run/slurm-vm/slurm-vmd.sock",
+                             slurmUser: try t.optionalString("slurm_user"), catalog: nil, node: nil, path: path)
+        if let ct = try t.optionalTable("catalog") {
+            c.catalog = CatalogRole(path: try ct.optionalString("path") ?? "/var/lib/slurm-vm",
+                                    listen: try ct.optionalString("listen") ?? "0.0.0.0:7420")
+            try ct.done()
+        }
+        if let nt = try t.optionalTable("node") {
+            let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
+            guard let source = try nt.optionalString("catalog") ?? c.catalog.map({ "127.0.0.1:" + ($0.listen.split(separator: ":").last.map(String.init) ?? "7420") }) else {
+                throw TOMLConfigError("\(path): node.catalog is missing (HOST:PORT of the catalog role's blob service)")
+            }
+            var n = NodeConfig(name: try nt.optionalString("name") ?? host,
+                               stateDir: try nt.optionalString("state") ?? "/var/lib/slurm-vm/node",
+                               runDir: try nt.optionalString("run") ?? "/run/slurm-vm",
+                               cacheDir: try nt.optionalString("cache") ?? "/var/cache/slurm-vm",
+                               catalogAddress: source)
+            if let b = try nt.optionalInt("boot_timeout") {
+                guard b >= 1 && b <= 3600 else { throw TOMLConfigError("\(path): node.boot_timeout must be 1 to 3600 seconds") }
+                n.bootTimeout = TimeInterval(b)
+            }
+            if let h = try nt.optionalString("hugepages") {
+                guard ["auto", "on", "off"].contains(h) else { throw TOMLConfigError("\(path): node.hugepages must be \"auto\", \"on\" or \"off\"") }
+                n.hugepages = h
+            }
+            if let a = try nt.optionalString("accelerator") {
+                guard let acc = Accelerator(rawValue: a) else { throw TOMLConfigError("\(path): node.accelerator must be \"kvm\" or \"tcg\"") }
+                n.accelerator = acc
+            }
+            n.qemu = try nt.optionalString("qemu")
+            try nt.done()
+            c.node = n
+        }
+        try t.done()
+        guard c.catalog != nil || c.node != nil else {
+            throw TOMLConfigError("\(path): neither [catalog] nor [node] is configured; slurm-vmd needs at least one role")
+        }
+        return c
+    }
+}

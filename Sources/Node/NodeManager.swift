@@ -1,0 +1,282 @@
+// This node's VM jobs: the prolog's prepare (image into the cache, guests placed on the job's cores,
+// booted, every agent ready), tasks started in the guests, the epilog's teardown, and reconciliation
+// after a restart. Per-job problems never throw out of prepare: they are recorded in the job's state
+// and reported to the job's tasks, because a failing prolog would drain the node.
+
+import Catalog
+import ClassAd
+import Foundation
+import Runner
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct NodeConfig: Sendable {
+    public var name: String
+    public var stateDir: String
+    public var runDir: String
+    public var cacheDir: String
+    /// host:port of the catalog role's blob service.
+    public var catalogAddress: String
+    public var bootTimeout: TimeInterval = 120
+    public var qemu: String? = nil
+    public var accelerator: Accelerator? = nil
+    /// Guest memory on 2 MiB hugepages: "auto" (when the pool has room), "on", "off".
+    public var hugepages: String = "auto"
+
+    public init(name: String, stateDir: String, runDir: String, cacheDir: String, catalogAddress: String) {
+        self.name = name; self.stateDir = stateDir; self.runDir = runDir; self.cacheDir = cacheDir; self.catalogAddress = catalogAddress
+    }
+}
+
+public struct TaskError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+public final class NodeManager: @unchecked Sendable {
+    public let config: NodeConfig
+    let store: JobStore
+    let records: GuestRecords
+    let cache: ImageCache
+    let hv: QEMUBackend
+    let log: @Sendable (String) -> Void
+
+    /// Guests of jobs this process booted or adopted, with their agent channels.
+    final class LiveJob: @unchecked Sendable {
+        var state: JobState
+        var guests: [RunningGuest] = []
+        var agents: [AgentConnection] = []
+        init(_ s: JobState) { state = s }
+    }
+    let lock = NSLock()
+    var live: [UInt32: LiveJob] = [:]
+    /// Jobs being prepared or torn down right now (one operation per job at a time).
+    var busy: Set<UInt32> = []
+    let busyCond = NSCondition()
+
+    public init(_ c: NodeConfig, log: @escaping @Sendable (String) -> Void) throws {
+        config = c
+        store = try JobStore(stateDir: c.stateDir)
+        records = try GuestRecords(root: c.runDir)
+        cache = try ImageCache(root: c.cacheDir, source: c.catalogAddress)
+        hv = try QEMUBackend(binary: c.qemu, kernelCache: records.cacheDir, accelerator: c.accelerator, stateDir: c.runDir)
+        self.log = log
+    }
+
+    public var acceleratorReport: String { "\(hv.accelerator.rawValue) (\(hv.acceleratorReason))" }
+
+    func exclusive<T>(_ job: UInt32, _ body: () throws -> T) rethrows -> T {
+        busyCond.lock()
+        while busy.contains(job) { busyCond.wait() }
+        busy.insert(job)
+        busyCond.unlock()
+        defer { busyCond.lock(); busy.remove(job); busyCond.broadcast(); busyCond.unlock() }
+        return try body()
+    }
+
+    // MARK: prolog
+
+    /// Boots this node's share of the job's guests. Returns the job's state: ready, or failed with
+    /// the reason (never throws: the prolog must succeed whatever happens to one job).
+    public func prepare(_ r: PrepareRequest) -> JobState {
+        exclusive(r.job) {
+            if let existing = lock.withLock({ live[r.job] }), existing.state.phase == .ready { return existing.state }
+            let started = Date()
+            var state = JobState(job: r.job, uid: r.uid, gid: r.gid, node: config.name, phase: .preparing, error: nil,
+                                 image: r.request.image, imageLabel: r.request.imageLabel, placement: nil, guests: [],
+                                 workdir: r.workdir, created: started, prepareSeconds: nil)
+            try? store.save(state)
+            let job = LiveJob(state)
+            do {
+                try boot(r, into: job, state: &state)
+                state.phase = .ready
+                state.prepareSeconds = Date().timeIntervalSince(started)
+                log("job \(r.job): \(state.guests.count) guest(s) of \(r.request.imageLabel) ready in \(String(format: "%.2f", state.prepareSeconds!)) s")
+            } catch {
+                for a in job.agents { a.close() }
+                for g in job.guests { g.destroy() }
+                job.guests = []; job.agents = []
+                state.phase = .failed
+                state.error = "\(error)"
+                log("job \(r.job): cannot prepare guests: \(error)")
+            }
+            job.state = state
+            try? store.save(state)
+            lock.withLock { live[r.job] = job }
+            return state
+        }
+    }
+
+    func boot(_ r: PrepareRequest, into job: LiveJob, state: inout JobState) throws {
+        let rec = try cache.ensure(image: r.request.image)
+        let ad = try rec.ad()
+        func int(_ a: String, _ d: Int) -> Int { if case .integer(let i) = ad.evaluate(a) { return Int(i) }; return d }
+        let minMem = int("MinMemoryMB", 256), maxVCPUs = int("MaxVCPUs", 1024)
+        let share = try Placement.share(count: r.request.request.count, nodes: r.nodeCount, index: r.nodeIndex)
+        let jobCPUs: [Int]
+        do { jobCPUs = try CPUList(parsing: r.cpus).cpus } catch { throw PlacementError("Slurm's CPU list '\(r.cpus)' for node \(r.node): \(error)") }
+        let placement = try Placement.place(share: share, vcpus: r.request.request.vcpus, jobCPUs: jobCPUs, node: r.node,
+                                            maxVCPUs: maxVCPUs, allowed: CPUList.callerAffinity())
+        let memMB = r.request.request.memoryMB ?? minMem
+        guard memMB >= minMem else {
+            throw PlacementError("--vm-mem=\(memMB)M is below image \(rec.label)'s minimum of \(minMem) MiB (MinMemoryMB)")
+        }
+        state.placement = placement
+        let huge: Bool
+        switch config.hugepages {
+        case "on": huge = true
+        case "off": huge = false
+        default: huge = HostFacts.freeHugepages2M * 2 >= memMB * share.guests
+        }
+        let specs = (0..<share.guests).map { i -> GuestSpec in
+            let index = share.firstIndex + i
+            let id = "job\(r.job)-vm\(index)"
+            return GuestSpec(id: id, hostname: "vm\(index)-job\(r.job)", kernel: cache.blobs.path(of: rec.artefact("kernel")!.digest),
+                             kernelDigest: rec.artefact("kernel")!.digest,
+                             initrd: rec.artefact("initrd").map { cache.blobs.path(of: $0.digest) },
+                             disk: rec.artefact("disk").map { cache.blobs.path(of: $0.digest) },
+                             cmdline: rec.cmdline, vcpus: placement.vcpus, memoryMB: memMB, cpus: placement.perGuest[i],
+                             housekeeping: placement.housekeeping, agent: true, hugepages: huge, runDir: records.dir(id),
+                             keep: true, accelerator: hv.accelerator)
+        }
+        state.guests = specs.map(\.id)
+        try store.save(state)
+        let recs = records
+        let ready = try GuestLauncher.bootAll(specs, on: hv, bootTimeout: config.bootTimeout) { g in
+            try? recs.save(GuestRecord(spec: g.spec, backend: "qemu", pid: g.pid, pidStart: ProcessIdentity.startTime(of: g.pid) ?? 0,
+                                       vcpuThreads: g.vcpuThreads, image: rec.label, imageDigest: rec.digest, started: Date(),
+                                       owner: r.uid, ready: nil))
+        }
+        job.guests = ready.map(\.guest)
+        job.agents = ready.map(\.agent)
+        for g in ready { if var gr = records.load(g.id) { gr.ready = g.info; try? records.save(gr) } }
+    }
+
+    // MARK: epilog
+
+    /// Destroys the job's guests and forgets the job. Also cleans up what a crashed daemon left.
+    @discardableResult
+    public func teardown(job id: UInt32) -> Int {
+        exclusive(id) {
+            let job = lock.withLock { live.removeValue(forKey: id) }
+            var ids = Set(job?.state.guests ?? [])
+            ids.formUnion(store.load(id)?.guests ?? [])
+            for a in job?.agents ?? [] { a.close() }
+            var n = 0
+            for g in job?.guests ?? [] { g.destroy(); ids.remove(g.spec.id); n += 1 }
+            for gid in ids { if destroyRecorded(gid) { n += 1 } }
+            store.remove(id)
+            if job != nil || n > 0 { log("job \(id): \(n) guest(s) torn down") }
+            return n
+        }
+    }
+
+    /// Ends a guest known only from its record (adopted, or left by a daemon that died).
+    func destroyRecorded(_ id: String) -> Bool {
+        guard let r = records.load(id) else { Files.remove(records.dir(id)); return false }
+        if r.alive {
+            QEMUGuest.adopt(spec: r.spec, pid: r.pid, vcpuThreads: r.vcpuThreads).destroy()
+            return true
+        }
+        Files.remove(records.dir(id))
+        return false
+    }
+
+    // MARK: tasks
+
+    public func state(of job: UInt32) -> JobState? {
+        lock.withLock { live[job]?.state } ?? store.load(job)
+    }
+
+    public func jobs() -> [JobState] { store.all() }
+
+    /// Starts a task of `job` in one of its guests. `caller` is the connecting process's uid: only
+    /// the job's owner (or root) may run in its guests.
+    public func startTask(job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, stdin: Int32?,
+                          stdout: @escaping @Sendable ([UInt8]) -> Void, stderr: @escaping @Sendable ([UInt8]) -> Void)
+        throws -> (command: AgentConnection.Command, guest: String) {
+        guard let job = lock.withLock({ live[id] }) else {
+            if let s = store.load(id) {
+                throw TaskError(s.error.map { "job \(id)'s guests on \(config.name) could not be prepared: \($0)" }
+                    ?? "job \(id)'s guests on \(config.name) are not available (state \(s.phase.rawValue))")
+            }
+            throw TaskError("job \(id) has no guests on node \(config.name): it was not submitted with --vm-* options, or its prolog did not run (PrologFlags=Alloc)")
+        }
+        guard caller == 0 || caller == job.state.uid else {
+            throw TaskError("job \(id) belongs to uid \(job.state.uid), not to uid \(caller)")
+        }
+        if job.state.phase == .failed {
+            throw TaskError("job \(id)'s guests on \(config.name) could not be prepared: \(job.state.error ?? "unknown error")")
+        }
+        guard job.state.phase == .ready, !job.agents.isEmpty else {
+            throw TaskError("job \(id)'s guests on \(config.name) are not ready (\(job.state.phase.rawValue))")
+        }
+        let i = Placement.guest(forLocalTask: localID, guests: job.agents.count)
+        var req = exec
+        req.uid = job.state.uid
+        req.gid = job.state.gid
+        req.env.append("SLURM_VM_GUEST=\(job.guests[i].spec.hostname)")
+        let cmd = try job.agents[i].start(req, stdin: stdin, stdout: stdout, stderr: stderr)
+        return (cmd, job.guests[i].spec.id)
+    }
+
+    // MARK: restart
+
+    /// After a restart: guests of running jobs are adopted (their agents reconnected), guests of ended
+    /// jobs are destroyed, guests no job claims are destroyed. `running` answers whether Slurm still
+    /// runs a job (nil: cannot tell — keep it).
+    public func reconcile(running: (UInt32) -> Bool?) {
+        var claimed = Set<String>()
+        for s in store.all() {
+            let alive = running(s.job)
+            if alive == false {
+                log("job \(s.job) has ended: removing what is left of it")
+                teardown(job: s.job)
+                continue
+            }
+            claimed.formUnion(s.guests)
+            if s.phase == .preparing {
+                var f = s
+                f.phase = .failed
+                f.error = "slurm-vmd restarted while the guests were being prepared"
+                for g in s.guests { _ = destroyRecorded(g) }
+                try? store.save(f)
+                lock.withLock { live[s.job] = LiveJob(f) }
+                continue
+            }
+            if s.phase == .failed { lock.withLock { live[s.job] = LiveJob(s) }; continue }
+            let job = LiveJob(s)
+            do {
+                for gid in s.guests {
+                    guard let r = records.load(gid), r.alive else { throw TaskError("guest \(gid) is gone") }
+                    let g = QEMUGuest.adopt(spec: r.spec, pid: r.pid, vcpuThreads: r.vcpuThreads)
+                    job.guests.append(g)
+                    let a = try g.connectAgent()
+                    job.agents.append(a)
+                    _ = try a.handshake(timeout: 10)
+                }
+                log("job \(s.job): adopted \(job.guests.count) running guest(s)")
+            } catch {
+                for a in job.agents { a.close() }
+                for g in s.guests { _ = destroyRecorded(g) }
+                job.guests = []; job.agents = []
+                job.state.phase = .failed
+                job.state.error = "the job's guests were lost while slurm-vmd restarted: \(error)"
+                try? store.save(job.state)
+                log("job \(s.job): \(job.state.error!)")
+            }
+            lock.withLock { live[s.job] = job }
+        }
+        for r in records.live() where !claimed.contains(r.spec.id) {
+            log("guest \(r.spec.id) belongs to no job: destroying it")
+            _ = destroyRecorded(r.spec.id)
+        }
+    }
+
+    /// Stops every guest this process holds (daemon shutdown with `--stop-guests`); normally guests
+    /// outlive a daemon restart and are adopted.
+    public func closeAgents() {
+        for j in lock.withLock({ Array(live.values) }) { for a in j.agents { a.close() } }
+    }
+}

@@ -1,0 +1,99 @@
+// The task wrapper. The SPANK plugin's task_init replaces a task's argv[0] with this binary and puts
+// the original argv[0] in SLURM_VM_TASK_ARGV0, so slurmstepd's rlimits, TMPDIR and TaskProlog still
+// apply to the process that runs. The wrapper hands its stdin/stdout/stderr to the node's slurm-vmd
+// (SCM_RIGHTS), which runs the task in one of the job's guests with the task's environment and
+// working directory; signals (scancel, the time limit) are forwarded; the exit status is the task's.
+
+import Daemon
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum TaskWrapper {
+    static let argv0Variable = "SLURM_VM_TASK_ARGV0"
+    static let socketVariable = "SLURM_VM_NODE_SOCKET"
+
+    static var active: Bool { getenv(argv0Variable) != nil }
+
+    /// Variables that describe the host side of the step, not the task: not passed into the guest.
+    static let hostOnly: [String] = [argv0Variable, socketVariable, "SLURM_VM_", "SPANK_", "SLURM_SPANK_", "_SLURM_SPANK", "LD_PRELOAD", "TMPDIR="]
+
+    static func fail(_ msg: String) -> Never {
+        FileHandle.standardError.write(Data("slurm-vm: \(msg)\n".utf8))
+        exit(1)
+    }
+
+    static func main() -> Never {
+        SignalRelay.block()
+        let env = ProcessInfo.processInfo.environment
+        let argv0 = env[argv0Variable]!
+        guard let socket = env[socketVariable], !socket.isEmpty else { fail("\(socketVariable) is not set: the plugin did not say where this node's slurm-vmd listens") }
+        guard let job = env["SLURM_JOB_ID"].flatMap(Int.init) else { fail("SLURM_JOB_ID is not set: not a Slurm task") }
+        let args = [argv0] + CommandLine.arguments.dropFirst()
+        let taskEnv = env.filter { k, _ in !hostOnly.contains { p in p.hasSuffix("_") || p.hasSuffix("=") ? (k + "=").hasPrefix(p) : k == p } }
+            .map { "\($0.key)=\($0.value)" }.sorted()
+        let cwd = FileManager.default.currentDirectoryPath
+        let conn: LineConnection
+        do { conn = try LineConnection.connect(socket) } catch { fail("\(error)") }
+        do {
+            try conn.send(["op": "exec", "job": job, "argv": args, "env": taskEnv, "cwd": cwd,
+                           "localid": Int(env["SLURM_LOCALID"] ?? "0") ?? 0], fds: [0, 1, 2])
+            guard let first = try conn.readMessage() else { fail("slurm-vmd closed the connection") }
+            guard first["ok"] as? Bool == true else { fail(first["error"] as? String ?? "slurm-vmd refused to run the task") }
+        } catch { fail("\(error)") }
+        // Our own copies of the task's descriptors are no longer needed: the daemon holds them. Keeping
+        // stdin open would steal input from the guest; stdout stays valid for our own last words.
+        close(0)
+        SignalRelay.start(conn)
+        while true {
+            let msg: [String: Any]?
+            do { msg = try conn.readMessage() } catch { fail("lost slurm-vmd while the task ran: \(error)") }
+            guard let m = msg else { fail("slurm-vmd went away while the task ran; the task was killed") }
+            if m["exit"] != nil || m["signal"] != nil {
+                if let e = m["error"] as? String { FileHandle.standardError.write(Data("slurm-vm: \(e)\n".utf8)) }
+                if let sig = m["signal"] as? Int {
+                    // End as the task did, so srun reports the signal.
+                    signal(Int32(sig), SIG_DFL)
+                    var none = sigset_t(); sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, nil)
+                    raise(Int32(sig))
+                    exit(Int32(128 + sig))
+                }
+                exit(Int32(truncatingIfNeeded: (m["exit"] as? Int) ?? 255))
+            }
+        }
+    }
+}
+
+/// Forwards the signals slurmstepd sends a task (scancel, time limit, srun's Ctrl-C) to the command in
+/// the guest. SIGKILL cannot be caught: the daemon sees our connection close and kills the command.
+enum SignalRelay {
+    nonisolated(unsafe) static var conn: LineConnection?
+    static let forwarded: [Int32] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGCONT, SIGTSTP, SIGALRM]
+
+    static var set: sigset_t {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in forwarded { sigaddset(&set, s) }
+        return set
+    }
+
+    /// Blocks the forwarded signals in the calling thread and every thread started after: call first.
+    static func block() {
+        var s = set
+        pthread_sigmask(SIG_BLOCK, &s, nil)
+    }
+
+    /// A signal that arrived before the command started is delivered once it has.
+    static func start(_ c: LineConnection) {
+        conn = c
+        let t = Thread {
+            var s = set
+            while true {
+                var sig: Int32 = 0
+                if sigwait(&s, &sig) == 0 { try? conn?.send(["signal": Int(sig)]) }
+            }
+        }
+        t.start()
+    }
+}

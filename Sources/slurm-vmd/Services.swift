@@ -1,0 +1,102 @@
+// slurm-vmd's listeners as services of a ServiceGroup: each accept loop runs on its own thread and
+// stops when the group shuts down gracefully (SIGTERM/SIGINT); connections in flight finish.
+
+import Daemon
+import Foundation
+import Logging
+import ServiceLifecycle
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Accepts connections on a listening socket and serves each on its own thread.
+final class AcceptLoop: @unchecked Sendable {
+    let fd: Int32
+    let name: String
+    let handle: @Sendable (Int32) -> Void
+    let logger: Logger
+
+    init(fd: Int32, name: String, logger: Logger, handle: @escaping @Sendable (Int32) -> Void) {
+        self.fd = fd; self.name = name; self.logger = logger; self.handle = handle
+    }
+
+    func start() {
+        let t = Thread { [self] in
+            while true {
+                let c = accept(fd, nil, nil)
+                if c < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    if errno == EMFILE || errno == ENFILE { logger.error("\(name): out of descriptors"); usleep(100_000); continue }
+                    return   // the socket was shut down
+                }
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)   // never inherited by the VMMs we start
+                let w = Thread { [handle] in handle(c) }
+                w.stackSize = 1 << 20
+                w.start()
+            }
+        }
+        t.name = name
+        t.start()
+    }
+
+    func stop() { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
+}
+
+/// The Unix-socket API.
+struct ControlService: Service {
+    let api: API
+    let path: String
+    let logger: Logger
+
+    func run() async throws {
+        let fd = try LineConnection.listen(path)
+        let loop = AcceptLoop(fd: fd, name: "api", logger: logger) { [api] c in api.serve(LineConnection(fd: c)) }
+        loop.start()
+        logger.info("listening on \(path)")
+        try? await gracefulShutdown()
+        loop.stop()
+        unlink(path)
+        logger.info("stopped listening on \(path)")
+    }
+}
+
+/// The catalog role's blob service over TCP.
+struct BlobService: Service {
+    let api: API
+    let listen: String
+    let logger: Logger
+
+    func run() async throws {
+        let fd = try TCPListener.open(listen)
+        let loop = AcceptLoop(fd: fd, name: "blobs", logger: logger) { [api] c in api.serveBlobs(c) }
+        loop.start()
+        logger.info("blob service on \(listen)")
+        try? await gracefulShutdown()
+        loop.stop()
+    }
+}
+
+enum TCPListener {
+    static func open(_ address: String) throws -> Int32 {
+        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
+            throw WireError("catalog.listen '\(address)' is not HOST:PORT")
+        }
+        let host = String(address[..<colon])
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw WireError("socket: \(String(cString: strerror(errno)))") }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        guard inet_pton(AF_INET, host.isEmpty ? "0.0.0.0" : host, &a.sin_addr) == 1 else {
+            close(fd); throw WireError("catalog.listen: '\(host)' is not an IPv4 address")
+        }
+        let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard r == 0, Glibc.listen(fd, 128) == 0 else {
+            let e = String(cString: strerror(errno)); close(fd)
+            throw WireError("cannot listen on \(address): \(e)")
+        }
+        return fd
+    }
+}
