@@ -333,6 +333,31 @@ static void load_modules(void) {
     fclose(f);
 }
 
+static void mkdirs(const char *path) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *c = p + 1; *c; c++)
+        if (*c == '/') { *c = 0; mkdir(p, 0755); *c = '/'; }
+    mkdir(p, 0755);
+}
+
+/* slurmvm.share=TAG:PATH[,TAG:PATH…]: host directories the VMM exports over virtio-fs, mounted at the
+ * same path as on the host (the job's working directory, so results land on the host). */
+static void mount_shares(void) {
+    const char *v = cmdline_value("slurmvm.share");
+    if (!v) return;
+    char list[4096];
+    snprintf(list, sizeof list, "%s", v);
+    for (char *save = NULL, *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *colon = strchr(item, ':');
+        if (!colon || colon[1] != '/') { logmsg("slurmvm.share: '%s' is not TAG:/PATH", item); continue; }
+        *colon = 0;
+        mkdirs(colon + 1);
+        if (mount(item, colon + 1, "virtiofs", MS_NODEV, NULL) != 0)
+            logmsg("mount virtiofs %s on %s: %s", item, colon + 1, strerror(errno));
+    }
+}
+
 static void loopback_up(void) {
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return;
@@ -354,6 +379,7 @@ static void init_system(void) {
     load_modules();
     const char *h = cmdline_value("slurmvm.hostname");
     if (h) sethostname(h, strlen(h));
+    mount_shares();
     loopback_up();
     setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
 }

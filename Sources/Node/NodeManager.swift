@@ -129,6 +129,15 @@ public final class NodeManager: @unchecked Sendable {
         case "off": huge = false
         default: huge = HostFacts.freeHugepages2M * 2 >= memMB * share.guests
         }
+        // The job's working directory, read-write at the same path in every guest.
+        var shares: [String] = []
+        if let w = r.workdir, w != "/" {
+            if w.hasPrefix("/"), !w.contains(where: { $0 == "," || $0 == ":" || $0.isWhitespace }), Files.isDirectory(w) {
+                shares = [w]
+            } else {
+                log("job \(r.job): working directory '\(w)' cannot be shared into the guests (missing, or blanks, ',' or ':' in its path); tasks start in /tmp")
+            }
+        }
         let specs = (0..<share.guests).map { i -> GuestSpec in
             let index = share.firstIndex + i
             let id = "job\(r.job)-vm\(index)"
@@ -138,7 +147,7 @@ public final class NodeManager: @unchecked Sendable {
                              disk: rec.artefact("disk").map { cache.blobs.path(of: $0.digest) },
                              cmdline: rec.cmdline, vcpus: placement.vcpus, memoryMB: memMB, cpus: placement.perGuest[i],
                              housekeeping: placement.housekeeping, agent: true, hugepages: huge, runDir: records.dir(id),
-                             keep: true, accelerator: hv.accelerator)
+                             keep: true, accelerator: hv.accelerator, shares: shares)
         }
         state.guests = specs.map(\.id)
         try store.save(state)

@@ -3,6 +3,7 @@
 // one-to-one on dedicated host CPUs, its memory preallocated, a console log, and an agent channel that
 // is a plain connected byte stream.
 
+import Catalog
 import Foundation
 
 public struct GuestSpec: Sendable, Codable {
@@ -31,14 +32,17 @@ public struct GuestSpec: Sendable, Codable {
     /// The guest outlives the process that started it.
     public var keep: Bool
     public var accelerator: Accelerator?
+    /// Host directories exported into the guest over virtio-fs, mounted at the same path there.
+    public var shares: [String]?
 
     public init(id: String, hostname: String? = nil, kernel: String, kernelDigest: String? = nil, initrd: String?, disk: String? = nil,
                 cmdline: String, vcpus: Int, memoryMB: Int, cpus: [Int], housekeeping: [Int], agent: Bool,
-                hugepages: Bool = false, runDir: String, keep: Bool = false, accelerator: Accelerator? = nil) {
+                hugepages: Bool = false, runDir: String, keep: Bool = false, accelerator: Accelerator? = nil, shares: [String] = []) {
         self.id = id; self.hostname = hostname ?? id; self.kernel = kernel; self.kernelDigest = kernelDigest
         self.initrd = initrd; self.disk = disk; self.cmdline = cmdline; self.vcpus = vcpus; self.memoryMB = memoryMB
         self.cpus = cpus; self.housekeeping = housekeeping; self.agent = agent; self.hugepages = hugepages
         self.runDir = runDir; self.keep = keep; self.accelerator = accelerator
+        self.shares = shares.isEmpty ? nil : shares
     }
 
     public var consolePath: String { runDir + "/console.log" }
@@ -52,6 +56,13 @@ public struct GuestSpec: Sendable, Codable {
         }
         guard Set(cpus).count == cpus.count else { throw RunnerError.invalidRequest("guest \(id) was given the same CPU twice") }
         guard memoryMB >= 16 else { throw RunnerError.invalidRequest("guest \(id): \(memoryMB) MiB is too little memory") }
+        for d in shares ?? [] {
+            // The path travels on the kernel command line: no blanks, no list separators.
+            guard d.hasPrefix("/"), !d.contains(where: { $0 == "," || $0 == ":" || $0.isWhitespace }) else {
+                throw RunnerError.invalidRequest("cannot share \(d) into guest \(id): the path must be absolute and contain no blanks, ',' or ':'")
+            }
+            guard Files.isDirectory(d) else { throw RunnerError.invalidRequest("cannot share \(d) into guest \(id): not a directory") }
+        }
     }
 }
 

@@ -22,6 +22,11 @@ func warn(_ s: String) { FileHandle.standardError.write(Data("slurm-vm: \(s)\n".
 /// Runs a command body; known errors become one message on stderr and an exit code.
 func reporting<T>(_ body: () throws -> T) throws -> T {
     do { return try body() }
+    catch where Teardown.interrupted {
+        // Ctrl-C (or SIGTERM) is tearing the guests down on another thread; what failed here failed
+        // because of it. That thread ends the process with 128 + the signal once everything is gone.
+        while true { pause() }
+    }
     catch let e as ExitCode { throw e }
     catch let e as CleanExit { throw e }
     catch let e as ValidationError { throw e }

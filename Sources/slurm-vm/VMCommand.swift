@@ -321,6 +321,11 @@ final class Teardown: @unchecked Sendable {
 
     init(catalog: Catalog?) { self.catalog = catalog }
 
+    /// Set once a stop signal arrived (read by `reporting`, which then leaves the exit to the handler).
+    nonisolated(unsafe) static var interruptedFlag = false
+    static let flagLock = NSLock()
+    static var interrupted: Bool { flagLock.withLock { interruptedFlag } }
+
     func add(_ g: RunningGuest) { lock.lock(); guests.append(g); lock.unlock() }
 
     func install() {
@@ -328,6 +333,7 @@ final class Teardown: @unchecked Sendable {
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler { [self] in
+                Self.flagLock.withLock { Self.interruptedFlag = true }
                 warn("signal \(sig): stopping the guests")
                 run()
                 exit(128 + sig)

@@ -34,6 +34,9 @@ public struct QEMUBackend: Hypervisor {
     /// Kernel options only this backend knows are needed.
     func platformCmdline(_ spec: GuestSpec) -> String {
         var o = ["console=ttyS0", "panic=-1", "slurmvm.hostname=\(spec.hostname)"]
+        if let sh = spec.shares, !sh.isEmpty {
+            o.append("slurmvm.share=" + sh.enumerated().map { "share\($0.offset):\($0.element)" }.joined(separator: ","))
+        }
         if accelerator == .tcg && tscKHz > 0 {
             // Under TCG the kernel's TSC calibration against the PIT fails or hangs; tell it the rate,
             // skip the timer and delay-loop checks that emulation makes slow and flaky.
@@ -66,6 +69,11 @@ public struct QEMUBackend: Hypervisor {
                   "-chardev", "socket,id=agent,path=\(spec.agentSocket),server=on,wait=off",
                   "-device", "virtserialport,chardev=agent,name=org.slurm-vm.agent"]
         }
+        // vhost-user devices need modern virtio; microvm's virtio-mmio defaults to legacy.
+        if !(spec.shares ?? []).isEmpty { a += ["-global", "virtio-mmio.force-legacy=false"] }
+        for (i, _) in (spec.shares ?? []).enumerated() {
+            a += ["-chardev", "socket,id=fs\(i),path=\(spec.runDir)/fs\(i).sock", "-device", "vhost-user-fs-device,chardev=fs\(i),tag=share\(i)"]
+        }
         if let d = spec.disk {
             a += ["-drive", "file=\(d),if=none,id=root,format=raw,readonly=on", "-device", "virtio-blk-device,drive=root"]
         }
@@ -79,6 +87,38 @@ public struct QEMUBackend: Hypervisor {
         return [binary] + arguments(spec, kernel: kernel, managed: false)
     }
 
+    /// QEMU's virtio-fs daemon, one per shared directory, serving it on a vhost-user socket in the run
+    /// directory; it ends by itself when QEMU closes the socket. Runs on the housekeeping CPUs.
+    public static let virtiofsd = "/usr/lib/qemu/virtiofsd"
+
+    func startFileServers(_ spec: GuestSpec) throws {
+        guard let shares = spec.shares, !shares.isEmpty else { return }
+        guard getuid() == 0 else { throw RunnerError.invalidRequest("sharing directories into guests (virtio-fs) needs root") }
+        guard FileManager.default.isExecutableFile(atPath: Self.virtiofsd) else {
+            throw RunnerError.vmmMissing("\(Self.virtiofsd) is missing; it comes with Debian's qemu-system-common package")
+        }
+        for (i, dir) in shares.enumerated() {
+            let sock = "\(spec.runDir)/fs\(i).sock"
+            let log = open(spec.runDir + "/virtiofsd\(i).log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            defer { if log >= 0 { close(log) } }
+            var o = SpawnOptions()
+            o.stdout = log; o.stderr = log
+            o.dieWithParent = !spec.keep
+            o.cpus = spec.housekeeping
+            let pid = try Processes.spawn(Self.virtiofsd, ["-f", "--socket-path=\(sock)", "-o", "source=\(dir)", "-o", "cache=auto",
+                                                           "-o", "sandbox=namespace", "-o", "log_level=warn"], o)
+            try? String(pid).write(toFile: "\(spec.runDir)/virtiofsd\(i).pid", atomically: true, encoding: .utf8)
+            let deadline = Date(timeIntervalSinceNow: 5)
+            while !Files.exists(sock) {
+                if Processes.poll(pid) != nil || Date() > deadline {
+                    kill(pid, SIGKILL); _ = Processes.wait(pid, timeout: 1)
+                    throw RunnerError.bootFailed("virtiofsd for \(dir) did not start", consoleTail: Console.tail(spec.runDir + "/virtiofsd\(i).log", lines: 5))
+                }
+                usleep(5_000)
+            }
+        }
+    }
+
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
         try Files.mkdirs(spec.runDir, mode: 0o700)
@@ -89,6 +129,7 @@ public struct QEMUBackend: Hypervisor {
         o.stdout = log; o.stderr = log
         o.dieWithParent = !spec.keep
         o.cpus = spec.housekeeping
+        try startFileServers(spec)
         let args = arguments(spec, kernel: kernel)
         try? Data(([binary] + args).map { "'\($0)'" }.joined(separator: " ").utf8).write(to: URL(fileURLWithPath: spec.runDir + "/qemu.cmdline"))
         let pid = try Processes.spawn(binary, args, o)
@@ -199,6 +240,18 @@ public final class QEMUGuest: RunningGuest, @unchecked Sendable {
             if !Processes.wait(pid, timeout: 3) { kill(pid, SIGKILL); _ = Processes.wait(pid, timeout: 5) }
         }
         qmp?.close()
+        // File servers end when QEMU goes; one that lingers (QEMU never connected) is ended here.
+        for i in 0..<(spec.shares?.count ?? 0) {
+            guard let t = try? String(contentsOfFile: "\(spec.runDir)/virtiofsd\(i).pid", encoding: .utf8), let p = Int32(t) else { continue }
+            if Processes.isChild(p) {
+                kill(p, SIGKILL)                 // ours: also reaps it if it already ended
+                _ = Processes.wait(p, timeout: 2)
+            } else if let cmd = FileManager.default.contents(atPath: "/proc/\(p)/cmdline"),
+                      String(decoding: cmd, as: UTF8.self).contains("\(spec.runDir)/fs\(i).sock") {
+                kill(p, SIGKILL)                 // an adopted guest's: not ours to reap
+                _ = Processes.wait(p, timeout: 2)
+            }
+        }
         Files.remove(spec.runDir)
     }
 }
