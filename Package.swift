@@ -78,6 +78,7 @@ let package = Package(
         .testTarget(name: "RunnerTests", dependencies: ["Runner", "Catalog", .product(name: "Crypto", package: "swift-crypto")]),
         // End to end through the built `slurm-vm` binary: builds the minimal image and boots real guests.
         .testTarget(name: "GuestTests", dependencies: ["Catalog"]),
+        .testTarget(name: "NodeTests", dependencies: ["Node", "Daemon", "Runner"]),
     ],
     swiftLanguageModes: [.v6]
 )

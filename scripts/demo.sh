@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job: install what is needed, build slurm-vm and the minimal guest image from Debian's
-# packages, then boot pinned guests and run commands in them. (The Slurm integration comes next:
-# see issues; until then this is the same path a job's prolog will take, driven by hand.)
+# The main job: install what is needed, build slurm-vm, slurm-vmd, the SPANK plugin and the minimal
+# guest image from Debian's packages, bring up a real 2-node Slurm cluster on this machine, and submit
+# a VM job whose srun steps run in 4 pinned guests (2 per node); then tear everything down. The last
+# part shows the runner by hand: the same guests booted without Slurm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
 swift build -c release --product slurm-vm 2>&1 | tail -1
+swift build -c release --product slurm-vmd 2>&1 | tail -1
 bin=$PWD/.build/release/slurm-vm
 # A catalog and run directory of the demo's own, so nothing of the host's is touched.
 export SLURM_VM_CATALOG=${SLURM_VM_CATALOG:-$PWD/out/demo/catalog} SLURM_VM_RUNDIR=${SLURM_VM_RUNDIR:-$PWD/out/demo/run}
@@ -19,7 +21,32 @@ $bin image list
 echo; echo "== What a job asking for busybox on Debian 12 with 2 vCPUs would get (dry run of sbatch --vm-*)"
 $bin match --vm-libs busybox-static --vm-os debian:12 --vm-vcpus 2
 
-echo; echo "== One guest: a command inside, its exit code comes back"
+echo; echo "== A 2-node Slurm cluster on this machine (munge, slurmctld, 2 slurmd, slurm-vmd, the plugin)"
+export SLURM_VM_CLUSTER_DIR=$PWD/out/demo/cluster
+scripts/cluster down >/dev/null 2>&1 || true
+eval "$(scripts/cluster up --nodes 2 --catalog "$SLURM_VM_CATALOG")"
+trap 'scripts/cluster down' EXIT
+sinfo
+work=$PWD/out/demo/job; mkdir -p "$work"; cd "$work"
+cat > vmjob.sh <<'JOB'
+#!/bin/sh
+#SBATCH -N2 --ntasks-per-node=2 --vm-count=4 --vm-vcpus=1 -o vmjob.out
+echo "batch script on the host: $(hostname)"
+srun -l sh -c 'echo "in guest $(hostname): kernel $(uname -r), $(nproc) vCPU, cwd $(pwd)"'
+srun -n4 sh -c 'echo "task $SLURM_PROCID was here" > task-$SLURM_PROCID.txt'
+cat task-*.txt
+JOB
+echo; echo "== sbatch a VM job: 4 guests, 2 per node, each vCPU on its own core; its srun steps run inside"
+cat vmjob.sh
+sbatch -W vmjob.sh
+cat vmjob.out
+echo; echo "== A request no image can meet is refused at submission, nothing queued"
+sbatch --vm-libs=openmpi --wrap true || true
+squeue
+cd - >/dev/null
+scripts/cluster down; trap - EXIT
+
+echo; echo "== By hand, without Slurm: one guest, a command inside, its exit code comes back"
 $bin vm run --image minimal --verbose -- sh -c 'echo "hello from $(hostname), kernel $(uname -r), $(nproc) CPU"; exit 3' || echo "(exit code $?)"
 
 if [ "$ncpu" -ge 2 ]; then

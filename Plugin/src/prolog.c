@@ -7,6 +7,7 @@
 #include <slurm/slurm.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* The node's position in the job's node list, and the list's length. */
 static int node_position(const char *nodelist, const char *node, int *index, int *count)
@@ -92,10 +93,16 @@ int svm_job_epilog(spank_t sp)
     const char *node = getenv("SLURMD_NODENAME");
     char *sock = svm_node_socket(node), err[1024];
     json_t *req = json_pack("{s:s, s:I}", "op", "teardown", "job", (json_int_t)job);
-    json_t *rep = svm_call(sock, req, 60, err, sizeof err);
+    /* slurm-vmd may be restarting: retry for a while (its reaper catches what we miss). */
+    json_t *rep = NULL;
+    for (int attempt = 0; attempt < 10 && !rep; attempt++) {
+        if (attempt)
+            sleep(1);
+        rep = svm_call(sock, req, 60, err, sizeof err);
+    }
     json_decref(req);
     if (!rep)
-        slurm_error("%s: job %u: cannot tear down guests: %s", SVM_PLUGIN, job, err);
+        slurm_error("%s: job %u: cannot tear down guests: %s (slurm-vmd removes them when it sees the job has ended)", SVM_PLUGIN, job, err);
     json_decref(rep);
     free(sock);
     return 0;

@@ -79,6 +79,12 @@ public final class API: @unchecked Sendable {
         }
         let name = getpwuid(peer.uid).map { String(cString: $0.pointee.pw_name) } ?? String(peer.uid)
         let who = Requester(user: name, uid: Int(peer.uid), gid: Int(peer.gid), account: m["account"] as? String, partition: m["partition"] as? String)
+        // An image asked for by name that the catalog does not hold: say so directly, with what exists.
+        if let name = req.image, let ref = try? ImageReference(name) {
+            do { _ = try catalog.resolve(ref) } catch let e as CatalogError {
+                if case .noSuchImage = e { return Self.failure("--vm-image: \(e)") }
+            }
+        }
         let result = try catalog.match(req, for: who, explain: false)
         guard let best = result.best else {
             let why = (try? catalog.match(req, for: who, explain: true).explanation) ?? result.explanation ?? ""
@@ -186,16 +192,19 @@ public final class API: @unchecked Sendable {
         defer { close(fd) }
         BlobWire.setTimeouts(fd, 60)
         guard let catalog, let line = BlobWire.readLine(fd) else { return }
-        let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
-        guard parts.count == 2, parts[1].hasPrefix("sha256:"), parts[1].count == 71,
+        // "RECORD <digest> [NAME:VERSION]": images may share a digest (same artefacts and command line,
+        // different names or admin attributes), so the label says which record is meant.
+        let parts = line.split(separator: " ").map(String.init)
+        guard parts.count >= 2, parts.count <= 3, parts[1].hasPrefix("sha256:"), parts[1].count == 71,
               parts[1].dropFirst(7).allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
-            _ = BlobWire.writeAll(fd, "ERR expected GET|RECORD sha256:<64 hex digits>\n"); return
+            _ = BlobWire.writeAll(fd, "ERR expected GET|RECORD sha256:<64 hex digits> [NAME:VERSION]\n"); return
         }
         let digest = parts[1]
         switch parts[0] {
         case "RECORD":
-            guard let rec = try? catalog.resolve(.digest(String(digest.dropFirst(7)))), rec.digest == digest,
-                  let data = try? JSONEncoder.isoSorted.encode(rec) else {
+            let byLabel = parts.count == 3 ? (try? ImageReference(parts[2])).flatMap { try? catalog.resolve($0) } : nil
+            let rec = byLabel?.digest == digest ? byLabel : (try? catalog.list())?.first { $0.digest == digest }
+            guard let rec, let data = try? JSONEncoder.isoSorted.encode(rec) else {
                 _ = BlobWire.writeAll(fd, "ERR no image \(digest) in the catalog\n"); return
             }
             guard BlobWire.writeAll(fd, "OK \(data.count)\n") else { return }

@@ -4,7 +4,7 @@
 // never visible. (The tree broadcast that replaces one fetch per node comes later.)
 //
 // The fetch protocol, one request per connection:
-//   client: "GET sha256:<hex>\n" (a blob) or "RECORD sha256:<hex>\n" (an image record, JSON)
+//   client: "GET sha256:<hex>\n" (a blob) or "RECORD sha256:<hex> [NAME:VERSION]\n" (an image record, JSON)
 //   server: "OK <size>\n" then exactly <size> bytes, or "ERR <message>\n"
 
 import Catalog
@@ -34,8 +34,8 @@ public struct ImageCache: Sendable {
     }
 
     /// The image record and every artefact present and verified in the cache.
-    public func ensure(image digest: String) throws -> ImageRecord {
-        let rec = try record(digest)
+    public func ensure(image digest: String, label: String? = nil) throws -> ImageRecord {
+        let rec = try record(digest, label: label)
         for a in rec.artefacts {
             if blobs.has(a.digest) {
                 do { try blobs.verify(a.digest); continue } catch { blobs.remove(a.digest) }   // damaged: fetch again
@@ -45,12 +45,13 @@ public struct ImageCache: Sendable {
         return rec
     }
 
-    func record(_ digest: String) throws -> ImageRecord {
-        let path = root + "/images/" + digest.replacingOccurrences(of: ":", with: "-") + ".json"
+    func record(_ digest: String, label: String?) throws -> ImageRecord {
+        let name = digest.replacingOccurrences(of: ":", with: "-") + (label.map { "-" + $0.replacingOccurrences(of: ":", with: "-") } ?? "")
+        let path = root + "/images/" + name + ".json"
         if let d = FileManager.default.contents(atPath: path), let r = try? JSONDecoder.iso.decode(ImageRecord.self, from: d), r.digest == digest {
             return r
         }
-        let data = try BlobWire.fetch("RECORD \(digest)", from: source, timeout: timeout)
+        let data = try BlobWire.fetch("RECORD \(digest)" + (label.map { " " + $0 } ?? ""), from: source, timeout: timeout)
         let r: ImageRecord
         do { r = try JSONDecoder.iso.decode(ImageRecord.self, from: data) } catch {
             throw CacheError("the catalog at \(source) sent an unreadable record for \(digest): \(error)")

@@ -59,6 +59,14 @@ public struct JobState: Codable, Sendable {
     public var created: Date
     /// Seconds from the prolog's request to every agent ready.
     public var prepareSeconds: Double?
+
+    public init(job: UInt32, uid: UInt32, gid: UInt32, node: String, phase: Phase, error: String?, image: String,
+                imageLabel: String, placement: GuestPlacement?, guests: [String], workdir: String?, created: Date,
+                prepareSeconds: Double?) {
+        self.job = job; self.uid = uid; self.gid = gid; self.node = node; self.phase = phase; self.error = error
+        self.image = image; self.imageLabel = imageLabel; self.placement = placement; self.guests = guests
+        self.workdir = workdir; self.created = created; self.prepareSeconds = prepareSeconds
+    }
 }
 
 public struct JobStore: Sendable {

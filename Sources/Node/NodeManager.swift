@@ -109,7 +109,7 @@ public final class NodeManager: @unchecked Sendable {
     }
 
     func boot(_ r: PrepareRequest, into job: LiveJob, state: inout JobState) throws {
-        let rec = try cache.ensure(image: r.request.image)
+        let rec = try cache.ensure(image: r.request.image, label: r.request.imageLabel)
         let ad = try rec.ad()
         func int(_ a: String, _ d: Int) -> Int { if case .integer(let i) = ad.evaluate(a) { return Int(i) }; return d }
         let minMem = int("MinMemoryMB", 256), maxVCPUs = int("MaxVCPUs", 1024)

@@ -9,6 +9,7 @@ public struct NodeShare: Sendable, Equatable, Codable {
     public var guests: Int
     /// Job-wide index of this node's first guest (guest names and task spreading use it).
     public var firstIndex: Int
+    public init(guests: Int, firstIndex: Int) { self.guests = guests; self.firstIndex = firstIndex }
 }
 
 public struct GuestPlacement: Sendable, Equatable, Codable {

@@ -2,6 +2,7 @@
 // stops when the group shuts down gracefully (SIGTERM/SIGINT); connections in flight finish.
 
 import Daemon
+import Node
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -98,5 +99,24 @@ enum TCPListener {
             throw WireError("cannot listen on \(address): \(e)")
         }
         return fd
+    }
+}
+
+/// The epilog tears a job's guests down; this catches what it could not (slurm-vmd was restarting
+/// when the epilog ran, or the epilog never ran): every `interval`, guests of jobs that Slurm no
+/// longer runs are destroyed.
+struct JobReaper: Service {
+    let node: NodeManager
+    let logger: Logger
+    var interval: Duration = .seconds(15)
+
+    func run() async throws {
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            for s in node.jobs() where SlurmQuery.isRunning(s.job) == false {
+                logger.info("job \(s.job) has ended without its epilog reaching us: tearing its guests down")
+                node.teardown(job: s.job)
+            }
+        }
     }
 }

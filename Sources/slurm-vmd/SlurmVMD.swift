@@ -47,6 +47,7 @@ struct SlurmVMD: AsyncParsableCommand {
         }
         var services: [Service] = [ControlService(api: api, path: cfg.socket, logger: logger)]
         if let c = cfg.catalog { services.append(BlobService(api: api, listen: c.listen, logger: logger)) }
+        if let node = api.node { services.append(JobReaper(node: node, logger: logger)) }
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         api.node?.closeAgents()
@@ -68,6 +69,8 @@ enum SlurmQuery {
         if e.contains("Invalid job id") { return false }
         guard p.terminationStatus == 0, let r = o.range(of: "JobState=") else { return nil }
         let state = o[r.upperBound...].prefix { $0 != " " }
-        return ["RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING"].contains(String(state))
+        // COMPLETING counts as ended: the epilog runs then, and if it could not reach us (we were
+        // restarting) nothing else would ever tear the guests down.
+        return ["RUNNING", "CONFIGURING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING"].contains(String(state))
     }
 }

@@ -1,0 +1,249 @@
+"""VM jobs through a real local Slurm cluster (scripts/cluster): the plugin's options, refused
+submissions, jobs whose steps run in guests, cancellation and time limits, jobs without --vm-*,
+space sharing between jobs, and a slurm-vmd killed mid-job.
+
+Needs root (slurmd, slurm-vmd) and the built binaries (SLURM_VM_BIN_DIR, default .build/release).
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("SLURM_VM_BIN_DIR") or os.path.join(REPO, ".build", "release")
+VM = os.path.join(BIN, "slurm-vm")
+
+if os.geteuid() != 0:
+    pytest.skip("SKIPPED: the Slurm tests need root (slurmd and slurm-vmd run as root)", allow_module_level=True)
+if not shutil.which("slurmctld"):
+    pytest.skip("SKIPPED: Slurm is not installed (scripts/deps.sh installs it)", allow_module_level=True)
+
+
+def run(cmd, check=False, timeout=600, **kw):
+    r = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def wait_until(what, pred, timeout=60, step=0.25):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Cluster:
+    def __init__(self, root):
+        self.root = root
+        self.dir = os.path.join(root, "cluster")
+        self.catalog = os.path.join(root, "catalog")
+        self.work = os.path.join(root, "work")
+        os.makedirs(self.work)
+        os.chmod(root, 0o755)
+        os.chmod(self.work, 0o777)
+        self.env = dict(os.environ, SLURM_CONF=os.path.join(self.dir, "etc", "slurm.conf"),
+                        SLURM_VM_CATALOG=self.catalog, SLURM_VM_BIN_DIR=BIN, SLURM_VM_CLUSTER_DIR=self.dir)
+
+    def sh(self, cmd, user=None, check=False, timeout=600):
+        if user:
+            cmd = f"runuser -u {user} -- env SLURM_CONF={self.env['SLURM_CONF']} sh -c {json.dumps(cmd)}"
+        return run(cmd, check=check, timeout=timeout, env=self.env, cwd=self.work)
+
+    def cluster(self, *args):
+        return run([os.path.join(REPO, "scripts", "cluster"), *args], env=self.env, check=True, timeout=300)
+
+    def queue(self):
+        return self.sh("squeue -h -o '%i %T'").stdout.split("\n")[:-1]
+
+    def vmms(self):
+        """QEMU processes started by this cluster's node daemons."""
+        r = run(["pgrep", "-f", f"qemu-system.*{self.dir}/vmd"])
+        return [int(p) for p in r.stdout.split()]
+
+    def guests(self, node):
+        r = run([VM, "vm", "ls", "--json"], env=dict(self.env, SLURM_VM_RUNDIR=f"{self.dir}/vmd/{node}/run"))
+        return json.loads(r.stdout or "[]")
+
+    def expect_clean(self, timeout=30):
+        wait_until("the guests to be gone", lambda: not self.vmms(), timeout=timeout)
+        for n in ("node1", "node2"):
+            assert self.guests(n) == [], f"{n} still lists guests"
+            state = os.path.join(self.dir, "vmd", n, "state", "jobs")
+            wait_until(f"{n}'s job state to be removed", lambda: not os.listdir(state), timeout=timeout)
+        states = self.sh("sinfo -h -N -o '%N %t'").stdout
+        assert "drain" not in states and "down" not in states, states
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    root = tempfile.mkdtemp(prefix="slurm-vm-slurmtests-")
+    c = Cluster(root)
+    r = run([VM, "image", "build", os.path.join(REPO, "Images", "minimal.toml")], env=c.env, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    # An image only root may use, to check that image Requirements see the submitting user.
+    rec = json.loads(run([VM, "image", "show", "minimal", "--json"], env=c.env, check=True).stdout)
+    blob = {a["role"]: os.path.join(c.catalog, "blobs", "sha256", a["digest"][7:]) for a in rec["artefacts"]}
+    run([VM, "image", "add", "rootonly:1", "--kernel", blob["kernel"], "--initrd", blob["initrd"], "--cmdline", rec["cmdline"],
+         "--attr", 'OS="debian"', "--attr", "MaxVCPUs=64", "--attr", "MinMemoryMB=128"], env=c.env, check=True)
+    run([VM, "image", "set", "rootonly:1", 'Requirements=TARGET.Owner == "root"'], env=c.env, check=True)
+    c.cluster("up", "--nodes", "2", "--catalog", c.catalog, "--dir", c.dir)
+    yield c
+    c.cluster("down", "--dir", c.dir)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+OPTIONS = ["--vm-count", "--vm-vcpus", "--vm-mem", "--vm-os", "--vm-kernel", "--vm-libs", "--vm-image",
+           "--vm-requirements", "--vm-rank"]
+
+
+@pytest.mark.parametrize("tool", ["sbatch", "srun", "salloc"])
+def test_help_lists_every_option(cluster, tool):
+    out = cluster.sh(f"{tool} --help").stdout
+    for o in OPTIONS:
+        assert o in out, f"{tool} --help lacks {o}"
+
+
+BAD = [
+    ("--vm-count=abc", "'abc' is not a whole number", None),
+    ("--vm-count=0", "out of range", None),
+    ("--vm-count=999999", "out of range", None),
+    ("--vm-vcpus=x2", "not a whole number", None),
+    ("--vm-vcpus=64", "more than the largest node has", None),
+    ("--vm-mem=lots", "--vm-mem", None),
+    ("--vm-image=nosuch", "no image 'nosuch' in the catalog", None),
+    ("--vm-requirements='TARGET.Arch =='", "not a valid ClassAd expression", None),
+    ("--vm-requirements='TARGET.MaxVCPUs > 100000'", "no guest image matches", None),
+    ("--vm-image=rootonly", "no guest image matches", "nobody"),
+    ("--vm-image='minimal;rm -rf /'", "--vm-image", None),
+    ("--vm-libs='mpich$(id)'", "--vm-libs", None),
+    ("--vm-image=../../etc/passwd", "--vm-image", None),
+    ("--vm-os='debian:12 && true'", "--vm-os", None),
+]
+
+
+@pytest.mark.parametrize("option,message,user", BAD)
+def test_bad_submissions_are_refused_and_nothing_is_queued(cluster, option, message, user):
+    r = cluster.sh(f"sbatch {option} --wrap true", user=user)
+    assert r.returncode != 0, f"sbatch {option} was accepted: {r.stdout}"
+    assert message in r.stderr, f"sbatch {option}: {r.stderr}"
+    assert cluster.queue() == []
+
+
+def test_the_restricted_image_is_fine_for_root(cluster):
+    r = cluster.sh("sbatch --vm-image=rootonly --hold --wrap true")
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.split()[-1]
+    cluster.sh(f"scancel {job}", check=True)
+
+
+def test_a_job_without_vm_options_runs_as_without_the_plugin(cluster):
+    r = cluster.sh("sbatch -W -N1 -o plain.out --wrap 'srun hostname; srun sh -c \"exit 3\"; echo rc=$?'", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = open(os.path.join(cluster.work, "plain.out")).read()
+    host = os.uname().nodename.split(".")[0]
+    assert out.splitlines()[0] == host and "rc=3" in out, out
+    assert not cluster.vmms()
+
+
+JOB = """#!/bin/sh
+#SBATCH -N2 --ntasks-per-node=2 --vm-count=4 --vm-vcpus=1 -o job.out
+srun -l sh -c 'echo "guest=$(hostname) kernel=$(uname -r) cpus=$(nproc) procid=$SLURM_PROCID localid=$SLURM_LOCALID nodeid=$SLURM_NODEID pwd=$(pwd)"'
+srun -n4 hostname > hosts.txt
+srun false; echo "false-rc=$?"
+srun -n1 sh -c 'head -c 10000000 /dev/urandom > data.bin; cat data.bin' > stream.bin
+srun -n1 sh -c 'echo input was $(cat)' < job.sh > stdin.txt
+echo done
+"""
+
+
+def test_a_vm_job_runs_every_step_in_its_guests(cluster):
+    open(os.path.join(cluster.work, "job.sh"), "w").write(JOB)
+    r = cluster.sh("sbatch -W job.sh", timeout=300)
+    assert r.returncode == 0, r.stderr
+    w = cluster.work
+    out = open(os.path.join(w, "job.out")).read()
+    lines = [l for l in out.splitlines() if "guest=" in l]
+    assert len(lines) == 4, out
+    for l in lines:
+        assert re.search(r"guest=vm\d-job\d+ ", l) and "cpus=1" in l and f"pwd={w}" in l, l
+    procids = sorted(int(re.search(r"procid=(\d+)", l).group(1)) for l in lines)
+    assert procids == [0, 1, 2, 3]
+    hosts = open(os.path.join(w, "hosts.txt")).read().split()
+    assert len(hosts) == 4 and len(set(hosts)) == 4, f"srun -n4 did not give 4 distinct guests: {hosts}"
+    assert "false-rc=1" in out, out
+    # 10 MB from a guest arrives intact, and the guest's file landed in the shared working directory.
+    data = open(os.path.join(w, "data.bin"), "rb").read()
+    stream = open(os.path.join(w, "stream.bin"), "rb").read()
+    assert len(data) == 10_000_000 and hashlib.sha256(stream).digest() == hashlib.sha256(data).digest()
+    assert "input was #!/bin/sh" in open(os.path.join(w, "stdin.txt")).read()
+    assert out.rstrip().endswith("done")
+    cluster.expect_clean()
+
+
+def test_a_user_job_runs_as_the_user(cluster):
+    r = cluster.sh("sbatch -W -N1 --vm-count=1 -o user.out --wrap 'srun id -u; srun touch mine'", user="nobody", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert open(os.path.join(cluster.work, "user.out")).read().split()[0] == "65534"
+    assert os.stat(os.path.join(cluster.work, "mine")).st_uid == 65534
+    cluster.expect_clean()
+
+
+def submit(cluster, args, script):
+    r = cluster.sh(f"sbatch --parsable {args} --wrap {json.dumps(script)}")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0]
+
+
+def state(cluster, job):
+    return cluster.sh(f"squeue -h -j {job} -o %T").stdout.strip()
+
+
+def test_scancel_during_a_step_leaves_nothing(cluster):
+    job = submit(cluster, "-N2 --ntasks-per-node=1 --vm-count=2", "srun sleep 300")
+    wait_until("the step to run in the guests", lambda: cluster.sh(f"squeue -h -s -j {job}").stdout.strip(), timeout=120)
+    wait_until("the guests", lambda: len(cluster.vmms()) == 2, timeout=60)
+    cluster.sh(f"scancel {job}", check=True)
+    cluster.expect_clean(timeout=30)
+
+
+def test_the_time_limit_ends_the_guests(cluster):
+    job = submit(cluster, "-N1 --vm-count=1 --time=1", "srun sleep 600")
+    wait_until("the job to run", lambda: state(cluster, job) == "RUNNING", timeout=120)
+    wait_until("the time limit", lambda: state(cluster, job) == "", timeout=240, step=1)
+    cluster.expect_clean(timeout=30)
+    r = cluster.sh(f"sacct -n -j {job} -o State 2>/dev/null || true")
+    assert "TIMEOUT" in r.stdout or r.stdout.strip() == "" or "CANCELLED" in r.stdout
+
+
+def test_two_jobs_on_one_node_get_disjoint_cores_and_a_third_waits(cluster):
+    a = submit(cluster, "-N1 -w node1 -n1 --vm-count=1 --vm-vcpus=1", "srun sleep 300")
+    b = submit(cluster, "-N1 -w node1 -n1 --vm-count=1 --vm-vcpus=1", "srun sleep 300")
+    wait_until("two guests on node1", lambda: len(cluster.guests("node1")) == 2, timeout=120)
+    c = submit(cluster, "-N1 -w node1 -n1 --vm-count=1 --vm-vcpus=1", "srun sleep 300")
+    time.sleep(4)
+    assert state(cluster, c) == "PENDING", "a job that does not fit must wait, not oversubscribe"
+    cpus = [set(g["cpus"]) for g in cluster.guests("node1")]
+    assert len(cpus) == 2 and cpus[0].isdisjoint(cpus[1]), cpus
+    cluster.sh(f"scancel {a} {b} {c}", check=True)
+    cluster.expect_clean(timeout=30)
+
+
+def test_slurm_vmd_killed_mid_job_restarts_and_leaks_nothing(cluster):
+    job = submit(cluster, "-N1 -w node1 -n1 --vm-count=1", "srun sleep 8; srun hostname")
+    wait_until("the step", lambda: cluster.sh(f"squeue -h -s -j {job}").stdout.strip(), timeout=120)
+    pid = int(open(os.path.join(cluster.dir, "run", "slurm-vmd-node1.pid")).read())
+    os.kill(pid, 9)
+    time.sleep(1)
+    cluster.cluster("start-vmd", "--node", "node1", "--dir", cluster.dir)
+    wait_until("the job to end", lambda: state(cluster, job) == "", timeout=120, step=1)
+    cluster.expect_clean(timeout=30)
