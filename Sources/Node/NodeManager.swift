@@ -205,6 +205,10 @@ public final class NodeManager: @unchecked Sendable {
     public func startTask(job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, stdin: Int32?,
                           stdout: @escaping @Sendable ([UInt8]) -> Void, stderr: @escaping @Sendable ([UInt8]) -> Void)
         throws -> (command: AgentConnection.Command, guest: String) {
+        // Whose job it is comes first: nothing about another user's job is told.
+        if let owner = lock.withLock({ live[id]?.state.uid }) ?? store.load(id)?.uid, caller != 0, caller != owner {
+            throw TaskError("job \(id) belongs to uid \(owner), not to uid \(caller)")
+        }
         guard let job = lock.withLock({ live[id] }) else {
             if let s = store.load(id) {
                 throw TaskError(s.error.map { "job \(id)'s guests on \(config.name) could not be prepared: \($0)" }

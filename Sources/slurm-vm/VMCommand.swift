@@ -72,6 +72,9 @@ struct VMCommand: ParsableCommand {
                 guard let image else { throw ValidationError("give --image NAME (or --kernel FILE for raw mode)") }
                 return try withImage(image)
             }
+            // A stop signal's handler is tearing the guests down; a command that failed because of it
+            // is not the outcome to report. The handler exits with 128 + the signal when it is done.
+            if Teardown.interrupted { while true { pause() } }
             throw ExitCode(code)
         }
 

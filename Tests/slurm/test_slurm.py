@@ -199,9 +199,19 @@ def test_a_user_job_runs_as_the_user(cluster):
 
 
 def submit(cluster, args, script):
-    r = cluster.sh(f"sbatch --parsable {args} --wrap {json.dumps(script)}")
+    """Submits `script` as a batch script file (no shell quoting between the test and the job)."""
+    fd, path = tempfile.mkstemp(prefix="job-", suffix=".sh", dir=cluster.work)
+    with os.fdopen(fd, "w") as f:
+        f.write("#!/bin/sh\n" + script + "\n")
+    os.chmod(path, 0o755)
+    r = cluster.sh(f"sbatch --parsable {args} {path}")
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().split(";")[0]
+
+
+def wait_step(cluster, job, timeout=120):
+    """Until the job's first srun step (JOB.0) runs: its prolog is done and its guests are ready."""
+    wait_until(f"step {job}.0", lambda: f"{job}.0" in cluster.sh(f"squeue -h -s -j {job} -o %i").stdout.split(), timeout=timeout)
 
 
 def state(cluster, job):
@@ -210,7 +220,7 @@ def state(cluster, job):
 
 def test_scancel_during_a_step_leaves_nothing(cluster):
     job = submit(cluster, "-N2 --ntasks-per-node=1 --vm-count=2", "srun sleep 300")
-    wait_until("the step to run in the guests", lambda: cluster.sh(f"squeue -h -s -j {job}").stdout.strip(), timeout=120)
+    wait_step(cluster, job)
     wait_until("the guests", lambda: len(cluster.vmms()) == 2, timeout=60)
     cluster.sh(f"scancel {job}", check=True)
     cluster.expect_clean(timeout=30)
@@ -238,12 +248,73 @@ def test_two_jobs_on_one_node_get_disjoint_cores_and_a_third_waits(cluster):
     cluster.expect_clean(timeout=30)
 
 
-def test_slurm_vmd_killed_mid_job_restarts_and_leaks_nothing(cluster):
-    job = submit(cluster, "-N1 -w node1 -n1 --vm-count=1", "srun sleep 8; srun hostname")
-    wait_until("the step", lambda: cluster.sh(f"squeue -h -s -j {job}").stdout.strip(), timeout=120)
+def test_slurm_vmd_killed_mid_job_adopts_the_guests_and_leaks_nothing(cluster):
+    # Killed between two steps: after the restart the guests are adopted and the next step runs in them.
+    job = submit(cluster, "-N1 -w node1 -n1 --vm-count=1 -o adopt.out", "srun hostname; sleep 12; srun sh -c 'echo after=$(hostname)'")
+    wait_until("the first step's output", lambda: os.path.exists(os.path.join(cluster.work, "adopt.out"))
+               and "vm0-job" in open(os.path.join(cluster.work, "adopt.out")).read(), timeout=120)
     pid = int(open(os.path.join(cluster.dir, "run", "slurm-vmd-node1.pid")).read())
     os.kill(pid, 9)
+    before = cluster.vmms()
+    assert len(before) == 1, "the guest outlives its daemon"
+    cluster.cluster("start-vmd", "--node", "node1", "--dir", cluster.dir)
+    wait_until("the job to end", lambda: state(cluster, job) == "", timeout=120, step=1)
+    out = open(os.path.join(cluster.work, "adopt.out")).read()
+    assert re.search(r"after=vm0-job\d+", out), f"the step after the restart did not run in the adopted guest:\n{out}"
+    cluster.expect_clean(timeout=30)
+
+
+def test_slurm_vmd_killed_during_a_step_fails_the_step_cleanly(cluster):
+    job = submit(cluster, "-N1 -w node1 -n1 --vm-count=1 -o killed.out", "srun sleep 30; echo step-rc=$?")
+    wait_step(cluster, job)
+    time.sleep(3)
+    os.kill(int(open(os.path.join(cluster.dir, "run", "slurm-vmd-node1.pid")).read()), 9)
     time.sleep(1)
     cluster.cluster("start-vmd", "--node", "node1", "--dir", cluster.dir)
     wait_until("the job to end", lambda: state(cluster, job) == "", timeout=120, step=1)
+    out = open(os.path.join(cluster.work, "killed.out")).read()
+    assert "slurm-vmd went away while the task ran" in out and "step-rc=1" in out, out
     cluster.expect_clean(timeout=30)
+
+
+def test_signals_reach_the_command_in_the_guest(cluster):
+    script = "srun sh -c 'trap \"echo got-TERM > term.txt; exit 0\" TERM; sleep 100 & wait'"
+    job = submit(cluster, "-N1 -n1 --vm-count=1", script)
+    wait_step(cluster, job)
+    time.sleep(3)
+    cluster.sh(f"scancel --signal=TERM {job}", check=True)
+    wait_until("the command's trap", lambda: os.path.exists(os.path.join(cluster.work, "term.txt")), timeout=30)
+    assert open(os.path.join(cluster.work, "term.txt")).read().strip() == "got-TERM"
+    cluster.sh(f"scancel {job}")
+    cluster.expect_clean(timeout=30)
+
+
+def test_environment_fallbacks_are_options_too(cluster):
+    r = cluster.sh("SLURM_VM_COUNT=abc sbatch --wrap true")
+    assert r.returncode != 0 and "--vm-count: 'abc' is not a whole number" in r.stderr, r.stderr
+    assert cluster.queue() == []
+
+
+def test_only_root_prepares_guests_and_users_stay_in_their_own_jobs(cluster):
+    sock = f"{cluster.dir}/vmd/node1.sock"
+    req = json.dumps({"op": "teardown", "job": 1})
+    probe = f"python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(\"{sock}\"); s.sendall(sys.argv[1].encode()+b\"\\n\"); print(s.makefile().readline())' '{req}'"
+    r = cluster.sh(probe, user="nobody")
+    assert "only root or SlurmUser" in r.stdout, r.stdout + r.stderr
+    job = submit(cluster, "-N1 -w node1 -n1 --vm-count=1", "srun sleep 60")
+    wait_step(cluster, job)
+    r = cluster.sh(f"SLURM_VM_TASK_ARGV0=id SLURM_VM_NODE_SOCKET={sock} SLURM_JOB_ID={job} {VM}", user="nobody")
+    assert r.returncode == 1 and f"job {job} belongs to uid 0, not to uid 65534" in r.stderr, r.stderr
+    cluster.sh(f"scancel {job}")
+    cluster.expect_clean(timeout=30)
+
+
+def test_make_install_writes_the_plugstack_line(cluster):
+    d = tempfile.mkdtemp()
+    run(["make", "-s", "-C", os.path.join(REPO, "Plugin"), "install", f"DESTDIR={d}", "PLUGSTACK_ARGS=submit_socket=/run/x.sock"], check=True)
+    conf = open(os.path.join(d, "etc/slurm/plugstack.conf.d/slurm-vm.conf")).read()
+    assert conf.startswith("required /") and conf.strip().endswith("slurm-vm.so submit_socket=/run/x.sock"), conf
+    sym = run(["nm", "-D", "--defined-only", os.path.join(REPO, "Plugin", "slurm-vm.so")], check=True).stdout
+    exported = sorted(l.split()[-1] for l in sym.splitlines())
+    assert all(e.startswith(("slurm_spank_", "plugin_", "spank_plugin_")) for e in exported), exported
+    shutil.rmtree(d)
