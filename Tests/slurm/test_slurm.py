@@ -318,3 +318,12 @@ def test_make_install_writes_the_plugstack_line(cluster):
     exported = sorted(l.split()[-1] for l in sym.splitlines())
     assert all(e.startswith(("slurm_spank_", "plugin_", "spank_plugin_")) for e in exported), exported
     shutil.rmtree(d)
+
+
+def test_a_job_whose_guests_cannot_be_prepared_fails_its_tasks_not_the_node(cluster):
+    # One core allocated, two vCPUs asked for: the prolog succeeds, the tasks say what to ask for.
+    job = submit(cluster, "-N1 -w node2 -n1 --vm-vcpus=2 -o nofit.out", "srun hostname; echo srun-rc=$?")
+    wait_until("the job to end", lambda: state(cluster, job) == "", timeout=120, step=1)
+    out = open(os.path.join(cluster.work, "nofit.out")).read()
+    assert "could not be prepared" in out and "ask Slurm for more cores" in out and "srun-rc=1" in out, out
+    cluster.expect_clean(timeout=30)
