@@ -43,37 +43,34 @@ final class AcceptLoop: @unchecked Sendable {
     func stop() { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
 }
 
-/// The Unix-socket API.
-struct ControlService: Service {
-    let api: API
-    let path: String
+/// One listening socket served until graceful shutdown: the API's Unix socket or the blob service.
+struct ListenerService: Service {
+    let name: String
     let logger: Logger
+    let open: @Sendable () throws -> Int32
+    let handle: @Sendable (Int32) -> Void
+    var onStop: @Sendable () -> Void = {}
 
-    func run() async throws {
-        let fd = try LineConnection.listen(path)
-        let loop = AcceptLoop(fd: fd, name: "api", logger: logger) { [api] c in api.serve(LineConnection(fd: c)) }
-        loop.start()
-        logger.info("listening on \(path)")
-        try? await gracefulShutdown()
-        loop.stop()
-        unlink(path)
-        logger.info("stopped listening on \(path)")
+    /// The Unix-socket API.
+    static func control(api: API, path: String, logger: Logger) -> ListenerService {
+        ListenerService(name: "api on \(path)", logger: logger, open: { try LineConnection.listen(path) },
+                        handle: { api.serve(LineConnection(fd: $0)) }, onStop: { unlink(path) })
     }
-}
 
-/// The catalog role's blob service over TCP.
-struct BlobService: Service {
-    let api: API
-    let listen: String
-    let logger: Logger
+    /// The catalog role's blob service over TCP.
+    static func blobs(api: API, listen: String, logger: Logger) -> ListenerService {
+        ListenerService(name: "blob service on \(listen)", logger: logger, open: { try TCPListener.open(listen) },
+                        handle: { api.serveBlobs($0) })
+    }
 
     func run() async throws {
-        let fd = try TCPListener.open(listen)
-        let loop = AcceptLoop(fd: fd, name: "blobs", logger: logger) { [api] c in api.serveBlobs(c) }
+        let loop = AcceptLoop(fd: try open(), name: name, logger: logger, handle: handle)
         loop.start()
-        logger.info("blob service on \(listen)")
+        logger.info("\(name): listening")
         try? await gracefulShutdown()
         loop.stop()
+        onStop()
+        logger.info("\(name): stopped")
     }
 }
 

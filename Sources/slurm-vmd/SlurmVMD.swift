@@ -45,8 +45,8 @@ struct SlurmVMD: AsyncParsableCommand {
         if let node = api.node {
             node.reconcile(running: SlurmQuery.isRunning)
         }
-        var services: [Service] = [ControlService(api: api, path: cfg.socket, logger: logger)]
-        if let c = cfg.catalog { services.append(BlobService(api: api, listen: c.listen, logger: logger)) }
+        var services: [Service] = [ListenerService.control(api: api, path: cfg.socket, logger: logger)]
+        if let c = cfg.catalog { services.append(ListenerService.blobs(api: api, listen: c.listen, logger: logger)) }
         if let node = api.node { services.append(JobReaper(node: node, logger: logger)) }
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()

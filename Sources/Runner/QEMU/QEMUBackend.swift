@@ -99,14 +99,9 @@ public struct QEMUBackend: Hypervisor {
         }
         for (i, dir) in shares.enumerated() {
             let sock = "\(spec.runDir)/fs\(i).sock"
-            let log = open(spec.runDir + "/virtiofsd\(i).log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-            defer { if log >= 0 { close(log) } }
-            var o = SpawnOptions()
-            o.stdout = log; o.stderr = log
-            o.dieWithParent = !spec.keep
-            o.cpus = spec.housekeeping
-            let pid = try Processes.spawn(Self.virtiofsd, ["-f", "--socket-path=\(sock)", "-o", "source=\(dir)", "-o", "cache=auto",
-                                                           "-o", "sandbox=namespace", "-o", "log_level=warn"], o)
+            let pid = try spawnVMMProcess(Self.virtiofsd, ["-f", "--socket-path=\(sock)", "-o", "source=\(dir)", "-o", "cache=auto",
+                                                           "-o", "sandbox=namespace", "-o", "log_level=warn"],
+                                          log: "virtiofsd\(i).log", for: spec)
             try? String(pid).write(toFile: "\(spec.runDir)/virtiofsd\(i).pid", atomically: true, encoding: .utf8)
             let deadline = Date(timeIntervalSinceNow: 5)
             while !Files.exists(sock) {
@@ -119,20 +114,26 @@ public struct QEMUBackend: Hypervisor {
         }
     }
 
-    public func boot(_ spec: GuestSpec) throws -> RunningGuest {
-        try spec.validate()
-        try Files.mkdirs(spec.runDir, mode: 0o700)
-        let kernel = DirectKernel.vmlinux(for: spec.kernel, digest: spec.kernelDigest, cacheDir: kernelCache) ?? spec.kernel
-        let log = open(spec.runDir + "/qemu.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    /// A process of the guest's VMM (QEMU, a file server): output to a log in the run directory, started
+    /// on the housekeeping CPUs, ending with us unless the guest is kept.
+    func spawnVMMProcess(_ path: String, _ args: [String], log name: String, for spec: GuestSpec) throws -> Int32 {
+        let log = open(spec.runDir + "/" + name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { if log >= 0 { close(log) } }
         var o = SpawnOptions()
         o.stdout = log; o.stderr = log
         o.dieWithParent = !spec.keep
         o.cpus = spec.housekeeping
+        return try Processes.spawn(path, args, o)
+    }
+
+    public func boot(_ spec: GuestSpec) throws -> RunningGuest {
+        try spec.validate()
+        try Files.mkdirs(spec.runDir, mode: 0o700)
+        let kernel = DirectKernel.vmlinux(for: spec.kernel, digest: spec.kernelDigest, cacheDir: kernelCache) ?? spec.kernel
         try startFileServers(spec)
         let args = arguments(spec, kernel: kernel)
         try? Data(([binary] + args).map { "'\($0)'" }.joined(separator: " ").utf8).write(to: URL(fileURLWithPath: spec.runDir + "/qemu.cmdline"))
-        let pid = try Processes.spawn(binary, args, o)
+        let pid = try spawnVMMProcess(binary, args, log: "qemu.log", for: spec)
         let guest = QEMUGuest(spec: spec, pid: pid)
         do {
             try guest.attach(alive: { Processes.poll(pid) == nil })
