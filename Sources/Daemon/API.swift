@@ -137,7 +137,8 @@ public final class API: @unchecked Sendable {
     func exec(_ m: [String: Any], _ peer: Peer, _ c: LineConnection) throws {
         let node = try requireNode(peer, privileged: false)
         let fds = c.takeFDs()
-        defer { for f in fds { close(f) } }
+        var owned = fds                      // closed on the way out; stdin passes to the task once it runs
+        defer { for f in owned { close(f) } }
         guard fds.count == 3 else { try c.send(Self.failure("exec needs stdin, stdout and stderr attached (got \(fds.count) descriptors)")); return }
         guard let job = (m["job"] as? Int).map(UInt32.init), let argv = m["argv"] as? [String], !argv.isEmpty else {
             try c.send(Self.failure("exec needs \"job\" and a non-empty \"argv\"")); return
@@ -154,6 +155,7 @@ public final class API: @unchecked Sendable {
         } catch {
             try c.send(Self.failure("\(error)")); return
         }
+        owned.removeAll { $0 == fds[0] }
         try c.send(["ok": true, "guest": started.guest])
         // Signals from the client; the end of its stream (the task was killed) kills the command.
         let cmd = started.command

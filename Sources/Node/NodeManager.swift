@@ -201,7 +201,8 @@ public final class NodeManager: @unchecked Sendable {
     public func jobs() -> [JobState] { store.all() }
 
     /// Starts a task of `job` in one of its guests. `caller` is the connecting process's uid: only
-    /// the job's owner (or root) may run in its guests.
+    /// the job's owner (or root) may run in its guests. Once the task has started, `stdin` belongs to
+    /// it (closed when its input ends); the caller keeps it if this throws.
     public func startTask(job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, stdin: Int32?,
                           stdout: @escaping @Sendable ([UInt8]) -> Void, stderr: @escaping @Sendable ([UInt8]) -> Void)
         throws -> (command: AgentConnection.Command, guest: String) {
@@ -230,7 +231,7 @@ public final class NodeManager: @unchecked Sendable {
         req.uid = job.state.uid
         req.gid = job.state.gid
         req.env.append("SLURM_VM_GUEST=\(job.guests[i].spec.hostname)")
-        let cmd = try job.agents[i].start(req, stdin: stdin, stdout: stdout, stderr: stderr)
+        let cmd = try job.agents[i].start(req, stdin: stdin, ownsStdin: true, stdout: stdout, stderr: stderr)
         return (cmd, job.guests[i].spec.id)
     }
 

@@ -100,8 +100,10 @@ public final class AgentConnection: @unchecked Sendable {
     }
 
     /// Starts a command. Output arrives on the reader thread, in order, through the two callbacks.
-    /// `stdin`: a descriptor to copy to the command (until its end), or nil for empty input.
-    public func start(_ req: ExecRequest, stdin: Int32? = nil,
+    /// `stdin`: a descriptor to copy to the command (until its end), or nil for empty input. With
+    /// `ownsStdin` the copying thread closes it when done — the only safe moment, since closing a
+    /// descriptor another thread is blocked reading would let a reused number be read by mistake.
+    public func start(_ req: ExecRequest, stdin: Int32? = nil, ownsStdin: Bool = false,
                       stdout: @escaping @Sendable ([UInt8]) -> Void,
                       stderr: @escaping @Sendable ([UInt8]) -> Void) throws -> Command {
         cond.lock()
@@ -112,7 +114,10 @@ public final class AgentConnection: @unchecked Sendable {
         cond.unlock()
         try send(AgentCodec.exec(req, session: id))
         if let stdin {
-            let t = Thread { [self] in self.pumpStdin(from: stdin, session: id) }
+            let t = Thread { [self] in
+                self.pumpStdin(from: stdin, session: id)
+                if ownsStdin { Glibc.close(stdin) }
+            }
             t.name = "agent-stdin"
             t.start()
         } else {
