@@ -87,26 +87,26 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
     return 0;
 }
 
-/* The prolog/epilog process does not call slurm_spank_init: parse the configuration here too. */
-int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
+/* The prolog/epilog process does not call slurm_spank_init: parse the configuration there too. A bad
+ * configuration is logged but never fails the prolog or epilog (that would drain the node); the job's
+ * tasks report it instead. */
+static int job_script_config(int ac, char **av)
 {
     char err[512];
-    if (svm_config_parse(ac, av, err, sizeof err) != 0) {
-        /* Never fail the prolog (that drains the node); the job's tasks report it instead. */
-        slurm_error("%s: plugstack.conf: %s", SVM_PLUGIN, err);
+    if (svm_config_parse(ac, av, err, sizeof err) == 0)
         return 0;
-    }
-    return svm_job_prolog(sp);
+    slurm_error("%s: plugstack.conf: %s", SVM_PLUGIN, err);
+    return -1;
+}
+
+int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
+{
+    return job_script_config(ac, av) == 0 ? svm_job_prolog(sp) : 0;
 }
 
 int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 {
-    char err[512];
-    if (svm_config_parse(ac, av, err, sizeof err) != 0) {
-        slurm_error("%s: plugstack.conf: %s", SVM_PLUGIN, err);
-        return 0;
-    }
-    return svm_job_epilog(sp);
+    return job_script_config(ac, av) == 0 ? svm_job_epilog(sp) : 0;
 }
 
 int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)

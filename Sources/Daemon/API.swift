@@ -206,7 +206,7 @@ public final class API: @unchecked Sendable {
         case "RECORD":
             let byLabel = parts.count == 3 ? (try? ImageReference(parts[2])).flatMap { try? catalog.resolve($0) } : nil
             let rec = byLabel?.digest == digest ? byLabel : (try? catalog.list())?.first { $0.digest == digest }
-            guard let rec, let data = try? JSONEncoder.isoSorted.encode(rec) else {
+            guard let rec, let data = try? JSONEncoder.iso.encode(rec) else {
                 _ = BlobWire.writeAll(fd, "ERR no image \(digest) in the catalog\n"); return
             }
             guard BlobWire.writeAll(fd, "OK \(data.count)\n") else { return }
@@ -229,8 +229,4 @@ public final class API: @unchecked Sendable {
             _ = BlobWire.writeAll(fd, "ERR unknown request \(parts[0])\n")
         }
     }
-}
-
-extension JSONEncoder {
-    static var isoSorted: JSONEncoder { let e = JSONEncoder(); e.dateEncodingStrategy = .iso8601; e.outputFormatting = [.sortedKeys]; return e }
 }

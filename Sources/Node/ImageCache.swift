@@ -77,11 +77,12 @@ public struct ImageCache: Sendable {
 }
 
 extension JSONDecoder {
-    static var iso: JSONDecoder { let d = JSONDecoder(); d.dateDecodingStrategy = .iso8601; return d }
+    /// Image records travel with ISO 8601 dates (the blob service and the node cache agree on this).
+    public static var iso: JSONDecoder { let d = JSONDecoder(); d.dateDecodingStrategy = .iso8601; return d }
 }
 
 extension JSONEncoder {
-    static var iso: JSONEncoder { let e = JSONEncoder(); e.dateEncodingStrategy = .iso8601; e.outputFormatting = [.sortedKeys]; return e }
+    public static var iso: JSONEncoder { let e = JSONEncoder(); e.dateEncodingStrategy = .iso8601; e.outputFormatting = [.sortedKeys]; return e }
 }
 
 public enum BlobWire {
