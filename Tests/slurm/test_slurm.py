@@ -77,7 +77,8 @@ class Cluster:
     def expect_clean(self, timeout=30):
         wait_until("the guests to be gone", lambda: not self.vmms(), timeout=timeout)
         for n in ("node1", "node2"):
-            assert self.guests(n) == [], f"{n} still lists guests"
+            # The VMM dies first; its run directory goes a moment later, when the epilog's teardown ends.
+            wait_until(f"{n} to list no guests", lambda: self.guests(n) == [], timeout=timeout)
             state = os.path.join(self.dir, "vmd", n, "state", "jobs")
             wait_until(f"{n}'s job state to be removed", lambda: not os.listdir(state), timeout=timeout)
         states = self.sh("sinfo -h -N -o '%N %t'").stdout
