@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // PCRE2 is the regular-expression engine HTCondor itself uses, so regexp() & co. agree with it exactly.
@@ -50,6 +51,15 @@ let package = Package(
         // A node's share of a job's guests: core placement, per-job guest sets booted in the prolog and torn
         // down in the epilog, tasks run in them, state on disk and its recovery after a restart.
         .target(name: "Node", dependencies: ["Catalog", "Runner", "CLinux"]),
+        // Images to many nodes at link speed: the binomial pipeline plan, chunk verification, the transfer
+        // state machine and its SwiftNIO driver, the coordinator that plans and coalesces transfers.
+        .target(
+            name: "Broadcast",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         // slurm-vmd's pieces: configuration, the Unix-socket API (JSON lines, SO_PEERCRED), the catalog
         // role (matching, blobs over TCP) and the node role (Node) behind it.
         .target(
@@ -69,7 +79,8 @@ let package = Package(
         .executableTarget(
             name: "slurm-vm",
             dependencies: [
-                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner",
+                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner", "Broadcast",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "ClassAdTests", dependencies: ["ClassAd"]),
@@ -78,6 +89,7 @@ let package = Package(
         .testTarget(name: "RunnerTests", dependencies: ["Runner", "Catalog", .product(name: "Crypto", package: "swift-crypto")]),
         // End to end through the built `slurm-vm` binary: builds the minimal image and boots real guests.
         .testTarget(name: "GuestTests", dependencies: ["Catalog"]),
+        .testTarget(name: "BroadcastTests", dependencies: ["Broadcast", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "NodeTests", dependencies: ["Node", "Daemon", "Runner"]),
     ],
     swiftLanguageModes: [.v6]

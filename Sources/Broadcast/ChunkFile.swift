@@ -1,0 +1,123 @@
+// A rank's copy of the image while it arrives: a hidden file next to its destination, space reserved up
+// front (a full disk is reported before any byte moves), chunks written at their offsets, the whole
+// hashed as its verified prefix grows (no second pass at the end), and renamed into place only when the
+// whole matches the digest. Until then nothing at the destination path exists; on failure the partial
+// file is removed.
+
+import Crypto
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Used from one event loop only.
+public final class ChunkFile: @unchecked Sendable {
+    public let path: String
+    public let manifest: Manifest
+    let fd: Int32
+    /// Where the copy lives: the source itself (rank 0), or a partial file renamed to `destination`.
+    let partial: String?
+    let destination: String?
+    private var whole = SHA256()
+    private var hashedUpTo = 0
+    public private(set) var have: Bitset
+
+    /// The source's copy, read only.
+    public init(source: String, manifest: Manifest) throws {
+        path = source
+        self.manifest = manifest
+        fd = open(source, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw BroadcastError("cannot open \(source): \(String(cString: strerror(errno)))") }
+        partial = nil
+        destination = nil
+        have = Bitset(count: manifest.count, full: true)
+        hashedUpTo = manifest.count
+    }
+
+    /// A new copy to be written to `destination`.
+    public init(destination: String, manifest: Manifest) throws {
+        let dir = (destination as NSString).deletingLastPathComponent
+        let name = (destination as NSString).lastPathComponent
+        let p = (dir.isEmpty ? "." : dir) + "/.partial-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        fd = open(p, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw BroadcastError("cannot create \(p): \(String(cString: strerror(errno)))") }
+        let rc = posix_fallocate(fd, 0, off_t(manifest.size))
+        if rc != 0 {
+            close(fd)
+            unlink(p)
+            let why = rc == ENOSPC ? "not enough space" : String(cString: strerror(rc))
+            throw BroadcastError("cannot reserve \(manifest.size) bytes in \(dir.isEmpty ? "." : dir) for the image: \(why); free space there or point the destination elsewhere")
+        }
+        path = p
+        partial = p
+        self.destination = destination
+        self.manifest = manifest
+        have = Bitset(count: manifest.count)
+    }
+
+    deinit { close(fd) }
+
+    /// Writes a verified chunk; false if it was already there.
+    public func write(_ i: Int, _ bytes: UnsafeRawBufferPointer) throws -> Bool {
+        if have[i] { return false }
+        let off = manifest.range(i).offset
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(off) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { throw BroadcastError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            done += n
+        }
+        have.insert(i)
+        if i == hashedUpTo { whole.update(bufferPointer: bytes); hashedUpTo += 1; try advanceHash() }
+        return true
+    }
+
+    private func advanceHash() throws {
+        while hashedUpTo < manifest.count && have[hashedUpTo] {
+            try withChunk(hashedUpTo) { whole.update(bufferPointer: $0) }
+            hashedUpTo += 1
+        }
+    }
+
+    /// Calls body with chunk i's bytes, read from the file.
+    public func withChunk<T>(_ i: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+        let (off, len) = manifest.range(i)
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: len, alignment: 64)
+        defer { buf.deallocate() }
+        try Self.preadAll(fd, buf.baseAddress!, len, off, path)
+        return try body(UnsafeRawBufferPointer(buf))
+    }
+
+    /// Once every chunk is here: checks the whole digest, syncs and renames into place.
+    public func finish() throws {
+        guard let partial, let destination else { return }
+        guard have.isFull, hashedUpTo == manifest.count else { throw BroadcastError("the copy is incomplete") }
+        let got = "sha256:" + whole.finalize().hex
+        guard got == manifest.digest else {
+            discard()
+            throw BroadcastError("every chunk verified but the whole hashes to \(got), not \(manifest.digest); nothing was kept")
+        }
+        guard fsync(fd) == 0 else { throw BroadcastError("cannot sync \(partial): \(String(cString: strerror(errno)))") }
+        guard rename(partial, destination) == 0 else {
+            let e = String(cString: strerror(errno))
+            discard()
+            throw BroadcastError("cannot rename the verified copy to \(destination): \(e)")
+        }
+    }
+
+    /// Removes a partial copy.
+    public func discard() {
+        if let partial { unlink(partial) }
+    }
+
+    static func preadAll(_ fd: Int32, _ p: UnsafeMutableRawPointer, _ len: Int, _ off: Int64, _ path: String) throws {
+        var done = 0
+        while done < len {
+            let n = pread(fd, p + done, len - done, off_t(off) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { throw BroadcastError("cannot read \(path) at \(off + Int64(done)): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))") }
+            done += n
+        }
+    }
+}

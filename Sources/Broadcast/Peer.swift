@@ -1,0 +1,336 @@
+// One rank of a transfer on the network: listens on its address, dials the neighbors the plan gives it,
+// and carries out what its TransferMachine decides. Every channel and all state live on one event
+// loop, so there is no locking; hashing and writing a 1 MiB chunk take well under a millisecond.
+
+import Foundation
+import NIOCore
+import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct PeerConfig: Sendable {
+    public var rank: Int
+    /// host:port of every rank, rank 0 first.
+    public var addresses: [String]
+    public var kind: ScheduleKind = .pipeline
+    public var chunkSize = Manifest.defaultChunkSize
+    /// Rank 0 (or any rank that holds the image): the file to send, and its manifest if known.
+    public var source: String?
+    public var manifest: Manifest?
+    /// Every other rank: where the verified copy goes.
+    public var destination: String?
+    /// The digest the copy must have (the catalog's); a manifest for anything else is refused.
+    public var digest: String?
+    /// Names the transfer, so a connection from another transfer is refused.
+    public var transfer = "broadcast"
+    /// Seconds to keep dialing a neighbor that is not up yet.
+    public var dialSeconds: Double = 30
+    /// Seconds without progress before giving up.
+    public var giveUpSeconds: Double = 60
+    /// Seconds a finished rank keeps serving neighbors that still miss chunks.
+    public var lingerSeconds: Double = 30
+    /// Test hook: chunks this rank corrupts (one byte flipped) the first time it sends them.
+    public var corrupt: Set<Int> = []
+    /// Called on the event loop as chunks arrive: (held, total).
+    public var progress: (@Sendable (Int, Int) -> Void)?
+
+    public init(rank: Int, addresses: [String]) {
+        self.rank = rank
+        self.addresses = addresses
+    }
+}
+
+public struct PeerReport: Sendable {
+    public var rank: Int
+    /// Seconds from start until this rank's copy was verified (0 for the source).
+    public var seconds: Double
+    public var stats: TransferMachine.Stats
+}
+
+public final class Peer: @unchecked Sendable {
+    let config: PeerConfig
+    let group: EventLoopGroup
+    let loop: EventLoop
+    let started = Date()
+    var machine: TransferMachine?
+    var manifest: Manifest?
+    var file: ChunkFile?
+    var channels: [Int: Channel] = [:]
+    /// Peers seen before the manifest arrived: (rank, holds everything, chunks announced).
+    var early: [Int: (complete: Bool, haves: [Int])] = [:]
+    var server: Channel?
+    var ticker: RepeatedTask?
+    var verifiedAt: Double?
+    var result: EventLoopPromise<PeerReport>
+    var corrupted = Set<Int>()
+    var ended = false
+
+    public init(_ config: PeerConfig, group: EventLoopGroup) {
+        self.config = config
+        self.group = group
+        loop = group.next()
+        result = loop.makePromise()
+    }
+
+    var now: Double { Date().timeIntervalSince(started) }
+
+    /// Starts this rank (blocking until it listens); the future completes once its copy is verified
+    /// and its neighbors are served, or fails. Not for async contexts: see run().
+    public func start() throws -> EventLoopFuture<PeerReport> {
+        try validate()
+        var prepared: (ChunkFile, Manifest)?
+        if let src = config.source {
+            let m = try config.manifest ?? Manifest.compute(path: src, chunkSize: config.chunkSize)
+            if let d = config.digest, d != m.digest {
+                throw BroadcastError("\(src) hashes to \(m.digest), not the expected \(d)")
+            }
+            prepared = (try ChunkFile(source: src, manifest: m), m)
+        }
+        let (host, port) = try Self.split(config.addresses[config.rank])
+        let boot = ServerBootstrap(group: loop)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socket(SocketOptionLevel(IPPROTO_TCP), SocketOptionName(TCP_NOTSENT_LOWAT)), value: 256 << 10)
+            .childChannelInitializer { ch in self.setUp(ch, dialed: nil) }
+        let bound: Channel
+        do { bound = try boot.bind(host: host, port: port).wait() } catch {
+            throw BroadcastError("cannot listen on \(host):\(port): \(error)")
+        }
+        let p = prepared
+        try loop.submit {
+            self.server = bound
+            if let (f, m) = p { self.file = f; self.adopt(m) }
+            for n in self.initialDials() { self.dial(n, until: self.now + self.config.dialSeconds) }
+            self.ticker = self.loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in self.apply(.tick) }
+        }.wait()
+        return result.futureResult
+    }
+
+    /// start() for async callers: the blocking setup runs off the cooperative pool.
+    public func run() async throws -> PeerReport {
+        let f: EventLoopFuture<PeerReport> = try await withCheckedThrowingContinuation { k in
+            Thread.detachNewThread { k.resume(with: Result { try self.start() }) }
+        }
+        return try await f.get()
+    }
+
+    func validate() throws {
+        guard config.rank >= 0 && config.rank < config.addresses.count else {
+            throw BroadcastError("rank \(config.rank) is not among the \(config.addresses.count) addresses given")
+        }
+        guard Manifest.chunkSizes.contains(config.chunkSize) else {
+            throw BroadcastError("chunk size \(config.chunkSize) is outside \(Manifest.chunkSizes.lowerBound)…\(Manifest.chunkSizes.upperBound) bytes")
+        }
+        guard (config.source == nil) != (config.destination == nil) else {
+            throw BroadcastError("a rank either holds the image (--src) or receives it (--dst), not both or neither")
+        }
+        for a in config.addresses { _ = try Self.split(a) }
+    }
+
+    static func split(_ a: String) throws -> (String, Int) {
+        guard let colon = a.lastIndex(of: ":"), let port = Int(a[a.index(after: colon)...]), port > 0, port < 65536 else {
+            throw BroadcastError("'\(a)' is not HOST:PORT")
+        }
+        var host = String(a[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
+    }
+
+    /// The neighbors this rank dials: those of lower rank (one connection per pair).
+    func initialDials() -> [Int] {
+        let plan = Plan(kind: config.kind, ranks: config.addresses.count, chunks: 1)
+        return plan.schedules[config.rank].neighbors.filter { $0 < config.rank }.sorted()
+    }
+
+    // MARK: connections
+
+    func dial(_ p: Int, until deadline: Double) {
+        guard !ended, channels[p] == nil, let (host, port) = try? Self.split(config.addresses[p]) else { return }
+        ClientBootstrap(group: loop)
+            .channelOption(ChannelOptions.socket(SocketOptionLevel(IPPROTO_TCP), SocketOptionName(TCP_NOTSENT_LOWAT)), value: 256 << 10)
+            .connectTimeout(.seconds(5))
+            .channelInitializer { ch in self.setUp(ch, dialed: p) }
+            .connect(host: host, port: port)
+            .whenComplete { r in
+                switch r {
+                case .success(let ch):
+                    self.send(.hello(rank: self.config.rank, complete: self.holdsAll, transfer: self.config.transfer), on: ch)
+                case .failure:
+                    if self.now < deadline {
+                        self.loop.scheduleTask(in: .milliseconds(100)) { self.dial(p, until: deadline) }
+                    } else {
+                        if p == 0 { self.machine?.rootUnreachable() }
+                        self.apply(.disconnected(peer: p))
+                    }
+                }
+            }
+    }
+
+    func setUp(_ ch: Channel, dialed: Int?) -> EventLoopFuture<Void> {
+        let maxPayload = max(config.chunkSize, manifest?.chunkSize ?? 0, Manifest.chunkSizes.upperBound) + 64
+        do {
+            try ch.pipeline.syncOperations.addHandlers([ByteToMessageHandler(FrameDecoder(maxPayload: maxPayload)), Inbound(self, dialed: dialed)])
+            return ch.eventLoop.makeSucceededVoidFuture()
+        } catch { return ch.eventLoop.makeFailedFuture(error) }
+    }
+
+    var holdsAll: Bool { machine?.complete ?? false }
+
+    final class Inbound: ChannelInboundHandler, @unchecked Sendable {
+        typealias InboundIn = Frame
+        let peer: Peer
+        var rank: Int?
+        init(_ p: Peer, dialed: Int?) { peer = p; rank = dialed }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            peer.received(unwrapInboundIn(data), on: context.channel, handler: self)
+        }
+        func channelInactive(context: ChannelHandlerContext) {
+            if let r = rank, peer.channels[r] === context.channel { peer.channels[r] = nil; peer.apply(.disconnected(peer: r)) }
+        }
+        func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+    }
+
+    func received(_ f: Frame, on ch: Channel, handler: Inbound) {
+        switch f {
+        case .hello(let r, let complete, let transfer):
+            guard transfer == config.transfer, r >= 0, r < config.addresses.count, r != config.rank else {
+                send(.abort("this is rank \(config.rank) of transfer '\(config.transfer)'; refused rank \(r) of '\(transfer)'"), on: ch)
+                ch.close(promise: nil)
+                return
+            }
+            let accepted = handler.rank == nil
+            handler.rank = r
+            if let old = channels[r], old !== ch { old.close(promise: nil) }
+            channels[r] = ch
+            if accepted { send(.hello(rank: config.rank, complete: holdsAll, transfer: config.transfer), on: ch) }
+            if let m = manifest { send(.manifest(m), on: ch) }
+            if let m = machine {
+                if !m.complete { for c in 0..<m.plan.chunks where m.have[c] { send(.have(c), on: ch) } }
+                apply(.connected(peer: r, complete: complete))
+            } else {
+                early[r] = (complete, [])
+            }
+        case .manifest(let m):
+            if manifest == nil { adopt(m) }
+        case .have(let c):
+            guard let r = handler.rank else { return }
+            if machine != nil { apply(.peerHas(peer: r, chunk: c)) } else { early[r]?.haves.append(c) }
+        case .want(let c):
+            guard let r = handler.rank else { return }
+            apply(.wanted(by: r, chunk: c == Int(UInt32.max) ? TransferMachine.anyChunk : c))
+        case .chunk(let c, let bytes):
+            guard let r = handler.rank, let m = manifest, let file, c >= 0, c < m.count else { return }
+            let ok = bytes.withUnsafeReadableBytes { m.verify(c, $0) }
+            if ok {
+                do { _ = try bytes.withUnsafeReadableBytes { try file.write(c, $0) } } catch {
+                    fail("\(error)")
+                    return
+                }
+            }
+            if Self.trace { FileHandle.standardError.write(Data(String(format: "%.4f %d recv %d from %d\n", now, config.rank, c, r).utf8)) }
+            apply(.received(from: r, chunk: c, valid: ok))
+            if ok, let mm = machine { config.progress?(mm.have.population, mm.plan.chunks) }
+        case .abort(let why):
+            if let r = handler.rank { FileHandle.standardError.write(Data("rank \(config.rank): rank \(r) aborted: \(why)\n".utf8)) }
+            ch.close(promise: nil)
+        }
+    }
+
+    /// The manifest is known: check it, reserve the copy, build the plan, replay who is connected.
+    func adopt(_ m: Manifest) {
+        guard machine == nil else { return }
+        let expectCount = Int((m.size + Int64(m.chunkSize) - 1) / Int64(m.chunkSize))
+        guard m.size > 0, Manifest.chunkSizes.contains(m.chunkSize), m.chunks.count == expectCount, m.chunks.allSatisfy({ $0.count == 32 }) else {
+            return fail("a peer sent an inconsistent manifest (size \(m.size), chunk size \(m.chunkSize), \(m.chunks.count) chunks)")
+        }
+        if let d = config.digest, d != m.digest { return fail("the image offered is \(m.digest), not the expected \(d)") }
+        if file == nil, let dst = config.destination {
+            do { file = try ChunkFile(destination: dst, manifest: m) } catch { return fail("\(error)") }
+        }
+        manifest = m
+        let plan = Plan(kind: config.kind, ranks: config.addresses.count, chunks: m.count)
+        var opts = TransferMachine.Options(plan: plan)
+        opts.giveUpSeconds = config.giveUpSeconds
+        machine = TransferMachine(rank: config.rank, plan: plan, holdsAll: config.source != nil, now: now, options: opts)
+        for ch in channels.values { send(.manifest(m), on: ch) }
+        let seen = early
+        early = [:]
+        for (r, e) in seen.sorted(by: { $0.key < $1.key }) where channels[r] != nil {
+            apply(.connected(peer: r, complete: e.complete))
+            for c in e.haves { apply(.peerHas(peer: r, chunk: c)) }
+        }
+    }
+
+    // MARK: actions
+
+    func apply(_ e: TransferMachine.Event) {
+        guard !ended, machine != nil else { return }
+        let actions = machine!.handle(e, now: now)
+        for a in actions { perform(a) }
+        if verifiedAt != nil, let m = machine, m.neighborsDone || now - verifiedAt! > config.lingerSeconds { finish() }
+    }
+
+    static let trace = ProcessInfo.processInfo.environment["SLURM_VM_BROADCAST_TRACE"] != nil
+
+    func perform(_ a: TransferMachine.Action) {
+        if Self.trace { FileHandle.standardError.write(Data(String(format: "%.4f %d %@\n", now, config.rank, "\(a)").utf8)) }
+        switch a {
+        case .send(let p, let c):
+            guard let ch = channels[p], let file else { return }
+            var buf = ch.allocator.buffer(capacity: 9 + file.manifest.range(c).length)
+            buf.writeInteger(Frame.Kind.chunk.rawValue)
+            buf.writeInteger(UInt32(4 + file.manifest.range(c).length))
+            buf.writeInteger(UInt32(c))
+            do {
+                _ = try file.withChunk(c) { buf.writeBytes($0) }
+            } catch { return fail("\(error)") }
+            if config.corrupt.contains(c) && !corrupted.contains(c) {
+                corrupted.insert(c)
+                let at = buf.writerIndex - 1
+                buf.setInteger(~buf.getInteger(at: at, as: UInt8.self)!, at: at)
+            }
+            ch.writeAndFlush(buf).whenComplete { _ in self.apply(.sent(to: p, chunk: c)) }
+        case .want(let p, let c):
+            if let ch = channels[p] { send(.want(c == TransferMachine.anyChunk ? Int(UInt32.max) : c), on: ch) }
+        case .announce(let c):
+            for ch in channels.values { send(.have(c), on: ch) }
+        case .connect(let p):
+            dial(p, until: now + 10)
+        case .complete:
+            do { try file?.finish() } catch { return fail("\(error)") }
+            verifiedAt = now
+        case .fail(let why):
+            fail(why)
+        }
+    }
+
+    func send(_ f: Frame, on ch: Channel) {
+        var b = ch.allocator.buffer(capacity: 64)
+        f.encode(into: &b)
+        ch.writeAndFlush(b, promise: nil)
+    }
+
+    func finish() {
+        guard !ended, let m = machine else { return }
+        ended = true
+        shutdown()
+        result.succeed(PeerReport(rank: config.rank, seconds: config.source != nil ? 0 : verifiedAt ?? now, stats: m.stats))
+    }
+
+    func fail(_ why: String) {
+        guard !ended else { return }
+        ended = true
+        if verifiedAt == nil { file?.discard() }
+        for ch in channels.values { send(.abort("rank \(config.rank): \(why)"), on: ch) }
+        shutdown()
+        result.fail(BroadcastError(why))
+    }
+
+    func shutdown() {
+        ticker?.cancel()
+        for ch in channels.values { ch.close(promise: nil) }
+        channels = [:]
+        server?.close(promise: nil)
+    }
+}

@@ -1,0 +1,172 @@
+// Who sends which chunk to whom, and in what order: the plan every rank of a transfer derives on its
+// own from (ranks, chunks, kind), so no schedule travels on the wire.
+//
+// The binomial pipeline. Ranks sit on a circulant graph: in step t, with j = t mod d and
+// d = ⌈log2 N⌉, every rank r sends one chunk to (r + 2^j) mod N and receives one from (r − 2^j) mod N.
+// The root (rank 0) sends chunk t in step t; every other rank sends the newest chunk it holds that its
+// partner lacks. Each rank thus uploads and downloads at most one chunk per step, new chunks enter at
+// one per step and reach everyone in about log2 N further steps: all N ranks hold all k chunks after
+// k + d + O(1) steps (Tests/BroadcastTests check the bound for N up to 100), i.e. about size/rate +
+// log2 N chunk times, where a store-and-forward binomial tree needs ⌈log2 N⌉ × size/rate. Unlike a
+// chain, depth stays logarithmic; unlike the XOR hypercube exchange, any N works.
+//
+// Executing this plan literally (lock step, or as dataflow with the plan's order) was measured on the
+// namespace testbed at 1.5-1.8× of size/rate for 8-16 nodes: any late chunk idles the ranks downstream
+// of it, and two senders that meet at one receiver halve each other. So the pipeline runs receiver-
+// driven on the same graph (TransferMachine.pull): each rank asks its neighbors for the newest chunks
+// they hold, the root for chunks in injection order, keeping several requests open. The graph keeps
+// the logarithmic depth; the lock-step plan stays the bound it is checked against, and is what the
+// two baselines execute.
+
+/// A fixed-size set of chunk indices.
+public struct Bitset: Equatable, Sendable {
+    public private(set) var words: [UInt64]
+    public let count: Int
+    public private(set) var population = 0
+
+    public init(count: Int, full: Bool = false) {
+        self.count = count
+        words = Array(repeating: full ? ~0 : 0, count: (count + 63) / 64)
+        if full {
+            if count % 64 != 0 { words[words.count - 1] = (1 << UInt64(count % 64)) - 1 }
+            population = count
+        }
+    }
+
+    public subscript(i: Int) -> Bool { words[i >> 6] & (1 << UInt64(i & 63)) != 0 }
+
+    /// Inserts i; true if it was not there.
+    @discardableResult public mutating func insert(_ i: Int) -> Bool {
+        let m: UInt64 = 1 << UInt64(i & 63)
+        if words[i >> 6] & m != 0 { return false }
+        words[i >> 6] |= m
+        population += 1
+        return true
+    }
+
+    public mutating func remove(_ i: Int) {
+        let m: UInt64 = 1 << UInt64(i & 63)
+        if words[i >> 6] & m != 0 { words[i >> 6] &= ~m; population -= 1 }
+    }
+
+    public var isFull: Bool { population == count }
+
+    /// The highest index in self and not in other.
+    public func newest(notIn other: Bitset) -> Int? {
+        for w in stride(from: words.count - 1, through: 0, by: -1) {
+            let x = words[w] & ~other.words[w]
+            if x != 0 { return w * 64 + 63 - x.leadingZeroBitCount }
+        }
+        return nil
+    }
+}
+
+public enum ScheduleKind: String, Sendable, CaseIterable {
+    /// The binomial pipeline (the default).
+    case pipeline
+    /// The store-and-forward binomial tree: a rank forwards only once it holds the whole image.
+    case binomial
+    /// Every rank receives the whole image from the root.
+    case central
+}
+
+/// One rank's share of a plan.
+public struct RankSchedule: Sendable, Equatable {
+    public struct Send: Sendable, Equatable {
+        public let step: Int
+        public let to: Int
+        public let chunk: Int
+    }
+    /// What this rank sends, in order.
+    public var sends: [Send] = []
+    /// For each chunk: the step it is due and the rank due to send it (nil for the root's chunks).
+    public var expected: [(step: Int, from: Int)?]
+    /// Ranks this rank exchanges with: senders, receivers, and so the holders it may ask for repairs.
+    public var neighbors: Set<Int> = []
+
+    public static func == (a: RankSchedule, b: RankSchedule) -> Bool {
+        a.sends == b.sends && a.neighbors == b.neighbors
+            && a.expected.map { $0.map { [$0.step, $0.from] } } == b.expected.map { $0.map { [$0.step, $0.from] } }
+    }
+}
+
+public struct Plan: Sendable {
+    public let kind: ScheduleKind
+    public let ranks: Int
+    public let chunks: Int
+    /// Indexed by rank.
+    public let schedules: [RankSchedule]
+    /// Steps until every rank holds every chunk, if executed in lock step.
+    public let steps: Int
+    /// How many sends a rank runs at once: one for the tree (each send gets the whole upload, as the
+    /// step model assumes), all of them for the central server, three for the pipeline, whose ranks
+    /// serve requests from several neighbors (measured on the namespace testbed: 1 → 1.60×, 2 → 1.34×,
+    /// 3 → 1.18× of size/rate at 8 nodes with 256 MiB, with 8 requests open per rank).
+    public let uploadSlots: Int
+    /// Whether a rank may forward before it holds the whole image.
+    public let forwardsEarly: Bool
+
+    public init(kind: ScheduleKind, ranks n: Int, chunks k: Int) {
+        precondition(n >= 1 && k >= 1)
+        self.kind = kind
+        ranks = n
+        chunks = k
+        var s = (0..<n).map { _ in RankSchedule(expected: Array(repeating: nil, count: k)) }
+        func add(_ step: Int, _ from: Int, _ to: Int, _ chunk: Int) {
+            s[from].sends.append(.init(step: step, to: to, chunk: chunk))
+            if s[to].expected[chunk] == nil { s[to].expected[chunk] = (step, from) }
+            s[from].neighbors.insert(to)
+            s[to].neighbors.insert(from)
+        }
+        var steps = 0
+        switch kind {
+        case .pipeline:
+            let d = max(1, (n - 1).bitWidthNeeded)
+            var have = (0..<n).map { Bitset(count: k, full: $0 == 0) }
+            var t = 0
+            while n > 1 && have.contains(where: { !$0.isFull }) {
+                let j = t % d
+                var moves: [(Int, Int)] = []
+                for r in 0..<n {
+                    let p = (r + (1 << j)) % n
+                    let c: Int?
+                    if r == 0 && t < k { c = have[p][t] ? have[0].newest(notIn: have[p]) : t } else { c = have[r].newest(notIn: have[p]) }
+                    if let c { moves.append((p, c)); add(t, r, p, c) }
+                }
+                for (p, c) in moves { have[p].insert(c) }
+                t += 1
+            }
+            // Every edge of the graph, even one the lock-step plan left unused, is a repair path.
+            for r in 0..<n {
+                for j in 0..<d where (1 << j) < n {
+                    let p = (r + (1 << j)) % n
+                    if p != r { s[r].neighbors.insert(p); s[p].neighbors.insert(r) }
+                }
+            }
+            steps = t
+        case .binomial:
+            // Round i: every rank r < 2^i holding the image sends all of it to r + 2^i.
+            var i = 0
+            while (1 << i) < n {
+                for r in 0..<(1 << i) where r + (1 << i) < n {
+                    for c in 0..<k { add(i * k + c, r, r + (1 << i), c) }
+                }
+                i += 1
+            }
+            steps = i * k
+        case .central:
+            for r in 1..<max(n, 1) { for c in 0..<k { add(c, 0, r, c) } }
+            steps = (n - 1) * k
+        }
+        for r in 0..<n { s[r].sends.sort { ($0.step, $0.to) < ($1.step, $1.to) } }
+        schedules = s
+        self.steps = steps
+        uploadSlots = kind == .central ? max(1, n - 1) : (kind == .pipeline ? 3 : 1)
+        forwardsEarly = kind != .binomial
+    }
+}
+
+extension Int {
+    /// Bits needed to write self (0 for 0): ⌈log2(self + 1)⌉.
+    var bitWidthNeeded: Int { self <= 0 ? 0 : Int.bitWidth - leadingZeroBitCount }
+}

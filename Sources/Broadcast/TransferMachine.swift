@@ -1,0 +1,366 @@
+// One rank's side of a transfer as a pure state machine: events in (a peer connected, a chunk arrived
+// or was sent, a peer asked for a chunk, time passed), actions out (send, ask, announce, done, fail).
+// The network driver (Peer) only carries these out, so the policy, including every fault path, is
+// tested deterministically with simulated time (Tests/BroadcastTests).
+//
+// Policy for the pipeline: receivers pull (see pull()); senders serve requests as their upload slots
+// free up, slow receivers not counting against the slots; a rank that hears from nobody for a while
+// and finds no neighbor holding what it misses dials the root.
+//
+// Policy for the baselines (tree, central):
+// - Upload: the plan's sends in order, each as soon as this rank holds the chunk and the receiver has no
+//   send from us in progress; a later entry goes first when an earlier one is not ready (dataflow, not
+//   lock step). Requests from peers (repairs) are served first. A send that takes far longer than usual
+//   (the receiver is slow or stalled) stops counting against the upload slots, so one slow receiver
+//   never holds up the others.
+// - Repair: a chunk is fetched from any neighbor that holds it when its sender is gone, when it arrived
+//   corrupted, when the chunks due several steps after it have already arrived (its sender is late),
+//   or when nothing has arrived for a while. A request that goes unanswered is asked of someone else.
+//   When no neighbor holds what is missing, the rank connects to the root, which holds everything.
+
+import Foundation
+
+public struct TransferMachine: Sendable {
+    public struct Options: Sendable {
+        /// Steps a chunk may lag behind the ones due after it before it is fetched elsewhere.
+        public var lateSlack: Int
+        /// Seconds without any arrival after which everything due is fetched elsewhere.
+        public var stallSeconds: Double = 1.0
+        /// Seconds an unanswered request waits before it is asked of someone else.
+        public var wantTimeout: Double = 3.0
+        /// Seconds without any arrival after which the transfer fails.
+        public var giveUpSeconds: Double = 60
+        public var maxWants = 4
+        public var maxWantsPerPeer = 2
+        /// Requests a rank keeps open at once in the pipeline (each to a different neighbor).
+        public var pullDepth = 8
+        /// Whether lateness and stalls trigger repairs (the baselines only repair after a loss).
+        public var repairs = true
+
+        public init(plan: Plan) {
+            let d = max(1, (plan.ranks - 1).bitWidthNeeded)
+            lateSlack = 2 * d + 2
+            repairs = plan.kind == .pipeline
+        }
+    }
+
+    public enum Event: Sendable, Equatable {
+        case connected(peer: Int, complete: Bool)
+        case disconnected(peer: Int)
+        case peerHas(peer: Int, chunk: Int)
+        case received(from: Int, chunk: Int, valid: Bool)
+        case sent(to: Int, chunk: Int)
+        case wanted(by: Int, chunk: Int)
+        case tick
+    }
+
+    public enum Action: Sendable, Equatable {
+        case send(to: Int, chunk: Int)
+        case want(from: Int, chunk: Int)
+        /// Tell every connected peer this rank now holds the chunk.
+        case announce(chunk: Int)
+        /// Open a connection to this rank (the root, as a last resort).
+        case connect(Int)
+        /// Every chunk is here and verified: check the whole and keep it.
+        case complete
+        case fail(String)
+    }
+
+    struct PeerState: Sendable {
+        var has: Bitset
+        var sending: (chunk: Int, since: Double)?
+        var myWants: [Int: Double] = [:]
+        var anyAsked: Double?
+        var unanswered = 0
+        /// What it has announced (has also counts what we sent it): whether it is done.
+        var announced: Bitset
+    }
+
+    public let rank: Int
+    public let plan: Plan
+    public let options: Options
+    let schedule: RankSchedule
+    public private(set) var have: Bitset
+    var peers: [Int: PeerState] = [:]
+    var entryDone: [Bool]
+    var firstOpen = 0
+    var wantQueue: [(peer: Int, chunk: Int)] = []
+    var wanted: [Int: Int] = [:]          // chunk → peer asked
+    var suspect = Set<Int>()
+    var lost = Set<Int>()
+    var progressStep = -1
+    var lastArrival: Double
+    var typicalSend: Double?
+    var typicalReceive: Double?
+    var pullRotation = 0
+    var askedForRoot = false
+    public private(set) var finished = false
+    let outNeighbors: [Int]
+    var rotation = 0
+    var injected = 0
+    public private(set) var stats = Stats()
+
+    public struct Stats: Sendable, Equatable {
+        public var received = 0, duplicates = 0, corrupted = 0, repairs = 0, sent = 0, served = 0
+        /// Requests lost with a neighbor that left or went unanswered, and asked again elsewhere.
+        public var reasked = 0
+    }
+
+    public init(rank: Int, plan: Plan, holdsAll: Bool, now: Double, options: Options? = nil) {
+        self.rank = rank
+        self.plan = plan
+        self.options = options ?? Options(plan: plan)
+        schedule = plan.schedules[rank]
+        have = Bitset(count: plan.chunks, full: holdsAll)
+        entryDone = Array(repeating: false, count: schedule.sends.count)
+        let d = max(1, (plan.ranks - 1).bitWidthNeeded)
+        var outs: [Int] = []
+        for j in 0..<d where (1 << j) < plan.ranks {
+            let p = (rank + (1 << j)) % plan.ranks
+            if p != rank && !outs.contains(p) { outs.append(p) }
+        }
+        outNeighbors = outs
+        lastArrival = now
+    }
+
+    public var complete: Bool { have.isFull }
+
+    /// Peers this rank opens connections to (higher ranks connect to lower ones, one link per pair).
+    public var dialed: [Int] { schedule.neighbors.filter { $0 < rank }.sorted() }
+    public var neighbors: Set<Int> { schedule.neighbors }
+
+    /// Whether every neighbor still connected holds everything (so this rank may leave).
+    public var neighborsDone: Bool { peers.values.allSatisfy { $0.announced.isFull } }
+
+    public mutating func handle(_ event: Event, now: Double) -> [Action] {
+        var out: [Action] = []
+        switch event {
+        case .connected(let p, let full):
+            peers[p] = PeerState(has: Bitset(count: plan.chunks, full: full), announced: Bitset(count: plan.chunks, full: full))
+            lost.remove(p)
+        case .disconnected(let p):
+            peers[p] = nil
+            lost.insert(p)
+            wantQueue.removeAll { $0.peer == p }
+            for (c, q) in wanted where q == p { wanted[c] = nil; stats.reasked += 1 }
+        case .peerHas(let p, let c):
+            peers[p]?.has.insert(c)
+            peers[p]?.announced.insert(c)
+        case .received(let p, let c, let valid):
+            if let q = wanted[c], q == p || valid {
+                if let t = peers[q]?.myWants[c], q == p { typicalReceive = typicalReceive.map { 0.8 * $0 + 0.2 * (now - t) } ?? (now - t) }
+                wanted[c] = nil; peers[q]?.myWants[c] = nil; peers[q]?.unanswered = 0
+            } else if let t = peers[p]?.anyAsked {
+                typicalReceive = typicalReceive.map { 0.8 * $0 + 0.2 * (now - t) } ?? (now - t)
+                peers[p]?.anyAsked = nil
+            }
+            if !valid {
+                stats.corrupted += 1
+                suspect.insert(c)
+            } else if have[c] {
+                stats.duplicates += 1
+            } else {
+                have.insert(c)
+                stats.received += 1
+                suspect.remove(c)
+                peers[p]?.has.insert(c)
+                lastArrival = now
+                if let e = schedule.expected[c] { progressStep = max(progressStep, e.step) }
+                out.append(.announce(chunk: c))
+            }
+        case .sent(let p, let c):
+            if let s = peers[p]?.sending, s.chunk == c {
+                let took = now - s.since
+                typicalSend = typicalSend.map { 0.8 * $0 + 0.2 * took } ?? took
+                peers[p]?.sending = nil
+                peers[p]?.has.insert(c)   // it will announce it; sending again would only waste the link
+            }
+        case .wanted(let p, let c):
+            if c >= 0 && c < plan.chunks, peers[p]?.announced[c] == false {
+                peers[p]?.has.remove(c)   // it says it lacks it (what we sent arrived corrupted): believe it
+            }
+            if c == Self.anyChunk || (c >= 0 && c < plan.chunks) { wantQueue.append((p, c)) }
+        case .tick:
+            break
+        }
+        pump(now, &out)
+        return out
+    }
+
+    func isSlow(_ s: (chunk: Int, since: Double), _ now: Double) -> Bool {
+        guard let t = typicalSend else { return now - s.since > 1.0 }
+        return now - s.since > max(0.05, 2 * t)
+    }
+
+    mutating func pump(_ now: Double, _ out: inout [Action]) {
+        upload(now, &out)
+        if !finished {
+            if plan.kind == .pipeline { expireWants(now); pull(now, &out); fallBackToRoot(now, &out) } else { repair(now, &out) }
+        }
+        if !finished && have.isFull {
+            finished = true
+            out.append(.complete)
+        } else if !finished && now - lastArrival > options.giveUpSeconds {
+            finished = true
+            let missing = plan.chunks - have.population
+            out.append(.fail("no chunk arrived for \(Int(options.giveUpSeconds)) s; \(missing) of \(plan.chunks) chunks still missing; connected neighbors: \(peers.keys.sorted().map(String.init).joined(separator: ",")), lost: \(lost.sorted().map(String.init).joined(separator: ","))"))
+        }
+    }
+
+    mutating func upload(_ now: Double, _ out: inout [Action]) {
+        var busy = peers.values.filter { s in s.sending.map { !isSlow($0, now) } ?? false }.count
+        // Requests first: they come from ranks that are missing what the plan owed them.
+        var i = 0
+        while busy < plan.uploadSlots && i < wantQueue.count {
+            var (p, c) = wantQueue[i]
+            guard let peer = peers[p] else { wantQueue.remove(at: i); continue }
+            if peer.sending != nil { i += 1; continue }
+            if c == Self.anyChunk {
+                while injected < plan.chunks && (peer.has[injected] || !have[injected]) { injected += 1 }
+                if injected < plan.chunks { c = injected; injected += 1 } else if let n = have.newest(notIn: peer.has) { c = n } else {
+                    wantQueue.remove(at: i); continue
+                }
+            }
+            guard have[c], !peer.has[c] else { wantQueue.remove(at: i); continue }
+            wantQueue.remove(at: i)
+            start(p, c, now, &out)
+            stats.served += 1
+            busy += 1
+        }
+        guard busy < plan.uploadSlots, plan.forwardsEarly || have.isFull else { return }
+        if plan.kind == .pipeline { return }   // receivers pull (see pull)
+        var j = firstOpen
+        while busy < plan.uploadSlots && j < schedule.sends.count {
+            defer { j += 1 }
+            if entryDone[j] { continue }
+            let e = schedule.sends[j]
+            guard let peer = peers[e.to] else {
+                if lost.contains(e.to) { entryDone[j] = true }   // gone: it will not need it
+                continue
+            }
+            if peer.has[e.chunk] { entryDone[j] = true; continue }
+            if peer.sending != nil || !have[e.chunk] { continue }
+            entryDone[j] = true
+            start(e.to, e.chunk, now, &out)
+            busy += 1
+        }
+        while firstOpen < entryDone.count && entryDone[firstOpen] { firstOpen += 1 }
+    }
+
+    /// The binomial pipeline's exchange, driven by receivers: a rank keeps two requests open, each to a
+    /// different neighbor in rotation, for the newest chunk that neighbor holds and it lacks; of the root
+    /// it asks for "any", and the root injects chunks in order, each once. Every rank thus downloads from
+    /// at most two senders at once and never receives a chunk twice; a late or dead neighbor only costs
+    /// the request open at it.
+    mutating func pull(_ now: Double, _ out: inout [Action]) {
+        let slow = max(0.05, 3 * (typicalReceive ?? 0.5))
+        var active = peers.values.reduce(0) { n, s in
+            n + s.myWants.values.filter { now - $0 < slow }.count + (s.anyAsked.map { now - $0 < slow ? 1 : 0 } ?? 0)
+        }
+        let order = peers.keys.sorted()
+        guard !order.isEmpty else { return }
+        var tries = 0
+        while active < options.pullDepth && tries < order.count {
+            let q = order[(pullRotation + tries) % order.count]
+            tries += 1
+            guard let s = peers[q], s.myWants.isEmpty, s.anyAsked == nil else { continue }
+            if q == 0 && s.has.isFull && injectable(from: s) {
+                peers[q]?.anyAsked = now
+                out.append(.want(from: q, chunk: Self.anyChunk))
+            } else {
+                var mask = have
+                for c in wanted.keys { mask.insert(c) }
+                guard let c = s.has.newest(notIn: mask) else { continue }
+                wanted[c] = q
+                peers[q]?.myWants[c] = now
+                out.append(.want(from: q, chunk: c))
+            }
+            pullRotation = (pullRotation + tries) % order.count
+            tries = 0
+            active += 1
+        }
+    }
+
+    /// Whether the root still has something for us that no request is already bringing.
+    func injectable(from s: PeerState) -> Bool { have.population + wanted.count < plan.chunks }
+
+    /// A request for whatever the root would inject next.
+    public static let anyChunk = -1
+
+    mutating func start(_ p: Int, _ c: Int, _ now: Double, _ out: inout [Action]) {
+        peers[p]?.sending = (c, now)
+        peers[p]?.has.insert(c)   // on its way; a corrupted arrival is asked for again
+        stats.sent += 1
+        out.append(.send(to: p, chunk: c))
+    }
+
+    mutating func repair(_ now: Double, _ out: inout [Action]) {
+        // Requests that went unanswered are asked of someone else.
+        for (c, q) in wanted {
+            if let t = peers[q]?.myWants[c], now - t > options.wantTimeout {
+                wanted[c] = nil
+                peers[q]?.myWants[c] = nil
+                peers[q]?.unanswered += 1
+            }
+        }
+        guard wanted.count < options.maxWants else { return }
+        let stalled = now - lastArrival > options.stallSeconds
+        var orphan = false
+        for c in 0..<plan.chunks where !have[c] && wanted[c] == nil {
+            guard wanted.count < options.maxWants else { break }
+            let e = schedule.expected[c]
+            let due: Bool
+            if suspect.contains(c) { due = true }
+            else if plan.kind == .pipeline { due = stalled }   // pushes adapt to losses; ask only when they stop
+            else if e == nil { due = true }
+            else if let e, peers[e.from] == nil && (lost.contains(e.from) || stalled) { due = true }
+            else if options.repairs, let e { due = progressStep >= e.step + options.lateSlack || (stalled && e.step <= progressStep + options.lateSlack) }
+            else { due = false }
+            guard due else { continue }
+            // The least-asked holder, preferring ones that answer and are not the late sender.
+            var best: (key: (Int, Int, Int), peer: Int)?
+            for (q, s) in peers where s.has[c] && s.myWants.count < options.maxWantsPerPeer {
+                let key = (s.unanswered, q == e?.from ? 1 : 0, s.myWants.count)
+                if best == nil || key < best!.key || (key == best!.key && (q + c) % plan.ranks < (best!.peer + c) % plan.ranks) { best = (key, q) }
+            }
+            if let b = best {
+                wanted[c] = b.peer
+                peers[b.peer]?.myWants[c] = now
+                stats.repairs += 1
+                out.append(.want(from: b.peer, chunk: c))
+            } else if !peers.values.contains(where: { $0.has[c] }) {
+                orphan = true
+            }
+        }
+        if orphan && peers[0] == nil && rank != 0 && !askedForRoot && (stalled || !lost.isEmpty) {
+            askedForRoot = true
+            out.append(.connect(0))
+        }
+    }
+
+    mutating func expireWants(_ now: Double) {
+        for (c, q) in wanted {
+            if let t = peers[q]?.myWants[c], now - t > options.wantTimeout {
+                stats.reasked += 1
+                wanted[c] = nil
+                peers[q]?.myWants[c] = nil
+                peers[q]?.unanswered += 1
+            }
+        }
+        for (q, s) in peers { if let t = s.anyAsked, now - t > options.wantTimeout { peers[q]?.anyAsked = nil } }
+    }
+
+    /// Nothing arrives and no neighbor holds what is missing (they died or left): ask the root.
+    mutating func fallBackToRoot(_ now: Double, _ out: inout [Action]) {
+        guard rank != 0, peers[0] == nil, !askedForRoot, now - lastArrival > options.stallSeconds else { return }
+        var held = Bitset(count: plan.chunks)
+        for s in peers.values { for c in 0..<plan.chunks where s.announced[c] { held.insert(c) } }
+        if have.newest(notIn: held) != nil || (0..<plan.chunks).contains(where: { !have[$0] && !held[$0] }) {
+            askedForRoot = true
+            out.append(.connect(0))
+        }
+    }
+
+    /// The root was dialed but could not be reached: allow another attempt later.
+    public mutating func rootUnreachable() { askedForRoot = false }
+}

@@ -1,0 +1,174 @@
+// TransferMachine driven by a small discrete-event network: every rank's upload and download carry one
+// chunk per time unit (a rank's rate can be lowered), messages take 0.01 units. Deterministic, so each
+// fault path is checked exactly: a rank killed mid-transfer, a corrupted chunk, a slow rank, a stalled
+// one.
+
+import Testing
+@testable import Broadcast
+
+final class Network {
+    struct Pending { var at: Double; var seq: Int; var to: Int; var event: TransferMachine.Event }
+    var machines: [TransferMachine]
+    var queue: [Pending] = []
+    var seq = 0
+    var now = 0.0
+    var rate: [Double]
+    var dead = Set<Int>()
+    var stalled = Set<Int>()
+    var corrupt: Set<Int> = []              // chunk indices whose first delivery is corrupted
+    var corruptedOnce = Set<Int>()
+    var doneAt: [Double?]
+    var failed: [String?]
+    var downloadFree: [Double]
+    var killAt: (rank: Int, time: Double)?
+
+    init(_ kind: ScheduleKind, ranks n: Int, chunks k: Int, rate: [Double]? = nil) {
+        let plan = Plan(kind: kind, ranks: n, chunks: k)
+        // One time unit is one chunk time (about 40 ms for 1 MiB at 200 Mbit/s): the real timeouts, scaled.
+        var o = TransferMachine.Options(plan: plan)
+        o.stallSeconds = 25
+        o.wantTimeout = 75
+        o.giveUpSeconds = 1500
+        machines = (0..<n).map { TransferMachine(rank: $0, plan: plan, holdsAll: $0 == 0, now: 0, options: o) }
+        self.rate = rate ?? Array(repeating: 1, count: n)
+        doneAt = Array(repeating: nil, count: n)
+        failed = Array(repeating: nil, count: n)
+        downloadFree = Array(repeating: 0, count: n)
+        doneAt[0] = 0
+        for r in 0..<n { for p in machines[r].dialed {
+            post(0, r, .connected(peer: p, complete: p == 0))
+            post(0, p, .connected(peer: r, complete: false))
+        } }
+    }
+
+    func post(_ delay: Double, _ to: Int, _ e: TransferMachine.Event) {
+        seq += 1
+        queue.append(Pending(at: now + delay, seq: seq, to: to, event: e))
+    }
+
+    func run(until limit: Double = 10_000) {
+        var nextTick = 1.0
+        while !queue.isEmpty || doneAt.enumerated().contains(where: { $0.element == nil && !dead.contains($0.offset) && failed[$0.offset] == nil }) {
+            if let (r, t) = killAt, now >= t {
+                killAt = nil
+                dead.insert(r)
+                for p in machines[r].neighbors { post(0.01, p, .disconnected(peer: r)) }
+            }
+            let i = queue.indices.min { (queue[$0].at, queue[$0].seq) < (queue[$1].at, queue[$1].seq) }
+            if let i, queue[i].at <= nextTick {
+                let p = queue.remove(at: i)
+                now = p.at
+                deliver(p.to, p.event)
+            } else {
+                now = nextTick
+                nextTick += 1.0
+                for r in machines.indices where !dead.contains(r) { deliver(r, .tick) }
+            }
+            if now > limit { return }
+        }
+    }
+
+    func deliver(_ r: Int, _ e: TransferMachine.Event) {
+        guard !dead.contains(r) else { return }
+        for a in machines[r].handle(e, now: now) {
+            switch a {
+            case .send(let p, let c):
+                guard !dead.contains(p), !stalled.contains(r) else { continue }
+                // The sender's upload is one slot at its rate; the receiver's download is serialized.
+                let dur = 1 / min(rate[r], rate[p])
+                let start = max(now, downloadFree[p] - dur * 0.5)
+                downloadFree[p] = start + dur
+                let bad = corrupt.contains(c) && corruptedOnce.insert(c).inserted
+                post(start + dur - now, r, .sent(to: p, chunk: c))
+                post(start + dur - now + 0.01, p, .received(from: r, chunk: c, valid: !bad))
+            case .want(let p, let c):
+                post(0.01, p, .wanted(by: r, chunk: c))
+            case .announce(let c):
+                for p in machines[r].neighbors where !dead.contains(p) { post(0.01, p, .peerHas(peer: r, chunk: c)) }
+            case .connect(let p):
+                post(0.01, r, .connected(peer: p, complete: true))
+                post(0.01, p, .connected(peer: r, complete: false))
+            case .complete:
+                doneAt[r] = now
+            case .fail(let why):
+                failed[r] = why
+            }
+        }
+    }
+}
+
+@Suite struct MachineTests {
+    @Test(arguments: [2, 3, 4, 8, 13, 16])
+    func pipelineCompletesNearTheLimit(n: Int) {
+        let k = 64
+        let net = Network(.pipeline, ranks: n, chunks: k)
+        net.run()
+        #expect(net.failed.allSatisfy { $0 == nil })
+        let last = net.doneAt.compactMap { $0 }.max() ?? .infinity
+        #expect(net.doneAt.allSatisfy { $0 != nil })
+        // About k chunk times plus the pipeline's depth; the slack covers the model's serialization.
+        #expect(last <= Double(k) * 1.15 + 2 * Double((n - 1).bitWidthNeeded) + 2, "N=\(n): \(last)")
+        let dup = net.machines.map(\.stats.duplicates).reduce(0, +)
+        #expect(dup <= n, "N=\(n): \(dup) duplicate chunks")
+    }
+
+    @Test func baselinesComplete() {
+        for kind in [ScheduleKind.binomial, .central] {
+            let net = Network(kind, ranks: 8, chunks: 16)
+            net.run()
+            #expect(net.doneAt.allSatisfy { $0 != nil }, "\(kind)")
+        }
+    }
+
+    @Test func aRankKilledMidTransferDoesNotStopTheOthers() {
+        let net = Network(.pipeline, ranks: 16, chunks: 64)
+        net.killAt = (5, 20)
+        net.run()
+        for r in 0..<16 where r != 5 { #expect(net.doneAt[r] != nil && net.failed[r] == nil, "rank \(r)") }
+        #expect(net.doneAt[5] == nil)
+        #expect(net.machines.map(\.stats.reasked).reduce(0, +) > 0, "requests open at the dead rank were asked again elsewhere")
+    }
+
+    @Test func aCorruptedChunkIsFetchedAgain() {
+        let net = Network(.pipeline, ranks: 8, chunks: 32)
+        net.corrupt = [3, 17]
+        net.run()
+        #expect(net.doneAt.allSatisfy { $0 != nil })
+        #expect(net.machines.map(\.stats.corrupted).reduce(0, +) == 2)
+    }
+
+    @Test func aSlowRankFinishesLateWithoutHoldingUpTheRest() {
+        let k = 64
+        var rate = Array(repeating: 1.0, count: 16)
+        rate[6] = 0.25
+        let net = Network(.pipeline, ranks: 16, chunks: k, rate: rate)
+        net.run()
+        #expect(net.doneAt.allSatisfy { $0 != nil })
+        let others = net.doneAt.enumerated().filter { $0.offset != 6 }.compactMap { $0.element }.max()!
+        #expect(others <= Double(k) * 1.3, "the others took \(others) for \(k) chunks")
+        #expect(net.doneAt[6]! > others, "the slow rank is the last")
+    }
+
+    @Test func aStalledSenderIsWorkedAround() {
+        let net = Network(.pipeline, ranks: 8, chunks: 32)
+        net.stalled = [3]   // connected, but nothing it sends ever arrives
+        net.run()
+        for r in 0..<8 { #expect(net.doneAt[r] != nil, "rank \(r)") }
+    }
+
+    @Test func withNoHolderLeftARankFallsBackToTheRoot() {
+        // Rank 3 of 4 loses both of its neighbors other than the root path; it must dial the root.
+        let net = Network(.pipeline, ranks: 4, chunks: 16)
+        net.killAt = (1, 0.5)
+        net.run()
+        for r in [0, 2, 3] { #expect(net.doneAt[r] != nil, "rank \(r)") }
+    }
+
+    @Test func givesUpWhenNothingArrives() {
+        let net = Network(.pipeline, ranks: 2, chunks: 4)
+        net.killAt = (0, 0)
+        net.run(until: 3000)
+        #expect(net.failed[1]?.contains("no chunk arrived") == true)
+    }
+}
+

@@ -1,0 +1,94 @@
+// The real engine over loopback TCP (no root needed): several ranks in one process, each on its own
+// port; every copy is verified independently. Namespaces, rates and killed processes: Tests/broadcast.
+
+import Crypto
+import Foundation
+import NIOCore
+import NIOPosix
+import Testing
+@testable import Broadcast
+
+@Suite(.serialized) struct PeerTests {
+    static func scratch() -> String {
+        let d = NSTemporaryDirectory() + "svmb-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }
+
+    static func randomFile(_ path: String, _ size: Int) -> String {
+        var g = SystemRandomNumberGenerator()
+        let bytes = (0..<size).map { _ in UInt8.random(in: 0...255, using: &g) }
+        FileManager.default.createFile(atPath: path, contents: Data(bytes))
+        return "sha256:" + SHA256.hash(data: Data(bytes)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    static func digest(_ path: String) -> String? {
+        guard let d = FileManager.default.contents(atPath: path) else { return nil }
+        return "sha256:" + SHA256.hash(data: d).map { String(format: "%02x", $0) }.joined()
+    }
+
+    /// Runs one transfer of `size` bytes to n ranks; returns each receiving rank's result.
+    static func transfer(n: Int, size: Int, kind: ScheduleKind = .pipeline, corrupt: [Int: Set<Int>] = [:],
+                         digestOverride: String? = nil) throws -> (String, String, [Result<PeerReport, Error>]) {
+        let dir = scratch()
+        let want = randomFile(dir + "/src", size)
+        let base = Int.random(in: 20000...40000)
+        let addrs = (0..<n).map { "127.0.0.1:\(base + $0)" }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        defer { try? group.syncShutdownGracefully() }
+        var futures: [Int: EventLoopFutureBox] = [:]
+        for r in 0..<n {
+            var c = PeerConfig(rank: r, addresses: addrs)
+            c.kind = kind
+            c.chunkSize = 64 << 10
+            c.giveUpSeconds = 20
+            c.digest = digestOverride ?? want
+            if r == 0 { c.source = dir + "/src"; c.digest = want } else { c.destination = dir + "/copy\(r)" }
+            c.corrupt = corrupt[r] ?? []
+            futures[r] = EventLoopFutureBox(try Peer(c, group: group).start())
+        }
+        let results = (1..<n).map { r in Result { try futures[r]!.future.wait() } }
+        _ = try? futures[0]!.future.wait()
+        return (dir, want, results)
+    }
+
+    @Test(arguments: [ScheduleKind.pipeline, .binomial, .central])
+    func everyRankGetsAVerifiedCopy(kind: ScheduleKind) throws {
+        let n = 6
+        let (dir, want, results) = try Self.transfer(n: n, size: (3 << 20) + 12345, kind: kind)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (i, r) in results.enumerated() {
+            if case .failure(let e) = r { Issue.record("rank \(i + 1): \(e)") }
+            #expect(Self.digest(dir + "/copy\(i + 1)") == want, "rank \(i + 1)")
+        }
+        // Nothing partial is left behind.
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".partial") }
+        #expect(left.isEmpty)
+    }
+
+    @Test func aCorruptedChunkIsDetectedAndFetchedAgain() throws {
+        let (dir, want, results) = try Self.transfer(n: 4, size: 1 << 20, corrupt: [0: [1, 5, 9], 1: [2]])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var corrupted = 0
+        for (i, r) in results.enumerated() {
+            if case .success(let rep) = r { corrupted += rep.stats.corrupted } else { Issue.record("rank \(i + 1) failed") }
+            #expect(Self.digest(dir + "/copy\(i + 1)") == want)
+        }
+        #expect(corrupted >= 3, "the corrupted chunks were seen and refetched")
+    }
+
+    @Test func aRankExpectingAnotherImageRefusesAndKeepsNothing() throws {
+        let wrong = "sha256:" + String(repeating: "0", count: 64)
+        let (dir, _, results) = try Self.transfer(n: 2, size: 200_000, digestOverride: wrong)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        guard case .failure(let e) = results[0] else { Issue.record("rank 1 accepted another image"); return }
+        #expect("\(e)".contains("not the expected \(wrong)"))
+        #expect(!FileManager.default.fileExists(atPath: dir + "/copy1"))
+    }
+}
+
+/// Futures are Sendable already; this keeps them in a dictionary without a warning.
+struct EventLoopFutureBox: @unchecked Sendable {
+    let future: NIOCore.EventLoopFuture<PeerReport>
+    init(_ f: NIOCore.EventLoopFuture<PeerReport>) { future = f }
+}

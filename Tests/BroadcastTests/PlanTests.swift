@@ -1,0 +1,73 @@
+// The plans, executed in lock step: every rank ends with every chunk, no rank sends or receives more
+// than one chunk per step, and the binomial pipeline finishes within k + log2 N + O(1) steps.
+
+import Testing
+@testable import Broadcast
+
+@Suite struct PlanTests {
+    static func lockStep(_ plan: Plan) -> (complete: Bool, maxSends: Int, maxRecvs: Int) {
+        var have = (0..<plan.ranks).map { Bitset(count: plan.chunks, full: $0 == 0) }
+        var sendsPer: [Int: [Int: Int]] = [:], recvsPer: [Int: [Int: Int]] = [:]
+        let all = plan.schedules.enumerated().flatMap { r, s in s.sends.map { (r, $0) } }.sorted { $0.1.step < $1.1.step }
+        var i = 0
+        while i < all.count {
+            let step = all[i].1.step
+            var moves: [(Int, Int)] = []
+            while i < all.count && all[i].1.step == step {
+                let (r, e) = all[i]
+                if !have[r][e.chunk] { return (false, 0, 0) }   // sent before it was held
+                moves.append((e.to, e.chunk))
+                sendsPer[step, default: [:]][r, default: 0] += 1
+                recvsPer[step, default: [:]][e.to, default: 0] += 1
+                i += 1
+            }
+            for (p, c) in moves { have[p].insert(c) }
+        }
+        let ms = sendsPer.values.flatMap(\.values).max() ?? 0
+        let mr = recvsPer.values.flatMap(\.values).max() ?? 0
+        return (have.allSatisfy(\.isFull), ms, mr)
+    }
+
+    @Test(arguments: [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 64, 100])
+    func pipelineIsCompleteAndNearOptimal(n: Int) {
+        for k in [1, 5, 64, 200] {
+            let plan = Plan(kind: .pipeline, ranks: n, chunks: k)
+            let r = Self.lockStep(plan)
+            #expect(r.complete, "N=\(n) k=\(k)")
+            if n > 1 {
+                #expect(r.maxSends == 1 && r.maxRecvs == 1, "N=\(n) k=\(k): \(r.maxSends) sends, \(r.maxRecvs) receives in one step")
+                let d = (n - 1).bitWidthNeeded
+                #expect(plan.steps <= k + d + 3, "N=\(n) k=\(k): \(plan.steps) steps")
+                // Every chunk a rank lacks has a due step and sender.
+                for r in 1..<n { #expect(plan.schedules[r].expected.allSatisfy { $0 != nil }) }
+                // Degree stays logarithmic.
+                #expect(plan.schedules.allSatisfy { $0.neighbors.count <= 2 * d })
+            }
+        }
+    }
+
+    @Test func baselinesAreCompleteWithTheirKnownCosts() {
+        for n in [2, 4, 8, 16] {
+            let k = 10
+            let b = Plan(kind: .binomial, ranks: n, chunks: k)
+            #expect(Self.lockStep(b).complete)
+            #expect(b.steps == (n - 1).bitWidthNeeded * k)
+            #expect(!b.forwardsEarly && b.uploadSlots == 1)
+            let c = Plan(kind: .central, ranks: n, chunks: k)
+            #expect(Self.lockStep(c).complete)
+            #expect(c.uploadSlots == n - 1)
+            #expect(c.schedules[0].sends.count == (n - 1) * k)
+        }
+    }
+
+    @Test func bitsetNewestAndPopulation() {
+        var a = Bitset(count: 130), b = Bitset(count: 130)
+        for i in [0, 64, 129] { a.insert(i) }
+        #expect(a.population == 3)
+        #expect(a.newest(notIn: b) == 129)
+        b.insert(129)
+        #expect(a.newest(notIn: b) == 64)
+        #expect(Bitset(count: 130, full: true).population == 130)
+        #expect(Bitset(count: 128, full: true).newest(notIn: Bitset(count: 128)) == 127)
+    }
+}

@@ -1,0 +1,79 @@
+"""A simulated cluster on one machine: N network namespaces joined by a bridge that lives in its own
+namespace, each node's port shaped with tc (htb) in both directions. Only addresses created here are
+used (10.77.0.0/24). Needs root. Used by Benchmarks/broadcast.py and Tests/broadcast.
+
+    with Testbed(8, mbit=200) as tb:
+        tb.run(3, ["slurm-vm", "broadcast", ...])   # inside node 3's namespace
+"""
+import os
+import subprocess
+
+PREFIX = "svmb"
+
+
+def sh(*args, check=True):
+    return subprocess.run(list(args), check=check, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class Testbed:
+    def __init__(self, n, mbit=200, slow=None, prefix=PREFIX):
+        """n nodes at `mbit` Mbit/s per port and direction; `slow` maps a node index to its own rate."""
+        self.n, self.mbit, self.slow, self.prefix = n, mbit, dict(slow or {}), prefix
+        self.hub = f"{prefix}-hub"
+
+    def ns(self, i):
+        return f"{self.prefix}-n{i}"
+
+    def addr(self, i):
+        return f"10.77.0.{i + 1}"
+
+    def __enter__(self):
+        self.destroy()
+        sh("ip", "netns", "add", self.hub)
+        sh("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.hub, "link", "set", "br0", "up")
+        for i in range(self.n):
+            ns = self.ns(i)
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "link", "add", f"{self.prefix}h{i}", "netns", self.hub, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "-n", self.hub, "link", "set", f"{self.prefix}h{i}", "master", "br0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{self.addr(i)}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            rate = self.slow.get(i, self.mbit)
+            # Upload: the node's own egress. Download: the hub's egress towards the node.
+            for where, dev in ((ns, "eth0"), (self.hub, f"{self.prefix}h{i}")):
+                self.shape(where, dev, rate)
+        return self
+
+    @staticmethod
+    def shape(where, dev, rate):
+        """htb at `rate` with two classes under it: pure ACKs (IP packets under 128 bytes) first, then
+        the bulk in a short FIFO. Without the first, a node's ACKs wait behind its own uploads and its
+        downloads starve; without the second, htb's 1000-packet default queue adds 60 ms of delay.
+        (This kernel has no fq_codel or sfq.)"""
+        def tc(*a):
+            sh("tc", "-n", where, *a)
+        tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "20")
+        tc("class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", f"{rate}mbit", "ceil", f"{rate}mbit",
+           "burst", "64k", "cburst", "64k")
+        tc("class", "add", "dev", dev, "parent", "1:1", "classid", "1:10", "htb", "rate", f"{max(1, rate // 10)}mbit",
+           "ceil", f"{rate}mbit", "prio", "0")
+        tc("class", "add", "dev", dev, "parent", "1:1", "classid", "1:20", "htb", "rate", f"{rate - max(1, rate // 10)}mbit",
+           "ceil", f"{rate}mbit", "prio", "1", "burst", "64k", "cburst", "64k")
+        tc("qdisc", "add", "dev", dev, "parent", "1:20", "handle", "20:", "pfifo", "limit", "64")
+        tc("filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+           "match", "u16", "0x0000", "0xff80", "at", "2", "flowid", "1:10")
+
+    def __exit__(self, *exc):
+        self.destroy()
+
+    def destroy(self):
+        out = sh("ip", "netns", "list", check=False).stdout
+        for line in out.splitlines():
+            name = line.split()[0] if line.split() else ""
+            if name == self.hub or name.startswith(self.prefix + "-n"):
+                sh("ip", "netns", "del", name, check=False)
+
+    def popen(self, i, argv, **kw):
+        return subprocess.Popen(["ip", "netns", "exec", self.ns(i)] + list(argv), **kw)
