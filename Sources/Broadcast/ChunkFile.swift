@@ -21,6 +21,15 @@ public final class ChunkFile: @unchecked Sendable {
     private var whole = SHA256()
     private var hashedUpTo = 0
     public private(set) var have: Bitset
+    /// The whole file mapped read-only: chunks are hashed and read in place, without copies.
+    private var map: UnsafeMutableRawPointer?
+
+    private func mapFile() throws {
+        guard let m = mmap(nil, Int(manifest.size), PROT_READ, MAP_SHARED, fd, 0), m != MAP_FAILED else {
+            throw BroadcastError("cannot map \(path): \(String(cString: strerror(errno)))")
+        }
+        map = m
+    }
 
     /// The source's copy, read only.
     public init(source: String, manifest: Manifest) throws {
@@ -32,6 +41,12 @@ public final class ChunkFile: @unchecked Sendable {
         destination = nil
         have = Bitset(count: manifest.count, full: true)
         hashedUpTo = manifest.count
+        var st = stat()
+        guard fstat(fd, &st) == 0, Int64(st.st_size) == manifest.size else {
+            close(fd)
+            throw BroadcastError("\(source) is not the \(manifest.size) bytes its manifest describes")
+        }
+        try mapFile()
     }
 
     /// A new copy to be written to `destination`.
@@ -53,21 +68,18 @@ public final class ChunkFile: @unchecked Sendable {
         self.destination = destination
         self.manifest = manifest
         have = Bitset(count: manifest.count)
+        do { try mapFile() } catch { close(fd); unlink(p); throw error }
     }
 
-    deinit { close(fd) }
+    deinit {
+        if let map { munmap(map, Int(manifest.size)) }
+        close(fd)
+    }
 
     /// Writes a verified chunk; false if it was already there.
     public func write(_ i: Int, _ bytes: UnsafeRawBufferPointer) throws -> Bool {
         if have[i] { return false }
-        let off = manifest.range(i).offset
-        var done = 0
-        while done < bytes.count {
-            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(off) + off_t(done))
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw BroadcastError("cannot write \(path): \(String(cString: strerror(errno)))") }
-            done += n
-        }
+        try pwriteAll(bytes, at: manifest.range(i).offset)
         have.insert(i)
         if i == hashedUpTo { whole.update(bufferPointer: bytes); hashedUpTo += 1; try advanceHash() }
         return true
@@ -80,13 +92,37 @@ public final class ChunkFile: @unchecked Sendable {
         }
     }
 
-    /// Calls body with chunk i's bytes, read from the file.
+    /// Receives chunk i piece by piece: each piece is hashed and written at its place at once.
+    public func writer(for i: Int, length: Int) -> ChunkWriter? {
+        guard partial != nil, i >= 0, i < manifest.count, !have[i], manifest.range(i).length == length else { return nil }
+        return ChunkWriter(file: self, index: i, offset: manifest.range(i).offset, length: length)
+    }
+
+    /// A chunk whose bytes were written and matched its digest.
+    func commit(_ i: Int) throws {
+        guard !have[i] else { return }
+        have.insert(i)
+        try advanceHash()
+    }
+
+    func pwriteAll(_ bytes: UnsafeRawBufferPointer, at off: Int64) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(off) + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { throw BroadcastError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            done += n
+        }
+    }
+
+    /// The descriptor, for sending chunks with sendfile.
+    public var descriptor: Int32 { fd }
+
+    /// Calls body with chunk i's bytes, in place in the mapping.
     public func withChunk<T>(_ i: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+        guard i >= 0 && i < manifest.count, let map else { throw BroadcastError("chunk \(i) is outside the image") }
         let (off, len) = manifest.range(i)
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: len, alignment: 64)
-        defer { buf.deallocate() }
-        try Self.preadAll(fd, buf.baseAddress!, len, off, path)
-        return try body(UnsafeRawBufferPointer(buf))
+        return try body(UnsafeRawBufferPointer(start: map + Int(off), count: len))
     }
 
     /// Once every chunk is here: checks the whole digest, syncs and renames into place.
@@ -119,5 +155,36 @@ public final class ChunkFile: @unchecked Sendable {
             if n <= 0 { throw BroadcastError("cannot read \(path) at \(off + Int64(done)): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))") }
             done += n
         }
+    }
+}
+
+/// One chunk arriving: written as it comes, hashed as it comes, kept only if the hash matches.
+public final class ChunkWriter: @unchecked Sendable {
+    let file: ChunkFile
+    public let index: Int
+    let offset: Int64
+    let length: Int
+    var written = 0
+    var hasher = SHA256()
+
+    init(file: ChunkFile, index: Int, offset: Int64, length: Int) {
+        self.file = file
+        self.index = index
+        self.offset = offset
+        self.length = length
+    }
+
+    public func append(_ bytes: UnsafeRawBufferPointer) throws {
+        guard written + bytes.count <= length else { throw BroadcastError("a peer sent more bytes than chunk \(index) has") }
+        hasher.update(bufferPointer: bytes)
+        try file.pwriteAll(bytes, at: offset + Int64(written))
+        written += bytes.count
+    }
+
+    /// Whether the bytes match the manifest; if so the chunk is committed to the copy.
+    public func finish() throws -> Bool {
+        guard written == length, Data(hasher.finalize()) == file.manifest.chunks[index] else { return false }
+        try file.commit(index)
+        return true
     }
 }

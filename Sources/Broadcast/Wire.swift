@@ -62,29 +62,85 @@ public enum Frame: Sendable {
     }
 }
 
-/// Splits the byte stream into frames; `maxPayload` bounds what a peer can make us buffer.
-public struct FrameDecoder: ByteToMessageDecoder {
-    public typealias InboundOut = Frame
+/// Splits the byte stream into frames without buffering chunks: a chunk's bytes go to `sink` piece by
+/// piece as they are read (hashed and written at their offset), so a 1 MiB chunk is never gathered in
+/// memory; the other frames are small and are parsed whole. `maxPayload` bounds what a peer can send.
+public struct FrameReader {
+    public protocol ChunkSink: AnyObject {
+        /// Where chunk `index` of `length` bytes goes; nil to discard it.
+        func begin(chunk index: Int, length: Int) -> ChunkWriter?
+        func frame(_ f: Frame) throws
+        /// The chunk ended: `writer` says whether its bytes matched.
+        func ended(chunk index: Int, writer: ChunkWriter?) throws
+    }
+
     let maxPayload: Int
+    var header = [UInt8]()
+    var type: UInt8 = 0
+    var remaining = 0
+    var small: ByteBuffer?
+    var chunkIndex: [UInt8] = []
+    var chunk: (index: Int, writer: ChunkWriter?)?
 
     public init(maxPayload: Int) { self.maxPayload = maxPayload }
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard buffer.readableBytes >= 5,
-              let type = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self),
-              let len = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self)
-        else { return .needMoreData }
-        guard Int(len) <= maxPayload else { throw BroadcastError("a peer sent a \(len)-byte frame; at most \(maxPayload) are allowed") }
-        guard buffer.readableBytes >= 5 + Int(len) else { return .needMoreData }
-        buffer.moveReaderIndex(forwardBy: 5)
-        var body = buffer.readSlice(length: Int(len))!
-        context.fireChannelRead(wrapInboundOut(try Self.parse(type, &body)))
-        return .continue
+    public mutating func feed(_ buffer: inout ByteBuffer, _ sink: ChunkSink) throws {
+        while buffer.readableBytes > 0 {
+            if remaining == 0 && header.count < 5 {
+                let take = min(5 - header.count, buffer.readableBytes)
+                header += buffer.readBytes(length: take)!
+                guard header.count == 5 else { return }
+                type = header[0]
+                remaining = Int(header[1]) << 24 | Int(header[2]) << 16 | Int(header[3]) << 8 | Int(header[4])
+                guard remaining <= maxPayload else { throw BroadcastError("a peer sent a \(remaining)-byte frame; at most \(maxPayload) are allowed") }
+                if type == Frame.Kind.chunk.rawValue {
+                    guard remaining >= 4 else { throw BroadcastError("a peer sent a truncated chunk") }
+                    chunkIndex = []
+                } else {
+                    small = ByteBufferAllocator().buffer(capacity: remaining)
+                }
+                if remaining == 0 { try endFrame(sink) }
+                continue
+            }
+            if type == Frame.Kind.chunk.rawValue {
+                if chunk == nil {
+                    let take = min(4 - chunkIndex.count, buffer.readableBytes)
+                    chunkIndex += buffer.readBytes(length: take)!
+                    remaining -= take
+                    guard chunkIndex.count == 4 else { continue }
+                    let i = Int(chunkIndex[0]) << 24 | Int(chunkIndex[1]) << 16 | Int(chunkIndex[2]) << 8 | Int(chunkIndex[3])
+                    chunk = (i, sink.begin(chunk: i, length: remaining))
+                    if remaining == 0 { try endFrame(sink) }
+                    continue
+                }
+                let take = min(remaining, buffer.readableBytes)
+                if let w = chunk!.writer {
+                    try buffer.readSlice(length: take)!.withUnsafeReadableBytes { try w.append($0) }
+                } else {
+                    buffer.moveReaderIndex(forwardBy: take)
+                }
+                remaining -= take
+            } else {
+                let take = min(remaining, buffer.readableBytes)
+                var piece = buffer.readSlice(length: take)!
+                small!.writeBuffer(&piece)
+                remaining -= take
+            }
+            if remaining == 0 { try endFrame(sink) }
+        }
     }
 
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        while try decode(context: context, buffer: &buffer) == .continue {}
-        return .needMoreData
+    mutating func endFrame(_ sink: ChunkSink) throws {
+        header = []
+        if type == Frame.Kind.chunk.rawValue {
+            let c = chunk
+            chunk = nil
+            if let c { try sink.ended(chunk: c.index, writer: c.writer) }
+        } else {
+            var b = small ?? ByteBufferAllocator().buffer(capacity: 0)
+            small = nil
+            try sink.frame(try Self.parse(type, &b))
+        }
     }
 
     static func parse(_ type: UInt8, _ b: inout ByteBuffer) throws -> Frame {
@@ -108,7 +164,7 @@ public struct FrameDecoder: ByteToMessageDecoder {
         case .want: return .want(try u32())
         case .chunk:
             let c = try u32()
-            return .chunk(c, b)
+            return .chunk(c, b)   // only when parsed whole (tests); the reader streams chunks
         case .abort: return .abort(b.readString(length: b.readableBytes) ?? "")
         case nil: throw BroadcastError("a peer sent a frame of unknown type \(type)")
         }

@@ -16,10 +16,9 @@ import Testing
     }
 
     static func randomFile(_ path: String, _ size: Int) -> String {
-        var g = SystemRandomNumberGenerator()
-        let bytes = (0..<size).map { _ in UInt8.random(in: 0...255, using: &g) }
-        FileManager.default.createFile(atPath: path, contents: Data(bytes))
-        return "sha256:" + SHA256.hash(data: Data(bytes)).map { String(format: "%02x", $0) }.joined()
+        let bytes = FileHandle(forReadingAtPath: "/dev/urandom")!.readData(ofLength: size)
+        FileManager.default.createFile(atPath: path, contents: bytes)
+        return "sha256:" + SHA256.hash(data: bytes).map { String(format: "%02x", $0) }.joined()
     }
 
     static func digest(_ path: String) -> String? {
