@@ -50,7 +50,7 @@ let package = Package(
         .target(name: "Runner", dependencies: ["Catalog", "CLZ4", "CLinux"]),
         // A node's share of a job's guests: core placement, per-job guest sets booted in the prolog and torn
         // down in the epilog, tasks run in them, state on disk and its recovery after a restart.
-        .target(name: "Node", dependencies: ["Catalog", "Runner", "CLinux"]),
+        .target(name: "Node", dependencies: ["Catalog", "Runner", "CLinux", "Broadcast", .product(name: "NIOPosix", package: "swift-nio")]),
         // Images to many nodes at link speed: the binomial pipeline plan, chunk verification, the transfer
         // state machine and its SwiftNIO driver, the coordinator that plans and coalesces transfers.
         .target(
@@ -65,8 +65,9 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "Catalog", "ClassAd", "Node", "Runner", "CLinux", "StrictTOML",
+                "Catalog", "ClassAd", "Node", "Runner", "CLinux", "StrictTOML", "Broadcast",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ]),
         .executableTarget(
             name: "slurm-vmd",
@@ -79,7 +80,7 @@ let package = Package(
         .executableTarget(
             name: "slurm-vm",
             dependencies: [
-                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner", "Broadcast",
+                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner", "Broadcast", "Node",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),

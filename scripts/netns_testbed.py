@@ -16,6 +16,7 @@ def sh(*args, check=True):
 
 
 class Testbed:
+    __test__ = False   # not a pytest class
     def __init__(self, n, mbit=200, slow=None, prefix=PREFIX):
         """n nodes at `mbit` Mbit/s per port and direction; `slow` maps a node index to its own rate."""
         self.n, self.mbit, self.slow, self.prefix = n, mbit, dict(slow or {}), prefix

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit, fuzz and end-to-end tests (swift test: real guests under QEMU, the image
-# builder against Debian's archive), the differential tests against HTCondor's library, VM jobs through a
-# real local Slurm cluster (Tests/slurm), then the guest and prolog benchmarks once, so their numbers
-# appear in every CI log. CI runs exactly this: .ci/run.
+# builder against Debian's archive), the differential tests against HTCondor's library, broadcasts on a
+# namespace testbed (Tests/broadcast), VM jobs through a real local Slurm cluster (Tests/slurm), then the
+# guest, broadcast and prolog benchmarks once, so their numbers appear in every CI log. CI runs exactly this: .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -16,12 +16,18 @@ swift test --skip-build >"$log" 2>&1 || rc=$?
 grep -E '^✘|SKIPPED|recorded an issue|^✔ Test run|Executed [0-9]+ tests' "$log" || true
 if [ "$rc" -ne 0 ]; then tail -n 80 "$log"; exit "$rc"; fi
 SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 -m pytest -q Tests/differential
-# VM jobs through a real local Slurm cluster (scripts/cluster), with the release binaries.
+# Broadcasts on a testbed of network namespaces: completion, a killed node, corruption, a full disk.
+SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 -m pytest -q -rs Tests/broadcast
+# VM jobs through a real local Slurm cluster (scripts/cluster), with the release binaries; the 3-node
+# job whose image arrives by one broadcast.
 SLURM_VM_BIN_DIR=$PWD/.build/release python3 -m pytest -q -rs Tests/slurm
 # The guest benchmark (3 runs each) on a scratch catalog: build time, vm run vs bare QEMU, VMM memory.
 bench=$(mktemp -d)
 trap 'rm -rf "$bench"' EXIT
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-vm image build Images/minimal.toml >/dev/null 2>&1
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-vm bench guest --runs 3
+# Image distribution at the target point (16 nodes, 256 MiB, 200 Mbit/s): central server, store-and-
+# forward tree and the binomial pipeline side by side, and one node at a quarter of the rate.
+SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --nodes 16 --sizes 256 --slow
 # Prolog latency of VM jobs through the local cluster, against booting the same guests by hand.
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/prolog_latency.py --runs 5

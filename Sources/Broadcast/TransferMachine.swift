@@ -1,6 +1,6 @@
 // One rank's side of a transfer as a pure state machine: events in (a peer connected, a chunk arrived
 // or was sent, a peer asked for a chunk, time passed), actions out (send, ask, announce, done, fail).
-// The network driver (Peer) only carries these out, so the policy, including every fault path, is
+// The network driver (Participant) only carries these out, so the policy, including every fault path, is
 // tested deterministically with simulated time (Tests/BroadcastTests).
 //
 // Policy for the pipeline: receivers pull (see pull()); senders serve requests as their upload slots
@@ -72,6 +72,8 @@ public struct TransferMachine: Sendable {
         var myWants: [Int: Double] = [:]
         var anyAsked: Double?
         var unanswered = 0
+        /// How long its answers take (seconds, smoothed).
+        var service: Double?
         /// What it has announced (has also counts what we sent it): whether it is done.
         var announced: Bitset
     }
@@ -130,7 +132,11 @@ public struct TransferMachine: Sendable {
     public var neighbors: Set<Int> { schedule.neighbors }
 
     /// Whether every neighbor still connected holds everything (so this rank may leave).
-    public var neighborsDone: Bool { peers.values.allSatisfy { $0.announced.isFull } }
+    /// Every neighbor of the plan (and any rank that dialed us) either holds everything or is gone;
+    /// one that never showed up keeps us waiting (until the linger time runs out).
+    public var neighborsDone: Bool {
+        peers.values.allSatisfy { $0.announced.isFull } && schedule.neighbors.allSatisfy { peers[$0] != nil || lost.contains($0) }
+    }
 
     public mutating func handle(_ event: Event, now: Double) -> [Action] {
         var out: [Action] = []
@@ -147,12 +153,18 @@ public struct TransferMachine: Sendable {
             peers[p]?.has.insert(c)
             peers[p]?.announced.insert(c)
         case .received(let p, let c, let valid):
-            if let q = wanted[c], q == p || valid {
-                if let t = peers[q]?.myWants[c], q == p { typicalReceive = typicalReceive.map { 0.8 * $0 + 0.2 * (now - t) } ?? (now - t) }
-                wanted[c] = nil; peers[q]?.myWants[c] = nil; peers[q]?.unanswered = 0
-            } else if let t = peers[p]?.anyAsked {
-                typicalReceive = typicalReceive.map { 0.8 * $0 + 0.2 * (now - t) } ?? (now - t)
-                peers[p]?.anyAsked = nil
+            var asked: Double? = peers[p]?.myWants[c]
+            if asked == nil, let t = peers[p]?.anyAsked { asked = t; peers[p]?.anyAsked = nil }
+            if let t = asked {
+                let took = now - t
+                typicalReceive = typicalReceive.map { 0.8 * $0 + 0.2 * took } ?? took
+                let prior = peers[p]?.service
+                peers[p]?.service = prior.map { 0.7 * $0 + 0.3 * took } ?? took
+                peers[p]?.unanswered = 0
+            }
+            if valid || wanted[c] == p {
+                if wanted[c] != nil { wanted[c] = nil }
+                for q in peers.keys where peers[q]!.myWants[c] != nil && (valid || q == p) { peers[q]!.myWants[c] = nil }
             }
             if !valid {
                 stats.corrupted += 1
@@ -253,31 +265,40 @@ public struct TransferMachine: Sendable {
     /// at most two senders at once and never receives a chunk twice; a late or dead neighbor only costs
     /// the request open at it.
     mutating func pull(_ now: Double, _ out: inout [Action]) {
-        let slow = max(0.05, 3 * (typicalReceive ?? 0.5))
+        let typical = typicalReceive ?? 0.5
+        let slow = max(0.05, 3 * typical)
         var active = peers.values.reduce(0) { n, s in
             n + s.myWants.values.filter { now - $0 < slow }.count + (s.anyAsked.map { now - $0 < slow ? 1 : 0 } ?? 0)
         }
         let order = peers.keys.sorted()
         guard !order.isEmpty else { return }
-        var tries = 0
-        while active < options.pullDepth && tries < order.count {
-            let q = order[(pullRotation + tries) % order.count]
-            tries += 1
-            guard let s = peers[q], s.myWants.isEmpty, s.anyAsked == nil else { continue }
-            if q == 0 && s.has.isFull && injectable(from: s) {
-                peers[q]?.anyAsked = now
-                out.append(.want(from: q, chunk: Self.anyChunk))
-            } else {
-                var mask = have
-                for c in wanted.keys { mask.insert(c) }
-                guard let c = s.has.newest(notIn: mask) else { continue }
-                wanted[c] = q
-                peers[q]?.myWants[c] = now
-                out.append(.want(from: q, chunk: c))
+        // A neighbor that answers far slower than the rest (its link is slow, or it is overloaded) is
+        // asked only when nobody else has anything for us; what we asked of it long ago may be asked
+        // of someone else (at worst it then arrives twice).
+        func sluggish(_ s: PeerState) -> Bool { (s.service ?? 0) > 2.5 * typical && s.service! > 0.05 }
+        var mask = have
+        for (c, q) in wanted { if let t = peers[q]?.myWants[c], now - t < slow { mask.insert(c) } }
+        for pass in 0..<2 where active < options.pullDepth {
+            if pass == 1 && active > 0 { break }
+            var tries = 0
+            while active < options.pullDepth && tries < order.count {
+                let q = order[(pullRotation + tries) % order.count]
+                tries += 1
+                guard let s = peers[q], s.myWants.isEmpty, s.anyAsked == nil, pass == 1 || !sluggish(s) else { continue }
+                if q == 0 && s.has.isFull && injectable(from: s) {
+                    peers[q]?.anyAsked = now
+                    out.append(.want(from: q, chunk: Self.anyChunk))
+                } else {
+                    guard let c = s.has.newest(notIn: mask) else { continue }
+                    wanted[c] = q
+                    mask.insert(c)
+                    peers[q]?.myWants[c] = now
+                    out.append(.want(from: q, chunk: c))
+                }
+                pullRotation = (pullRotation + tries) % order.count
+                tries = 0
+                active += 1
             }
-            pullRotation = (pullRotation + tries) % order.count
-            tries = 0
-            active += 1
         }
     }
 

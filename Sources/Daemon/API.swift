@@ -8,9 +8,11 @@
 //   prepare, teardown        root or the configured SlurmUser
 //   exec                     the job's owner (or root)
 
+import Broadcast
 import Catalog
 import ClassAd
 import Foundation
+import NIOPosix
 import Logging
 import Node
 import Runner
@@ -21,6 +23,8 @@ import Glibc
 public final class API: @unchecked Sendable {
     let config: DaemonConfig
     let catalog: Catalog?
+    /// Plans broadcasts of the catalog's blobs (catalog role); rank 0 of each runs on its own loop.
+    let coordinator: Coordinator?
     public let node: NodeManager?
     let logger: Logger
     let slurmUID: UInt32?
@@ -30,6 +34,12 @@ public final class API: @unchecked Sendable {
         self.logger = logger
         catalog = try config.catalog.map { try Catalog(root: $0.path) }
         let log = logger
+        let c = catalog
+        coordinator = c.map { cat in
+            Coordinator(group: MultiThreadedEventLoopGroup(numberOfThreads: 1),
+                        source: { d in let p = cat.blobs.path(of: d); return FileManager.default.fileExists(atPath: p) ? p : nil },
+                        log: { log.info("\($0)") })
+        }
         node = try config.node.map { try NodeManager($0, log: { log.info("\($0)") }) }
         slurmUID = config.slurmUser.flatMap { getpwnam($0).map { $0.pointee.pw_uid } }
         if let n = node { logger.info("node role: \(n.config.name), accelerator \(n.acceleratorReport)") }
@@ -190,10 +200,30 @@ public final class API: @unchecked Sendable {
     // MARK: blob service (catalog role)
 
     /// Answers one blob-service connection (see Node/ImageCache.swift for the protocol).
+    /// "BROADCAST <digest> <job> <job-nodes> <node> <host:port>|HAVE": joins (or, holding the blob,
+    /// counts towards) the job's broadcast; answers with the plan once the group is complete.
+    func joinBroadcast(_ line: String, _ fd: Int32) {
+        let f = line.split(separator: " ").map(String.init)
+        guard f.count == 6, f[1].hasPrefix("sha256:"), f[1].count == 71, let nodes = Int(f[3]), let host = BlobWire.localAddress(fd) else {
+            _ = BlobWire.writeAll(fd, "ERR expected BROADCAST sha256:<64 hex digits> JOB JOB-NODES NODE HOST:PORT|HAVE\n"); return
+        }
+        do {
+            guard let coordinator else { throw BroadcastError("this slurm-vmd has no catalog role") }
+            if let a = try coordinator.join(digest: f[1], job: f[2], jobNodes: nodes, node: f[4], address: f[5] == "HAVE" ? nil : f[5], host: host) {
+                _ = BlobWire.writeAll(fd, "PLAN \(a.transfer) \(a.rank) \(a.chunkSize) \(a.addresses.joined(separator: ","))\n")
+            } else {
+                _ = BlobWire.writeAll(fd, "HELD\n")
+            }
+        } catch {
+            _ = BlobWire.writeAll(fd, "ERR \(error)\n")
+        }
+    }
+
     public func serveBlobs(_ fd: Int32) {
         defer { close(fd) }
         BlobWire.setTimeouts(fd, 60)
         guard let catalog, let line = BlobWire.readLine(fd) else { return }
+        if line.hasPrefix("BROADCAST ") { return joinBroadcast(line, fd) }
         // "RECORD <digest> [NAME:VERSION]": images may share a digest (same artefacts and command line,
         // different names or admin attributes), so the label says which record is meant.
         let parts = line.split(separator: " ").map(String.init)

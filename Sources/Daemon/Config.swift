@@ -11,6 +11,7 @@
 //   catalog = "head:7420"                      # where to fetch images from
 //   state = "/var/lib/slurm-vm/node"  run = "/run/slurm-vm"  cache = "/var/cache/slurm-vm"
 //   boot_timeout = 120  hugepages = "auto"  accelerator = "kvm"|"tcg"  qemu = "/usr/bin/qemu-system-x86_64"
+//   cache_quota = "20G"                        # least recently used images are evicted beyond it
 
 import Foundation
 import Node
@@ -30,6 +31,14 @@ public struct DaemonConfig: Sendable {
     public var path: String
 
     public static let defaultPath = "/etc/slurm-vm/slurm-vmd.toml"
+
+    /// "512M", "20G", "1T" or plain bytes.
+    public static func bytes(_ s: String) -> Int64? {
+        let u = s.uppercased().trimmingCharacters(in: .whitespaces)
+        let units: [Character: Int64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        if let last = u.last, let m = units[last] { return Int64(u.dropLast()).map { $0 * m } }
+        return Int64(u)
+    }
 
     public static func load(_ path: String) throws -> DaemonConfig {
         let t = try StrictTable.load(path, hint: "docs/daemon.md")
@@ -63,6 +72,10 @@ public struct DaemonConfig: Sendable {
                 n.accelerator = acc
             }
             n.qemu = try nt.optionalString("qemu")
+            if let q = try nt.optionalString("cache_quota") {
+                guard let b = Self.bytes(q), b > 0 else { throw TOMLConfigError("\(path): node.cache_quota must be a size like \"20G\" or \"512M\", not \"\(q)\"") }
+                n.cacheQuota = b
+            }
             try nt.done()
             c.node = n
         }

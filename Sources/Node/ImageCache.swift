@@ -1,14 +1,20 @@
 // The node-local image cache: blobs by SHA-256 under <cache>/blobs/sha256, image records under
-// <cache>/images. A missing blob is fetched from the catalog role over TCP into a temporary file,
-// verified against its digest and only then renamed into place, so a partial or corrupt transfer is
-// never visible. (The tree broadcast that replaces one fetch per node comes later.)
+// <cache>/images. A missing blob arrives by broadcast: every node of the job joins one transfer planned
+// by the catalog role (Broadcast.Coordinator), or, without a job (or from an old catalog), by a plain
+// fetch. Either way it is verified against its digest before it is renamed into place, so a partial or
+// corrupt transfer is never visible.
 //
-// The fetch protocol, one request per connection:
+// The protocol of the catalog's blob service, one request per connection:
 //   client: "GET sha256:<hex>\n" (a blob) or "RECORD sha256:<hex> [NAME:VERSION]\n" (an image record, JSON)
 //   server: "OK <size>\n" then exactly <size> bytes, or "ERR <message>\n"
+//   client: "BROADCAST sha256:<hex> JOB JOB-NODES NODE HOST:PORT\n" (join the job's broadcast; this node
+//           listens at HOST:PORT)
+//   server: "PLAN TRANSFER RANK CHUNK-SIZE ADDR,ADDR,…\n" once the group is planned, or "ERR <message>\n"
 
+import Broadcast
 import Catalog
 import Foundation
+import NIOPosix
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,24 +31,181 @@ public struct ImageCache: Sendable {
     public let source: String
     public let timeout: TimeInterval
 
-    public init(root: String, source: String, timeout: TimeInterval = 60) throws {
+    /// Most bytes of blobs the cache may hold (nil: no limit). Least recently used images are evicted
+    /// to make room, never one that a job on this node is using.
+    public let quota: Int64?
+    /// Image digests in use by this node's jobs.
+    public let inUse: @Sendable () -> Set<String>
+
+    public init(root: String, source: String, timeout: TimeInterval = 60, quota: Int64? = nil,
+                inUse: @escaping @Sendable () -> Set<String> = { [] }) throws {
         self.root = root
         self.source = source
         self.timeout = timeout
+        self.quota = quota
+        self.inUse = inUse
         blobs = try BlobStore(root: root)
         try Files.mkdirs(root + "/images")
+        // Copies a killed broadcast left behind (hidden, never under a digest's name).
+        let dir = root + "/blobs/sha256"
+        for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where n.hasPrefix(".partial-") {
+            if let a = try? FileManager.default.attributesOfItem(atPath: dir + "/" + n), let m = a[.modificationDate] as? Date,
+               Date().timeIntervalSince(m) > 600 { unlink(dir + "/" + n) }
+        }
     }
 
-    /// The image record and every artefact present and verified in the cache.
-    public func ensure(image digest: String, label: String? = nil) throws -> ImageRecord {
+    // MARK: what is cached, and eviction
+
+    public struct Entry: Sendable {
+        public var record: ImageRecord
+        public var bytes: Int64
+        public var lastUsed: Date?
+        public var inUse: Bool
+        public var complete: Bool
+    }
+
+    /// Every cached image record, least recently used first.
+    public func entries() -> [Entry] {
+        let used = usage()
+        let busy = inUse()
+        let dir = root + "/images"
+        var seen = Set<String>()
+        var out: [Entry] = []
+        for n in ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() where n.hasSuffix(".json") {
+            guard let d = FileManager.default.contents(atPath: dir + "/" + n), let r = try? JSONDecoder.iso.decode(ImageRecord.self, from: d) else { continue }
+            let key = r.digest + " " + r.name + ":" + r.version
+            guard seen.insert(key).inserted else { continue }
+            out.append(Entry(record: r, bytes: r.artefacts.reduce(0) { $0 + (blobs.has($1.digest) ? $1.size : 0) },
+                             lastUsed: used[r.digest], inUse: busy.contains(r.digest), complete: r.artefacts.allSatisfy { blobs.has($0.digest) }))
+        }
+        return out.sorted { ($0.lastUsed ?? .distantPast) < ($1.lastUsed ?? .distantPast) }
+    }
+
+    /// Bytes of all blobs held.
+    public func totalBytes() -> Int64 { blobs.all().reduce(0) { $0 + blobs.size(of: $1) } }
+
+    /// Removes an image record and every blob no other cached record needs; refuses one in use.
+    public func remove(image digest: String) throws -> Int64 {
+        guard !inUse().contains(digest) else { throw CacheError("image \(digest) is in use by a job on this node; it can be removed once the job ends") }
+        let all = entries()
+        guard let e = all.first(where: { $0.record.digest == digest }) else { throw CacheError("image \(digest) is not in the node cache at \(root)") }
+        let others = Set(all.filter { $0.record.digest != digest }.flatMap { $0.record.artefacts.map(\.digest) })
+        var freed: Int64 = 0
+        for a in e.record.artefacts where !others.contains(a.digest) && blobs.has(a.digest) {
+            freed += blobs.size(of: a.digest)
+            blobs.remove(a.digest)
+        }
+        let dir = root + "/images"
+        for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where n.hasPrefix(digest.replacingOccurrences(of: ":", with: "-")) {
+            unlink(dir + "/" + n)
+        }
+        var u = usage(); u[digest] = nil; saveUsage(u)
+        return freed
+    }
+
+    /// Evicts least recently used images not in use until `needed` more bytes fit under `limit`.
+    /// Returns what was evicted; throws, evicting nothing, if even that cannot make room.
+    @discardableResult
+    public func makeRoom(_ needed: Int64, limit: Int64, keep: Set<String> = []) throws -> [String] {
+        var total = totalBytes()
+        guard total + needed > limit else { return [] }
+        let candidates = entries().filter { !$0.inUse && !keep.contains($0.record.digest) }
+        let pinned = Set(entries().filter { $0.inUse || keep.contains($0.record.digest) }.flatMap { $0.record.artefacts.map(\.digest) })
+        var reclaimable: Int64 = 0
+        for c in candidates { for a in c.record.artefacts where !pinned.contains(a.digest) && blobs.has(a.digest) { reclaimable += a.size } }
+        guard total - reclaimable + needed <= limit else {
+            throw CacheError("the node cache at \(root) is limited to \(Self.bytes(limit)) and holds \(Self.bytes(total)), of which \(Self.bytes(total - reclaimable)) belongs to images in use; \(Self.bytes(needed)) more do not fit. Raise node.cache_quota, or wait for the jobs using the other images to end")
+        }
+        var evicted: [String] = []
+        for c in candidates where total + needed > limit {
+            total -= (try? remove(image: c.record.digest)) ?? 0
+            evicted.append("\(c.record.name):\(c.record.version)")
+        }
+        return evicted
+    }
+
+    static func bytes(_ n: Int64) -> String { ImageCacheFormat.bytes(n) }
+
+    func usage() -> [String: Date] {
+        guard let d = FileManager.default.contents(atPath: root + "/used.json"),
+              let m = try? JSONDecoder.iso.decode([String: Date].self, from: d) else { return [:] }
+        return m
+    }
+
+    func saveUsage(_ u: [String: Date]) {
+        if let d = try? JSONEncoder.iso.encode(u) { try? Files.writeAtomically(d, to: root + "/used.json") }
+    }
+
+    func touch(_ digest: String) {
+        var u = usage()
+        u[digest] = Date()
+        saveUsage(u)
+    }
+
+    /// Which broadcast a node joins: the job, how many nodes it has (all of them join), this node.
+    public struct JobKey: Sendable {
+        public var job: String
+        public var nodes: Int
+        public var node: String
+        public init(job: String, nodes: Int, node: String) { self.job = job; self.nodes = nodes; self.node = node }
+    }
+
+    /// The image record and every artefact present and verified in the cache. With a job, missing
+    /// artefacts come by the job's broadcast; every node of the job must call this (nodes that hold
+    /// an artefact still join, so the group is complete, and receive nothing).
+    public func ensure(image digest: String, label: String? = nil, job: JobKey? = nil) throws -> ImageRecord {
         let rec = try record(digest, label: label)
+        if let quota {
+            let missing = rec.artefacts.filter { !blobs.has($0.digest) }.reduce(Int64(0)) { $0 + $1.size }
+            if missing > 0 { try makeRoom(missing, limit: quota, keep: [digest]) }
+        }
+        defer { touch(digest) }
         for a in rec.artefacts {
+            var held = false
             if blobs.has(a.digest) {
-                do { try blobs.verify(a.digest); continue } catch { blobs.remove(a.digest) }   // damaged: fetch again
+                do { try blobs.verify(a.digest); held = true } catch { blobs.remove(a.digest) }   // damaged: fetch again
             }
-            try fetchBlob(a.digest, size: a.size)
+            if let job {
+                try broadcastBlob(a.digest, job: job, held: held)
+            } else if !held {
+                try fetchBlob(a.digest, size: a.size)
+            }
         }
         return rec
+    }
+
+    /// Joins the job's broadcast of one blob (or, holding it, just tells the coordinator so).
+    func broadcastBlob(_ digest: String, job: JobKey, held: Bool) throws {
+        let fd = try BlobWire.connect(source, timeout: timeout)
+        defer { close(fd) }
+        // The address this node reaches the catalog from is the one the other nodes can reach it at.
+        guard let ip = BlobWire.localAddress(fd) else { throw CacheError("cannot tell this node's address towards \(source)") }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        var c = ParticipantConfig(rank: 1, addresses: [])
+        c.destination = blobs.path(of: digest)
+        c.digest = digest
+        c.giveUpSeconds = timeout
+        let rank = held ? nil : Participant(c, group: group)
+        let listen = try rank.map { "\(ip):\(try $0.listen(on: "\(ip):0"))" } ?? "HAVE"
+        guard BlobWire.writeAll(fd, "BROADCAST \(digest) \(job.job) \(job.nodes) \(job.node) \(listen)\n") else {
+            throw CacheError("cannot send to the catalog at \(source): \(String(cString: strerror(errno)))")
+        }
+        guard let line = BlobWire.readLine(fd) else { throw CacheError("the catalog at \(source) closed the connection or timed out planning the broadcast of \(digest)") }
+        if line.hasPrefix("ERR unknown request") && !held { return try fetchBlob(digest, size: -1) }   // an older catalog
+        if line.hasPrefix("ERR ") { throw CacheError("the catalog at \(source): \(line.dropFirst(4))") }
+        if line == "HELD" { return }
+        let f = line.split(separator: " ").map(String.init)
+        guard f.count == 5, f[0] == "PLAN", let r = Int(f[2]), let cs = Int(f[3]) else {
+            throw CacheError("the catalog at \(source) sent '\(line.prefix(80))', not a broadcast plan")
+        }
+        guard let rank else { throw CacheError("the catalog at \(source) sent a plan to a node that holds \(digest)") }
+        do {
+            _ = try rank.begin(addresses: f[4].split(separator: ",").map(String.init), rank: r, transfer: f[1], chunkSize: cs).wait()
+        } catch {
+            throw CacheError("the broadcast of \(digest) to this node failed: \(error)")
+        }
+        guard blobs.has(digest) else { throw CacheError("the broadcast of \(digest) ended without a copy") }
     }
 
     func record(_ digest: String, label: String?) throws -> ImageRecord {
@@ -113,6 +276,21 @@ public enum BlobWire {
             ai = a.pointee.ai_next
         }
         throw CacheError("cannot connect to the catalog at \(address): \(lastError)")
+    }
+
+    /// The local IP address of a connected socket, as text.
+    public static func localAddress(_ fd: Int32) -> String? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } } == 0
+        guard ok else { return nil }
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            getnameinfo($0, len, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST)
+        } }
+        guard rc == 0 else { return nil }
+        let h = String(cString: host)
+        return h.contains(":") ? "[\(h)]" : h
     }
 
     public static func setTimeouts(_ fd: Int32, _ t: TimeInterval) {
@@ -187,7 +365,7 @@ public enum BlobWire {
         let fd = try connect(from, timeout: timeout)
         defer { close(fd) }
         let size = try request(req, fd, from: from)
-        guard size == expect else { throw CacheError("the catalog at \(from) offers \(size) bytes for '\(req)', the record says \(expect)") }
+        guard size == expect || expect < 0 else { throw CacheError("the catalog at \(from) offers \(size) bytes for '\(req)', the record says \(expect)") }
         let out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard out >= 0 else { throw CacheError("cannot create \(path): \(String(cString: strerror(errno)))") }
         defer { close(out) }
@@ -209,5 +387,12 @@ public enum BlobWire {
             got += Int64(n)
         }
         guard fsync(out) == 0 else { throw CacheError("cannot sync \(path): \(String(cString: strerror(errno)))") }
+    }
+}
+
+public enum ImageCacheFormat {
+    /// Sizes as people read them: MiB below a GiB, GiB above.
+    public static func bytes(_ n: Int64) -> String {
+        n >= 1 << 30 ? String(format: "%.1f GiB", Double(n) / Double(1 << 30)) : String(format: "%.1f MiB", Double(n) / Double(1 << 20))
     }
 }

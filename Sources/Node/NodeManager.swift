@@ -23,6 +23,8 @@ public struct NodeConfig: Sendable {
     public var accelerator: Accelerator? = nil
     /// Guest memory on 2 MiB hugepages: "auto" (when the pool has room), "on", "off".
     public var hugepages: String = "auto"
+    /// Most bytes the image cache may hold (nil: no limit).
+    public var cacheQuota: Int64? = nil
 
     public init(name: String, stateDir: String, runDir: String, cacheDir: String, catalogAddress: String) {
         self.name = name; self.stateDir = stateDir; self.runDir = runDir; self.cacheDir = cacheDir; self.catalogAddress = catalogAddress
@@ -59,7 +61,9 @@ public final class NodeManager: @unchecked Sendable {
         config = c
         store = try JobStore(stateDir: c.stateDir)
         records = try GuestRecords(root: c.runDir)
-        cache = try ImageCache(root: c.cacheDir, source: c.catalogAddress)
+        let jobs = store
+        cache = try ImageCache(root: c.cacheDir, source: c.catalogAddress, quota: c.cacheQuota,
+                               inUse: { Set(jobs.all().map(\.image)) })
         hv = try QEMUBackend(binary: c.qemu, kernelCache: records.cacheDir, accelerator: c.accelerator, stateDir: c.runDir)
         self.log = log
     }
@@ -109,7 +113,9 @@ public final class NodeManager: @unchecked Sendable {
     }
 
     func boot(_ r: PrepareRequest, into job: LiveJob, state: inout JobState) throws {
-        let rec = try cache.ensure(image: r.request.image, label: r.request.imageLabel)
+        // Every node of the job is in its prolog now: they join one broadcast of what they lack.
+        let key = ImageCache.JobKey(job: String(r.job), nodes: r.nodeCount, node: r.node)
+        let rec = try cache.ensure(image: r.request.image, label: r.request.imageLabel, job: key)
         let ad = try rec.ad()
         func int(_ a: String, _ d: Int) -> Int { if case .integer(let i) = ad.evaluate(a) { return Int(i) }; return d }
         let minMem = int("MinMemoryMB", 256), maxVCPUs = int("MaxVCPUs", 1024)

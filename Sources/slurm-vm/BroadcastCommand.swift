@@ -50,7 +50,7 @@ struct BroadcastCommand: ParsableCommand {
             }
             if rank == 0 && src == nil { throw ValidationError("rank 0 holds the file: give --src") }
             if rank != 0 && dst == nil { throw ValidationError("rank \(rank) receives the file: give --dst") }
-            var c = PeerConfig(rank: rank, addresses: addrs)
+            var c = ParticipantConfig(rank: rank, addresses: addrs)
             c.kind = kind
             c.chunkSize = cs
             c.source = rank == 0 ? src : nil
@@ -66,7 +66,7 @@ struct BroadcastCommand: ParsableCommand {
                 if wait > 0 { usleep(useconds_t(min(wait, 3600) * 1e6)) }
             }
             let began = Date()
-            let report = try Peer(c, group: group).start().wait()
+            let report = try Participant(c, group: group).start().wait()
             let s = report.stats
             if json {
                 let line: [String: Any] = [

@@ -74,9 +74,13 @@ class Cluster:
         r = run([VM, "vm", "ls", "--json"], env=dict(self.env, SLURM_VM_RUNDIR=f"{self.dir}/vmd/{node}/run"))
         return json.loads(r.stdout or "[]")
 
+    def nodes(self):
+        d = os.path.join(self.dir, "vmd")
+        return sorted(n for n in os.listdir(d) if n.startswith("node") and os.path.isdir(os.path.join(d, n)))
+
     def expect_clean(self, timeout=30):
         wait_until("the guests to be gone", lambda: not self.vmms(), timeout=timeout)
-        for n in ("node1", "node2"):
+        for n in self.nodes():
             # The VMM dies first; its run directory goes a moment later, when the epilog's teardown ends.
             wait_until(f"{n} to list no guests", lambda: self.guests(n) == [], timeout=timeout)
             state = os.path.join(self.dir, "vmd", n, "state", "jobs")
@@ -85,12 +89,17 @@ class Cluster:
         assert "drain" not in states and "down" not in states, states
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    root = tempfile.mkdtemp(prefix="slurm-vm-slurmtests-")
-    c = Cluster(root)
+def new_cluster(prefix):
+    """A scratch directory with a catalog holding the minimal image; the cluster itself not yet up."""
+    c = Cluster(tempfile.mkdtemp(prefix=prefix))
     r = run([VM, "image", "build", os.path.join(REPO, "Images", "minimal.toml")], env=c.env, timeout=1800)
     assert r.returncode == 0, r.stderr
+    return c
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = new_cluster("slurm-vm-slurmtests-")
     # An image only root may use, to check that image Requirements see the submitting user.
     rec = json.loads(run([VM, "image", "show", "minimal", "--json"], env=c.env, check=True).stdout)
     blob = {a["role"]: os.path.join(c.catalog, "blobs", "sha256", a["digest"][7:]) for a in rec["artefacts"]}
@@ -100,7 +109,7 @@ def cluster():
     c.cluster("up", "--nodes", "2", "--catalog", c.catalog, "--dir", c.dir)
     yield c
     c.cluster("down", "--dir", c.dir)
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(c.root, ignore_errors=True)
 
 
 OPTIONS = ["--vm-count", "--vm-vcpus", "--vm-mem", "--vm-os", "--vm-kernel", "--vm-libs", "--vm-image",

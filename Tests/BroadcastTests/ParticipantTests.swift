@@ -8,7 +8,7 @@ import NIOPosix
 import Testing
 @testable import Broadcast
 
-@Suite(.serialized) struct PeerTests {
+@Suite(.serialized) struct ParticipantTests {
     static func scratch() -> String {
         let d = NSTemporaryDirectory() + "svmb-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
@@ -28,7 +28,7 @@ import Testing
 
     /// Runs one transfer of `size` bytes to n ranks; returns each receiving rank's result.
     static func transfer(n: Int, size: Int, kind: ScheduleKind = .pipeline, corrupt: [Int: Set<Int>] = [:],
-                         digestOverride: String? = nil) throws -> (String, String, [Result<PeerReport, Error>]) {
+                         digestOverride: String? = nil) throws -> (String, String, [Result<ParticipantReport, Error>]) {
         let dir = scratch()
         let want = randomFile(dir + "/src", size)
         let base = Int.random(in: 20000...40000)
@@ -37,14 +37,14 @@ import Testing
         defer { try? group.syncShutdownGracefully() }
         var futures: [Int: EventLoopFutureBox] = [:]
         for r in 0..<n {
-            var c = PeerConfig(rank: r, addresses: addrs)
+            var c = ParticipantConfig(rank: r, addresses: addrs)
             c.kind = kind
             c.chunkSize = 64 << 10
             c.giveUpSeconds = 20
             c.digest = digestOverride ?? want
             if r == 0 { c.source = dir + "/src"; c.digest = want } else { c.destination = dir + "/copy\(r)" }
             c.corrupt = corrupt[r] ?? []
-            futures[r] = EventLoopFutureBox(try Peer(c, group: group).start())
+            futures[r] = EventLoopFutureBox(try Participant(c, group: group).start())
         }
         let results = (1..<n).map { r in Result { try futures[r]!.future.wait() } }
         _ = try? futures[0]!.future.wait()
@@ -88,6 +88,6 @@ import Testing
 
 /// Futures are Sendable already; this keeps them in a dictionary without a warning.
 struct EventLoopFutureBox: @unchecked Sendable {
-    let future: NIOCore.EventLoopFuture<PeerReport>
-    init(_ f: NIOCore.EventLoopFuture<PeerReport>) { future = f }
+    let future: NIOCore.EventLoopFuture<ParticipantReport>
+    init(_ f: NIOCore.EventLoopFuture<ParticipantReport>) { future = f }
 }

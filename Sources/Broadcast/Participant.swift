@@ -9,7 +9,7 @@ import NIOPosix
 import Glibc
 #endif
 
-public struct PeerConfig: Sendable {
+public struct ParticipantConfig: Sendable {
     public var rank: Int
     /// host:port of every rank, rank 0 first.
     public var addresses: [String]
@@ -28,7 +28,8 @@ public struct PeerConfig: Sendable {
     public var dialSeconds: Double = 30
     /// Seconds without progress before giving up.
     public var giveUpSeconds: Double = 60
-    /// Seconds a finished rank keeps serving neighbors that still miss chunks.
+    /// Seconds a finished rank keeps serving neighbors that still miss chunks, counted from the last
+    /// request it served.
     public var lingerSeconds: Double = 30
     /// Test hook: chunks this rank corrupts (one byte flipped) the first time it sends them.
     public var corrupt: Set<Int> = []
@@ -41,15 +42,18 @@ public struct PeerConfig: Sendable {
     }
 }
 
-public struct PeerReport: Sendable {
+public struct ParticipantReport: Sendable {
     public var rank: Int
     /// Seconds from start until this rank's copy was verified (0 for the source).
     public var seconds: Double
     public var stats: TransferMachine.Stats
 }
 
-public final class Peer: @unchecked Sendable {
-    let config: PeerConfig
+public final class Participant: @unchecked Sendable {
+    var config: ParticipantConfig
+    var begun = false
+    /// Hellos from ranks that learned our address before we learned theirs.
+    var beforeBegin: [(Frame, Channel, Inbound)] = []
     let group: EventLoopGroup
     let loop: EventLoop
     let started = Date()
@@ -62,13 +66,14 @@ public final class Peer: @unchecked Sendable {
     var server: Channel?
     var ticker: RepeatedTask?
     var verifiedAt: Double?
-    var result: EventLoopPromise<PeerReport>
+    var result: EventLoopPromise<ParticipantReport>
     var corrupted = Set<Int>()
+    var lastActivity = 0.0
     /// The copy's descriptor (a dup) for sendfile; NIO's handle owns it.
     var handle: NIOFileHandle?
     var ended = false
 
-    public init(_ config: PeerConfig, group: EventLoopGroup) {
+    public init(_ config: ParticipantConfig, group: EventLoopGroup) {
         self.config = config
         self.group = group
         loop = group.next()
@@ -77,19 +82,28 @@ public final class Peer: @unchecked Sendable {
 
     var now: Double { Date().timeIntervalSince(started) }
 
-    /// Starts this rank (blocking until it listens); the future completes once its copy is verified
-    /// and its neighbors are served, or fails. Not for async contexts: see run().
-    public func start() throws -> EventLoopFuture<PeerReport> {
-        try validate()
-        var prepared: (ChunkFile, Manifest)?
-        if let src = config.source {
-            let m = try config.manifest ?? Manifest.compute(path: src, chunkSize: config.chunkSize)
-            if let d = config.digest, d != m.digest {
-                throw BroadcastError("\(src) hashes to \(m.digest), not the expected \(d)")
-            }
-            prepared = (try ChunkFile(source: src, manifest: m), m)
+    /// A rank that listened but never joined (its request was refused, it held the blob): nothing waits
+    /// on it, and its socket closes.
+    deinit {
+        if !ended { result.fail(BroadcastError("rank \(config.rank) of transfer '\(config.transfer)' was abandoned")) }
+        server?.close(promise: nil)
+    }
+
+    /// Starts this rank at its address in config.addresses (blocking until it listens); the future
+    /// completes once its copy is verified and its neighbors are served, or fails. Not for async
+    /// contexts: see run().
+    public func start() throws -> EventLoopFuture<ParticipantReport> {
+        guard config.rank >= 0 && config.rank < config.addresses.count else {
+            throw BroadcastError("rank \(config.rank) is not among the \(config.addresses.count) addresses given")
         }
-        let (host, port) = try Self.split(config.addresses[config.rank])
+        _ = try listen(on: config.addresses[config.rank])
+        return try begin(addresses: config.addresses)
+    }
+
+    /// Binds this rank's socket first (port 0: any free port), for a coordinator that assigns ranks
+    /// from the addresses it is told; returns the port.
+    public func listen(on address: String) throws -> Int {
+        let (host, port) = try Self.split(address, listening: true)
         let boot = ServerBootstrap(group: loop)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socket(SocketOptionLevel(IPPROTO_TCP), SocketOptionName(TCP_NOTSENT_LOWAT)), value: 256 << 10)
@@ -99,25 +113,57 @@ public final class Peer: @unchecked Sendable {
         do { bound = try boot.bind(host: host, port: port).wait() } catch {
             throw BroadcastError("cannot listen on \(host):\(port): \(error)")
         }
+        try loop.submit { self.server = bound }.wait()
+        return bound.localAddress?.port ?? port
+    }
+
+    /// Joins the transfer now that every rank's address is known.
+    public func begin(addresses: [String], rank: Int? = nil, transfer: String? = nil, chunkSize: Int? = nil) throws -> EventLoopFuture<ParticipantReport> {
+        var c = config
+        c.addresses = addresses
+        if let rank { c.rank = rank }
+        if let transfer { c.transfer = transfer }
+        if let chunkSize { c.chunkSize = chunkSize }
+        try validate(c)
+        var prepared: (ChunkFile, Manifest)?
+        if let src = c.source {
+            let m = try c.manifest ?? Manifest.compute(path: src, chunkSize: c.chunkSize)
+            if let d = c.digest, d != m.digest {
+                throw BroadcastError("\(src) hashes to \(m.digest), not the expected \(d)")
+            }
+            prepared = (try ChunkFile(source: src, manifest: m), m)
+        }
         let p = prepared
         try loop.submit {
-            self.server = bound
+            self.config = c
+            self.begun = true
             if let (f, m) = p { self.use(f); self.adopt(m) }
+            let waiting = self.beforeBegin
+            self.beforeBegin = []
+            for (f, ch, h) in waiting { self.received(f, on: ch, handler: h) }
             for n in self.initialDials() { self.dial(n, until: self.now + self.config.dialSeconds) }
-            self.ticker = self.loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in self.apply(.tick) }
+            self.ticker = self.loop.scheduleRepeatedTask(initialDelay: .milliseconds(100), delay: .milliseconds(100)) { _ in self.tick() }
         }.wait()
         return result.futureResult
     }
 
+    func tick() {
+        // Before the manifest there is no machine to time out: no neighbor has offered the image.
+        if machine == nil && now > max(config.dialSeconds, config.giveUpSeconds) {
+            return fail("no neighbor offered the image within \(Int(max(config.dialSeconds, config.giveUpSeconds))) s (reached: \(channels.keys.sorted().map(String.init).joined(separator: ",")))")
+        }
+        apply(.tick)
+    }
+
     /// start() for async callers: the blocking setup runs off the cooperative pool.
-    public func run() async throws -> PeerReport {
-        let f: EventLoopFuture<PeerReport> = try await withCheckedThrowingContinuation { k in
+    public func run() async throws -> ParticipantReport {
+        let f: EventLoopFuture<ParticipantReport> = try await withCheckedThrowingContinuation { k in
             Thread.detachNewThread { k.resume(with: Result { try self.start() }) }
         }
         return try await f.get()
     }
 
-    func validate() throws {
+    func validate(_ config: ParticipantConfig) throws {
         guard config.rank >= 0 && config.rank < config.addresses.count else {
             throw BroadcastError("rank \(config.rank) is not among the \(config.addresses.count) addresses given")
         }
@@ -130,8 +176,9 @@ public final class Peer: @unchecked Sendable {
         for a in config.addresses { _ = try Self.split(a) }
     }
 
-    static func split(_ a: String) throws -> (String, Int) {
-        guard let colon = a.lastIndex(of: ":"), let port = Int(a[a.index(after: colon)...]), port > 0, port < 65536 else {
+    /// HOST:PORT (port 0 only where listening: any free port).
+    static func split(_ a: String, listening: Bool = false) throws -> (String, Int) {
+        guard let colon = a.lastIndex(of: ":"), let port = Int(a[a.index(after: colon)...]), port > (listening ? -1 : 0), port < 65536 else {
             throw BroadcastError("'\(a)' is not HOST:PORT")
         }
         var host = String(a[..<colon])
@@ -185,11 +232,11 @@ public final class Peer: @unchecked Sendable {
 
     final class Inbound: ChannelInboundHandler, FrameReader.ChunkSink, @unchecked Sendable {
         typealias InboundIn = ByteBuffer
-        let peer: Peer
+        let peer: Participant
         var rank: Int?
         var reader: FrameReader
         var channel: Channel?
-        init(_ p: Peer, dialed: Int?, maxPayload: Int) { peer = p; rank = dialed; reader = FrameReader(maxPayload: maxPayload) }
+        init(_ p: Participant, dialed: Int?, maxPayload: Int) { peer = p; rank = dialed; reader = FrameReader(maxPayload: maxPayload) }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             var b = unwrapInboundIn(data)
@@ -223,6 +270,7 @@ public final class Peer: @unchecked Sendable {
     }
 
     func received(_ f: Frame, on ch: Channel, handler: Inbound) {
+        guard begun else { beforeBegin.append((f, ch, handler)); return }
         switch f {
         case .hello(let r, let complete, let transfer):
             guard transfer == config.transfer, r >= 0, r < config.addresses.count, r != config.rank else {
@@ -302,7 +350,7 @@ public final class Peer: @unchecked Sendable {
         guard !ended, machine != nil else { return }
         let actions = machine!.handle(e, now: now)
         for a in actions { perform(a) }
-        if verifiedAt != nil, let m = machine, m.neighborsDone || now - verifiedAt! > config.lingerSeconds { finish() }
+        if verifiedAt != nil, let m = machine, m.neighborsDone || now - max(verifiedAt!, lastActivity) > config.lingerSeconds { finish() }
     }
 
     static let trace = ProcessInfo.processInfo.environment["SLURM_VM_BROADCAST_TRACE"] != nil
@@ -311,6 +359,7 @@ public final class Peer: @unchecked Sendable {
         if Self.trace { FileHandle.standardError.write(Data(String(format: "%.4f %d %@\n", now, config.rank, "\(a)").utf8)) }
         switch a {
         case .send(let p, let c):
+            lastActivity = now
             guard let ch = channels[p], let file, let handle else { return }
             let (off, len) = file.manifest.range(c)
             var head = ch.allocator.buffer(capacity: 9)
@@ -353,7 +402,7 @@ public final class Peer: @unchecked Sendable {
         guard !ended, let m = machine else { return }
         ended = true
         shutdown()
-        result.succeed(PeerReport(rank: config.rank, seconds: config.source != nil ? 0 : verifiedAt ?? now, stats: m.stats))
+        result.succeed(ParticipantReport(rank: config.rank, seconds: config.source != nil ? 0 : verifiedAt ?? now, stats: m.stats))
     }
 
     func fail(_ why: String) {

@@ -1,0 +1,160 @@
+"""slurm-vm broadcast on a testbed of network namespaces (scripts/netns_testbed.py): real processes, real
+TCP, shaped links. Needs root; says SKIPPED otherwise. Files are small so the suite stays quick; the
+rates are lowered where a fault must land mid-transfer.
+
+    SLURM_VM_BIN=.build/release/slurm-vm python3 -m pytest -q Tests/broadcast
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from netns_testbed import Testbed  # noqa: E402
+
+BIN = os.environ.get("SLURM_VM_BIN") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".build", "release", "slurm-vm")
+
+if os.geteuid() != 0:
+    pytest.skip("SKIPPED: the broadcast tests need root for network namespaces and tc", allow_module_level=True)
+
+
+def digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+@pytest.fixture
+def work():
+    d = tempfile.mkdtemp(prefix="svmb-test-", dir="/dev/shm")
+    yield d
+    subprocess.run(["umount", "-q", os.path.join(d, "small")], stderr=subprocess.DEVNULL)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def image(work, mib, name="image"):
+    path = os.path.join(work, name)
+    with open(path, "wb") as f:
+        f.write(os.urandom(int(mib * (1 << 20)) + 4321))   # not a whole number of chunks
+    return path, digest(path)
+
+
+def start(tb, src, work, want, extra=None, dst=None, chunk="256K", timeout=30):
+    nodes = ",".join(tb.addr(i) for i in range(tb.n))
+    procs = []
+    for i in range(tb.n):
+        argv = [BIN, "broadcast", "--rank", str(i), "--nodes", nodes, "--port", "17600", "--json",
+                "--chunk-size", chunk, "--timeout", str(timeout), "--digest", want]
+        argv += ["--src", src] if i == 0 else ["--dst", (dst or {}).get(i, os.path.join(work, f"copy{i}"))]
+        argv += (extra or {}).get(i, [])
+        procs.append(tb.popen(i, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs, timeout=120):
+    out = []
+    for p in procs:
+        o, e = p.communicate(timeout=timeout)
+        rep = json.loads(o.strip().splitlines()[-1]) if p.returncode == 0 and o.strip() else {}
+        out.append((p.returncode, rep, e))
+    return out
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_every_node_gets_a_verified_copy(work, n):
+    src, want = image(work, 6)
+    with Testbed(n, mbit=400) as tb:
+        results = finish(start(tb, src, work, want))
+    for i, (rc, rep, err) in enumerate(results):
+        assert rc == 0, f"rank {i}: {err}"
+    for i in range(1, n):
+        assert digest(os.path.join(work, f"copy{i}")) == want
+    assert not [f for f in os.listdir(work) if f.startswith(".partial")]
+
+
+def test_a_node_killed_mid_transfer_does_not_stop_the_others(work):
+    src, want = image(work, 12)
+    with Testbed(6, mbit=40) as tb:           # 12 MiB at 40 Mbit/s: about 2.5 s
+        procs = start(tb, src, work, want)
+        time.sleep(1.2)
+        procs[3].send_signal(signal.SIGKILL)
+        results = finish(procs)
+    for i, (rc, rep, err) in enumerate(results):
+        if i == 3:
+            assert rc == -signal.SIGKILL
+        else:
+            assert rc == 0, f"rank {i}: {err}"
+    for i in (1, 2, 4, 5):
+        assert digest(os.path.join(work, f"copy{i}")) == want
+    # The killed node's copy never appeared under its name.
+    assert not os.path.exists(os.path.join(work, "copy3"))
+
+
+def test_a_corrupted_chunk_is_detected_and_fetched_again(work):
+    src, want = image(work, 4)
+    with Testbed(4, mbit=400) as tb:
+        results = finish(start(tb, src, work, want, extra={0: ["--corrupt", "0,3,7"], 2: ["--corrupt", "5"]}))
+    assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
+    assert sum(rep.get("corrupted", 0) for _, rep, _ in results) >= 3
+    for i in range(1, 4):
+        assert digest(os.path.join(work, f"copy{i}")) == want
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_file(work):
+    src, want = image(work, 4)
+    small = os.path.join(work, "small")
+    os.makedirs(small)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
+    with Testbed(3, mbit=400) as tb:
+        results = finish(start(tb, src, work, want, dst={2: os.path.join(small, "copy2")}, timeout=10))
+    rc, _, err = results[2]
+    assert rc == 1 and "not enough space" in err, err
+    assert os.listdir(small) == []
+    assert results[1][0] == 0 and digest(os.path.join(work, "copy1")) == want
+
+
+def test_a_slow_node_finishes_and_so_do_the_others(work):
+    src, want = image(work, 8)
+    with Testbed(8, mbit=200, slow={4: 50}) as tb:
+        results = finish(start(tb, src, work, want))
+    assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
+    for i in range(1, 8):
+        assert digest(os.path.join(work, f"copy{i}")) == want
+
+
+def test_the_wrong_image_is_refused(work):
+    src, want = image(work, 1)
+    other = "sha256:" + "0" * 64
+    with Testbed(2, mbit=400) as tb:
+        procs = start(tb, src, work, want)
+        procs[0].wait(timeout=30)
+        results = finish(procs)
+    assert results[1][0] == 0
+    with Testbed(2, mbit=400) as tb:
+        procs = start(tb, src, work, other, timeout=5, extra={1: ["--dial-timeout", "5"]})
+        results = finish(procs, timeout=60)
+    assert results[0][0] == 1 and "not the expected" in results[0][2], results[0][2]
+    assert results[1][0] == 1 and "no neighbor offered the image" in results[1][2], results[1][2]
+    assert not os.path.exists(os.path.join(work, "copy1")) or digest(os.path.join(work, "copy1")) == want
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rank", "3", "--nodes", "a,b", "--src", "/x"], "not a position"),
+    (["--rank", "0", "--nodes", "a,b"], "give --src"),
+    (["--rank", "1", "--nodes", "a,b"], "give --dst"),
+    (["--rank", "0", "--nodes", "a", "--src", "/x", "--schedule", "ring"], "must be one of"),
+    (["--rank", "0", "--nodes", "a", "--src", "/x", "--chunk-size", "1X"], "is not a size"),
+])
+def test_bad_input_is_explained(args, message):
+    r = subprocess.run([BIN, "broadcast"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 64 or r.returncode == 2, r
+    assert message in r.stderr, r.stderr
