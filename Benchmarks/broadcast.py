@@ -110,8 +110,9 @@ def main():
                 t0 = min(others) - min(r["seconds"] for r in reports[1:] if "seconds" in r and r["rank"] != n // 2)
                 rest = max(others) - t0
                 ok = all(os.path.exists(os.path.join(work, f"copy{i}")) and file_digest(os.path.join(work, f"copy{i}")) == digest for i in range(1, n))
-                print(f"| {n}, node {n // 2} at {a.mbit // 4} Mbit/s | {size} MiB | the others: {rest / limit:.2f}× ({rest:.1f} s); "
-                      f"the slow node: {slow.get('seconds', float('nan')) / limit:.2f}× | {'verified' if ok else 'FAILED'} |", flush=True)
+                gaps = " | ".join("—" for k in kinds if k != "pipeline")
+                print(f"| {n}, node {n // 2} at {a.mbit // 4} Mbit/s | {size} MiB | {gaps} | the others {rest / limit:.2f}× ({rest:.1f} s), "
+                      f"the slow node {slow.get('seconds', float('nan')) / limit:.2f}×{'' if ok else ' FAILED'} |", flush=True)
                 if not ok:
                     bad += 1
                 shutil.rmtree(work)
