@@ -238,12 +238,25 @@ public final class Participant: @unchecked Sendable {
         var channel: Channel?
         init(_ p: Participant, dialed: Int?, maxPayload: Int) { peer = p; rank = dialed; reader = FrameReader(maxPayload: maxPayload) }
 
+        /// Reads that arrive while a frame is being handled: a reply written and flushed from inside
+        /// the handler can make NIO read this channel again at once, and the reader must not be entered twice.
+        var pending: [ByteBuffer] = []
+        var reading = false
+
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            var b = unwrapInboundIn(data)
             channel = context.channel
-            do { try reader.feed(&b, self) } catch {
-                if let r = rank { peer.note("rank \(r): \(error)") }
-                context.close(promise: nil)
+            pending.append(unwrapInboundIn(data))
+            guard !reading else { return }
+            reading = true
+            defer { reading = false }
+            while !pending.isEmpty {
+                var b = pending.removeFirst()
+                do { try reader.feed(&b, self) } catch {
+                    if let r = rank { peer.note("rank \(r): \(error)") }
+                    pending.removeAll()
+                    context.close(promise: nil)
+                    return
+                }
             }
         }
 

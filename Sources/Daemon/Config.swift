@@ -1,5 +1,5 @@
 // slurm-vmd's configuration: one TOML file (default /etc/slurm-vm/slurm-vmd.toml), read strictly —
-// an unknown key or a wrong type is an error naming it. docs/daemon.md documents every key.
+// an unknown key or a wrong type is an error naming it. docs/slurm.md documents every key.
 //
 //   socket = "/run/slurm-vm/slurm-vmd.sock"   # the Unix-socket API
 //   slurm_user = "slurm"                       # may prepare/tear down guests, as root may
@@ -12,6 +12,7 @@
 //   state = "/var/lib/slurm-vm/node"  run = "/run/slurm-vm"  cache = "/var/cache/slurm-vm"
 //   boot_timeout = 120  hugepages = "auto"  accelerator = "kvm"|"tcg"  qemu = "/usr/bin/qemu-system-x86_64"
 //   cache_quota = "20G"                        # least recently used images are evicted beyond it
+//   listen = "0.0.0.0:7421"                    # push listener for `slurm-vm image push` (MUNGE-authenticated)
 
 import Foundation
 import Node
@@ -41,7 +42,7 @@ public struct DaemonConfig: Sendable {
     }
 
     public static func load(_ path: String) throws -> DaemonConfig {
-        let t = try StrictTable.load(path, hint: "docs/daemon.md")
+        let t = try StrictTable.load(path, hint: "docs/slurm.md")
         var c = DaemonConfig(socket: try t.optionalString("socket") ?? "/run/slurm-vm/slurm-vmd.sock",
                              slurmUser: try t.optionalString("slurm_user"), catalog: nil, node: nil, path: path)
         if let ct = try t.optionalTable("catalog") {
@@ -75,6 +76,12 @@ public struct DaemonConfig: Sendable {
             if let q = try nt.optionalString("cache_quota") {
                 guard let b = Self.bytes(q), b > 0 else { throw TOMLConfigError("\(path): node.cache_quota must be a size like \"20G\" or \"512M\", not \"\(q)\"") }
                 n.cacheQuota = b
+            }
+            if let l = try nt.optionalString("listen") {
+                guard let colon = l.lastIndex(of: ":"), UInt16(l[l.index(after: colon)...]) != nil else {
+                    throw TOMLConfigError("\(path): node.listen must be HOST:PORT (e.g. \"0.0.0.0:7421\"), not \"\(l)\"")
+                }
+                n.pushListen = l
             }
             try nt.done()
             c.node = n

@@ -154,28 +154,50 @@ public struct ImageCache: Sendable {
     /// artefacts come by the job's broadcast; every node of the job must call this (nodes that hold
     /// an artefact still join, so the group is complete, and receive nothing).
     public func ensure(image digest: String, label: String? = nil, job: JobKey? = nil) throws -> ImageRecord {
+        try obtain(image: digest, label: label, job: job).record
+    }
+
+    /// As `ensure`; `progress` hears (bytes held, bytes of all artefacts) as chunks arrive, and
+    /// `received` says whether any artefact had to come over the network.
+    public func obtain(image digest: String, label: String? = nil, job: JobKey? = nil,
+                       progress: (@Sendable (Int64, Int64) -> Void)? = nil) throws -> (record: ImageRecord, received: Bool) {
+        var received = false
         let rec = try record(digest, label: label)
         if let quota {
             let missing = rec.artefacts.filter { !blobs.has($0.digest) }.reduce(Int64(0)) { $0 + $1.size }
             if missing > 0 { try makeRoom(missing, limit: quota, keep: [digest]) }
         }
         defer { touch(digest) }
+        let total = rec.artefacts.reduce(Int64(0)) { $0 + $1.size }
+        var done: Int64 = 0
         for a in rec.artefacts {
             var held = false
             if blobs.has(a.digest) {
                 do { try blobs.verify(a.digest); held = true } catch { blobs.remove(a.digest) }   // damaged: fetch again
             }
+            if !held { received = true }
+            let before = done
+            var chunks: (@Sendable (Int, Int) -> Void)? = nil
+            if let progress {
+                let size = a.size
+                chunks = { have, all in
+                    let part: Int64 = all > 0 ? size * Int64(have) / Int64(all) : 0
+                    progress(before + part, total)
+                }
+            }
             if let job {
-                try broadcastBlob(a.digest, job: job, held: held)
+                try broadcastBlob(a.digest, job: job, held: held, progress: chunks)
             } else if !held {
                 try fetchBlob(a.digest, size: a.size)
             }
+            done += a.size
+            progress?(done, total)
         }
-        return rec
+        return (rec, received)
     }
 
     /// Joins the job's broadcast of one blob (or, holding it, just tells the coordinator so).
-    func broadcastBlob(_ digest: String, job: JobKey, held: Bool) throws {
+    func broadcastBlob(_ digest: String, job: JobKey, held: Bool, progress: (@Sendable (Int, Int) -> Void)? = nil) throws {
         let fd = try BlobWire.connect(source, timeout: timeout)
         defer { close(fd) }
         // The address this node reaches the catalog from is the one the other nodes can reach it at.
@@ -186,6 +208,7 @@ public struct ImageCache: Sendable {
         c.destination = blobs.path(of: digest)
         c.digest = digest
         c.giveUpSeconds = timeout
+        c.progress = progress
         let rank = held ? nil : Participant(c, group: group)
         let listen = try rank.map { "\(ip):\(try $0.listen(on: "\(ip):0"))" } ?? "HAVE"
         guard BlobWire.writeAll(fd, "BROADCAST \(digest) \(job.job) \(job.nodes) \(job.node) \(listen)\n") else {

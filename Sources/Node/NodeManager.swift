@@ -25,6 +25,8 @@ public struct NodeConfig: Sendable {
     public var hugepages: String = "auto"
     /// Most bytes the image cache may hold (nil: no limit).
     public var cacheQuota: Int64? = nil
+    /// HOST:PORT of the push listener (`slurm-vm image push`); nil: no listener.
+    public var pushListen: String? = nil
 
     public init(name: String, stateDir: String, runDir: String, cacheDir: String, catalogAddress: String) {
         self.name = name; self.stateDir = stateDir; self.runDir = runDir; self.cacheDir = cacheDir; self.catalogAddress = catalogAddress
@@ -66,6 +68,14 @@ public final class NodeManager: @unchecked Sendable {
                                inUse: { Set(jobs.all().map(\.image)) })
         hv = try QEMUBackend(binary: c.qemu, kernelCache: records.cacheDir, accelerator: c.accelerator, stateDir: c.runDir)
         self.log = log
+    }
+
+    /// Brings an image into this node's cache by the broadcast `transfer` shared with `nodes` nodes in
+    /// all (an admin's `image push`); returns whether the node held it already.
+    public func push(digest: String, label: String?, transfer: String, nodes: Int,
+                     progress: @escaping @Sendable (Int64, Int64) -> Void) throws -> Bool {
+        try !cache.obtain(image: digest, label: label, job: ImageCache.JobKey(job: transfer, nodes: nodes, node: config.name),
+                          progress: progress).received
     }
 
     public var acceleratorReport: String { "\(hv.accelerator.rawValue) (\(hv.acceleratorReason))" }

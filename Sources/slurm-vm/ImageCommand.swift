@@ -10,7 +10,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Build, import and manage guest images in the catalog.",
-        subcommands: [Build.self, Add.self, List.self, Show.self, Remove.self, Tag.self, SetAttr.self, Verify.self, GC.self])
+        subcommands: [Build.self, Add.self, List.self, Show.self, Remove.self, Tag.self, SetAttr.self, Verify.self, GC.self, Push.self])
 
     struct Build: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Build an image from a recipe (Images/*.toml) and add it to the catalog.")

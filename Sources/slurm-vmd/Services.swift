@@ -63,6 +63,12 @@ struct ListenerService: Service {
                         handle: { api.serveBlobs($0) })
     }
 
+    /// The node role's push listener over TCP (`slurm-vm image push`).
+    static func push(api: API, listen: String, logger: Logger) -> ListenerService {
+        ListenerService(name: "push listener on \(listen)", logger: logger, open: { try TCPListener.open(listen) },
+                        handle: { api.servePush($0) })
+    }
+
     func run() async throws {
         let loop = AcceptLoop(fd: try open(), name: name, logger: logger, handle: handle)
         loop.start()
@@ -77,7 +83,7 @@ struct ListenerService: Service {
 enum TCPListener {
     static func open(_ address: String) throws -> Int32 {
         guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
-            throw WireError("catalog.listen '\(address)' is not HOST:PORT")
+            throw WireError("listen address '\(address)' is not HOST:PORT")
         }
         let host = String(address[..<colon])
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -88,7 +94,7 @@ enum TCPListener {
         a.sin_family = sa_family_t(AF_INET)
         a.sin_port = port.bigEndian
         guard inet_pton(AF_INET, host.isEmpty ? "0.0.0.0" : host, &a.sin_addr) == 1 else {
-            close(fd); throw WireError("catalog.listen: '\(host)' is not an IPv4 address")
+            close(fd); throw WireError("listen address: '\(host)' is not an IPv4 address")
         }
         let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard r == 0, Glibc.listen(fd, 128) == 0 else {

@@ -48,6 +48,7 @@ struct SlurmVMD: AsyncParsableCommand {
         var services: [Service] = [ListenerService.control(api: api, path: cfg.socket, logger: logger)]
         if let c = cfg.catalog { services.append(ListenerService.blobs(api: api, listen: c.listen, logger: logger)) }
         if let node = api.node { services.append(JobReaper(node: node, logger: logger)) }
+        if let l = api.node?.config.pushListen { services.append(ListenerService.push(api: api, listen: l, logger: logger)) }
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         api.node?.closeAgents()
