@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "ClassAd", targets: ["ClassAd"]),
         .executable(name: "slurm-vm", targets: ["slurm-vm"]),
         .executable(name: "slurm-vmd", targets: ["slurm-vmd"]),
+        .executable(name: "slurm-vm-vmm", targets: ["slurm-vm-vmm"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -29,6 +30,13 @@ let package = Package(
             providers: [.apt(["liblz4-dev"])]),
         // fork+exec with per-child setup, thread affinity, rdtsc.
         .target(name: "CLinux"),
+        // <linux/kvm.h> for Swift: the ioctls as functions, flat views of kvm_run's unions.
+        .target(name: "CKVM"),
+        // The embedded VMM: architecture (boot protocol, GDT, page tables, MP table, CPUID, MSRs), VM state
+        // (KVM, VM, vCPU, guest memory) and devices, assembled by Machine. No Foundation: its RSS budget
+        // beyond guest RAM is a few MiB.
+        .target(name: "VMM", dependencies: ["CKVM", "CLinux"]),
+        .executableTarget(name: "slurm-vm-vmm", dependencies: ["VMM"]),
         // The ClassAd language (HTCondor "new ClassAd" semantics) and the matchmaker.
         .target(name: "ClassAd", dependencies: ["CPCRE2"]),
         // Image records and their ads, the SQLite store, content-addressed blobs, the job ad of a request.
@@ -91,6 +99,7 @@ let package = Package(
         // End to end through the built `slurm-vm` binary: builds the minimal image and boots real guests.
         .testTarget(name: "GuestTests", dependencies: ["Catalog"]),
         .testTarget(name: "BroadcastTests", dependencies: ["Broadcast", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "CKVM"], exclude: ["Guests"]),
         .testTarget(name: "NodeTests", dependencies: ["Node", "Daemon", "Runner"]),
     ],
     swiftLanguageModes: [.v6]

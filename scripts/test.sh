@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 swift build -c release --product slurm-vm 2>&1 | tail -1
 swift build -c release --product slurm-vmd 2>&1 | tail -1
+swift build -c release --product slurm-vm-vmm 2>&1 | tail -1
 swift build --build-tests 2>&1 | tail -1
 log=$(mktemp)
 rc=0

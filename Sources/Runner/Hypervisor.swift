@@ -70,8 +70,14 @@ public struct GuestSpec: Sendable, Codable {
 public enum GuestEnd: Sendable, Equatable, CustomStringConvertible {
     case poweredOff, reset, halted, panicked
     case vmmExited(Int32)
+    /// The guest wrote its own status to the embedded VMM's exit port.
+    case exitStatus(UInt32)
+    /// The VMM could not go on (an emulation failure, a triple fault, a host error); why.
+    case failed(String)
     public var description: String {
         switch self {
+        case .exitStatus(let s): return "exited with status \(s)"
+        case .failed(let why): return "failed: \(why)"
         case .poweredOff: return "powered off"
         case .reset: return "reset"
         case .halted: return "halted"

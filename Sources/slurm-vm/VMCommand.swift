@@ -17,16 +17,35 @@ struct VMCommand: ParsableCommand {
         subcommands: [Run.self, List.self, Exec.self, Stop.self])
 
     struct BackendOptions: ParsableArguments {
-        @Option(help: "qemu, or embedded (the KVM VMM, not in this build yet).") var backend: String = "qemu"
+        @Option(help: "qemu, or embedded (our KVM VMM; raw mode only so far).") var backend: String = "qemu"
         @Option(help: "Force the accelerator: kvm or tcg (default: kvm where the host has vmx/svm).") var accel: String?
         @Flag(help: "Say which backend and accelerator run the guests.") var verbose = false
 
         func make(records: GuestRecords) throws -> QEMUBackend {
             switch backend {
             case "qemu": break
-            case "embedded": throw RunnerError.unsupported("the embedded KVM backend is not part of this build yet; use --backend qemu")
+            case "embedded": throw RunnerError.unsupported("the embedded VMM cannot carry the guest agent yet, so images run with --backend qemu (raw mode, --kernel, works with embedded)")
             default: throw ValidationError("--backend must be qemu or embedded")
             }
+            return try qemu(records: records)
+        }
+
+        /// Raw mode may use either backend.
+        func makeRaw(records: GuestRecords) throws -> (any Hypervisor, Accelerator?) {
+            switch backend {
+            case "qemu": let q = try qemu(records: records); return (q, q.accelerator)
+            case "embedded":
+                let e = try EmbeddedBackend()
+                if !HostFacts.hasHardwareVirtualization {
+                    warn("note: this host's KVM has no vmx/svm (PVM or nested): guest ring 0 is emulated, so a Linux kernel crawls and never reaches user space; small freestanding guests run")
+                }
+                if verbose { warn("backend embedded (\(e.binary)), KVM \(HostFacts.hasHardwareVirtualization ? "with" : "without") hardware virtualization") }
+                return (e, .kvm)
+            default: throw ValidationError("--backend must be qemu or embedded")
+            }
+        }
+
+        func qemu(records: GuestRecords) throws -> QEMUBackend {
             var forced: Accelerator? = nil
             if let accel {
                 guard let a = Accelerator(rawValue: accel) else { throw ValidationError("--accel must be kvm or tcg") }
@@ -196,11 +215,11 @@ struct VMCommand: ParsableCommand {
             guard count == 1 else { throw RunnerError.invalidRequest("raw mode boots one guest; drop --count") }
             let p = try plan(1)
             let records = try GuestRecords()
-            let hv = try be.make(records: records)
+            let (hv, accelerator) = try be.makeRaw(records: records)
             let id = records.newID(prefix: "raw")
             let spec = GuestSpec(id: id, kernel: kernel, initrd: initrd, cmdline: append ?? "", vcpus: vcpus,
                                  memoryMB: try memoryMB(default: 256), cpus: p.perGuest[0], housekeeping: p.housekeeping,
-                                 agent: false, hugepages: try useHugepages(try memoryMB(default: 256)), runDir: records.dir(id), keep: false, accelerator: hv.accelerator)
+                                 agent: false, hugepages: try useHugepages(try memoryMB(default: 256)), runDir: records.dir(id), keep: false, accelerator: accelerator)
             let teardown = Teardown(catalog: nil)
             teardown.install()
             let g = try hv.boot(spec)
@@ -210,6 +229,7 @@ struct VMCommand: ParsableCommand {
             warn("guest \(end)")
             switch end {
             case .poweredOff, .halted, .reset: return 0
+            case .exitStatus(let s): return Int32(min(s, 255))
             default: return 1
             }
         }

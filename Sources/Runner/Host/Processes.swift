@@ -46,6 +46,25 @@ public enum Processes {
         return pid
     }
 
+    /// The exit status of a guest's VMM once it has ended, nil while it runs: our child is reaped; an
+    /// adopted one (a kept guest another process started) is watched by pid, and ends with 0.
+    public static func endStatus(_ pid: Int32) -> Int32? {
+        if isChild(pid) { return poll(pid) }
+        if kill(pid, 0) == 0 { return nil }
+        return poll(pid) ?? 0
+    }
+
+    /// Asks `check` every `interval` seconds until it answers or `timeout` passes (nil: forever); asks at
+    /// least once, so a zero timeout is a non-blocking check.
+    public static func waitFor<T>(timeout: TimeInterval?, interval: TimeInterval, _ check: () -> T?) -> T? {
+        let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
+        while true {
+            if let v = check() { return v }
+            if let deadline, Date() >= deadline { return nil }
+            usleep(useconds_t(interval * 1e6))
+        }
+    }
+
     /// Non-blocking: the exit status if the child has ended (reaping it).
     public static func poll(_ pid: Int32) -> Int32? {
         var st: Int32 = 0

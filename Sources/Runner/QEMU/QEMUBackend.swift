@@ -200,27 +200,13 @@ public final class QEMUGuest: RunningGuest, @unchecked Sendable {
     }
 
     public func waitForEnd(timeout: TimeInterval?) -> GuestEnd? {
-        // Polls at least once, so a zero timeout is a non-blocking check.
-        let deadline = timeout.map { Date(timeIntervalSinceNow: $0) }
-        while true {
-            if let e = reapedEnd() { return e }
-            if let deadline, Date() >= deadline { return nil }
-            usleep(20_000)
-        }
+        Processes.waitFor(timeout: timeout, interval: 0.02) { reapedEnd() }
     }
 
     func reapedEnd() -> GuestEnd? {
         lock.lock(); defer { lock.unlock() }
         if let ended { return ended }
-        let status: Int32
-        if Processes.isChild(pid) {
-            guard let st = Processes.poll(pid) else { return nil }
-            status = st
-        } else if kill(pid, 0) == 0 {
-            return nil                       // an adopted guest, still running
-        } else {
-            status = Processes.poll(pid) ?? 0
-        }
+        guard let status = Processes.endStatus(pid) else { return nil }
         // QEMU reports why in its last SHUTDOWN event.
         let reason = qmp?.events(named: "SHUTDOWN").last.flatMap { ($0["data"] as? [String: Any])?["reason"] as? String }
         switch reason {

@@ -1,0 +1,119 @@
+// The embedded VMM as a backend: one slurm-vm-vmm process per guest (Sources/VMM), started on the
+// housekeeping CPUs; it pins each vCPU thread to its CPU itself and reports their ids once they run.
+// So far it boots kernels in raw mode only: the virtio console that carries the agent is not built yet.
+
+import Catalog
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct EmbeddedBackend: Hypervisor {
+    public let name = "embedded"
+    public let binary: String
+
+    public init(binary: String? = nil) throws {
+        guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
+            throw RunnerError.unsupported("the embedded VMM needs /dev/kvm, which this host lacks; use --backend qemu")
+        }
+        if let binary { self.binary = binary; return }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let beside = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("slurm-vm-vmm").path
+        let candidates = [ProcessInfo.processInfo.environment["SLURM_VM_VMM"], beside, "/usr/local/bin/slurm-vm-vmm", "/usr/bin/slurm-vm-vmm"].compactMap { $0 }
+        guard let b = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw RunnerError.vmmMissing("slurm-vm-vmm is not installed (looked in \(candidates.joined(separator: ", "))); build it with swift build, or use --backend qemu")
+        }
+        self.binary = b
+    }
+
+    public func boot(_ spec: GuestSpec) throws -> RunningGuest {
+        try spec.validate()
+        guard !spec.agent else {
+            throw RunnerError.unsupported("the embedded VMM cannot carry the guest agent yet (no virtio console); images run with --backend qemu")
+        }
+        guard spec.disk == nil, (spec.shares ?? []).isEmpty else {
+            throw RunnerError.unsupported("the embedded VMM has no virtio-blk or virtio-fs yet; use --backend qemu")
+        }
+        try Files.mkdirs(spec.runDir, mode: 0o700)
+        var args = ["--kernel", spec.kernel, "--append", spec.cmdline, "--vcpus", String(spec.vcpus), "--mem", String(spec.memoryMB),
+                    "--cpus", spec.cpus.map(String.init).joined(separator: ","),
+                    "--console", spec.consolePath, "--report", spec.runDir + "/report", "--ready", spec.runDir + "/vcpus"]
+        if let rd = spec.initrd { args += ["--initrd", rd] }
+        if let h = spec.housekeeping.first { args += ["--housekeeping", String(h)] }
+        if spec.hugepages { args.append("--hugepages") }
+        let log = open(spec.runDir + "/vmm.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        defer { if log >= 0 { close(log) } }
+        var o = SpawnOptions()
+        o.stdout = log; o.stderr = log
+        o.dieWithParent = !spec.keep
+        o.cpus = spec.housekeeping
+        let pid = try Processes.spawn(binary, args, o)
+        let g = EmbeddedGuest(spec: spec, pid: pid)
+        // The vCPU thread ids appear once every vCPU runs pinned; a VM that fails to build ends instead.
+        let deadline = Date(timeIntervalSinceNow: 20)
+        while Date() < deadline {
+            if let t = try? String(contentsOfFile: spec.runDir + "/vcpus", encoding: .utf8) {
+                g.vcpuThreads = t.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ",").compactMap { Int32($0) }
+                return g
+            }
+            if let end = g.waitForEnd(timeout: 0) {
+                let why = Console.tail(spec.runDir + "/vmm.log", lines: 10)
+                // A guest that ends before every vCPU ran is still a run (a one-vCPU guest that exits at once).
+                if case .exitStatus = end { return g }
+                g.destroy()
+                throw RunnerError.bootFailed("the embedded VMM could not start guest \(spec.id) (\(end))", consoleTail: why)
+            }
+            usleep(2_000)
+        }
+        g.destroy()
+        throw RunnerError.bootFailed("the embedded VMM did not start guest \(spec.id)'s vCPUs within 20 s", consoleTail: Console.tail(spec.runDir + "/vmm.log", lines: 10))
+    }
+}
+
+public final class EmbeddedGuest: RunningGuest, @unchecked Sendable {
+    public let spec: GuestSpec
+    public let pid: Int32
+    public internal(set) var vcpuThreads: [Int32] = []
+    let lock = NSLock()
+    var ended: GuestEnd?
+
+    init(spec: GuestSpec, pid: Int32) { self.spec = spec; self.pid = pid }
+
+    public func connectAgent() throws -> AgentConnection {
+        throw RunnerError.unsupported("guest \(spec.id) runs on the embedded VMM, which has no agent channel yet")
+    }
+
+    public func waitForEnd(timeout: TimeInterval?) -> GuestEnd? {
+        Processes.waitFor(timeout: timeout, interval: 0.005) { reapedEnd() }
+    }
+
+    /// How the VMM said the guest ended (its report), else what its exit status tells.
+    func reapedEnd() -> GuestEnd? {
+        lock.lock(); defer { lock.unlock() }
+        if let ended { return ended }
+        guard let status = Processes.endStatus(pid) else { return nil }
+        let report = (try? String(contentsOfFile: spec.runDir + "/report", encoding: .utf8)) ?? ""
+        let end = report.split(separator: "\n").first { $0.hasPrefix("end=") }.map { String($0.dropFirst(4)) } ?? ""
+        if end.hasPrefix("exited with status "), let s = UInt32(end.dropFirst("exited with status ".count)) {
+            ended = s == 0 ? .poweredOff : .exitStatus(s)
+        } else if end == "reset" {
+            ended = .reset
+        } else if end.hasPrefix("shut down") {
+            ended = end.contains("powered off") ? .poweredOff : .failed(end)
+        } else if end.hasPrefix("failed: ") {
+            ended = .failed(String(end.dropFirst(8)))
+        } else {
+            let log = Console.tail(spec.runDir + "/vmm.log", lines: 3)
+            ended = .failed("slurm-vm-vmm ended (wait status \(status)) without a report\(log.isEmpty ? "" : ":\n" + log)")
+        }
+        return ended
+    }
+
+    public func destroy() {
+        if reapedEnd() == nil {
+            kill(pid, SIGKILL)
+            _ = Processes.wait(pid, timeout: 5)
+        }
+        Files.remove(spec.runDir)
+    }
+}

@@ -1,0 +1,120 @@
+// Guest RAM: one anonymous mapping, preallocated before the first guest instruction (hugetlbfs pages
+// when asked, else transparent huge pages: MADV_HUGEPAGE first, then MADV_POPULATE_WRITE), populated
+// in parallel by threads pinned to the guest's own CPUs so each slice is first touched where it runs.
+// Every access from the VMM goes through `slice(gpa, count)`, which checks bounds: a guest-supplied
+// address can never reach outside the mapping.
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public final class GuestMemory: @unchecked Sendable {
+    public let base: UnsafeMutableRawPointer
+    public let size: UInt64
+    public let hugetlb: Bool
+    /// Seconds spent populating.
+    public private(set) var populateSeconds = 0.0
+
+    static let MADV_POPULATE_WRITE: Int32 = 23
+    static let MAP_HUGE_2MB: Int32 = 21 << 26   // MAP_HUGE_SHIFT 26, log2(2 MiB)
+
+    /// Maps `size` bytes (a multiple of 2 MiB).
+    public init(size: UInt64, hugetlb: Bool) throws {
+        guard size >= 2 << 20, size % (2 << 20) == 0 else { throw VMMError("guest memory must be a multiple of 2 MiB (got \(size) bytes)") }
+        self.size = size
+        self.hugetlb = hugetlb
+        var flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+        if hugetlb { flags |= MAP_HUGETLB | Self.MAP_HUGE_2MB }
+        // Transparent huge pages need 2 MiB-aligned memory: map 2 MiB more and trim both ends.
+        let align = 2 << 20
+        let extra = hugetlb ? 0 : align
+        let raw = mmap(nil, Int(size) + extra, PROT_READ | PROT_WRITE, flags, -1, 0)
+        guard let raw, raw != MAP_FAILED else {
+            throw VMMError(hugetlb ? "cannot map \(size >> 20) MiB of 2 MiB hugepages: \(String(cString: strerror(errno))) (is vm.nr_hugepages large enough?)"
+                                   : "cannot map \(size >> 20) MiB of guest memory: \(String(cString: strerror(errno)))")
+        }
+        var p = raw
+        if extra > 0 {
+            let addr = UInt(bitPattern: raw)
+            let aligned = (addr + UInt(align - 1)) & ~UInt(align - 1)
+            let head = Int(aligned - addr)
+            if head > 0 { munmap(raw, head) }
+            if extra - head > 0 { munmap(raw + head + Int(size), extra - head) }
+            p = raw + head
+        }
+        base = p
+        if !hugetlb { _ = madvise(p, Int(size), MADV_HUGEPAGE) }   // before populating, or the pages come as 4 KiB
+        _ = madvise(p, Int(size), MADV_DONTDUMP)
+    }
+
+    deinit { munmap(base, Int(size)) }
+
+    /// Faults every page in now, a slice per CPU in `cpus`, each thread pinned to its CPU.
+    public func populate(on cpus: [Int]) throws {
+        let t0 = Clock.now()
+        let n = max(1, cpus.count)
+        let per = (size / UInt64(n) + (2 << 20) - 1) / (2 << 20) * (2 << 20)
+        var failures = [Int32](repeating: 0, count: n)
+        try failures.withUnsafeMutableBufferPointer { fail in
+            let results = fail.baseAddress!
+            var threads: [PinnedThread] = []
+            for i in 0..<n {
+                let start = UInt64(i) * per
+                guard start < size else { break }
+                let len = min(per, size - start)
+                let p = base + Int(start)
+                let hugetlb = self.hugetlb
+                let cpu = cpus.isEmpty ? nil : cpus[i]
+                threads.append(try PinnedThread(cpu: cpu) {
+                    var r = madvise(p, Int(len), GuestMemory.MADV_POPULATE_WRITE)
+                    if r != 0 && errno == EINVAL && !hugetlb {
+                        // A kernel before 5.14: touch each page.
+                        var off = 0
+                        while off < Int(len) { p.storeBytes(of: 0, toByteOffset: off, as: UInt8.self); off += 4096 }
+                        r = 0
+                    }
+                    results[i] = r == 0 ? 0 : errno
+                })
+            }
+            for t in threads { t.join() }
+        }
+        populateSeconds = Clock.now() - t0
+        if let e = failures.first(where: { $0 != 0 }) {
+            throw VMMError("cannot preallocate \(size >> 20) MiB of guest memory: \(String(cString: strerror(e)))\(hugetlb ? " (too few hugepages reserved?)" : "")")
+        }
+    }
+
+    /// `count` bytes at guest physical `gpa`, or an error when any of them lies outside guest RAM.
+    public func slice(_ gpa: UInt64, _ count: Int) throws -> UnsafeMutableRawBufferPointer {
+        guard count >= 0, gpa <= size, UInt64(count) <= size - gpa else {
+            throw VMMError("guest address range \(hex(gpa))+\(count) lies outside guest memory (\(size >> 20) MiB)")
+        }
+        return UnsafeMutableRawBufferPointer(start: base + Int(gpa), count: count)
+    }
+
+    public func write(_ bytes: [UInt8], at gpa: UInt64) throws {
+        let s = try slice(gpa, bytes.count)
+        bytes.withUnsafeBytes { s.copyMemory(from: $0) }
+    }
+
+    public func write<T: FixedWidthInteger>(_ v: T, at gpa: UInt64) throws {
+        let s = try slice(gpa, MemoryLayout<T>.size)
+        s.storeBytes(of: v.littleEndian, as: T.self)
+    }
+
+    public func read<T: FixedWidthInteger>(_: T.Type, at gpa: UInt64) throws -> T {
+        let s = try slice(gpa, MemoryLayout<T>.size)
+        return T(littleEndian: s.loadUnaligned(as: T.self))
+    }
+
+    public func bytes(at gpa: UInt64, count: Int) throws -> [UInt8] { Array(try slice(gpa, count)) }
+}
+
+/// Monotonic seconds.
+public enum Clock {
+    public static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+}

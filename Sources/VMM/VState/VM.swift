@@ -1,0 +1,48 @@
+// One KVM VM: its file descriptor, the in-kernel interrupt controllers and PIT, memory slots, IRQ lines.
+
+import CKVM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public final class VM: @unchecked Sendable {
+    public let kvm: KVM
+    public let fd: Int32
+    private var nextSlot: UInt32 = 0
+
+    /// Creates the VM and, in the order KVM requires before any vCPU exists, the TSS and identity-map
+    /// pages, the IOAPIC/PIC pair and the PIT.
+    public init(kvm: KVM) throws {
+        self.kvm = kvm
+        let f = ckvm_create_vm(kvm.fd)
+        guard f >= 0 else { throw VMMError.errno("KVM_CREATE_VM", f) }
+        fd = f
+        do {
+            try check(ckvm_set_tss_addr(f, Layout.tssAddress), "KVM_SET_TSS_ADDR")
+            try check(ckvm_set_identity_map_addr(f, Layout.identityMapAddress), "KVM_SET_IDENTITY_MAP_ADDR")
+            try check(ckvm_create_irqchip(f), "KVM_CREATE_IRQCHIP")
+            try check(ckvm_create_pit2(f), "KVM_CREATE_PIT2")
+        } catch { close(f); throw error }
+    }
+
+    deinit { close(fd) }
+
+    /// Maps `size` bytes of host memory at guest physical `gpa`.
+    public func map(gpa: UInt64, size: UInt64, host: UnsafeMutableRawPointer) throws {
+        try check(ckvm_set_memory(fd, nextSlot, gpa, size, host), "KVM_SET_USER_MEMORY_REGION (slot \(nextSlot), \(size >> 20) MiB at \(hex(gpa)))")
+        nextSlot += 1
+    }
+
+    /// Sets the level of an interrupt line of the in-kernel PIC/IOAPIC.
+    public func irqLine(_ irq: UInt32, _ level: Bool) {
+        _ = ckvm_irq_line(fd, irq, level ? 1 : 0)
+    }
+
+    /// An edge: raise then lower, as the ISA devices' edge-triggered lines need.
+    public func pulse(_ irq: UInt32) {
+        irqLine(irq, true)
+        irqLine(irq, false)
+    }
+}
+
+func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }

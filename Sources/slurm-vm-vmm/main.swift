@@ -1,0 +1,146 @@
+// slurm-vm-vmm: the embedded VMM as its own small process, one per guest (the runner starts it, as it
+// starts QEMU). No Foundation, so it stays within a few MiB beyond guest RAM.
+//
+//   slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB]
+//                [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]
+//
+// --ready FILE gets the vCPUs' host thread ids (one line, comma-separated) once all run pinned, written
+// to FILE.tmp and renamed, so a reader never sees half of it. --report FILE gets how the guest ended
+// and the timings, at the end.
+//
+// Exit status: the guest's exit-port status (0–255) when it wrote one; 0 when it reset or shut down;
+// 125 when the VMM could not build or run the VM (the reason on stderr).
+
+import VMM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func say(_ msg: String) {
+    let b = Array("slurm-vm-vmm: \(msg)\n".utf8)
+    b.withUnsafeBytes { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+func fail(_ msg: String, _ code: Int32 = 125) -> Never {
+    say(msg)
+    exit(code)
+}
+
+func readFile(_ path: String) -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { fail("cannot open \(path): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0, st.st_size >= 0, st.st_size < 1 << 32 else { fail("cannot read \(path)") }
+    var out = [UInt8](repeating: 0, count: Int(st.st_size))
+    var off = 0
+    while off < out.count {
+        let n = out.withUnsafeMutableBytes { read(fd, $0.baseAddress! + off, $0.count - off) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { fail("cannot read \(path): \(n == 0 ? "it ended early" : String(cString: strerror(errno)))") }
+        off += n
+    }
+    return out
+}
+
+func cpuList(_ s: String) -> [Int] {
+    var out: [Int] = []
+    for part in s.split(separator: ",") {
+        let r = part.split(separator: "-", omittingEmptySubsequences: false)
+        guard r.count <= 2, let a = Int(r[0]), a >= 0, let b = r.count == 2 ? Int(r[1]) : a, b >= a, b < 4096 else {
+            fail("--cpus '\(s)' is not a CPU list such as 2,3 or 4-7", 2)
+        }
+        out += Array(a...b)
+    }
+    return out
+}
+
+func megabytes(_ s: String) -> Int {
+    let u = s.uppercased()
+    if u.hasSuffix("G"), let v = Int(u.dropLast()) { return v << 10 }
+    if u.hasSuffix("M"), let v = Int(u.dropLast()) { return v }
+    if let v = Int(u) { return v }
+    fail("--mem '\(s)' is not a size in MiB (256, 256M or 1G)", 2)
+}
+
+var kernelPath: String?, initrdPath: String?, append = "", vcpus = 1, mem = 64, cpus: [Int] = [], housekeeping: Int?
+var hugepages = false, consolePath: String?, reportPath: String?, readyPath: String?
+var args = CommandLine.arguments.dropFirst()
+@MainActor func value(_ flag: String) -> String {
+    guard let v = args.popFirst() else { fail("\(flag) needs a value", 2) }
+    return v
+}
+while let a = args.popFirst() {
+    switch a {
+    case "--kernel": kernelPath = value(a)
+    case "--initrd": initrdPath = value(a)
+    case "--append": append = value(a)
+    case "--vcpus": guard let v = Int(value(a)), v >= 1 else { fail("--vcpus must be a positive number", 2) }; vcpus = v
+    case "--mem": mem = megabytes(value(a))
+    case "--cpus": cpus = cpuList(value(a))
+    case "--housekeeping": guard let v = Int(value(a)), v >= 0 else { fail("--housekeeping must be a CPU id", 2) }; housekeeping = v
+    case "--hugepages": hugepages = true
+    case "--console": consolePath = value(a)
+    case "--report": reportPath = value(a)
+    case "--ready": readyPath = value(a)
+    case "-h", "--help":
+        print("usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]")
+        exit(0)
+    default: fail("unknown option \(a) (see --help)", 2)
+    }
+}
+guard let kernelPath else { fail("--kernel is required", 2) }
+
+let consoleFD: Int32
+if let p = consolePath {
+    consoleFD = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+    guard consoleFD >= 0 else { fail("cannot open the console log \(p): \(String(cString: strerror(errno)))") }
+} else {
+    consoleFD = 1
+}
+let start = Clock.now()
+@Sendable func writeAtomically(_ text: String, to path: String) {
+    let tmp = path + ".tmp"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { return }
+    _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+    rename(tmp, path)
+}
+var config = MachineConfig(kernel: readFile(kernelPath), initrd: initrdPath.map(readFile), commandLine: append, vcpus: vcpus, memoryMB: mem,
+                           cpus: cpus, housekeeping: housekeeping, hugepages: hugepages,
+                           console: { bytes in bytes.withUnsafeBytes { _ = write(consoleFD, $0.baseAddress, $0.count) } })
+if let readyPath { config.running = { tids in writeAtomically(tids.map(String.init).joined(separator: ",") + "\n", to: readyPath) } }
+let machine: Machine
+do { machine = try Machine(config) } catch { fail("\(error)") }
+let end = machine.run()
+
+if let reportPath {
+    func ms(_ t: Double?) -> String { t.map { String(Int(($0 * 1e6).rounded()) ) } ?? "" }
+    var rss = ""
+    if let f = fopen("/proc/self/status", "r") {
+        var line = [CChar](repeating: 0, count: 256)
+        while fgets(&line, 256, f) != nil {
+            let s = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            if s.hasPrefix("VmRSS:") || s.hasPrefix("RssAnon:") || s.hasPrefix("RssFile:") { rss += s.filter { $0 != "\t" && $0 != " " } }
+        }
+        fclose(f)
+    }
+    let text = """
+    end=\(end)
+    start_to_first_entry_us=\(ms(machine.timeToFirstEntry.map { $0 + machine.created - start }))
+    start_to_end_us=\(ms(machine.ended.map { $0 - start }))
+    populate_us=\(ms(machine.memory.populateSeconds))
+    vcpu_tids=\(machine.vcpuThreadIDs.map(String.init).joined(separator: ","))
+    \(rss)
+    """
+    writeAtomically(text + "\n", to: reportPath)
+}
+switch end {
+case .exited(let s): exit(Int32(min(s, 255)))
+case .reset, .shutdown:
+    say("the guest \(end)")
+    exit(0)
+case .failed:
+    fail("the guest \(end)")
+}

@@ -1,0 +1,158 @@
+// Conformance guests (Tests/VMMTests/Guests/*.c): small freestanding programs, built here with the C
+// compiler, booted through the real KVM API by the embedded VMM. Each checks one part of what a guest
+// sees and reports over the UART and the exit port. Without /dev/kvm they are skipped, loudly.
+
+import Foundation
+import Testing
+@testable import VMM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum Guests {
+    static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Guests").path
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static let out: String = {
+        let d = NSTemporaryDirectory() + "slurm-vm-vmm-guests-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        return d
+    }()
+
+    static let kvmMissing: String? = {
+        let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
+        if fd >= 0 { close(fd); return nil }
+        let msg = "SKIPPED: /dev/kvm cannot be opened (\(String(cString: strerror(errno)))); the embedded VMM's conformance guests need KVM (run as root on a host with /dev/kvm)"
+        FileHandle.standardError.write(Data("\n*** \(msg) ***\n\n".utf8))
+        return msg
+    }()
+    static var canRun: Bool { kvmMissing == nil }
+
+    /// Builds Guests/NAME.c into an ELF that loads at 16 MiB.
+    static func build(_ name: String) throws -> String {
+        let elf = "\(out)/\(name).elf"
+        if FileManager.default.fileExists(atPath: elf) { return elf }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["cc", "-O1", "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie", "-mno-red-zone", "-mgeneral-regs-only",
+                       "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-Wl,-T,\(dir)/guest.ld", "-Wl,--build-id=none",
+                       "-Wl,--no-warn-rwx-segments", "-o", elf + ".tmp", "\(dir)/\(name).c"]
+        let err = Pipe()
+        p.standardError = err
+        try p.run()
+        let msg = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw VMMError("cc could not build guest \(name): \(String(decoding: msg, as: UTF8.self))") }
+        try FileManager.default.moveItem(atPath: elf + ".tmp", toPath: elf)
+        return elf
+    }
+
+    final class Console: @unchecked Sendable {
+        let lock = NSLock()
+        var bytes: [UInt8] = []
+        var text: String { lock.withLock { String(decoding: bytes, as: UTF8.self) } }
+        func append(_ b: [UInt8]) { lock.withLock { bytes += b } }
+    }
+
+    /// Boots a guest in this process; returns how it ended and its console.
+    static func run(_ name: String, cmdline: String = "console=ttyS0", vcpus: Int = 1, memoryMB: Int = 64,
+                    cpus: [Int] = [], running: (@Sendable ([Int32]) -> Void)? = nil) throws -> (MachineEnd, String, Machine) {
+        let elf = try build(name)
+        let console = Console()
+        var c = MachineConfig(kernel: [UInt8](try Data(contentsOf: URL(fileURLWithPath: elf))), commandLine: cmdline, vcpus: vcpus,
+                              memoryMB: memoryMB, cpus: cpus, console: { console.append($0) })
+        c.running = running
+        let m = try Machine(c)
+        let end = m.run()
+        return (end, console.text, m)
+    }
+}
+
+@Suite(.serialized) struct ConformanceTests {
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theZeroPageE820AndCommandLineAreAsDocumented() throws {
+        let (end, console, _) = try Guests.run("bootparams", cmdline: "console=ttyS0 conformance=bootparams")
+        #expect(end == .exited(0), "\(console)")
+        #expect(console.contains("bootparams: ok"))
+        #expect(console.contains("cmdline: console=ttyS0 conformance=bootparams"))
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func unassignedPortsAndMMIOAreHarmlessAndTheExitPortCarriesTheStatus() throws {
+        let (end, console, _) = try Guests.run("ports")
+        #expect(end == .exited(42), "\(console)")
+        #expect(console.contains("ports: ok"))
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theRTCGivesTheHostsTime() throws {
+        let before = Date()
+        let (end, console, _) = try Guests.run("rtc")
+        #expect(end == .exited(0), "\(console)")
+        let line = console.split(separator: "\n").first { $0.hasPrefix("rtc: ") }.map { String($0.dropFirst(5)) } ?? ""
+        let f = DateFormatter()
+        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        f.timeZone = TimeZone(identifier: "UTC")
+        let t = try #require(f.date(from: line), "the guest printed '\(line)'")
+        #expect(abs(t.timeIntervalSince(before)) < 120, "guest \(t), host \(before)")
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theI8042ResetEndsTheVMAsAReset() throws {
+        let (end, console, _) = try Guests.run("reset")
+        #expect(end == .reset, "\(console)")
+        #expect(!console.contains("FAIL"))
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func aTripleFaultEndsTheVMWithAClearReason() throws {
+        let (end, console, _) = try Guests.run("triplefault")
+        guard case .shutdown(let why) = end else { Issue.record("ended \(end); console: \(console)"); return }
+        #expect(why.contains("triple fault"), "\(why)")
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func eachVCPUThreadRunsOnItsOwnHostCPU() throws {
+        let cpus = Array(0..<min(2, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
+        // Read each vCPU thread's affinity from /proc while it runs (the callback comes just before entry).
+        let seen = Guests.Console()
+        let (end, console, m) = try Guests.run("bootparams", cmdline: "console=ttyS0 conformance=bootparams", vcpus: cpus.count, cpus: cpus,
+                                              running: { tids in
+            for t in tids {
+                let status = (try? String(contentsOfFile: "/proc/self/task/\(t)/status", encoding: .utf8)) ?? ""
+                let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") } ?? ""
+                seen.append(Array("\(t)=\(line.split(separator: "\t").last ?? "")\n".utf8))
+            }
+        })
+        #expect(end == .exited(0), "\(console)")
+        let tids = m.vcpuThreadIDs
+        #expect(tids.count == cpus.count && !tids.contains(0))
+        for (i, t) in tids.enumerated() { #expect(seen.text.contains("\(t)=\(cpus[i])\n"), "vCPU \(i): \(seen.text)") }
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theCLIRunsAConformanceGuestEndToEnd() throws {
+        let elf = try Guests.build("ports")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.environment["SLURM_VM_BIN"] ?? Guests.repo + "/.build/debug/slurm-vm")
+        p.arguments = ["vm", "run", "--backend", "embedded", "--kernel", elf, "--mem", "64M", "--append", "console=ttyS0"]
+        var env = ProcessInfo.processInfo.environment
+        env["SLURM_VM_RUNDIR"] = Guests.out + "/run"
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out; p.standardError = err
+        try p.run()
+        let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 42, "stdout: \(o)\nstderr: \(e)")
+        #expect(o.contains("ports: ok"))
+        #expect(e.contains("exited with status 42"))
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func badMachineRequestsAreClearErrors() throws {
+        let elf = [UInt8](try Data(contentsOf: URL(fileURLWithPath: try Guests.build("ports"))))
+        func error(_ c: MachineConfig) -> String {
+            do { _ = try Machine(c); return "" } catch { return "\(error)" }
+        }
+        #expect(error(MachineConfig(kernel: elf, vcpus: 2, cpus: [0], console: { _ in })).contains("need 2 host CPUs"))
+        #expect(error(MachineConfig(kernel: elf, vcpus: 2, cpus: [0, 0], console: { _ in })).contains("given twice"))
+        #expect(error(MachineConfig(kernel: elf, memoryMB: 8, console: { _ in })).contains("16 MiB"))
+        #expect(error(MachineConfig(kernel: [1, 2, 3], console: { _ in })).contains("neither an ELF vmlinux nor a bzImage"))
+        #expect(error(MachineConfig(kernel: elf, memoryMB: 16, console: { _ in })).contains("does not fit in 16 MiB of guest memory"))
+        #expect(error(MachineConfig(kernel: elf, memoryMB: 32, console: { _ in })).isEmpty)
+        #expect(error(MachineConfig(kernel: elf, initrd: [UInt8](repeating: 0, count: 20 << 20), memoryMB: 32, console: { _ in })).contains("does not fit"))
+    }
+}
