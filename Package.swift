@@ -36,7 +36,8 @@ let package = Package(
         // (KVM, VM, vCPU, guest memory) and devices, assembled by Machine. No Foundation: its RSS budget
         // beyond guest RAM is a few MiB.
         .target(name: "VMM", dependencies: ["CKVM", "CLinux"]),
-        .executableTarget(name: "slurm-vm-vmm", dependencies: ["VMM"]),
+        // Linked with the Swift runtime inside, so the process maps only what it touches (RSS budget).
+        .executableTarget(name: "slurm-vm-vmm", dependencies: ["VMM"], linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
         // The ClassAd language (HTCondor "new ClassAd" semantics) and the matchmaker.
         .target(name: "ClassAd", dependencies: ["CPCRE2"]),
         // Image records and their ads, the SQLite store, content-addressed blobs, the job ad of a request.

@@ -109,8 +109,8 @@ enum Guests {
         let cpus = Array(0..<min(2, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))))
         // Read each vCPU thread's affinity from /proc while it runs (the callback comes just before entry).
         let seen = Guests.Console()
-        let (end, console, m) = try Guests.run("bootparams", cmdline: "console=ttyS0 conformance=bootparams", vcpus: cpus.count, cpus: cpus,
-                                              running: { tids in
+        // The smp guest: every vCPU runs guest code (the APs after INIT/SIPI), each on its own CPU.
+        let (end, console, m) = try Guests.run("smp", vcpus: cpus.count, cpus: cpus, running: { tids in
             for t in tids {
                 let status = (try? String(contentsOfFile: "/proc/self/task/\(t)/status", encoding: .utf8)) ?? ""
                 let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") } ?? ""
@@ -118,9 +118,25 @@ enum Guests {
             }
         })
         #expect(end == .exited(0), "\(console)")
+        #expect(console.contains("smp: \(cpus.count - 1) application processors checked in"), "\(console)")
         let tids = m.vcpuThreadIDs
         #expect(tids.count == cpus.count && !tids.contains(0))
         for (i, t) in tids.enumerated() { #expect(seen.text.contains("\(t)=\(cpus[i])\n"), "vCPU \(i): \(seen.text)") }
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theUARTsTHREmptyInterruptReachesTheGuest() throws {
+        let (end, console, _) = try Guests.run("serialirq")
+        #expect(end == .exited(0), "\(console)")
+        #expect(console.contains("interrupts"))
+    }
+
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func applicationProcessorsStartByINITAndSIPIFromTheMPTable() throws {
+        // Four vCPUs, unpinned (this machine may have fewer cores): the MP table lists four, and three APs
+        // check in, each with its own APIC id.
+        let (end, console, _) = try Guests.run("smp", vcpus: 4)
+        #expect(end == .exited(0), "\(console)")
+        #expect(console.contains("smp: 4 processors in the MP table"))
+        #expect(console.contains("smp: 3 application processors checked in"))
     }
 
     @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theCLIRunsAConformanceGuestEndToEnd() throws {

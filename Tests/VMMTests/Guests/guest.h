@@ -11,7 +11,7 @@ static inline u8 inb(u16 p) { u8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "N
 static inline u32 inl(u16 p) { u32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(p)); return v; }
 
 #define COM1 0x3f8
-#define EXIT_PORT 0x510
+#define EXIT_PORT 0x501
 
 static void putc_(char c) { while (!(inb(COM1 + 5) & 0x20)) {} outb(COM1, (u8)c); }
 static void puts_(const char *s) { while (*s) putc_(*s++); }
