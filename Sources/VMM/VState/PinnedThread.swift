@@ -7,14 +7,14 @@ import Glibc
 #endif
 
 public final class PinnedThread: @unchecked Sendable {
-    final class Box { let body: () -> Void; let cpu: Int?; var tid: Int32 = 0
-        var pinError: Int32 = 0
+    final class Box { let body: () -> Void; let cpu: Int?
         init(_ b: @escaping () -> Void, _ c: Int?) { body = b; cpu = c } }
     private var thread = pthread_t()
     private let box: Box
     private var joined = false
 
-    /// Starts `body` on a new thread pinned to `cpu` (nil: the creator's affinity).
+    /// Starts `body` on a new thread pinned to `cpu` (nil: the creator's affinity). The pin is best
+    /// effort (it only places first-touch memory); vCPU threads pin themselves and fail loudly.
     public init(cpu: Int?, stackSize: Int = 256 << 10, _ body: @escaping () -> Void) throws {
         box = Box(body, cpu)
         var attr = pthread_attr_t()
@@ -24,11 +24,9 @@ public final class PinnedThread: @unchecked Sendable {
         let arg = Unmanaged.passRetained(box).toOpaque()
         let r = pthread_create(&thread, &attr, { p in
             let b = Unmanaged<Box>.fromOpaque(p!).takeRetainedValue()
-            b.tid = clinux_gettid()
             if let c = b.cpu {
                 var cpu = Int32(c)
-                let r = clinux_set_affinity(0, &cpu, 1)
-                if r != 0 { b.pinError = -r }
+                _ = clinux_set_affinity(0, &cpu, 1)
             }
             b.body()
             return nil
