@@ -133,7 +133,7 @@ public final class Machine: @unchecked Sendable {
     func attachDevices() throws {
         let vm = self.vm
         let console = config.console
-        try ports.attach(Serial(output: console, interrupt: { vm.irqLine(4, false); vm.irqLine(4, true) }), base: 0x3f8, count: 8)
+        try ports.attach(Serial(output: console, interrupt: { vm.edge(4) }), base: 0x3f8, count: 8)
         try ports.attach(CMOS(), base: 0x70, count: 2)
         try ports.attach(I8042(reset: { [unowned self] in finish(.reset) }), base: 0x60, count: 5)
         try ports.attach(Sink(), base: 0x80, count: 1)

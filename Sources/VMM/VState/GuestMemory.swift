@@ -102,12 +102,6 @@ public final class GuestMemory: @unchecked Sendable {
         s.storeBytes(of: v.littleEndian, as: T.self)
     }
 
-    public func read<T: FixedWidthInteger>(_: T.Type, at gpa: UInt64) throws -> T {
-        let s = try slice(gpa, MemoryLayout<T>.size)
-        return T(littleEndian: s.loadUnaligned(as: T.self))
-    }
-
-    public func bytes(at gpa: UInt64, count: Int) throws -> [UInt8] { Array(try slice(gpa, count)) }
 }
 
 /// Monotonic seconds.

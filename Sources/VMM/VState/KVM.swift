@@ -57,16 +57,4 @@ public final class KVM: @unchecked Sendable {
             return Array(out.prefix(Int(n)))
         }
     }
-
-    /// Whether this host virtualizes in hardware (vmx/svm): only then can a stock Linux guest run.
-    public static var hardwareVirtualization: Bool {
-        guard let f = fopen("/proc/cpuinfo", "r") else { return false }
-        defer { fclose(f) }
-        var line = [CChar](repeating: 0, count: 8192)
-        while fgets(&line, Int32(line.count), f) != nil {
-            let s = String(cString: line)
-            if s.hasPrefix("flags") { return s.split(separator: " ").contains { $0 == "vmx" || $0 == "svm" || $0 == "vmx\n" || $0 == "svm\n" } }
-        }
-        return false
-    }
 }

@@ -92,5 +92,4 @@ public final class VCPU: @unchecked Sendable {
 
     /// Makes the next (or the current) KVM_RUN return at once; with a signal, the thread leaves the guest.
     public func requestExit() { ckvm_set_immediate_exit(run, 1) }
-    func clearExitRequest() { ckvm_set_immediate_exit(run, 0) }
 }

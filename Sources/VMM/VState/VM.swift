@@ -38,10 +38,10 @@ public final class VM: @unchecked Sendable {
         _ = ckvm_irq_line(fd, irq, level ? 1 : 0)
     }
 
-    /// An edge: raise then lower, as the ISA devices' edge-triggered lines need.
-    public func pulse(_ irq: UInt32) {
-        irqLine(irq, true)
+    /// A rising edge for an edge-triggered ISA line: lower, then raise (the line stays high until the next).
+    public func edge(_ irq: UInt32) {
         irqLine(irq, false)
+        irqLine(irq, true)
     }
 }
 
