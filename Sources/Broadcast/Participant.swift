@@ -87,6 +87,8 @@ public final class Participant: @unchecked Sendable {
     deinit {
         if !ended { result.fail(BroadcastError("rank \(config.rank) of transfer '\(config.transfer)' was abandoned")) }
         server?.close(promise: nil)
+        // An abandoned rank never ran shutdown(); NIO traps if a handle dies open.
+        try? handle?.close()
     }
 
     /// Starts this rank at its address in config.addresses (blocking until it listens); the future

@@ -84,6 +84,31 @@ import Testing
         #expect("\(e)".contains("not the expected \(wrong)"))
         #expect(!FileManager.default.fileExists(atPath: dir + "/copy1"))
     }
+
+    /// A daemon stopping mid-transfer drops its ranks with their event loops: the rank is abandoned
+    /// (its future fails) and its sendfile handle is closed, not left for NIO to trap on.
+    @Test func aRankDroppedWithItsEventLoopsFailsCleanly() throws {
+        let dir = Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let want = Self.randomFile(dir + "/src", 300_000)
+        let base = Int.random(in: 20000...40000)
+        var c = ParticipantConfig(rank: 0, addresses: ["127.0.0.1:\(base)", "127.0.0.1:\(base + 1)"])
+        c.source = dir + "/src"
+        c.digest = want
+        c.giveUpSeconds = 60
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        _ = try Participant(c, group: group).start()
+        Thread.sleep(forTimeInterval: 0.2)   // rank 1 never comes; rank 0 waits with its file open
+        #expect(Self.openDescriptors(of: dir + "/src") > 0)
+        try group.syncShutdownGracefully()   // (its future can no longer complete: its loop is gone)
+        #expect(Self.openDescriptors(of: dir + "/src") == 0, "the dropped rank closed its copy of the image")
+    }
+
+    /// How many of this process's descriptors are open on `path`.
+    static func openDescriptors(of path: String) -> Int {
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return fds.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + $0)) == path }.count
+    }
 }
 
 /// Futures are Sendable already; this keeps them in a dictionary without a warning.
