@@ -100,7 +100,7 @@ let package = Package(
         // End to end through the built `slurm-vm` binary: builds the minimal image and boots real guests.
         .testTarget(name: "GuestTests", dependencies: ["Catalog"]),
         .testTarget(name: "BroadcastTests", dependencies: ["Broadcast", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "CKVM"], exclude: ["Guests"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "CKVM", "Runner"], exclude: ["Guests"]),
         .testTarget(name: "NodeTests", dependencies: ["Node", "Daemon", "Runner"]),
     ],
     swiftLanguageModes: [.v6]

@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/io.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -438,13 +439,25 @@ static void send_ready(uint64_t nonce) {
     free(b.p);
 }
 
+/* Powers the guest off. Under the embedded VMM there is no ACPI to power off with; the command line
+ * names its paravirtual exit port (slurmvm.exitport=0x501), where writing 0 ends the VM as a clean
+ * power-off. Elsewhere (or if the port cannot be reached) the kernel powers off as usual. */
+static void power_off(void) {
+    const char *p = cmdline_value("slurmvm.exitport");
+    if (p) {
+        unsigned long port = strtoul(p, NULL, 0);
+        if (port > 0 && port < 0xfffc && ioperm(port, 4, 1) == 0) outl(0, (unsigned short)port);
+    }
+    reboot(RB_POWER_OFF);
+}
+
 static void shutdown_guest(uint32_t mode) {
     kill_all(SIGTERM);
     usleep(100000);
     kill_all(SIGKILL);
     sync();
     if (!is_init) exit(0);
-    reboot(mode == 1 ? RB_AUTOBOOT : RB_POWER_OFF);
+    if (mode == 1) reboot(RB_AUTOBOOT); else power_off();
     for (;;) pause();
 }
 
@@ -550,7 +563,7 @@ int main(int argc, char **argv) {
         if (is_init && cmdline_value("slurmvm.bootonly")) {
             logmsg("boot-only: user space reached at %llu ms of guest uptime", (unsigned long long)uptime_ms());
             sync();
-            reboot(RB_POWER_OFF);
+            power_off();
         }
         chan = open_channel();
     }

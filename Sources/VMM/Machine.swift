@@ -24,6 +24,11 @@ public struct MachineConfig: Sendable {
     public var console: @Sendable ([UInt8]) -> Void
     /// Called once every vCPU thread is pinned and about to enter the guest, with their thread ids.
     public var running: (@Sendable ([Int32]) -> Void)? = nil
+    /// A Unix socket to listen on for the guest agent's channel (a virtio-console port); nil: none.
+    public var agentSocket: String? = nil
+    /// A root disk (virtio-blk), read-only unless `diskWritable`.
+    public var disk: String? = nil
+    public var diskWritable = false
 
     public init(kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "", vcpus: Int = 1, memoryMB: Int = 64,
                 cpus: [Int] = [], housekeeping: Int? = nil, hugepages: Bool = false, console: @escaping @Sendable ([UInt8]) -> Void) {
@@ -58,7 +63,14 @@ public final class Machine: @unchecked Sendable {
     public let memory: GuestMemory
     public let vcpus: [VCPU]
     public let ports = PortBus()
+    public let pci = PCIBus()
     public let kernel: LoadedKernel
+    /// The agent channel's host end, when configured.
+    public private(set) var channel: HostChannel?
+    public private(set) var console: VirtioConsole?
+    public private(set) var block: VirtioBlock?
+    /// PCI slot and interrupt line of each virtio function, for the MP table.
+    var pciLines: [(slot: Int, line: UInt8)] = []
     let end = Mutex<MachineEnd?>(nil)
     /// Host thread id of each vCPU once it runs.
     let tids: Mutex<[Int32]>
@@ -98,7 +110,6 @@ public final class Machine: @unchecked Sendable {
             zero = BootParams(kernel: kernel, ram: bytes, commandLine: Layout.commandLine, commandLineSize: cmdline.count - 1, initrd: placed)
         }
         try memory.write(zero.page, at: Layout.zeroPage)
-        try memory.write(try MPTable.build(cpus: c.vcpus), at: Layout.mpTable)
 
         let supported = try kvm.supportedCPUID()
         var made: [VCPU] = []
@@ -111,6 +122,8 @@ public final class Machine: @unchecked Sendable {
         }
         vcpus = made
         tids = Mutex([Int32](repeating: 0, count: c.vcpus))
+        try plugVirtio()
+        try memory.write(try MPTable.build(cpus: c.vcpus, pci: pciLines), at: Layout.mpTable)
         try bootstrap(made[0])
         try attachDevices()
     }
@@ -130,6 +143,35 @@ public final class Machine: @unchecked Sendable {
         try v.setRegs(r)
     }
 
+    /// ISA lines nothing else uses, for the virtio functions' INTA# (so a guest on the 8259s alone
+    /// can use them too).
+    static let pciLines: [UInt8] = [10, 11, 5, 9]
+
+    /// The virtio functions the config asks for, each with its BAR in the PCI I/O window.
+    func plugVirtio() throws {
+        var devices: [VirtioDevice] = []
+        if let path = config.agentSocket {
+            let ch = try HostChannel(path: path, bus: ports)
+            let con = VirtioConsole(wake: { [weak ch] in ch?.wake() })
+            channel = ch; console = con
+            devices.append(con)
+        }
+        if let path = config.disk {
+            let b = try VirtioBlock(path: path, writable: config.diskWritable)
+            block = b
+            devices.append(b)
+        }
+        let vm = self.vm
+        for (i, d) in devices.enumerated() {
+            let line = Self.pciLines[i]
+            let base = try pci.allocateIO(VirtioTransport.ioSize(for: d))
+            let t = VirtioTransport(d, memory: memory, ioBase: base, irq: UInt32(line),
+                                    line: { irq, level in vm.irqLine(irq, level) },
+                                    fault: { [unowned self] why in finish(.failed(why)) })
+            pciLines.append((try pci.plug(t), line))
+        }
+    }
+
     func attachDevices() throws {
         let vm = self.vm
         let console = config.console
@@ -138,6 +180,8 @@ public final class Machine: @unchecked Sendable {
         try ports.attach(I8042(reset: { [unowned self] in finish(.reset) }), base: 0x60, count: 5)
         try ports.attach(Sink(), base: 0x80, count: 1)
         try ports.attach(ExitPort(exit: { [unowned self] s in finish(.exited(s)) }), base: ExitPort.port, count: 4)
+        try ports.attach(pci, base: PCIBus.configPorts, count: 8)
+        try ports.attach(pci.window, base: PCIBus.ioWindow, count: PCIBus.ioWindowSize)
     }
 
     /// Records how the VM ends (the first reason wins) and makes every vCPU leave the guest.
@@ -158,6 +202,10 @@ public final class Machine: @unchecked Sendable {
     /// Runs the guest until it ends.
     public func run() -> MachineEnd {
         Kick.install()
+        if let ch = channel, let con = console {
+            do { try ch.start(console: con, cpu: config.housekeeping) } catch { finish(.failed("\(error)")) }
+        }
+        defer { channel?.stop() }
         for (i, v) in vcpus.enumerated() {
             let cpu = config.cpus.isEmpty ? nil : config.cpus[i]
             do {

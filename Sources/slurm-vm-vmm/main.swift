@@ -3,6 +3,10 @@
 //
 //   slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB]
 //                [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]
+//                [--agent-socket PATH] [--disk FILE [--disk-writable]]
+//
+// --agent-socket PATH listens there for the host end of the guest agent's virtio-console port
+// (org.slurm-vm.agent); --disk FILE is the guest's virtio-blk disk, read-only unless --disk-writable.
 //
 // --ready FILE gets the vCPUs' host thread ids (one line, comma-separated) once all run pinned, written
 // to FILE.tmp and renamed, so a reader never sees half of it. --report FILE gets how the guest ended
@@ -65,6 +69,7 @@ func megabytes(_ s: String) -> Int {
 
 var kernelPath: String?, initrdPath: String?, append = "", vcpus = 1, mem = 64, cpus: [Int] = [], housekeeping: Int?
 var hugepages = false, consolePath: String?, reportPath: String?, readyPath: String?
+var agentSocket: String?, diskPath: String?, diskWritable = false
 var args = CommandLine.arguments.dropFirst()
 @MainActor func value(_ flag: String) -> String {
     guard let v = args.popFirst() else { fail("\(flag) needs a value", 2) }
@@ -83,8 +88,11 @@ while let a = args.popFirst() {
     case "--console": consolePath = value(a)
     case "--report": reportPath = value(a)
     case "--ready": readyPath = value(a)
+    case "--agent-socket": agentSocket = value(a)
+    case "--disk": diskPath = value(a)
+    case "--disk-writable": diskWritable = true
     case "-h", "--help":
-        print("usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]")
+        print("usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]]")
         exit(0)
     default: fail("unknown option \(a) (see --help)", 2)
     }
@@ -110,6 +118,10 @@ let start = Clock.now()
 var config = MachineConfig(kernel: readFile(kernelPath), initrd: initrdPath.map(readFile), commandLine: append, vcpus: vcpus, memoryMB: mem,
                            cpus: cpus, housekeeping: housekeeping, hugepages: hugepages,
                            console: { bytes in bytes.withUnsafeBytes { _ = write(consoleFD, $0.baseAddress, $0.count) } })
+config.agentSocket = agentSocket
+config.disk = diskPath
+config.diskWritable = diskWritable
+if diskWritable && diskPath == nil { fail("--disk-writable needs --disk", 2) }
 if let readyPath { config.running = { tids in writeAtomically(tids.map(String.init).joined(separator: ",") + "\n", to: readyPath) } }
 let machine: Machine
 do { machine = try Machine(config) } catch { fail("\(error)") }

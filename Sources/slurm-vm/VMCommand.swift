@@ -17,32 +17,35 @@ struct VMCommand: ParsableCommand {
         subcommands: [Run.self, List.self, Exec.self, Stop.self])
 
     struct BackendOptions: ParsableArguments {
-        @Option(help: "qemu, or embedded (our KVM VMM; raw mode only so far).") var backend: String = "qemu"
-        @Option(help: "Force the accelerator: kvm or tcg (default: kvm where the host has vmx/svm).") var accel: String?
+        @Option(help: "auto (embedded where the host has vmx/svm, else qemu), qemu, or embedded (our KVM VMM).") var backend: String = "auto"
+        @Option(help: "Force QEMU's accelerator: kvm or tcg (default: kvm where the host has vmx/svm).") var accel: String?
         @Flag(help: "Say which backend and accelerator run the guests.") var verbose = false
 
-        func make(records: GuestRecords) throws -> QEMUBackend {
-            switch backend {
-            case "qemu": break
-            case "embedded": throw RunnerError.unsupported("the embedded VMM cannot carry the guest agent yet, so images run with --backend qemu (raw mode, --kernel, works with embedded)")
-            default: throw ValidationError("--backend must be qemu or embedded")
-            }
-            return try qemu(records: records)
-        }
-
-        /// Raw mode may use either backend.
-        func makeRaw(records: GuestRecords) throws -> (any Hypervisor, Accelerator?) {
+        /// The backend for guests; `auto` follows the host: our VMM where KVM has hardware
+        /// virtualization (and slurm-vm-vmm is installed), QEMU otherwise (TCG without vmx/svm).
+        func make(records: GuestRecords) throws -> (any Hypervisor, Accelerator?) {
             switch backend {
             case "qemu": let q = try qemu(records: records); return (q, q.accelerator)
-            case "embedded":
-                let e = try EmbeddedBackend()
-                if !HostFacts.hasHardwareVirtualization {
-                    warn("note: this host's KVM has no vmx/svm (PVM or nested): guest ring 0 is emulated, so a Linux kernel crawls and never reaches user space; small freestanding guests run")
+            case "embedded": return (try embedded(), .kvm)
+            case "auto":
+                if accel == nil && HostFacts.hasHardwareVirtualization && HostFacts.kvmUsable, let e = try? EmbeddedBackend() {
+                    if verbose { warn("backend embedded (\(e.binary)): KVM with hardware virtualization") }
+                    return (e, .kvm)
                 }
-                if verbose { warn("backend embedded (\(e.binary)), KVM \(HostFacts.hasHardwareVirtualization ? "with" : "without") hardware virtualization") }
-                return (e, .kvm)
-            default: throw ValidationError("--backend must be qemu or embedded")
+                let q = try qemu(records: records)
+                return (q, q.accelerator)
+            default: throw ValidationError("--backend must be auto, qemu or embedded")
             }
+        }
+
+        func embedded() throws -> EmbeddedBackend {
+            guard accel == nil || accel == "kvm" else { throw ValidationError("--accel \(accel!) is QEMU's; the embedded VMM always runs on KVM") }
+            let e = try EmbeddedBackend()
+            if !HostFacts.hasHardwareVirtualization {
+                warn("note: this host's KVM has no vmx/svm (PVM or nested): guest ring 0 is emulated, so a Linux kernel crawls and never reaches user space; small freestanding guests run")
+            }
+            if verbose { warn("backend embedded (\(e.binary)), KVM \(HostFacts.hasHardwareVirtualization ? "with" : "without") hardware virtualization") }
+            return e
         }
 
         func qemu(records: GuestRecords) throws -> QEMUBackend {
@@ -130,7 +133,7 @@ struct VMCommand: ParsableCommand {
             // A blob that no longer matches its digest must never boot.
             for a in rec.artefacts { try cat.blobs.verify(a.digest) }
             let records = try GuestRecords()
-            let hv = try be.make(records: records)
+            let (hv, accelerator) = try be.make(records: records)
             let cmdline = [rec.cmdline, append ?? ""].filter { !$0.isEmpty }.joined(separator: " ")
             let specs = (0..<count).map { i -> GuestSpec in
                 let id = records.newID(prefix: rec.name)
@@ -139,7 +142,7 @@ struct VMCommand: ParsableCommand {
                                  initrd: rec.artefact("initrd").map { cat.blobs.path(of: $0.digest) },
                                  disk: rec.artefact("disk").map { cat.blobs.path(of: $0.digest) },
                                  cmdline: cmdline, vcpus: vcpus, memoryMB: memMB, cpus: p.perGuest[i], housekeeping: p.housekeeping,
-                                 agent: true, hugepages: huge, runDir: records.dir(id), keep: keep, accelerator: hv.accelerator)
+                                 agent: true, hugepages: huge, runDir: records.dir(id), keep: keep, accelerator: accelerator)
             }
             let teardown = Teardown(catalog: cat)
             teardown.install()
@@ -215,7 +218,7 @@ struct VMCommand: ParsableCommand {
             guard count == 1 else { throw RunnerError.invalidRequest("raw mode boots one guest; drop --count") }
             let p = try plan(1)
             let records = try GuestRecords()
-            let (hv, accelerator) = try be.makeRaw(records: records)
+            let (hv, accelerator) = try be.make(records: records)
             let id = records.newID(prefix: "raw")
             let spec = GuestSpec(id: id, kernel: kernel, initrd: initrd, cmdline: append ?? "", vcpus: vcpus,
                                  memoryMB: try memoryMB(default: 256), cpus: p.perGuest[0], housekeeping: p.housekeeping,

@@ -162,9 +162,18 @@ struct Guests {
                              "--append", "rdinit=/usr/bin/busybox -- halt -f"])
         #expect(h.code == 0, "\(h.err)")
         #expect(h.err.contains("guest halted") || h.err.contains("guest powered off"), "\(h.err)")
-        // The embedded VMM boots raw kernels (Tests/VMMTests); it cannot carry the agent yet, so images say so.
-        let e = Harness.run(["vm", "run", "--image", "minimal", "--backend", "embedded", "--", "true"])
-        #expect(e.code == 1 && e.err.contains("cannot carry the guest agent yet"), "\(e.err)")
+        Harness.expectClean()
+    }
+
+    /// The image on our own VMM: Linux boots, finds the virtio-pci console, and the agent runs the
+    /// command. Only where KVM has hardware virtualization: under PVM (these CI machines) a Linux guest
+    /// cannot reach user space, and the test says so instead of pretending.
+    @Test(.enabled(if: Harness.hardwareVirtualization, "SKIPPED: no vmx/svm on this host (PVM); Linux cannot reach user space under the embedded VMM here"))
+    func theEmbeddedVMMBootsTheMinimalImage() throws {
+        let r = Harness.run(["vm", "run", "--backend", "embedded", "--image", "minimal", "--verbose", "--", "uname", "-a"], timeout: 120)
+        #expect(r.code == 0, "\(r.err)")
+        #expect(r.out.hasPrefix("Linux ") && r.out.contains(" 6.1."), "\(r.out)")
+        #expect(r.err.contains("backend embedded"), "\(r.err)")
         Harness.expectClean()
     }
 

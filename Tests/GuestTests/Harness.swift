@@ -27,6 +27,17 @@ enum Harness {
     }()
     static var canBoot: Bool { qemuMissing == nil }
 
+    /// vmx or svm in /proc/cpuinfo; said loudly when absent, since a test then skips.
+    static let hardwareVirtualization: Bool = {
+        let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let flags = info.split(separator: "\n").first { $0.hasPrefix("flags") }.map { $0.split(separator: " ") } ?? []
+        let has = flags.contains("vmx") || flags.contains("svm")
+        if !has {
+            FileHandle.standardError.write(Data("\n*** SKIPPED: this host has no vmx/svm (its KVM is PVM or absent): the embedded VMM cannot boot Linux images here; theEmbeddedVMMBootsTheMinimalImage runs on hosts with hardware virtualization ***\n\n".utf8))
+        }
+        return has
+    }()
+
     struct Result { var code: Int32; var out: String; var err: String; var outBytes: Data }
 
     /// Runs slurm-vm with the harness's catalog and run directory (plus `env`).

@@ -5,6 +5,7 @@
 import Foundation
 import Testing
 @testable import VMM
+import Runner
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -55,12 +56,14 @@ enum Guests {
 
     /// Boots a guest in this process; returns how it ended and its console.
     static func run(_ name: String, cmdline: String = "console=ttyS0", vcpus: Int = 1, memoryMB: Int = 64,
-                    cpus: [Int] = [], running: (@Sendable ([Int32]) -> Void)? = nil) throws -> (MachineEnd, String, Machine) {
+                    cpus: [Int] = [], running: (@Sendable ([Int32]) -> Void)? = nil,
+                    configure: (inout MachineConfig) -> Void = { _ in }) throws -> (MachineEnd, String, Machine) {
         let elf = try build(name)
         let console = Console()
         var c = MachineConfig(kernel: [UInt8](try Data(contentsOf: URL(fileURLWithPath: elf))), commandLine: cmdline, vcpus: vcpus,
                               memoryMB: memoryMB, cpus: cpus, console: { console.append($0) })
         c.running = running
+        configure(&c)
         let m = try Machine(c)
         let end = m.run()
         return (end, console.text, m)
@@ -139,6 +142,35 @@ enum Guests {
         #expect(console.contains("smp: 3 application processors checked in"))
     }
 
+    /// The virtio guest against the real host ends: the agent socket (spoken to with the runner's own
+    /// frame codec) and a disk file. The guest answers HELLO with READY and echoes 20000 bytes; it reads
+    /// sector 5 as written here, and what it writes to sector 9 lands in the file.
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func virtioPCIConsoleAndDiskWorkFromAGuestDriver() throws {
+        let dir = Guests.out + "/virtio-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var disk = [UInt8](repeating: 0, count: 64 * 512)
+        for s in 0..<64 { for i in 0..<512 { disk[s * 512 + i] = UInt8(truncatingIfNeeded: s + i) } }
+        FileManager.default.createFile(atPath: dir + "/disk", contents: Data(disk))
+        let sock = dir + "/agent.sock"
+        let host = AgentHost(sock)
+        let t = Thread { host.converse() }
+        t.start()
+        let (end, console, _) = try Guests.run("virtio", configure: { c in
+            c.agentSocket = sock
+            c.disk = dir + "/disk"
+            c.diskWritable = true
+        })
+        host.done.wait()
+        #expect(end == .exited(0), "\(console)")
+        #expect(console.contains("virtio: ok"), "\(console)")
+        #expect(host.log.text.contains("ready nonce ok, hostname conformance"), "\(host.log.text)")
+        #expect(host.log.text.contains("echo 20000 bytes intact"), "\(host.log.text)")
+        let after = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/disk")))
+        #expect(Array(after[(9 * 512)..<(10 * 512)]) == (0..<512).map { UInt8(truncatingIfNeeded: 0xa5 ^ $0) }, "sector 9 as the guest wrote it")
+        #expect(after[0..<(9 * 512)] == disk[0..<(9 * 512)], "nothing else changed")
+    }
+
     @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theCLIRunsAConformanceGuestEndToEnd() throws {
         let elf = try Guests.build("ports")
         let p = Process()
@@ -170,5 +202,59 @@ enum Guests {
         #expect(error(MachineConfig(kernel: elf, memoryMB: 16, console: { _ in })).contains("does not fit in 16 MiB of guest memory"))
         #expect(error(MachineConfig(kernel: elf, memoryMB: 32, console: { _ in })).isEmpty)
         #expect(error(MachineConfig(kernel: elf, initrd: [UInt8](repeating: 0, count: 20 << 20), memoryMB: 32, console: { _ in })).contains("does not fit"))
+    }
+}
+
+/// The runner's side of the agent channel for the virtio guest: connect, HELLO, READY, a STDIN frame
+/// of 20000 bytes and its echo.
+final class AgentHost: @unchecked Sendable {
+    let path: String
+    let log = Guests.Console()
+    let done = DispatchSemaphore(value: 0)
+    init(_ p: String) { path = p }
+
+    func say(_ s: String) { log.append(Array((s + "\n").utf8)) }
+
+    func converse() {
+        defer { done.signal() }
+        var fd: Int32 = -1
+        for _ in 0..<500 {
+            fd = Self.connect(path)
+            if fd >= 0 { break }
+            usleep(10_000)
+        }
+        guard fd >= 0 else { return say("could not connect to \(path)") }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var decoder = AgentFrameDecoder()
+        func send(_ f: AgentFrame) { let b = f.encoded; _ = b.withUnsafeBytes { write(fd, $0.baseAddress!, b.count) } }
+        func next() -> AgentFrame? {
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                if let f = decoder.next() { return f }
+                let n = read(fd, &buf, buf.count)
+                guard n > 0 else { return nil }
+                decoder.feed(buf[0..<n])
+            }
+        }
+        let nonce = UInt64.random(in: 1...UInt64.max)
+        send(AgentCodec.hello(nonce: nonce))
+        guard let r = next(), r.type == AgentFrameType.ready.rawValue, let info = AgentCodec.ready(r) else { return say("no READY") }
+        say("ready nonce \(info.nonce == nonce ? "ok" : "wrong"), hostname \(info.hostname)")
+        let payload = (0..<20000).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) }
+        send(AgentFrame(.stdin, session: 7, payload: payload))
+        guard let e = next() else { return say("no echo") }
+        say("echo \(e.payload.count) bytes \(e.type == AgentFrameType.stdout.rawValue && e.session == 7 && e.payload == payload ? "intact" : "wrong")")
+    }
+
+    static func connect(_ path: String) -> Int32 {
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var a = sockaddr_un()
+        a.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &a.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+        let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        if r != 0 { close(s); return -1 }
+        return s
     }
 }

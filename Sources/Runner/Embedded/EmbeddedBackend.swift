@@ -1,6 +1,9 @@
 // The embedded VMM as a backend: one slurm-vm-vmm process per guest (Sources/VMM), started on the
 // housekeeping CPUs; it pins each vCPU thread to its CPU itself and reports their ids once they run.
-// So far it boots kernels in raw mode only: the virtio console that carries the agent is not built yet.
+// An image's guest gets the agent channel as a virtio-console port behind the run directory's
+// agent.sock, and its root disk as virtio-blk; both are legacy virtio-pci functions. Without ACPI the
+// guest powers off by writing the paravirtual exit port (the agent does, told so on the command line)
+// and reboots through the i8042.
 
 import Catalog
 import Foundation
@@ -28,19 +31,19 @@ public struct EmbeddedBackend: Hypervisor {
 
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
-        guard !spec.agent else {
-            throw RunnerError.unsupported("the embedded VMM cannot carry the guest agent yet (no virtio console); images run with --backend qemu")
-        }
-        guard spec.disk == nil, (spec.shares ?? []).isEmpty else {
-            throw RunnerError.unsupported("the embedded VMM has no virtio-blk or virtio-fs yet; use --backend qemu")
+        guard (spec.shares ?? []).isEmpty else {
+            throw RunnerError.unsupported("the embedded VMM cannot share host directories (it has no virtio-fs); guests that share a directory run with --backend qemu")
         }
         try Files.mkdirs(spec.runDir, mode: 0o700)
-        var args = ["--kernel", spec.kernel, "--append", spec.cmdline, "--vcpus", String(spec.vcpus), "--mem", String(spec.memoryMB),
+        let cmdline = [platformCmdline(spec), spec.cmdline].filter { !$0.isEmpty }.joined(separator: " ")
+        var args = ["--kernel", spec.kernel, "--append", cmdline, "--vcpus", String(spec.vcpus), "--mem", String(spec.memoryMB),
                     "--cpus", spec.cpus.map(String.init).joined(separator: ","),
                     "--console", spec.consolePath, "--report", spec.runDir + "/report", "--ready", spec.runDir + "/vcpus"]
         if let rd = spec.initrd { args += ["--initrd", rd] }
         if let h = spec.housekeeping.first { args += ["--housekeeping", String(h)] }
         if spec.hugepages { args.append("--hugepages") }
+        if spec.agent { args += ["--agent-socket", spec.agentSocket] }
+        if let d = spec.disk { args += ["--disk", d] }
         let log = open(spec.runDir + "/vmm.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { if log >= 0 { close(log) } }
         var o = SpawnOptions()
@@ -70,6 +73,16 @@ public struct EmbeddedBackend: Hypervisor {
     }
 }
 
+extension EmbeddedBackend {
+    /// What the VMM adds to an image's command line (raw kernels get theirs as given): the serial
+    /// console, reboot through the i8042 (no ACPI), a panic ends the guest at once, the agent's
+    /// hostname and its way to power off.
+    func platformCmdline(_ spec: GuestSpec) -> String {
+        guard spec.agent else { return "" }
+        return "console=ttyS0 reboot=k panic=-1 slurmvm.hostname=\(spec.hostname) slurmvm.exitport=0x501"
+    }
+}
+
 public final class EmbeddedGuest: RunningGuest, @unchecked Sendable {
     public let spec: GuestSpec
     public let pid: Int32
@@ -80,7 +93,8 @@ public final class EmbeddedGuest: RunningGuest, @unchecked Sendable {
     init(spec: GuestSpec, pid: Int32) { self.spec = spec; self.pid = pid }
 
     public func connectAgent() throws -> AgentConnection {
-        throw RunnerError.unsupported("guest \(spec.id) runs on the embedded VMM, which has no agent channel yet")
+        guard spec.agent else { throw RunnerError.unsupported("guest \(spec.id) was booted without an agent channel") }
+        return try AgentConnection.connect(path: spec.agentSocket)
     }
 
     public func waitForEnd(timeout: TimeInterval?) -> GuestEnd? {

@@ -11,8 +11,10 @@ public enum MPTable {
     static func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
 
     /// The table for `cpus` processors (APIC ids 0…cpus-1, 0 the bootstrap processor); the IOAPIC's id
-    /// follows them. ISA IRQs 0–15 go to the IOAPIC pins of the same number.
-    public static func build(cpus: Int, at base: UInt64 = Layout.mpTable) throws -> [UInt8] {
+    /// follows them. Bus 0 is PCI (Linux matches MP bus ids to PCI bus numbers), bus 1 ISA. ISA IRQs go
+    /// to the IOAPIC pins of the same number, except the lines `pci` gives to PCI slots: INTA# of each
+    /// such slot goes to the pin of its line, level-triggered, active high (as KVM's IOAPIC sees it).
+    public static func build(cpus: Int, pci: [(slot: Int, line: UInt8)] = [], at base: UInt64 = Layout.mpTable) throws -> [UInt8] {
         guard cpus >= 1, cpus <= 254 else { throw VMMError("an MP table describes 1 to 254 processors, not \(cpus)") }
         let ioapicID = UInt8(cpus)
         var entries: [UInt8] = []
@@ -22,10 +24,15 @@ public enum MPTable {
             entries += le(UInt32(0x600)) + le(UInt32(0x201)) + [UInt8](repeating: 0, count: 8)
             count += 1
         }
-        entries += [1, 0] + Array("ISA   ".utf8); count += 1            // bus 0
+        entries += [1, 0] + Array("PCI   ".utf8); count += 1            // bus 0
+        entries += [1, 1] + Array("ISA   ".utf8); count += 1            // bus 1
         entries += [2, ioapicID, ioapicVersion, 1] + le(Layout.ioapic); count += 1
-        for irq in 0..<16 {                                                  // I/O interrupt assignments
-            entries += [3, 0] + le(UInt16(0)) + [0, UInt8(irq), ioapicID, UInt8(irq)]; count += 1
+        let pciLines = Set(pci.map(\.line))
+        for irq in 0..<16 where !pciLines.contains(UInt8(irq)) {              // I/O interrupt assignments
+            entries += [3, 0] + le(UInt16(0)) + [1, UInt8(irq), ioapicID, UInt8(irq)]; count += 1
+        }
+        for p in pci {                                                       // INTA# (pin 0) of each slot
+            entries += [3, 0] + le(UInt16(0x0d)) + [0, UInt8(p.slot << 2), ioapicID, p.line]; count += 1
         }
         entries += [4, 3] + le(UInt16(0)) + [0, 0, 0xff, 0]; count += 1     // ExtINT to every LINT0
         entries += [4, 1] + le(UInt16(0)) + [0, 0, 0xff, 1]; count += 1     // NMI to every LINT1

@@ -34,6 +34,12 @@ public final class PortBus: Sendable {
         return access.withLock { _ in r.device.read(offset: port - r.base, size: size) }
     }
 
+    /// Runs `body` while no device access is in progress: how a host-side thread (the agent channel)
+    /// touches device state the vCPUs also touch.
+    public func exclusive(_ body: () -> Void) {
+        access.withLock { _ in body() }
+    }
+
     public func write(_ port: UInt16, size: Int, value: UInt32) {
         guard let r = find(port) else { return }
         access.withLock { _ in r.device.write(offset: port - r.base, size: size, value: value) }
