@@ -36,8 +36,9 @@ let package = Package(
         // (KVM, VM, vCPU, guest memory) and devices, assembled by Machine. No Foundation: its RSS budget
         // beyond guest RAM is a few MiB.
         .target(name: "VMM", dependencies: ["CKVM", "CLinux"]),
-        // Linked with the Swift runtime inside, so the process maps only what it touches (RSS budget).
-        .executableTarget(name: "slurm-vm-vmm", dependencies: ["VMM"], linkerSettings: [.unsafeFlags(["-static-stdlib"])]),
+        // A static executable (Swift runtime and libc inside, no dynamic loader): the process maps only
+        // what it touches (RSS budget) and runs on any node without matching shared libraries.
+        .executableTarget(name: "slurm-vm-vmm", dependencies: ["VMM"], linkerSettings: [.unsafeFlags(["-static-executable"])]),
         // The ClassAd language (HTCondor "new ClassAd" semantics) and the matchmaker.
         .target(name: "ClassAd", dependencies: ["CPCRE2"]),
         // Image records and their ads, the SQLite store, content-addressed blobs, the job ad of a request.

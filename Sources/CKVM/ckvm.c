@@ -120,6 +120,11 @@ void ckvm_exit_info(const struct kvm_run *run, ckvm_exit *o) {
         break;
     case KVM_EXIT_INTERNAL_ERROR:
         o->suberror = run->internal.suberror;
+        if (o->suberror == KVM_INTERNAL_ERROR_EMULATION &&
+            (run->emulation_failure.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)) {
+            o->insn_size = run->emulation_failure.insn_size > 15 ? 15 : run->emulation_failure.insn_size;
+            memcpy(o->insn_bytes, run->emulation_failure.insn_bytes, o->insn_size);
+        }
         break;
     case KVM_EXIT_FAIL_ENTRY:
         o->hardware_reason = run->fail_entry.hardware_entry_failure_reason;

@@ -70,7 +70,7 @@ public final class Machine: @unchecked Sendable {
     public private(set) var console: VirtioConsole?
     public private(set) var block: VirtioBlock?
     /// PCI slot and interrupt line of each virtio function, for the MP table.
-    var pciLines: [(slot: Int, line: UInt8)] = []
+    var pciInterrupts: [(slot: Int, line: UInt8)] = []
     let end = Mutex<MachineEnd?>(nil)
     /// Host thread id of each vCPU once it runs.
     let tids: Mutex<[Int32]>
@@ -123,7 +123,7 @@ public final class Machine: @unchecked Sendable {
         vcpus = made
         tids = Mutex([Int32](repeating: 0, count: c.vcpus))
         try plugVirtio()
-        try memory.write(try MPTable.build(cpus: c.vcpus, pci: pciLines), at: Layout.mpTable)
+        try memory.write(try MPTable.build(cpus: c.vcpus, pci: pciInterrupts), at: Layout.mpTable)
         try bootstrap(made[0])
         try attachDevices()
     }
@@ -145,7 +145,7 @@ public final class Machine: @unchecked Sendable {
 
     /// ISA lines nothing else uses, for the virtio functions' INTA# (so a guest on the 8259s alone
     /// can use them too).
-    static let pciLines: [UInt8] = [10, 11, 5, 9]
+    static let virtioLines: [UInt8] = [10, 11, 5, 9]
 
     /// The virtio functions the config asks for, each with its BAR in the PCI I/O window.
     func plugVirtio() throws {
@@ -163,12 +163,12 @@ public final class Machine: @unchecked Sendable {
         }
         let vm = self.vm
         for (i, d) in devices.enumerated() {
-            let line = Self.pciLines[i]
+            let line = Self.virtioLines[i]
             let base = try pci.allocateIO(VirtioTransport.ioSize(for: d))
             let t = VirtioTransport(d, memory: memory, ioBase: base, irq: UInt32(line),
                                     line: { irq, level in vm.irqLine(irq, level) },
                                     fault: { [unowned self] why in finish(.failed(why)) })
-            pciLines.append((try pci.plug(t), line))
+            pciInterrupts.append((try pci.plug(t), line))
         }
     }
 
@@ -282,7 +282,10 @@ public final class Machine: @unchecked Sendable {
             default: finish(.failed("system event \(e.event_type) on vCPU \(v.id) (a guest crash)"))
             }
         case KVM_EXIT_INTERNAL_ERROR:
-            let what = e.suberror == 1 ? "KVM could not emulate an instruction" : "KVM internal error \(e.suberror)"
+            // The instruction bytes name the culprit (under PVM, e.g., an x87 or SMAP instruction in ring 0).
+            let bytes = withUnsafeBytes(of: e.insn_bytes) { Array($0.prefix(Int(e.insn_size))) }
+            let insn = bytes.isEmpty ? "" : " (bytes " + bytes.map { hex2($0) }.joined(separator: " ") + ")"
+            let what = e.suberror == 1 ? "KVM could not emulate an instruction\(insn)" : "KVM internal error \(e.suberror)"
             finish(.failed("\(what) on vCPU \(v.id)\(registers(v))"))
         case KVM_EXIT_FAIL_ENTRY:
             finish(.failed("KVM could not enter vCPU \(v.id) (hardware reason \(hex(e.hardware_reason)))\(registers(v))"))

@@ -60,6 +60,9 @@ typedef struct {
     // KVM_EXIT_INTERNAL_ERROR / KVM_EXIT_FAIL_ENTRY
     uint32_t suberror;
     uint64_t hardware_reason;
+    // KVM_INTERNAL_ERROR_EMULATION: the bytes KVM fetched at rip, when it reports them (insn_size > 0)
+    uint8_t insn_size;
+    uint8_t insn_bytes[15];
 } ckvm_exit;
 
 void ckvm_exit_info(const struct kvm_run *run, ckvm_exit *out);

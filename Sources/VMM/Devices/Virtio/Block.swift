@@ -25,7 +25,8 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     public let sectors: UInt64
     let fd: Int32
     let serial: [UInt8]
-    var transport: VirtioTransport!
+    // unowned: the transport owns the device, and the PCI bus owns the transport.
+    unowned var transport: VirtioTransport!
 
     /// Opens `path` (read-only unless `writable`); its size must be a whole number of sectors.
     public init(path: String, writable: Bool, serial: String = "slurm-vm-root") throws {

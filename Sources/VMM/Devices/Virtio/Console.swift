@@ -24,7 +24,8 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
     public let features: UInt32 = VirtioConsole.multiport
     public let queueSizes: [UInt16] = [64, 64, 32, 32, 128, 128]
     public let configSize = 12
-    var transport: VirtioTransport!
+    // unowned: the transport owns the device, and the PCI bus owns the transport.
+    unowned var transport: VirtioTransport!
     var controlOut: [[UInt8]] = []
     var portReady = false
     public private(set) var guestOpen = false
