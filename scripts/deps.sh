@@ -7,9 +7,10 @@ set -euo pipefail
 # dpkg-dev/apt: the image builder downloads and unpacks Debian packages; cpio/lz4: inspecting images;
 # Slurm (slurmctld, slurmd, client, libslurm-dev), munge and libjansson-dev: the SPANK plugin and the
 # local cluster; make for the plugin; procps for pgrep in the cluster script; iproute2 (ip, tc) and
-# coreutils (sha256sum) for the broadcast testbed of network namespaces.
+# coreutils (sha256sum) for the broadcast testbed of network namespaces; acpica-tools (iasl) checks the
+# embedded VMM's ACPI tables against the reference disassembler.
 pkgs=(libpcre2-dev libsqlite3-dev liblz4-dev qemu-system-x86 gcc libc6-dev make cpio lz4 python3 python3-pip
-      slurm-wlm slurmctld slurmd slurm-client libslurm-dev libjansson-dev munge procps iproute2 coreutils)
+      slurm-wlm slurmctld slurmd slurm-client libslurm-dev libjansson-dev munge procps iproute2 coreutils acpica-tools)
 need_apt=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
 if [ ${#need_apt[@]} -gt 0 ]; then

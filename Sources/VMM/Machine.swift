@@ -124,6 +124,7 @@ public final class Machine: @unchecked Sendable {
         tids = Mutex([Int32](repeating: 0, count: c.vcpus))
         try plugVirtio()
         try memory.write(try MPTable.build(cpus: c.vcpus, pci: pciInterrupts), at: Layout.mpTable)
+        try memory.write(try ACPI.build(cpus: c.vcpus, pci: pciInterrupts), at: Layout.acpi)
         try bootstrap(made[0])
         try attachDevices()
     }

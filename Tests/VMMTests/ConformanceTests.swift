@@ -142,6 +142,14 @@ enum Guests {
         #expect(console.contains("smp: 3 application processors checked in"))
     }
 
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theACPITablesDescribeEveryProcessorAndTheIOAPIC() throws {
+        // Three vCPUs (the cloud kernel takes its processors from the MADT); the guest validates every
+        // checksum and entry and prints the count.
+        let (end, console, _) = try Guests.run("acpi", vcpus: 3)
+        #expect(end == .exited(0), "\(console)")
+        #expect(console.contains("acpi: 3 processors in the MADT"))
+    }
+
     /// The virtio guest against the real host ends: the agent socket (spoken to with the runner's own
     /// frame codec) and a disk file. The guest answers HELLO with READY and echoes 20000 bytes; it reads
     /// sector 5 as written here, and what it writes to sector 9 lands in the file.

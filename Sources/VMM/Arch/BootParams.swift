@@ -11,6 +11,7 @@ public struct E820Entry: Equatable, Sendable {
 public struct BootParams {
     /// Field offsets within the zero page.
     enum Offset {
+        static let acpiRSDP = 0x070
         static let extRamdiskImage = 0x0c0, extRamdiskSize = 0x0c4, extCmdLinePtr = 0x0c8
         static let e820Entries = 0x1e8
         static let setupHeader = 0x1f1
@@ -64,6 +65,7 @@ public struct BootParams {
             put(UInt32(truncatingIfNeeded: addr >> 32), Offset.extRamdiskImage)
             put(UInt32(truncatingIfNeeded: size >> 32), Offset.extRamdiskSize)
         }
+        put(Layout.acpi, Offset.acpiRSDP)                // where the RSDP is (Linux also scans for it)
         let map = Self.e820(ram: ram)
         page[Offset.e820Entries] = UInt8(map.count)
         for (i, e) in map.enumerated() {

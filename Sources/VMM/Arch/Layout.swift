@@ -17,6 +17,9 @@ public enum Layout {
     /// The last KiB of base memory, where Linux looks for the MP floating pointer.
     public static let mpTable: UInt64 = 0x9fc00
     public static let ebdaStart: UInt64 = 0x9fc00
+    /// The ACPI tables, in the BIOS area (reserved in e820) where Linux scans for the RSDP.
+    public static let acpi: UInt64 = 0xe0000
+    public static let acpiEnd: UInt64 = 0x100000
     public static let highMemory: UInt64 = 0x100000
     /// Where kernels load (the bzImage's pref_address; a vmlinux's segments name their own).
     public static let kernelLoad: UInt64 = 0x1000000
