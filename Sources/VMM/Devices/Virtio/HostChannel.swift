@@ -19,6 +19,9 @@ public final class HostChannel: @unchecked Sendable {
     var connection: Int32 = -1
     var pending: [UInt8] = []
     var pendingStart = 0
+    /// The host closed while the guest had no room: what it sent before closing still waits in the
+    /// socket, so the connection stays until the guest has drained it.
+    var peerClosed = false
 
     /// Listens on `path` (replacing a stale socket there).
     public init(path: String, bus: PortBus) throws {
@@ -92,6 +95,8 @@ public final class HostChannel: @unchecked Sendable {
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
             if connection < 0 {
                 fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
+            } else if peerClosed && room == 0 {
+                // POLLHUP would be reported at once and forever: wait for the guest's wake instead.
             } else {
                 var ev: Int16 = 0
                 if room > 0 { ev |= Int16(POLLIN) }
@@ -101,6 +106,7 @@ public final class HostChannel: @unchecked Sendable {
             let r = poll(&fds, nfds_t(fds.count), -1)
             if r < 0 { if errno == EINTR { continue }; break }
             if fds[0].revents != 0 { while read(wakeRead, &buf, buf.count) > 0 {} }
+            if fds.count < 2 { continue }
             if connection < 0 {
                 guard fds[1].revents & Int16(POLLIN) != 0 else { continue }
                 let c = accept(listener, nil, nil)
@@ -119,8 +125,11 @@ public final class HostChannel: @unchecked Sendable {
                     hangUp()
                     continue
                 }
-            } else if ev & Int16(POLLHUP | POLLERR) != 0 && pendingStart == pending.count {
+            } else if ev & Int16(POLLERR) != 0 || (ev & Int16(POLLHUP) != 0 && pendingStart == pending.count && room > 0) {
                 hangUp()
+                continue
+            } else if ev & Int16(POLLHUP) != 0 && room == 0 {
+                peerClosed = true      // read the rest once the guest makes room; then EOF hangs up
                 continue
             }
             if ev & Int16(POLLOUT) != 0 && pendingStart < pending.count {
@@ -139,6 +148,7 @@ public final class HostChannel: @unchecked Sendable {
     func hangUp() {
         close(connection)
         connection = -1
+        peerClosed = false
         pending = []; pendingStart = 0
         device { try $0.hostConnected(false) }
     }
