@@ -21,6 +21,10 @@ public final class ChunkFile: @unchecked Sendable {
     private var whole = SHA256()
     private var hashedUpTo = 0
     public private(set) var have: Bitset
+    /// Chunks with a writer putting its bytes straight into the file. A second copy of such a chunk
+    /// arriving meanwhile (a re-sourced chunk racing the first) is kept in memory and written only
+    /// once verified: unverified bytes never land over another copy's, nor over a committed chunk.
+    var directWriters = Set<Int>()
     /// The whole file mapped read-only: chunks are hashed and read in place, without copies.
     private var map: UnsafeMutableRawPointer?
 
@@ -95,7 +99,8 @@ public final class ChunkFile: @unchecked Sendable {
     /// Receives chunk i piece by piece: each piece is hashed and written at its place at once.
     public func writer(for i: Int, length: Int) -> ChunkWriter? {
         guard partial != nil, i >= 0, i < manifest.count, !have[i], manifest.range(i).length == length else { return nil }
-        return ChunkWriter(file: self, index: i, offset: manifest.range(i).offset, length: length)
+        let direct = directWriters.insert(i).inserted
+        return ChunkWriter(file: self, index: i, offset: manifest.range(i).offset, length: length, direct: direct)
     }
 
     /// A chunk whose bytes were written and matched its digest.
@@ -158,32 +163,54 @@ public final class ChunkFile: @unchecked Sendable {
     }
 }
 
-/// One chunk arriving: written as it comes, hashed as it comes, kept only if the hash matches.
+/// One chunk arriving, hashed as it comes and kept only if the hash matches. The first copy of a chunk
+/// in flight is written as it comes (no copy in memory); a second one racing it is buffered and written
+/// only once verified, over whatever the first left. Nothing is written over a committed chunk.
 public final class ChunkWriter: @unchecked Sendable {
     let file: ChunkFile
     public let index: Int
     let offset: Int64
     let length: Int
+    let direct: Bool
     var written = 0
     var hasher = SHA256()
+    var buffered: [UInt8] = []
 
-    init(file: ChunkFile, index: Int, offset: Int64, length: Int) {
+    init(file: ChunkFile, index: Int, offset: Int64, length: Int, direct: Bool) {
         self.file = file
         self.index = index
         self.offset = offset
         self.length = length
+        self.direct = direct
+        holdsSlot = direct
+        if !direct { buffered.reserveCapacity(length) }
     }
+
+    /// Gives up the chunk's direct slot, once (a writer dropped mid-chunk, with its peer, gives it up
+    /// in deinit).
+    var holdsSlot: Bool
+    func releaseSlot() { if holdsSlot { file.directWriters.remove(index); holdsSlot = false } }
+    deinit { releaseSlot() }
 
     public func append(_ bytes: UnsafeRawBufferPointer) throws {
         guard written + bytes.count <= length else { throw BroadcastError("a peer sent more bytes than chunk \(index) has") }
         hasher.update(bufferPointer: bytes)
-        try file.pwriteAll(bytes, at: offset + Int64(written))
+        if !direct {
+            buffered.append(contentsOf: bytes)
+        } else if !file.have[index] {
+            try file.pwriteAll(bytes, at: offset + Int64(written))
+        }
         written += bytes.count
     }
 
-    /// Whether the bytes match the manifest; if so the chunk is committed to the copy.
+    /// Whether the bytes match the manifest; if so the chunk is committed to the copy (or was already,
+    /// by a copy that raced this one).
     public func finish() throws -> Bool {
+        releaseSlot()
         guard written == length, Data(hasher.finalize()) == file.manifest.chunks[index] else { return false }
+        if !direct && !file.have[index] {
+            try buffered.withUnsafeBytes { try file.pwriteAll($0, at: offset) }
+        }
         try file.commit(index)
         return true
     }
