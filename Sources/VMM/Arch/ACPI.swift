@@ -18,8 +18,6 @@ public enum ACPI {
     /// probe a keyboard controller whose only function here is the reset line.
     static let bootArch: UInt16 = (1 << 2) | (1 << 3)
 
-    static func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
-    static func checksum(_ b: ArraySlice<UInt8>) -> UInt8 { UInt8(truncatingIfNeeded: 0 &- b.reduce(0) { $0 &+ Int($1) }) }
 
     /// A system description table: the 36-byte header, then `body`; length and checksum filled in.
     static func table(_ signature: String, revision: UInt8, _ body: [UInt8]) -> [UInt8] {
@@ -59,7 +57,6 @@ public enum ACPI {
         return table("FACP", revision: 6, b)
     }
 
-    /// Every table for `cpus` processors, laid out from `base` (16-byte aligned, RSDP first).
     /// The DSDT: \\_SB.PCI0 (PNP0A03, bus 0, ports 0xcf8–0xcff, I/O 0x0000–0x0cf7 and 0x0d00–0xffff, and
     /// a _PRT sending INTA# of each slot in `pci` to the GSI of its line), \\_SB.COM1 (PNP0501, 0x3f8,
     /// IRQ 4) and \\_SB.RTC (PNP0B00, ports 0x70–0x71, no interrupt: the VMM's RTC raises none).

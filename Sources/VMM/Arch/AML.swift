@@ -1,5 +1,5 @@
 // The few ACPI Machine Language constructs the DSDT needs (ACPI 6.x §20, AML encoding, and §6.4,
-// resource descriptors): scopes, devices, named integers, strings, packages and resource templates.
+// resource descriptors): scopes, devices, named integers, packages and resource templates.
 // Each function returns the encoded bytes; nesting is by concatenation.
 
 enum AML {
@@ -29,13 +29,11 @@ enum AML {
         case 0: return [0x00]                                 // ZeroOp
         case 1: return [0x01]                                 // OneOp
         case ...0xff: return [0x0a, UInt8(v)]
-        case ...0xffff: return [0x0b] + ACPI.le(UInt16(v))
-        case ...0xffff_ffff: return [0x0c] + ACPI.le(UInt32(v))
-        default: return [0x0e] + ACPI.le(v)
+        case ...0xffff: return [0x0b] + le(UInt16(v))
+        case ...0xffff_ffff: return [0x0c] + le(UInt32(v))
+        default: return [0x0e] + le(v)
         }
     }
-
-    static func string(_ s: String) -> [UInt8] { [0x0d] + Array(s.utf8) + [0] }
 
     /// EisaId("PNP0A03"): three 5-bit letters and four hex digits, as a DWord.
     static func eisaID(_ id: String) -> [UInt8] {
@@ -67,14 +65,14 @@ enum AML {
     }
 
     /// IO(Decode16, base, base, 1, count): a fixed range of ports.
-    static func io(_ base: UInt16, _ count: UInt8) -> [UInt8] { [0x47, 0x01] + ACPI.le(base) + ACPI.le(base) + [1, count] }
+    static func io(_ base: UInt16, _ count: UInt8) -> [UInt8] { [0x47, 0x01] + le(base) + le(base) + [1, count] }
 
     /// IRQNoFlags() { irq }: an edge-triggered, active-high ISA interrupt.
-    static func irq(_ n: Int) -> [UInt8] { [0x22] + ACPI.le(UInt16(1 << n)) }
+    static func irq(_ n: Int) -> [UInt8] { [0x22] + le(UInt16(1 << n)) }
 
     /// A word address space a bridge produces: 0 memory, 1 I/O, 2 bus numbers; fixed minimum and maximum.
     static func wordSpace(type: UInt8, _ min: UInt16, _ max: UInt16, typeFlags: UInt8 = 0) -> [UInt8] {
-        [0x88] + ACPI.le(UInt16(13)) + [type, 0x0c, typeFlags] + ACPI.le(UInt16(0)) + ACPI.le(min) + ACPI.le(max)
-            + ACPI.le(UInt16(0)) + ACPI.le(max &- min &+ 1)
+        [0x88] + le(UInt16(13)) + [type, 0x0c, typeFlags] + le(UInt16(0)) + le(min) + le(max)
+            + le(UInt16(0)) + le(max &- min &+ 1)
     }
 }

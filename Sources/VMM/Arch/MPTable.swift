@@ -6,9 +6,7 @@ public enum MPTable {
     public static let ioapicVersion: UInt8 = 0x11
     public static let apicVersion: UInt8 = 0x14
 
-    static func checksum(_ b: ArraySlice<UInt8>) -> UInt8 { UInt8(truncatingIfNeeded: 0 &- b.reduce(0) { $0 &+ Int($1) }) }
 
-    static func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
 
     /// The table for `cpus` processors (APIC ids 0…cpus-1, 0 the bootstrap processor); the IOAPIC's id
     /// follows them. Bus 0 is PCI (Linux matches MP bus ids to PCI bus numbers), bus 1 ISA. ISA IRQs go

@@ -125,10 +125,10 @@ public final class HostChannel: @unchecked Sendable {
                     hangUp()
                     continue
                 }
-            } else if ev & Int16(POLLERR) != 0 || (ev & Int16(POLLHUP) != 0 && pendingStart == pending.count && room > 0) {
+            } else if ev & Int16(POLLERR) != 0 {     // (with room > 0 the read above met these)
                 hangUp()
                 continue
-            } else if ev & Int16(POLLHUP) != 0 && room == 0 {
+            } else if ev & Int16(POLLHUP) != 0 {
                 peerClosed = true      // read the rest once the guest makes room; then EOF hangs up
                 continue
             }
