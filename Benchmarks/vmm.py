@@ -73,6 +73,7 @@ def timed(cmd):
     killer.start()
     p.wait()
     killer.cancel()
+    timed.reaped = time.clock_gettime(time.CLOCK_MONOTONIC)   # the VMM's report uses the same clock
     return time.perf_counter() - t
 
 
@@ -124,12 +125,13 @@ def main():
     try:
         g = build_guests(work)
         rep = os.path.join(work, "report")
-        ours, first, q_pre, q_plain = [], [], [], []
+        ours, first, teardown, q_pre, q_plain = [], [], [], [], []
         for _ in range(args.runs):   # interleaved, so drift hits both alike
             ours.append(timed([vmm, "--kernel", g["exit"], "--mem", str(args.mem), "--report", rep]))
             r = report(rep)
             assert r.get("end") == "exited with status 0", r
             first.append(int(r["start_to_first_entry_us"]) / 1e6)
+            teardown.append(timed.reaped - int(r["report_monotonic_us"]) / 1e6)
             q_pre.append(timed(qemu_cmd(g["exit"], args.mem, True)))
             q_plain.append(timed(qemu_cmd(g["exit"], args.mem, False)))
         m = statistics.median
@@ -139,6 +141,7 @@ def main():
         print(f"| process start to guest exit, memory preallocated | {m(ours)*1e3:.1f} ms | {m(q_pre)*1e3:.1f} ms (-mem-prealloc) | {m(ours)/m(q_pre):.2f}x |")
         print(f"| process start to guest exit, QEMU without prealloc | {m(ours)*1e3:.1f} ms | {m(q_plain)*1e3:.1f} ms | {m(ours)/m(q_plain):.2f}x |")
         print(f"| process start to first guest instruction | {m(first)*1e3:.1f} ms | — | — |")
+        print(f"| guest exit reported to the VMM process reaped (VM teardown) | {m(teardown)*1e3:.1f} ms | — | — |")
         try:
             undo = hugetlb_pool(args.mem // 2 * 2 + 16, os.path.join(work, "hugetlbfs"))
             try:

@@ -21,6 +21,8 @@ public struct MachineConfig: Sendable {
     /// Host CPU for the VMM's own thread (VM creation, devices' host side).
     public var housekeeping: Int?
     public var hugepages: Bool
+    /// An in-kernel 8254 PIT, for guests booted without ACPI (see `VM.init`).
+    public var pit = false
     public var console: @Sendable ([UInt8]) -> Void
     /// Called once every vCPU thread is pinned and about to enter the guest, with their thread ids.
     public var running: (@Sendable ([Int32]) -> Void)? = nil
@@ -95,7 +97,7 @@ public final class Machine: @unchecked Sendable {
             guard r == 0 else { throw VMMError("cannot move the VMM to housekeeping CPU \(h): \(String(cString: strerror(-r)))") }
         }
         kvm = try KVM()
-        vm = try VM(kvm: kvm)
+        vm = try VM(kvm: kvm, pit: c.pit)
         memory = try GuestMemory(size: bytes, hugetlb: c.hugepages)
         try memory.populate(on: c.cpus)
         try vm.map(gpa: 0, size: bytes, host: memory.base)

@@ -96,6 +96,16 @@ enum Guests {
         #expect(abs(t.timeIntervalSince(before)) < 120, "guest \(t), host \(before)")
     }
 
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func thePITCountsOnlyWhenAskedFor() throws {
+        // Linux under our hardware-reduced ACPI never uses the 8254, so it is off by default.
+        let (plain, without, _) = try Guests.run("pit")
+        #expect(plain == .exited(0), "\(without)")
+        #expect(without.contains("pit: absent"), "\(without)")
+        let (asked, with, _) = try Guests.run("pit", configure: { $0.pit = true })
+        #expect(asked == .exited(0), "\(with)")
+        #expect(with.contains("pit: counting"), "\(with)")
+    }
+
     @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theI8042ResetEndsTheVMAsAReset() throws {
         let (end, console, _) = try Guests.run("reset")
         #expect(end == .reset, "\(console)")

@@ -1,4 +1,5 @@
-// One KVM VM: its file descriptor, the in-kernel interrupt controllers and PIT, memory slots, IRQ lines.
+// One KVM VM: its file descriptor, the in-kernel interrupt controllers (and the PIT, when asked for),
+// memory slots, IRQ lines.
 
 import CKVM
 #if canImport(Glibc)
@@ -11,8 +12,11 @@ public final class VM: @unchecked Sendable {
     private var nextSlot: UInt32 = 0
 
     /// Creates the VM and, in the order KVM requires before any vCPU exists, the TSS and identity-map
-    /// pages, the IOAPIC/PIC pair and the PIT.
-    public init(kvm: KVM) throws {
+    /// pages, the IOAPIC/PIC pair and, with `pit`, the 8254. Our hardware-reduced ACPI tables make Linux
+    /// leave the 8254 alone (its timers are the local APIC's and kvm-clock), and an in-kernel PIT costs
+    /// every VM a kernel thread and about 13 ms of SRCU grace periods when the VM is destroyed, which
+    /// the process's exit waits for; only a guest booted without ACPI (`acpi=off`) needs it.
+    public init(kvm: KVM, pit: Bool = false) throws {
         self.kvm = kvm
         let f = ckvm_create_vm(kvm.fd)
         guard f >= 0 else { throw VMMError.errno("KVM_CREATE_VM", f) }
@@ -21,7 +25,7 @@ public final class VM: @unchecked Sendable {
             try check(ckvm_set_tss_addr(f, Layout.tssAddress), "KVM_SET_TSS_ADDR")
             try check(ckvm_set_identity_map_addr(f, Layout.identityMapAddress), "KVM_SET_IDENTITY_MAP_ADDR")
             try check(ckvm_create_irqchip(f), "KVM_CREATE_IRQCHIP")
-            try check(ckvm_create_pit2(f), "KVM_CREATE_PIT2")
+            if pit { try check(ckvm_create_pit2(f), "KVM_CREATE_PIT2") }
         } catch { close(f); throw error }
     }
 
