@@ -30,6 +30,9 @@ let package = Package(
             providers: [.apt(["liblz4-dev"])]),
         // fork+exec with per-child setup, thread affinity, rdtsc.
         .target(name: "CLinux"),
+        // SHA-256 whose chaining value can be read out and resumed (SHA-NI when present): chunk checks that
+        // chain into the image's digest, so each byte is hashed once.
+        .target(name: "CSHA256"),
         // <linux/kvm.h> for Swift: the ioctls as functions, flat views of kvm_run's unions.
         .target(name: "CKVM"),
         // The embedded VMM: architecture (boot protocol, GDT, page tables, MP table, CPUID, MSRs), VM state
@@ -68,7 +71,7 @@ let package = Package(
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Crypto", package: "swift-crypto"),
+                "CSHA256",
             ]),
         // slurm-vmd's pieces: configuration, the Unix-socket API (JSON lines, SO_PEERCRED), the catalog
         // role (matching, blobs over TCP) and the node role (Node) behind it.
@@ -100,7 +103,7 @@ let package = Package(
         .testTarget(name: "RunnerTests", dependencies: ["Runner", "Catalog", .product(name: "Crypto", package: "swift-crypto")]),
         // End to end through the built `slurm-vm` binary: builds the minimal image and boots real guests.
         .testTarget(name: "GuestTests", dependencies: ["Catalog"]),
-        .testTarget(name: "BroadcastTests", dependencies: ["Broadcast", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "BroadcastTests", dependencies: ["Broadcast", "CSHA256", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "CKVM", "Runner"], exclude: ["Guests"]),
         .testTarget(name: "NodeTests", dependencies: ["Node", "Daemon", "Runner"]),
     ],

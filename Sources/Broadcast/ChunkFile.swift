@@ -1,10 +1,9 @@
 // A rank's copy of the image while it arrives: a hidden file next to its destination, space reserved up
-// front (a full disk is reported before any byte moves), chunks written at their offsets, the whole
-// hashed as its verified prefix grows (no second pass at the end), and renamed into place only when the
-// whole matches the digest. Until then nothing at the destination path exists; on failure the partial
-// file is removed.
+// front (a full disk is reported before any byte moves), chunks written at their offsets, each checked
+// against the manifest's chain as it arrives, and renamed into place only when every chunk has passed,
+// which verifies the whole against the digest (Manifest). Until then nothing at the destination path
+// exists; on failure the partial file is removed.
 
-import Crypto
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -18,14 +17,12 @@ public final class ChunkFile: @unchecked Sendable {
     /// Where the copy lives: the source itself (rank 0), or a partial file renamed to `destination`.
     let partial: String?
     let destination: String?
-    private var whole = SHA256()
-    private var hashedUpTo = 0
     public private(set) var have: Bitset
     /// Chunks with a writer putting its bytes straight into the file. A second copy of such a chunk
     /// arriving meanwhile (a re-sourced chunk racing the first) is kept in memory and written only
     /// once verified: unverified bytes never land over another copy's, nor over a committed chunk.
     var directWriters = Set<Int>()
-    /// The whole file mapped read-only: chunks are hashed and read in place, without copies.
+    /// The whole file mapped read-only: chunks are read in place to be sent, without copies.
     private var map: UnsafeMutableRawPointer?
 
     private func mapFile() throws {
@@ -44,7 +41,6 @@ public final class ChunkFile: @unchecked Sendable {
         partial = nil
         destination = nil
         have = Bitset(count: manifest.count, full: true)
-        hashedUpTo = manifest.count
         var st = stat()
         guard fstat(fd, &st) == 0, Int64(st.st_size) == manifest.size else {
             close(fd)
@@ -81,19 +77,12 @@ public final class ChunkFile: @unchecked Sendable {
     }
 
     /// Writes a verified chunk; false if it was already there.
+    /// Writes chunk i, which the caller has verified (`Manifest.verify`); false if it was already there.
     public func write(_ i: Int, _ bytes: UnsafeRawBufferPointer) throws -> Bool {
         if have[i] { return false }
         try pwriteAll(bytes, at: manifest.range(i).offset)
         have.insert(i)
-        if i == hashedUpTo { whole.update(bufferPointer: bytes); hashedUpTo += 1; try advanceHash() }
         return true
-    }
-
-    private func advanceHash() throws {
-        while hashedUpTo < manifest.count && have[hashedUpTo] {
-            try withChunk(hashedUpTo) { whole.update(bufferPointer: $0) }
-            hashedUpTo += 1
-        }
     }
 
     /// Receives chunk i piece by piece: each piece is hashed and written at its place at once.
@@ -103,11 +92,9 @@ public final class ChunkFile: @unchecked Sendable {
         return ChunkWriter(file: self, index: i, offset: manifest.range(i).offset, length: length, direct: direct)
     }
 
-    /// A chunk whose bytes were written and matched its digest.
-    func commit(_ i: Int) throws {
-        guard !have[i] else { return }
+    /// A chunk whose bytes were written and passed their check.
+    func commit(_ i: Int) {
         have.insert(i)
-        try advanceHash()
     }
 
     func pwriteAll(_ bytes: UnsafeRawBufferPointer, at off: Int64) throws {
@@ -130,15 +117,11 @@ public final class ChunkFile: @unchecked Sendable {
         return try body(UnsafeRawBufferPointer(start: map + Int(off), count: len))
     }
 
-    /// Once every chunk is here: checks the whole digest, syncs and renames into place.
+    /// Once every chunk is here (each passed its check, so the whole matches the digest): syncs and
+    /// renames into place.
     public func finish() throws {
         guard let partial, let destination else { return }
-        guard have.isFull, hashedUpTo == manifest.count else { throw BroadcastError("the copy is incomplete") }
-        let got = "sha256:" + whole.finalize().hex
-        guard got == manifest.digest else {
-            discard()
-            throw BroadcastError("every chunk verified but the whole hashes to \(got), not \(manifest.digest); nothing was kept")
-        }
+        guard have.isFull else { throw BroadcastError("the copy is incomplete") }
         guard fsync(fd) == 0 else { throw BroadcastError("cannot sync \(partial): \(String(cString: strerror(errno)))") }
         guard rename(partial, destination) == 0 else {
             let e = String(cString: strerror(errno))
@@ -163,9 +146,10 @@ public final class ChunkFile: @unchecked Sendable {
     }
 }
 
-/// One chunk arriving, hashed as it comes and kept only if the hash matches. The first copy of a chunk
-/// in flight is written as it comes (no copy in memory); a second one racing it is buffered and written
-/// only once verified, over whatever the first left. Nothing is written over a committed chunk.
+/// One chunk arriving, hashed as it comes (from the chain's value before it) and kept only if it reaches
+/// the value after it. The first copy of a chunk in flight is written as it comes (no copy in memory); a
+/// second one racing it is buffered and written only once verified, over whatever the first left.
+/// Nothing is written over a committed chunk.
 public final class ChunkWriter: @unchecked Sendable {
     let file: ChunkFile
     public let index: Int
@@ -173,7 +157,7 @@ public final class ChunkWriter: @unchecked Sendable {
     let length: Int
     let direct: Bool
     var written = 0
-    var hasher = SHA256()
+    var hasher: ChainedSHA256
     var buffered: [UInt8] = []
 
     init(file: ChunkFile, index: Int, offset: Int64, length: Int, direct: Bool) {
@@ -182,6 +166,7 @@ public final class ChunkWriter: @unchecked Sendable {
         self.offset = offset
         self.length = length
         self.direct = direct
+        hasher = file.manifest.hasher(for: index)!   // `writer(for:)` checked the index
         holdsSlot = direct
         if !direct { buffered.reserveCapacity(length) }
     }
@@ -194,7 +179,7 @@ public final class ChunkWriter: @unchecked Sendable {
 
     public func append(_ bytes: UnsafeRawBufferPointer) throws {
         guard written + bytes.count <= length else { throw BroadcastError("a peer sent more bytes than chunk \(index) has") }
-        hasher.update(bufferPointer: bytes)
+        hasher.update(bytes)
         if !direct {
             buffered.append(contentsOf: bytes)
         } else if !file.have[index] {
@@ -207,11 +192,11 @@ public final class ChunkWriter: @unchecked Sendable {
     /// by a copy that raced this one).
     public func finish() throws -> Bool {
         releaseSlot()
-        guard written == length, Data(hasher.finalize()) == file.manifest.chunks[index] else { return false }
+        guard written == length, file.manifest.matches(index, hasher) else { return false }
         if !direct && !file.have[index] {
             try buffered.withUnsafeBytes { try file.pwriteAll($0, at: offset) }
         }
-        try file.commit(index)
+        file.commit(index)
         return true
     }
 }

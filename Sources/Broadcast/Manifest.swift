@@ -1,8 +1,10 @@
-// An image cut into chunks, each with its SHA-256, and the SHA-256 of the whole: the catalog's digest.
-// A rank verifies every chunk on arrival (a corrupted one is fetched again) and the whole before it
-// renames its copy into place, so a wrong manifest can waste a transfer but never place a wrong image.
+// An image cut into chunks, with SHA-256's chaining value at each chunk boundary (ChainedSHA256) and the
+// SHA-256 of the whole: the catalog's digest. A rank checks every chunk on arrival, by hashing it from
+// the value before it to the value after it (a corrupted one is fetched again); the last chunk's check
+// ends in the digest itself, so once all have passed the whole is verified, with each byte hashed once.
+// A wrong manifest can waste a transfer but never place a wrong image: its values must chain from
+// SHA-256's initial value, through the bytes received, to the catalog digest.
 
-import Crypto
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -18,7 +20,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     public let digest: String
     public let size: Int64
     public let chunkSize: Int
-    /// SHA-256 of each chunk.
+    /// For each chunk, SHA-256's chaining value after it (32 bytes); for the last, the digest's bytes.
     public let chunks: [Data]
 
     public static let defaultChunkSize = 1 << 20
@@ -38,11 +40,15 @@ public struct Manifest: Codable, Sendable, Equatable {
         return (off, Int(min(Int64(chunkSize), size - off)))
     }
 
-    /// Reads `path` once: each chunk's hash and the whole file's.
-    public static func compute(path: String, chunkSize: Int = defaultChunkSize) throws -> Manifest {
-        guard chunkSizes.contains(chunkSize) else {
-            throw BroadcastError("chunk size \(chunkSize) is outside \(chunkSizes.lowerBound)…\(chunkSizes.upperBound) bytes")
+    static func checkChunkSize(_ chunkSize: Int) throws {
+        guard chunkSizes.contains(chunkSize), chunkSize % 64 == 0 else {
+            throw BroadcastError("chunk size \(chunkSize) must be a multiple of 64 bytes within \(chunkSizes.lowerBound)…\(chunkSizes.upperBound)")
         }
+    }
+
+    /// Reads `path` once, hashing it whole and noting the chaining value at each chunk boundary.
+    public static func compute(path: String, chunkSize: Int = defaultChunkSize) throws -> Manifest {
+        try checkChunkSize(chunkSize)
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw BroadcastError("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
@@ -50,7 +56,7 @@ public struct Manifest: Codable, Sendable, Equatable {
         guard fstat(fd, &st) == 0 else { throw BroadcastError("cannot stat \(path)") }
         let size = Int64(st.st_size)
         guard size > 0 else { throw BroadcastError("\(path) is empty; there is nothing to broadcast") }
-        var whole = SHA256()
+        var whole = ChainedSHA256()
         var chunks: [Data] = []
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 64)
         defer { buf.deallocate() }
@@ -59,15 +65,42 @@ public struct Manifest: Codable, Sendable, Equatable {
             let want = Int(min(Int64(chunkSize), size - off))
             try ChunkFile.preadAll(fd, buf.baseAddress!, want, off, path)
             let part = UnsafeRawBufferPointer(rebasing: buf[0..<want])
-            whole.update(bufferPointer: part)
-            chunks.append(Data(SHA256.hash(data: part)))
+            whole.update(part)
             off += Int64(want)
+            chunks.append(off < size ? whole.state()! : whole.finalize())
         }
-        return Manifest(digest: "sha256:" + whole.finalize().hex, size: size, chunkSize: chunkSize, chunks: chunks)
+        return Manifest(digest: "sha256:" + chunks.last!.hex, size: size, chunkSize: chunkSize, chunks: chunks)
+    }
+
+    /// Refuses a manifest (from a peer) that cannot describe an image: wrong chunk count or sizes, or a
+    /// chain that does not end in its own digest.
+    public func validate() throws {
+        try Self.checkChunkSize(chunkSize)
+        let expected = size > 0 ? Int((size + Int64(chunkSize) - 1) / Int64(chunkSize)) : 0
+        guard expected > 0, chunks.count == expected, chunks.allSatisfy({ $0.count == 32 }) else {
+            throw BroadcastError("the manifest is malformed: \(chunks.count) chunk values for \(size) bytes in chunks of \(chunkSize)")
+        }
+        guard digest == "sha256:" + chunks.last!.hex else {
+            throw BroadcastError("the manifest's chain ends in sha256:\(chunks.last!.hex), not its digest \(digest)")
+        }
+    }
+
+    /// A hasher for chunk i, started from the chain's value before it.
+    func hasher(for i: Int) -> ChainedSHA256? {
+        guard i >= 0, i < count else { return nil }
+        return i == 0 ? ChainedSHA256() : ChainedSHA256(resuming: chunks[i - 1], at: range(i).offset)
+    }
+
+    /// Whether a hasher fed chunk i's bytes (and nothing else) reached the chain's value after it.
+    func matches(_ i: Int, _ h: ChainedSHA256) -> Bool {
+        guard i >= 0, i < count else { return false }
+        return (i == count - 1 ? h.finalize() : h.state()) == chunks[i]
     }
 
     public func verify(_ i: Int, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        i >= 0 && i < count && bytes.count == range(i).length && Data(SHA256.hash(data: bytes)) == chunks[i]
+        guard bytes.count == range(i).length, var h = hasher(for: i) else { return false }
+        h.update(bytes)
+        return matches(i, h)
     }
 }
 

@@ -337,10 +337,7 @@ public final class Participant: @unchecked Sendable {
     /// The manifest is known: check it, reserve the copy, build the plan, replay who is connected.
     func adopt(_ m: Manifest) {
         guard machine == nil else { return }
-        let expectCount = Int((m.size + Int64(m.chunkSize) - 1) / Int64(m.chunkSize))
-        guard m.size > 0, Manifest.chunkSizes.contains(m.chunkSize), m.chunks.count == expectCount, m.chunks.allSatisfy({ $0.count == 32 }) else {
-            return fail("a peer sent an inconsistent manifest (size \(m.size), chunk size \(m.chunkSize), \(m.chunks.count) chunks)")
-        }
+        do { try m.validate() } catch { return fail("a peer sent an inconsistent manifest: \(error)") }
         if let d = config.digest, d != m.digest { return fail("the image offered is \(m.digest), not the expected \(d)") }
         if file == nil, let dst = config.destination {
             do { use(try ChunkFile(destination: dst, manifest: m)) } catch { return fail("\(error)") }
