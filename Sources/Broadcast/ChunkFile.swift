@@ -76,7 +76,6 @@ public final class ChunkFile: @unchecked Sendable {
         close(fd)
     }
 
-    /// Writes a verified chunk; false if it was already there.
     /// Writes chunk i, which the caller has verified (`Manifest.verify`); false if it was already there.
     public func write(_ i: Int, _ bytes: UnsafeRawBufferPointer) throws -> Bool {
         if have[i] { return false }

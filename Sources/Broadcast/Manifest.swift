@@ -98,7 +98,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     }
 
     public func verify(_ i: Int, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard bytes.count == range(i).length, var h = hasher(for: i) else { return false }
+        guard var h = hasher(for: i), bytes.count == range(i).length else { return false }
         h.update(bytes)
         return matches(i, h)
     }

@@ -169,9 +169,7 @@ public final class Participant: @unchecked Sendable {
         guard config.rank >= 0 && config.rank < config.addresses.count else {
             throw BroadcastError("rank \(config.rank) is not among the \(config.addresses.count) addresses given")
         }
-        guard Manifest.chunkSizes.contains(config.chunkSize) else {
-            throw BroadcastError("chunk size \(config.chunkSize) is outside \(Manifest.chunkSizes.lowerBound)…\(Manifest.chunkSizes.upperBound) bytes")
-        }
+        try Manifest.checkChunkSize(config.chunkSize)
         guard (config.source == nil) != (config.destination == nil) else {
             throw BroadcastError("a rank either holds the image (--src) or receives it (--dst), not both or neither")
         }

@@ -21,7 +21,8 @@ public struct MachineConfig: Sendable {
     /// Host CPU for the VMM's own thread (VM creation, devices' host side).
     public var housekeeping: Int?
     public var hugepages: Bool
-    /// An in-kernel 8254 PIT, for guests booted without ACPI (see `VM.init`).
+    /// An in-kernel 8254 PIT (see `VM.init`); also made when the command line has `acpi=off`, since
+    /// Linux without ACPI runs the 8254 timer check.
     public var pit = false
     public var console: @Sendable ([UInt8]) -> Void
     /// Called once every vCPU thread is pinned and about to enter the guest, with their thread ids.
@@ -97,7 +98,7 @@ public final class Machine: @unchecked Sendable {
             guard r == 0 else { throw VMMError("cannot move the VMM to housekeeping CPU \(h): \(String(cString: strerror(-r)))") }
         }
         kvm = try KVM()
-        vm = try VM(kvm: kvm, pit: c.pit)
+        vm = try VM(kvm: kvm, pit: c.pit || c.commandLine.split(separator: " ").contains("acpi=off"))
         memory = try GuestMemory(size: bytes, hugetlb: c.hugepages)
         try memory.populate(on: c.cpus)
         try vm.map(gpa: 0, size: bytes, host: memory.base)

@@ -27,7 +27,7 @@ struct BroadcastCommand: ParsableCommand {
     @Option(help: "Rank 0: the file to send.") var src: String?
     @Option(help: "Other ranks: where the verified copy goes (appears only once verified).") var dst: String?
     @Option(help: "The SHA-256 the file must have (sha256:HEX); a transfer of anything else is refused.") var digest: String?
-    @Option(help: ArgumentHelp("Chunk size (64K…16M; K and M suffixes).", valueName: "size")) var chunkSize: String = "1M"
+    @Option(help: ArgumentHelp("Chunk size (64K…16M, a multiple of 64 bytes; K and M suffixes).", valueName: "size")) var chunkSize: String = "1M"
     @Option(help: ArgumentHelp("pipeline (binomial pipeline), binomial (store-and-forward tree) or central.", valueName: "kind")) var schedule: String = "pipeline"
     @Option(help: "Seconds without progress before giving up.") var timeout: Double = 60
     @Option(help: "Seconds to keep dialing neighbors that are not up yet.") var dialTimeout: Double = 30

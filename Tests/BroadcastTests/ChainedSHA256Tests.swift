@@ -9,18 +9,26 @@ import Testing
 @testable import Broadcast
 
 @Suite(.serialized) struct ChainedSHA256Tests {
-    /// A deterministic byte stream (no RNG shared with other suites).
-    static func bytes(_ n: Int, seed: UInt64) -> [UInt8] {
-        var x = seed &* 0x9e37_79b9_7f4a_7c15 | 1
-        return (0..<n).map { _ in x ^= x << 13; x ^= x >> 7; x ^= x << 17; return UInt8(truncatingIfNeeded: x) }
+    /// Random bytes, through the file helper the other broadcast suites use.
+    static func bytes(_ n: Int, at path: String) throws -> [UInt8] {
+        _ = ParticipantTests.randomFile(path, n)
+        return [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    static func scratch(_ name: String) throws -> String {
+        let dir = NSTemporaryDirectory() + "svmb-chain-\(getpid())-\(name)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
     }
 
     func reference(_ b: [UInt8]) -> Data { Data(SHA256.hash(data: b)) }
 
-    @Test(arguments: [false, true]) func matchesSwiftCryptoForEveryLengthAndSplit(portable: Bool) {
+    @Test(arguments: [false, true]) func matchesSwiftCryptoForEveryLengthAndSplit(portable: Bool) throws {
         csha256_force_portable(portable ? 1 : 0)
         defer { csha256_force_portable(0) }
-        let data = Self.bytes(70_000, seed: 7)
+        let dir = try Self.scratch("split-\(portable)")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let data = try Self.bytes(70_000, at: dir + "/data")
         var lengths = Array(0...200) + [255, 256, 257, 511, 512, 4095, 4096, 65_536, 70_000]
         lengths += [1000, 12_345, 33_333]
         for n in lengths {
@@ -34,7 +42,9 @@ import Testing
     }
 
     @Test func resumingFromAChainingValueContinuesTheSameHash() throws {
-        let data = Self.bytes(300_000, seed: 11)
+        let dir = try Self.scratch("resume")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let data = try Self.bytes(300_000, at: dir + "/data")
         for cut in [64, 4096, 65_536, 262_144] {
             var first = ChainedSHA256()
             data[0..<cut].withUnsafeBytes { first.update($0) }
@@ -57,13 +67,11 @@ import Testing
     }
 
     @Test func aManifestsChainVerifiesEachChunkAndEndsInTheDigest() throws {
-        let dir = NSTemporaryDirectory() + "svmb-chain-\(getpid())"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let dir = try Self.scratch("manifest")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let chunk = 64 << 10
-        let data = Self.bytes(5 * chunk + 1234, seed: 3)   // a short last chunk
         let path = dir + "/image"
-        try Data(data).write(to: URL(fileURLWithPath: path))
+        let data = try Self.bytes(5 * chunk + 1234, at: path)   // a short last chunk
         let m = try Manifest.compute(path: path, chunkSize: chunk)
         #expect(m.count == 6)
         #expect(m.digest == "sha256:" + reference(data).map { String(format: "%02x", $0) }.joined())

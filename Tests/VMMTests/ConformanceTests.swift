@@ -104,6 +104,9 @@ enum Guests {
         let (asked, with, _) = try Guests.run("pit", configure: { $0.pit = true })
         #expect(asked == .exited(0), "\(with)")
         #expect(with.contains("pit: counting"), "\(with)")
+        let (noACPI, implied, _) = try Guests.run("pit", cmdline: "console=ttyS0 acpi=off")
+        #expect(noACPI == .exited(0), "\(implied)")
+        #expect(implied.contains("pit: counting"), "acpi=off implies the PIT: \(implied)")
     }
 
     @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theI8042ResetEndsTheVMAsAReset() throws {

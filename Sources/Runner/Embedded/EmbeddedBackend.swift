@@ -44,8 +44,6 @@ public struct EmbeddedBackend: Hypervisor {
         if spec.hugepages { args.append("--hugepages") }
         if spec.agent { args += ["--agent-socket", spec.agentSocket] }
         if let d = spec.disk { args += ["--disk", d] }
-        // Without ACPI, Linux wants the 8254 for its timer check; with our ACPI tables it never uses it.
-        if cmdline.split(separator: " ").contains("acpi=off") { args.append("--pit") }
         let log = open(spec.runDir + "/vmm.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { if log >= 0 { close(log) } }
         var o = SpawnOptions()
