@@ -167,24 +167,51 @@ enum Guests {
     /// frame codec) and a disk file. The guest answers HELLO with READY and echoes 20000 bytes; it reads
     /// sector 5 as written here, and what it writes to sector 9 lands in the file.
     @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func virtioPCIConsoleAndDiskWorkFromAGuestDriver() throws {
+        try virtioGuest(helloFirst: false)
+    }
+
+    /// A runner that connects and speaks before the guest has run at all (as the QEMU backend's runner
+    /// does when the VMM is slow to start): its HELLO waits in the socket through the driver's device
+    /// reset and is read once the guest opens its port. Taking it earlier lost it to the reset, and the
+    /// guest waited for a frame that never came (an intermittent hang under load).
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func aHelloSentBeforeTheGuestRunsSurvivesTheDriversReset() throws {
+        try virtioGuest(helloFirst: true)
+    }
+
+    func virtioGuest(helloFirst: Bool) throws {
         let dir = Guests.out + "/virtio-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         var disk = [UInt8](repeating: 0, count: 64 * 512)
         for s in 0..<64 { for i in 0..<512 { disk[s * 512 + i] = UInt8(truncatingIfNeeded: s + i) } }
-        FileManager.default.createFile(atPath: dir + "/disk", contents: Data(disk))
+        _ = FileManager.default.createFile(atPath: dir + "/disk", contents: Data(disk))
         let sock = dir + "/agent.sock"
         let host = AgentHost(sock)
-        let t = Thread { host.converse() }
-        t.start()
-        let (end, console, _) = try Guests.run("virtio", configure: { c in
-            c.agentSocket = sock
-            c.disk = dir + "/disk"
-            c.diskWritable = true
-        })
+        let elf = try Guests.build("virtio")
+        let console = Guests.Console()
+        var c = MachineConfig(kernel: [UInt8](try Data(contentsOf: URL(fileURLWithPath: elf))), commandLine: "console=ttyS0",
+                              console: { console.append($0) })
+        c.agentSocket = sock
+        c.disk = dir + "/disk"
+        c.diskWritable = true
+        let m = try Machine(c)     // listening from here, though no thread serves the socket until run()
+        // A host side that gives up (30 s without a frame) stops the guest too, so a lost frame fails
+        // the test in seconds instead of leaving the guest to spin out its own long wait.
+        let stopIfStuck = { @Sendable in
+            if !host.log.text.contains("intact") { m.finish(.failed("the host side gave up: \(host.log.text)")) }
+        }
+        if helloFirst {
+            let fd = AgentHost.connect(sock)
+            try #require(fd >= 0, "connect to the listening agent socket")
+            Thread { host.converse(fd); stopIfStuck() }.start()
+            host.helloSent.wait()
+        } else {
+            Thread { host.converse(); stopIfStuck() }.start()
+        }
+        let end = m.run()
         host.done.wait()
-        #expect(end == .exited(0), "\(console)")
-        #expect(console.contains("virtio: ok"), "\(console)")
+        #expect(end == .exited(0), "\(console.text)")
+        #expect(console.text.contains("virtio: ok"), "\(console.text)")
         #expect(host.log.text.contains("ready nonce ok, hostname conformance"), "\(host.log.text)")
         #expect(host.log.text.contains("echo 20000 bytes intact"), "\(host.log.text)")
         let after = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/disk")))
@@ -236,15 +263,21 @@ final class AgentHost: @unchecked Sendable {
 
     func say(_ s: String) { log.append(Array((s + "\n").utf8)) }
 
+    let helloSent = DispatchSemaphore(value: 0)
+
     func converse() {
-        defer { done.signal() }
         var fd: Int32 = -1
         for _ in 0..<500 {
             fd = Self.connect(path)
             if fd >= 0 { break }
             usleep(10_000)
         }
-        guard fd >= 0 else { return say("could not connect to \(path)") }
+        guard fd >= 0 else { done.signal(); return say("could not connect to \(path)") }
+        converse(fd)
+    }
+
+    func converse(_ fd: Int32) {
+        defer { done.signal() }
         defer { close(fd) }
         var tv = timeval(tv_sec: 30, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -261,6 +294,7 @@ final class AgentHost: @unchecked Sendable {
         }
         let nonce = UInt64.random(in: 1...UInt64.max)
         send(AgentCodec.hello(nonce: nonce))
+        helloSent.signal()
         guard let r = next(), r.type == AgentFrameType.ready.rawValue, let info = AgentCodec.ready(r) else { return say("no READY") }
         say("ready nonce \(info.nonce == nonce ? "ok" : "wrong"), hostname \(info.hostname)")
         let payload = (0..<20000).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) }

@@ -4,7 +4,10 @@
 // says PORT_READY, the device names it and says whether the host end is open; PORT_OPEN goes both
 // ways. A guest sees the host end close as a hang-up, which is how the agent knows its host left.
 // Host bytes wait in a bounded buffer for receive buffers; guest bytes wait in another for the host
-// channel; when either is full, that direction stops until it drains (no byte is dropped).
+// channel; when either is full, that direction stops until it drains (no byte is dropped). Host bytes
+// are taken only while the guest has the port open, as QEMU does: what a runner sends before the guest
+// driver has reset the device and opened the port stays in the socket instead of being lost to the
+// reset (or, under Linux, discarded by a driver whose port is still closed).
 
 public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
     public static let agentPortName = "org.slurm-vm.agent"
@@ -98,6 +101,10 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
                 control(.portOpen, value: hostOpen ? 1 : 0)
             case .portOpen where id == Self.portID:
                 guestOpen = value != 0
+                // Bytes taken for a session the guest closed belong to no one: a reopened port starts
+                // from what is still in the socket, not from the tail of an old conversation.
+                if !guestOpen { inbound = []; inboundStart = 0 }
+                try pumpInbound()
                 wake()
             default:
                 break   // unknown events and other ports: ignored, as a newer driver may send them
@@ -132,19 +139,24 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
         }
     }
 
-    /// Room for host bytes.
-    public var inboundRoom: Int { max(0, Self.bufferLimit - (inbound.count - inboundStart)) }
+    /// Room for host bytes: none until the driver is up and the guest has opened the port.
+    public var inboundRoom: Int {
+        guard guestOpen && transport.driverOK else { return 0 }
+        return max(0, Self.bufferLimit - (inbound.count - inboundStart))
+    }
 
     /// Host bytes for the guest; returns how many were taken (the rest must wait for room).
     @discardableResult
     public func deliver(_ bytes: UnsafeRawBufferPointer) throws -> Int {
         let n = min(bytes.count, inboundRoom)
+        guard n > 0 else { return 0 }
         inbound.append(contentsOf: bytes.prefix(n))
-        if transport.driverOK { try pumpInbound() }
+        try pumpInbound()
         return n
     }
 
     func pumpInbound() throws {
+        guard guestOpen && transport.driverOK else { return }
         let m = transport.memory
         var filled = false
         while inbound.count > inboundStart, let c = try transport.queues[Self.portRX].pop(m) {

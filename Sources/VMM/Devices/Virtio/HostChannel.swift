@@ -118,10 +118,16 @@ public final class HostChannel: @unchecked Sendable {
             }
             let ev = fds[1].revents
             if ev & Int16(POLLIN | POLLHUP | POLLERR) != 0 && room > 0 {
-                let n = read(connection, &buf, min(buf.count, room))
-                if n > 0 {
-                    device { c in _ = try buf.withUnsafeBytes { try c.deliver(UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
-                } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                // Read under the bus lock, against the room there is now: a guest that reset the device
+                // or closed its port since the poll began has none, and its bytes stay in the socket.
+                var n = 0, err: Int32 = 0
+                device { c in
+                    let now = c.inboundRoom
+                    guard now > 0 else { n = -1; err = EAGAIN; return }
+                    n = read(connection, &buf, min(buf.count, now)); err = errno
+                    if n > 0 { _ = try buf.withUnsafeBytes { try c.deliver(UnsafeRawBufferPointer(rebasing: $0[0..<n])) } }
+                }
+                if n == 0 || (n < 0 && err != EAGAIN && err != EINTR) {
                     hangUp()
                     continue
                 }
