@@ -59,14 +59,17 @@ def main():
     ap.add_argument("--kinds", default="central,binomial,pipeline")
     ap.add_argument("--slow", action="store_true", help="also: one node at a quarter of the rate (pipeline)")
     ap.add_argument("--dir", default="/dev/shm/slurm-vm-bench")
+    ap.add_argument("--congestion", default="cubic",
+                    help="the nodes' TCP congestion control: Debian's default, cubic, unless given ('host': the host's own)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("SKIPPED: the broadcast benchmark needs root (network namespaces and tc)")
     shutil.rmtree(a.dir, ignore_errors=True)
     os.makedirs(a.dir)
     kinds = a.kinds.split(",")
+    cc = None if a.congestion == "host" else a.congestion
     rows = []
-    print(f"broadcast benchmark: {a.mbit} Mbit/s per node port and direction, chunks {a.chunk}; "
+    print(f"broadcast benchmark: {a.mbit} Mbit/s per node port and direction, chunks {a.chunk}, TCP {a.congestion}; "
           f"time until the last node holds a verified copy, as a multiple of size/rate", flush=True)
     print(f"| nodes | size | " + " | ".join(kinds) + " |")
     print("|---|---|" + "---|" * len(kinds))
@@ -80,7 +83,7 @@ def main():
         limit = size * (1 << 20) * 8 / (a.mbit * 1e6)
         for n in [int(x) for x in a.nodes.split(",")]:
             cells = []
-            with Testbed(n, mbit=a.mbit) as tb:
+            with Testbed(n, mbit=a.mbit, congestion=cc) as tb:
                 for kind in kinds:
                     work = os.path.join(a.dir, f"{kind}-{n}")
                     os.makedirs(work)
@@ -101,7 +104,7 @@ def main():
             print(f"| {n} | {size} MiB | " + " | ".join(cells) + " |", flush=True)
         if a.slow:
             n = max(int(x) for x in a.nodes.split(","))
-            with Testbed(n, mbit=a.mbit, slow={n // 2: a.mbit // 4}) as tb:
+            with Testbed(n, mbit=a.mbit, slow={n // 2: a.mbit // 4}, congestion=cc) as tb:
                 work = os.path.join(a.dir, f"slow-{n}")
                 os.makedirs(work)
                 secs, reports = transfer(tb, "pipeline", src, work, a.chunk)

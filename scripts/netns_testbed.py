@@ -17,9 +17,12 @@ def sh(*args, check=True):
 
 class Testbed:
     __test__ = False   # not a pytest class
-    def __init__(self, n, mbit=200, slow=None, prefix=PREFIX):
-        """n nodes at `mbit` Mbit/s per port and direction; `slow` maps a node index to its own rate."""
+    def __init__(self, n, mbit=200, slow=None, prefix=PREFIX, congestion=None):
+        """n nodes at `mbit` Mbit/s per port and direction; `slow` maps a node index to its own rate;
+        `congestion` names the nodes' TCP congestion control (None: whatever the host's is)."""
         self.n, self.mbit, self.slow, self.prefix = n, mbit, dict(slow or {}), prefix
+        self.congestion = congestion
+        self.allowed_before = None
         self.hub = f"{prefix}-hub"
 
     def ns(self, i):
@@ -45,7 +48,27 @@ class Testbed:
             # Upload: the node's own egress. Download: the hub's egress towards the node.
             for where, dev in ((ns, "eth0"), (self.hub, f"{self.prefix}h{i}")):
                 self.shape(where, dev, rate)
+        if self.congestion:
+            try:
+                self.set_congestion(self.congestion)
+            except BaseException:
+                self.destroy()      # __exit__ is not called when __enter__ raises
+                raise
         return self
+
+    def set_congestion(self, algo):
+        """A namespace may only pick an algorithm the host allows (EPERM otherwise), so the host's
+        allowed list gains it for the testbed's lifetime and is restored by destroy()."""
+        key = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+        if algo not in open("/proc/sys/net/ipv4/tcp_available_congestion_control").read().split():
+            sh("modprobe", f"tcp_{algo}", check=False)
+        allowed = open(key).read().split()
+        if algo not in allowed:
+            self.allowed_before = " ".join(allowed)
+            with open(key, "w") as f:
+                f.write(" ".join(allowed + [algo]))
+        for i in range(self.n):
+            sh("ip", "netns", "exec", self.ns(i), "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={algo}")
 
     @staticmethod
     def shape(where, dev, rate):
@@ -75,6 +98,10 @@ class Testbed:
             name = line.split()[0] if line.split() else ""
             if name == self.hub or name.startswith(self.prefix + "-n"):
                 sh("ip", "netns", "del", name, check=False)
+        if self.allowed_before is not None:
+            with open("/proc/sys/net/ipv4/tcp_allowed_congestion_control", "w") as f:
+                f.write(self.allowed_before)
+            self.allowed_before = None
 
     def popen(self, i, argv, **kw):
         return subprocess.Popen(["ip", "netns", "exec", self.ns(i)] + list(argv), **kw)

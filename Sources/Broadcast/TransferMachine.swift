@@ -4,8 +4,9 @@
 // tested deterministically with simulated time (Tests/BroadcastTests).
 //
 // Policy for the pipeline: receivers pull (see pull()); senders serve requests as their upload slots
-// free up, slow receivers not counting against the slots; a rank that hears from nobody for a while
-// and finds no neighbor holding what it misses dials the root.
+// free up, slow receivers not counting against the slots; the root gives fresh chunks only to receivers
+// that are not slow; a rank that hears from nobody for a while and finds no neighbor holding what it
+// misses dials the root.
 //
 // Policy for the baselines (tree, central):
 // - Upload: the plan's sends in order, each as soon as this rank holds the chunk and the receiver has no
@@ -74,6 +75,8 @@ public struct TransferMachine: Sendable {
         var unanswered = 0
         /// How long its answers take (seconds, smoothed).
         var service: Double?
+        /// How long our sends to it take (seconds, smoothed): long when its download is slow.
+        var sendTook: Double?
         /// What it has announced (has also counts what we sent it): whether it is done.
         var announced: Bitset
     }
@@ -184,6 +187,8 @@ public struct TransferMachine: Sendable {
             if let s = peers[p]?.sending, s.chunk == c {
                 let took = now - s.since
                 typicalSend = typicalSend.map { 0.8 * $0 + 0.2 * took } ?? took
+                let prior = peers[p]?.sendTook
+                peers[p]?.sendTook = prior.map { 0.7 * $0 + 0.3 * took } ?? took
                 peers[p]?.sending = nil
                 peers[p]?.has.insert(c)   // it will announce it; sending again would only waste the link
             }
@@ -202,6 +207,24 @@ public struct TransferMachine: Sendable {
     func isSlow(_ s: (chunk: Int, since: Double), _ now: Double) -> Bool {
         guard let t = typicalSend else { return now - s.since > 1.0 }
         return now - s.since > max(0.05, 2 * t)
+    }
+
+    /// A receiver our sends take far longer to reach than they take to most: against the lower median
+    /// of the receivers' own smoothed times, which the slow ones (and a socket buffer that absorbed the
+    /// first chunks quickly) do not drag along as an average would.
+    func slowReceiver(_ peer: PeerState) -> Bool {
+        guard let took = peer.sendTook else { return false }
+        let times = peers.values.compactMap(\.sendTook).sorted()
+        guard times.count >= 2 else { return false }
+        let t = times[(times.count - 1) / 2]
+        return took > 2.5 * t && took > 0.05
+    }
+
+    /// The newest chunk the root has already injected that `theirs` lacks.
+    func newestGivenOut(notIn theirs: Bitset) -> Int? {
+        var c = injected - 1
+        while c >= 0 { if have[c] && !theirs[c] { return c }; c -= 1 }
+        return nil
     }
 
     mutating func pump(_ now: Double, _ out: inout [Action]) {
@@ -228,9 +251,16 @@ public struct TransferMachine: Sendable {
             guard let peer = peers[p] else { wantQueue.remove(at: i); continue }
             if peer.sending != nil { i += 1; continue }
             if c == Self.anyChunk {
-                while injected < plan.chunks && (peer.has[injected] || !have[injected]) { injected += 1 }
-                if injected < plan.chunks { c = injected; injected += 1 } else if let n = have.newest(notIn: peer.has) { c = n } else {
-                    wantQueue.remove(at: i); continue
+                // A fresh chunk given to a receiver with a slow download would be held by it alone, and
+                // passed on at its slow rate, for several chunk times: every other rank would wait for it.
+                // Such a receiver gets the newest chunk already given out instead, which others hold.
+                if slowReceiver(peer), let old = newestGivenOut(notIn: peer.has) {
+                    c = old
+                } else {
+                    while injected < plan.chunks && (peer.has[injected] || !have[injected]) { injected += 1 }
+                    if injected < plan.chunks { c = injected; injected += 1 } else if let n = have.newest(notIn: peer.has) { c = n } else {
+                        wantQueue.remove(at: i); continue
+                    }
                 }
             }
             guard have[c], !peer.has[c] else { wantQueue.remove(at: i); continue }

@@ -137,16 +137,41 @@ final class Network {
         #expect(net.machines.map(\.stats.corrupted).reduce(0, +) == 2)
     }
 
-    @Test func aSlowRankFinishesLateWithoutHoldingUpTheRest() {
+    /// Rank 8 of 16 is also the root's neighbor (across the ring, as in the benchmark's slow-node row).
+    @Test(arguments: [6, 8]) func aSlowRankFinishesLateWithoutHoldingUpTheRest(slow: Int) {
         let k = 64
         var rate = Array(repeating: 1.0, count: 16)
-        rate[6] = 0.25
+        rate[slow] = 0.25
         let net = Network(.pipeline, ranks: 16, chunks: k, rate: rate)
         net.run()
         #expect(net.doneAt.allSatisfy { $0 != nil })
-        let others = net.doneAt.enumerated().filter { $0.offset != 6 }.compactMap { $0.element }.max()!
+        let others = net.doneAt.enumerated().filter { $0.offset != slow }.compactMap { $0.element }.max()!
         #expect(others <= Double(k) * 1.3, "the others took \(others) for \(k) chunks")
-        #expect(net.doneAt[6]! > others, "the slow rank is the last")
+        #expect(net.doneAt[slow]! > others, "the slow rank is the last")
+    }
+
+    @Test func theRootGivesASlowReceiverAChunkOthersAlreadyHold() {
+        let plan = Plan(kind: .pipeline, ranks: 4, chunks: 8)
+        var root = TransferMachine(rank: 0, plan: plan, holdsAll: true, now: 0)
+        _ = root.handle(.connected(peer: 1, complete: false), now: 0)
+        _ = root.handle(.connected(peer: 2, complete: false), now: 0)
+        // Rank 1 takes a chunk per time unit, rank 2 one per four.
+        var t = 0.0
+        for _ in 0..<3 {
+            for (p, took) in [(1, 1.0), (2, 4.0)] {
+                let sends = root.handle(.wanted(by: p, chunk: TransferMachine.anyChunk), now: t)
+                guard case .send(_, let c)? = sends.first else { Issue.record("no send to \(p)"); return }
+                _ = root.handle(.sent(to: p, chunk: c), now: t + took)
+            }
+            t += 5
+        }
+        let before = root.injected
+        let sends = root.handle(.wanted(by: 2, chunk: TransferMachine.anyChunk), now: t)
+        guard case .send(2, let c)? = sends.first else { Issue.record("no send: \(sends)"); return }
+        #expect(c < before, "chunk \(c) was already given out (the root had injected \(before))")
+        #expect(root.injected == before, "nothing fresh went to the slow receiver")
+        let fast = root.handle(.wanted(by: 1, chunk: TransferMachine.anyChunk), now: t)
+        #expect(fast == [.send(to: 1, chunk: before)], "the fast one gets the next fresh chunk")
     }
 
     @Test func aStalledSenderIsWorkedAround() {
