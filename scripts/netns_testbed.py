@@ -9,6 +9,7 @@ import os
 import subprocess
 
 PREFIX = "svmb"
+ALLOWED_CC = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
 
 
 def sh(*args, check=True):
@@ -59,13 +60,12 @@ class Testbed:
     def set_congestion(self, algo):
         """A namespace may only pick an algorithm the host allows (EPERM otherwise), so the host's
         allowed list gains it for the testbed's lifetime and is restored by destroy()."""
-        key = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
         if algo not in open("/proc/sys/net/ipv4/tcp_available_congestion_control").read().split():
             sh("modprobe", f"tcp_{algo}", check=False)
-        allowed = open(key).read().split()
+        allowed = open(ALLOWED_CC).read().split()
         if algo not in allowed:
             self.allowed_before = " ".join(allowed)
-            with open(key, "w") as f:
+            with open(ALLOWED_CC, "w") as f:
                 f.write(" ".join(allowed + [algo]))
         for i in range(self.n):
             sh("ip", "netns", "exec", self.ns(i), "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={algo}")
@@ -99,7 +99,7 @@ class Testbed:
             if name == self.hub or name.startswith(self.prefix + "-n"):
                 sh("ip", "netns", "del", name, check=False)
         if self.allowed_before is not None:
-            with open("/proc/sys/net/ipv4/tcp_allowed_congestion_control", "w") as f:
+            with open(ALLOWED_CC, "w") as f:
                 f.write(self.allowed_before)
             self.allowed_before = None
 
