@@ -57,7 +57,8 @@ enum Guests {
     /// Boots a guest in this process; returns how it ended and its console.
     static func run(_ name: String, cmdline: String = "console=ttyS0", vcpus: Int = 1, memoryMB: Int = 64,
                     cpus: [Int] = [], running: (@Sendable ([Int32]) -> Void)? = nil,
-                    configure: (inout MachineConfig) -> Void = { _ in }) throws -> (MachineEnd, String, Machine) {
+                    configure: (inout MachineConfig) -> Void = { _ in },
+                    beforeRun: (Machine) throws -> Void = { _ in }) throws -> (MachineEnd, String, Machine) {
         let elf = try build(name)
         let console = Console()
         var c = MachineConfig(kernel: [UInt8](try Data(contentsOf: URL(fileURLWithPath: elf))), commandLine: cmdline, vcpus: vcpus,
@@ -65,6 +66,7 @@ enum Guests {
         c.running = running
         configure(&c)
         let m = try Machine(c)
+        try beforeRun(m)
         let end = m.run()
         return (end, console.text, m)
     }
@@ -187,31 +189,29 @@ enum Guests {
         _ = FileManager.default.createFile(atPath: dir + "/disk", contents: Data(disk))
         let sock = dir + "/agent.sock"
         let host = AgentHost(sock)
-        let elf = try Guests.build("virtio")
-        let console = Guests.Console()
-        var c = MachineConfig(kernel: [UInt8](try Data(contentsOf: URL(fileURLWithPath: elf))), commandLine: "console=ttyS0",
-                              console: { console.append($0) })
-        c.agentSocket = sock
-        c.disk = dir + "/disk"
-        c.diskWritable = true
-        let m = try Machine(c)     // listening from here, though no thread serves the socket until run()
-        // A host side that gives up (30 s without a frame) stops the guest too, so a lost frame fails
-        // the test in seconds instead of leaving the guest to spin out its own long wait.
-        let stopIfStuck = { @Sendable in
-            if !host.log.text.contains("intact") { m.finish(.failed("the host side gave up: \(host.log.text)")) }
-        }
-        if helloFirst {
-            let fd = AgentHost.connect(sock)
-            try #require(fd >= 0, "connect to the listening agent socket")
-            Thread { host.converse(fd); stopIfStuck() }.start()
-            host.helloSent.wait()
-        } else {
-            Thread { host.converse(); stopIfStuck() }.start()
-        }
-        let end = m.run()
+        let (end, console, _) = try Guests.run("virtio", configure: { c in
+            c.agentSocket = sock
+            c.disk = dir + "/disk"
+            c.diskWritable = true
+        }, beforeRun: { m in
+            // The machine listens from its creation, though no thread serves the socket until run().
+            // A host side that gives up (30 s without a frame) stops the guest too, so a lost frame
+            // fails the test in seconds instead of leaving the guest to spin out its own long wait.
+            let stopIfStuck = { @Sendable in
+                if !host.log.text.contains("intact") { m.finish(.failed("the host side gave up: \(host.log.text)")) }
+            }
+            if helloFirst {
+                let fd = AgentHost.connect(sock)
+                try #require(fd >= 0, "connect to the listening agent socket")
+                Thread { host.converse(fd); stopIfStuck() }.start()
+                host.helloSent.wait()
+            } else {
+                Thread { host.converse(); stopIfStuck() }.start()
+            }
+        })
         host.done.wait()
-        #expect(end == .exited(0), "\(console.text)")
-        #expect(console.text.contains("virtio: ok"), "\(console.text)")
+        #expect(end == .exited(0), "\(console)")
+        #expect(console.contains("virtio: ok"), "\(console)")
         #expect(host.log.text.contains("ready nonce ok, hostname conformance"), "\(host.log.text)")
         #expect(host.log.text.contains("echo 20000 bytes intact"), "\(host.log.text)")
         let after = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/disk")))
@@ -272,7 +272,11 @@ final class AgentHost: @unchecked Sendable {
             if fd >= 0 { break }
             usleep(10_000)
         }
-        guard fd >= 0 else { done.signal(); return say("could not connect to \(path)") }
+        guard fd >= 0 else {
+            say("could not connect to \(path)")   // before the signal, so the test reads it
+            done.signal()
+            return
+        }
         converse(fd)
     }
 

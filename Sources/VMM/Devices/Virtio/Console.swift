@@ -139,9 +139,12 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
         }
     }
 
-    /// Room for host bytes: none until the driver is up and the guest has opened the port.
+    /// Whether host bytes may be taken: the driver is up and the guest has opened the port.
+    var acceptsInbound: Bool { guestOpen && transport.driverOK }
+
+    /// Room for host bytes: none until they may be taken.
     public var inboundRoom: Int {
-        guard guestOpen && transport.driverOK else { return 0 }
+        guard acceptsInbound else { return 0 }
         return max(0, Self.bufferLimit - (inbound.count - inboundStart))
     }
 
@@ -156,7 +159,7 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
     }
 
     func pumpInbound() throws {
-        guard guestOpen && transport.driverOK else { return }
+        guard acceptsInbound else { return }
         let m = transport.memory
         var filled = false
         while inbound.count > inboundStart, let c = try transport.queues[Self.portRX].pop(m) {
