@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
@@ -27,16 +28,45 @@ def file_digest(path):
     return "sha256:" + out.split()[0]
 
 
+class CPUSampler:
+    """The machine's CPU use, sampled from /proc/stat every 50 ms, so a run can say how busy the CPUs were
+    between two instants (softirq, the shapers and the kernel's copies included: all nodes share them)."""
+
+    def __init__(self):
+        self.samples = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            idle = v[3] + v[4]
+            self.samples.append((time.time(), sum(v) - idle, sum(v)))
+            self.stop.wait(0.05)
+
+    def busy(self, t0, t1):
+        """Fraction of all CPUs busy between t0 and t1."""
+        self.stop.set()
+        self.thread.join()
+        a = min(self.samples, key=lambda s: abs(s[0] - t0))
+        b = min(self.samples, key=lambda s: abs(s[0] - t1))
+        return (b[1] - a[1]) / max(1, b[2] - a[2])
+
+
 def transfer(tb, kind, src, workdir, chunk, extra=None):
-    """One broadcast on the testbed; returns (seconds until the last verified copy, per-rank reports)."""
+    """One broadcast on the testbed; returns (seconds until the last verified copy, per-rank reports,
+    the start instant, the CPU sampler)."""
     nodes = ",".join(tb.addr(i) for i in range(tb.n))
     procs = []
+    cpu = CPUSampler()
     # Every rank begins at the same instant (a parallel launcher's start), not as spawned one by one.
     t0 = time.time() + 0.3 + 0.06 * tb.n
     for i in range(tb.n):
         argv = [BIN, "broadcast", "--rank", str(i), "--nodes", nodes, "--port", "17500", "--schedule", kind,
                 "--chunk-size", chunk, "--json", "--timeout", "120", "--start-at", f"{t0:.3f}"]
-        argv += ["--src", src] if i == 0 else ["--dst", os.path.join(workdir, f"copy{i}")]
+        argv += ["--src", src, "--manifest", src + ".manifest"] if i == 0 else ["--dst", os.path.join(workdir, f"copy{i}")]
         argv += (extra or {}).get(i, [])
         procs.append(tb.popen(i, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     reports = []
@@ -47,7 +77,7 @@ def transfer(tb, kind, src, workdir, chunk, extra=None):
         else:
             reports.append(json.loads(out.strip().splitlines()[-1]))
     ends = [r["verified_unix"] for r in reports[1:] if "verified_unix" in r]
-    return (max(ends) - t0 if ends else float("nan")), reports
+    return (max(ends) - t0 if ends else float("nan")), reports, t0, cpu
 
 
 def main():
@@ -58,7 +88,8 @@ def main():
     ap.add_argument("--chunk", default="1M")
     ap.add_argument("--kinds", default="central,binomial,pipeline")
     ap.add_argument("--slow", action="store_true", help="also: one node at a quarter of the rate (pipeline)")
-    ap.add_argument("--dir", default="/dev/shm/slurm-vm-bench")
+    ap.add_argument("--dir", default="/var/tmp/slurm-vm-bench",
+                    help="where the image and the copies go: a disk filesystem, as a node's cache would be")
     ap.add_argument("--congestion", default="cubic",
                     help="the nodes' TCP congestion control: Debian's default, cubic, unless given ('host': the host's own)")
     a = ap.parse_args()
@@ -74,12 +105,19 @@ def main():
     print(f"| nodes | size | " + " | ".join(kinds) + " |")
     print("|---|---|" + "---|" * len(kinds))
     bad = 0
+    notes = []
     for size in [int(s) for s in a.sizes.split(",")]:
         src = os.path.join(a.dir, f"image-{size}")
         with open(src, "wb") as f:
             for _ in range(size):
                 f.write(os.urandom(1 << 20))
         digest = file_digest(src)
+        # The root's manifest (chunk hashes), computed once per image as the catalog does and reused by
+        # every run; what computing it costs is printed, since a first broadcast of an image pays it.
+        began = time.time()
+        subprocess.run([BIN, "broadcast", "--rank", "0", "--nodes", "127.0.0.1", "--port", "17599", "--src", src,
+                        "--manifest", src + ".manifest"], check=True, stdout=subprocess.DEVNULL)
+        notes.append(f"{size} MiB: the root's manifest was computed once, in {time.time() - began:.2f} s with the process start, and reused")
         limit = size * (1 << 20) * 8 / (a.mbit * 1e6)
         for n in [int(x) for x in a.nodes.split(",")]:
             cells = []
@@ -87,7 +125,8 @@ def main():
                 for kind in kinds:
                     work = os.path.join(a.dir, f"{kind}-{n}")
                     os.makedirs(work)
-                    secs, reports = transfer(tb, kind, src, work, a.chunk)
+                    secs, reports, t0, cpu = transfer(tb, kind, src, work, a.chunk)
+                    busy = cpu.busy(t0, t0 + secs)
                     errors = [r for r in reports if "error" in r]
                     copies = [os.path.join(work, f"copy{i}") for i in range(1, n)]
                     wrong = [c for c in copies if not os.path.exists(c) or file_digest(c) != digest]
@@ -96,8 +135,10 @@ def main():
                         cells.append("FAILED")
                         print(f"  {kind} N={n}: errors {errors} wrong copies {wrong}", file=sys.stderr)
                     else:
-                        cells.append(f"{secs / limit:.2f}× ({secs:.1f} s)")
-                    rows.append({"kind": kind, "nodes": n, "mib": size, "seconds": secs, "ratio": secs / limit,
+                        cells.append(f"{secs / limit:.2f}× ({secs:.1f} s, CPU {busy:.0%})")
+                    rows.append({"kind": kind, "nodes": n, "mib": size, "seconds": secs, "ratio": secs / limit, "cpu_busy": busy,
+                                 "sent": sum(r.get("sent", 0) for r in reports),
+                                 "sent_from_memory": sum(r.get("sent_from_memory", 0) for r in reports),
                                  "repairs": sum(r.get("repairs", 0) for r in reports),
                                  "duplicates": sum(r.get("duplicates", 0) for r in reports)})
                     shutil.rmtree(work)
@@ -107,20 +148,24 @@ def main():
             with Testbed(n, mbit=a.mbit, slow={n // 2: a.mbit // 4}, congestion=cc) as tb:
                 work = os.path.join(a.dir, f"slow-{n}")
                 os.makedirs(work)
-                secs, reports = transfer(tb, "pipeline", src, work, a.chunk)
+                secs, reports, _, cpu = transfer(tb, "pipeline", src, work, a.chunk)
                 others = [r["verified_unix"] for r in reports[1:] if "verified_unix" in r and r["rank"] != n // 2]
                 slow = [r for r in reports if r["rank"] == n // 2][0]
                 t0 = min(others) - min(r["seconds"] for r in reports[1:] if "seconds" in r and r["rank"] != n // 2)
                 rest = max(others) - t0
+                busy = cpu.busy(t0, max(others))   # while the others receive
                 ok = all(os.path.exists(os.path.join(work, f"copy{i}")) and file_digest(os.path.join(work, f"copy{i}")) == digest for i in range(1, n))
                 gaps = " | ".join("—" for k in kinds if k != "pipeline")
-                print(f"| {n}, node {n // 2} at {a.mbit // 4} Mbit/s | {size} MiB | {gaps} | the others {rest / limit:.2f}× ({rest:.1f} s), "
-                      f"the slow node {slow.get('seconds', float('nan')) / limit:.2f}×{'' if ok else ' FAILED'} |", flush=True)
+                print(f"| {n}, node {n // 2} at {a.mbit // 4} Mbit/s | {size} MiB | {gaps} | the others {rest / limit:.2f}× ({rest:.1f} s, "
+                      f"CPU {busy:.0%}), the slow node {slow.get('seconds', float('nan')) / limit:.2f}×{'' if ok else ' FAILED'} |", flush=True)
                 if not ok:
                     bad += 1
                 shutil.rmtree(work)
         os.unlink(src)
+        os.unlink(src + ".manifest")
     shutil.rmtree(a.dir, ignore_errors=True)
+    for n in notes:
+        print(n)
     print(json.dumps(rows))
     sys.exit(1 if bad else 0)
 

@@ -38,6 +38,9 @@ public final class Coordinator: @unchecked Sendable {
     public var waitSeconds: Double = 10
     public var chunkSize = Manifest.defaultChunkSize
     public private(set) var transfers = 0
+    /// Manifests of the catalog's blobs by "digest chunk-size": a blob never changes, so each is
+    /// computed once (a pass over the image every receiver would wait for) and reused.
+    var manifests: [String: Manifest] = [:]
     let log: @Sendable (String) -> Void
 
     /// `source` gives the catalog's path of a blob by digest.
@@ -100,6 +103,13 @@ public final class Coordinator: @unchecked Sendable {
     func startRoot(id: String, path: String, host: String, members: [String]) throws -> [String] {
         var c = ParticipantConfig(rank: 0, addresses: [])
         c.source = path
+        let key = "\(groups[id]?.digest ?? "") \(chunkSize)"
+        if manifests[key] == nil {
+            let m = try Manifest.compute(path: path, chunkSize: chunkSize)
+            if m.digest == groups[id]?.digest { manifests[key] = m }
+        }
+        c.manifest = manifests[key]
+        c.digest = groups[id]?.digest
         c.transfer = id
         c.chunkSize = chunkSize
         c.lingerSeconds = 60

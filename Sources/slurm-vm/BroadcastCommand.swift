@@ -25,6 +25,7 @@ struct BroadcastCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Every node's address, rank 0 first: HOST or HOST:PORT, comma-separated.", valueName: "list")) var nodes: String
     @Option(help: "The port for addresses given without one.") var port: Int = 17500
     @Option(help: "Rank 0: the file to send.") var src: String?
+    @Option(help: "Rank 0: keep the file's manifest (chunk hashes) here and reuse it while the file is unchanged, rather than hash the file at every start.") var manifest: String?
     @Option(help: "Other ranks: where the verified copy goes (appears only once verified).") var dst: String?
     @Option(help: "The SHA-256 the file must have (sha256:HEX); a transfer of anything else is refused.") var digest: String?
     @Option(help: ArgumentHelp("Chunk size (64K…16M, a multiple of 64 bytes; K and M suffixes).", valueName: "size")) var chunkSize: String = "1M"
@@ -56,6 +57,7 @@ struct BroadcastCommand: ParsableCommand {
             c.source = rank == 0 ? src : nil
             c.destination = rank == 0 ? nil : dst
             c.digest = digest
+            if rank == 0, let store = manifest, let src { c.manifest = try Manifest.reusing(store, for: src, chunkSize: cs) }
             c.giveUpSeconds = timeout
             c.dialSeconds = dialTimeout
             c.corrupt = Set((corrupt ?? "").split(separator: ",").compactMap { Int($0) })
@@ -72,6 +74,7 @@ struct BroadcastCommand: ParsableCommand {
                 let line: [String: Any] = [
                     "rank": rank, "seconds": report.seconds, "verified_unix": began.timeIntervalSince1970 + report.seconds,
                     "received": s.received, "duplicates": s.duplicates, "corrupted": s.corrupted, "repairs": s.repairs, "sent": s.sent, "served": s.served,
+                    "sent_from_memory": report.sentFromMemory, "uncached": report.bypassedPageCache,
                 ]
                 print(String(data: try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]), encoding: .utf8)!)
             } else if rank != 0 {

@@ -9,8 +9,10 @@ import Testing
 @testable import Broadcast
 
 @Suite struct ChunkFileTests {
-    @Test func racingCopiesOfAChunkNeverCorruptTheFile() throws {
-        let dir = NSTemporaryDirectory() + "svmb-cf-\(getpid())"
+    /// Both ways of writing: around the page cache (O_DIRECT, every copy held until verified; the
+    /// temporary directory is a disk filesystem in CI) and through it (the first copy written in place).
+    @Test(arguments: [true, false]) func racingCopiesOfAChunkNeverCorruptTheFile(bypassPageCache: Bool) throws {
+        let dir = NSTemporaryDirectory() + "svmb-cf-\(getpid())-\(bypassPageCache)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let chunk = 64 << 10, count = 3
@@ -23,7 +25,8 @@ import Testing
         let piece = 4096
         for (round, goodFirst) in [(0, true), (1, false), (2, true), (3, false)] {
             let dst = "\(dir)/copy\(round)"
-            let f = try ChunkFile(destination: dst, manifest: manifest)
+            let f = try ChunkFile(destination: dst, manifest: manifest, bypassPageCache: bypassPageCache)
+            if !bypassPageCache { #expect(!f.bypassesPageCache) }
             for i in [0, 2] {
                 let w = try #require(f.writer(for: i, length: chunk))
                 try good[(i * chunk)..<((i + 1) * chunk)].withUnsafeBytes { try w.append($0) }
@@ -42,5 +45,59 @@ import Testing
             try f.finish()
             #expect(FileManager.default.contents(atPath: dst) == Data(good), "round \(round)")
         }
+    }
+
+    /// An uncached copy whose last chunk ends mid-page: the whole pages go by O_DIRECT, the tail through
+    /// the page cache; the newest verified chunks can be read back from memory, the oldest have left it.
+    @Test func uncachedCopyWithATailKeepsTheNewestChunksInMemory() throws {
+        let dir = NSTemporaryDirectory() + "svmb-cf-tail-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let chunk = 64 << 10, count = 7
+        let image = (0..<(chunk * (count - 1) + 5000)).map { UInt8(truncatingIfNeeded: $0 &* 40503 >> 3) }
+        try Data(image).write(to: URL(fileURLWithPath: "\(dir)/image"))
+        let manifest = try Manifest.compute(path: "\(dir)/image", chunkSize: chunk)
+        let f = try ChunkFile(destination: "\(dir)/copy", manifest: manifest, keepInMemory: 4 * chunk)
+        guard f.bypassesPageCache else {
+            print("SKIPPED: \(dir) does not take O_DIRECT; the uncached path is not exercised here")
+            return
+        }
+        for i in (0..<count).reversed() {   // the tail chunk first, the first chunk last
+            let (off, len) = manifest.range(i)
+            let w = try #require(f.writer(for: i, length: len))
+            try image[Int(off)..<(Int(off) + len)].withUnsafeBytes { try w.append($0) }
+            #expect(try w.finish())
+        }
+        for i in 0..<count {
+            let (off, len) = manifest.range(i)
+            if i < 4 { #expect(f.held(i).map { Array($0) } == Array(image[Int(off)..<(Int(off) + len)]), "chunk \(i)") }
+            else { #expect(f.held(i) == nil, "chunk \(i) should have left memory") }
+        }
+        try f.finish()
+        #expect(FileManager.default.contents(atPath: "\(dir)/copy") == Data(image))
+    }
+
+    /// A kept manifest is reused while the file is unchanged, and computed again (and kept anew) once
+    /// the file changes or another chunk size is asked for; a damaged store is recomputed, not trusted.
+    @Test func aKeptManifestIsReusedOnlyWhileTheFileIsUnchanged() throws {
+        let dir = NSTemporaryDirectory() + "svmb-mf-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let image = "\(dir)/image", store = "\(dir)/image.manifest"
+        try Data((0..<(300 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 31) }).write(to: URL(fileURLWithPath: image))
+        let first = try Manifest.reusing(store, for: image, chunkSize: 64 << 10)
+        #expect(first == (try Manifest.compute(path: image, chunkSize: 64 << 10)))
+        #expect(FileManager.default.fileExists(atPath: store))
+        #expect(try Manifest.reusing(store, for: image, chunkSize: 64 << 10) == first)
+        #expect(try Manifest.reusing(store, for: image, chunkSize: 128 << 10).chunkSize == 128 << 10)
+        // Same size, new bytes, a later modification time.
+        try Data((0..<(300 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 37) }).write(to: URL(fileURLWithPath: image))
+        var times = [timespec(tv_sec: time(nil) + 5, tv_nsec: 0), timespec(tv_sec: time(nil) + 5, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, image, &times, 0) == 0)
+        let changed = try Manifest.reusing(store, for: image, chunkSize: 64 << 10)
+        #expect(changed != first)
+        #expect(changed == (try Manifest.compute(path: image, chunkSize: 64 << 10)))
+        try Data("{ not a manifest".utf8).write(to: URL(fileURLWithPath: store))
+        #expect(try Manifest.reusing(store, for: image, chunkSize: 64 << 10) == changed)
     }
 }
