@@ -212,7 +212,15 @@ public struct TransferMachine: Sendable {
     /// A receiver our sends take far longer to reach than they take to most: against the lower median
     /// of the receivers' own smoothed times, which the slow ones (and a socket buffer that absorbed the
     /// first chunks quickly) do not drag along as an average would.
+    /// Or one whose copy lags far behind the others' (what the neighbors have announced): send times
+    /// alone can miss a slow receiver when its socket buffer absorbs each send quickly, and a fresh
+    /// chunk given to it then sits there for seconds while every rank waits for it.
     func slowReceiver(_ peer: PeerState) -> Bool {
+        let counts = peers.values.map(\.announced.population).sorted()
+        if counts.count >= 3 {
+            let median = counts[counts.count / 2]
+            if median >= 16 && Double(peer.announced.population) < 0.6 * Double(median) { return true }
+        }
         guard let took = peer.sendTook else { return false }
         let times = peers.values.compactMap(\.sendTook).sorted()
         guard times.count >= 2 else { return false }
