@@ -10,6 +10,8 @@ swift build -c release --product slurm-vm 2>&1 | tail -1
 swift build -c release --product slurm-vmd 2>&1 | tail -1
 swift build -c release --product slurm-vm-vmm 2>&1 | tail -1
 swift build --build-tests 2>&1 | tail -1
+# Package.swift declares exactly what each target imports.
+python3 scripts/check_package_deps.py
 log=$(mktemp)
 rc=0
 swift test --skip-build >"$log" 2>&1 || rc=$?

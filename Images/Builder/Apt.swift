@@ -5,6 +5,7 @@
 
 import Catalog
 import Foundation
+import Support
 
 struct DebPackage: Equatable, Sendable {
     var name: String

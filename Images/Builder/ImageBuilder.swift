@@ -5,6 +5,7 @@
 
 import Catalog
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 /* slurm-vm SPANK plugin: shared declarations. One file per SPANK context:
- *   plugin.c  registration, the option table, dispatch by context
+ *   plugin.c  the SPANK entry points, dispatch by context
+ *   options.c the --vm-* option table, registration, environment fallbacks
  *   submit.c  sbatch/salloc/srun: local syntax checks, matching through slurm-vmd, VM_REQUEST
  *   prolog.c  job prolog/epilog on each node: prepare / tear down this node's guests
  *   task.c    slurmstepd task_init: redirect each task into a guest through the exec wrapper
@@ -41,6 +42,9 @@ void svm_config_free(void);
 char *svm_node_socket(const char *node);
 
 int svm_register_options(spank_t sp);
+/* After option parsing: fill unset options from their SLURM_VM_* variables. */
+void svm_apply_env_fallbacks(void);
+void svm_options_free(void);
 /* 1 if any --vm-* option (or its environment fallback) is set. */
 int svm_requested(void);
 /* The given options as a JSON object {"count": "4", ...} (caller decrefs). */

@@ -5,9 +5,11 @@
 #include "slurm-vm.h"
 
 #include <ctype.h>
+#include <stdio.h>
 #include <slurm/slurm.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* Cheap local checks, so a typo is reported without a round trip; the daemon validates fully. */
 static int check_syntax(char *err, size_t len)
@@ -41,18 +43,112 @@ static int check_syntax(char *err, size_t len)
     return 0;
 }
 
-/* The largest node's CPU count, so the daemon can reject --vm-vcpus no node can hold (0: unknown). */
-static int max_node_cpus(void)
+/* The CPU counts of the cluster's smallest and largest node, so the daemon can refuse what no node holds
+ * and size --exclusive jobs (NULL: Slurm did not answer). */
+static json_t *node_cpus(void)
 {
     node_info_msg_t *msg = NULL;
-    int best = 0;
+    int lo = 0, hi = 0;
     if (slurm_load_node((time_t)0, &msg, SHOW_ALL) != 0 || !msg)
-        return 0;
-    for (uint32_t i = 0; i < msg->record_count; i++)
-        if (msg->node_array[i].name && (int)msg->node_array[i].cpus > best)
-            best = msg->node_array[i].cpus;
+        return NULL;
+    for (uint32_t i = 0; i < msg->record_count; i++) {
+        int c = (int)msg->node_array[i].cpus;
+        if (!msg->node_array[i].name || c <= 0)
+            continue;
+        if (!lo || c < lo)
+            lo = c;
+        if (c > hi)
+            hi = c;
+    }
     slurm_free_node_info_msg(msg);
-    return best;
+    return hi ? json_pack("{s:i, s:i}", "smallest", lo, "largest", hi) : NULL;
+}
+
+/* The #SBATCH lines of a batch script, as sbatch reads them: after the #! line, up to the first line
+ * that is neither blank nor a comment. */
+static void read_directives(const char *path, json_t *out)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof line, f) && n++ < 10000) {
+        line[strcspn(line, "\r\n")] = 0;
+        const char *p = line;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (n == 1 || !*p)
+            continue;
+        if (*p != '#')
+            break;
+        if (!strncmp(p, "#SBATCH", 7) && (p[7] == ' ' || p[7] == '\t'))
+            json_array_append_new(out, json_string(p + 8));
+    }
+    fclose(f);
+}
+
+/* sbatch's script: the first argument naming a regular file that starts with "#!" (sbatch refuses
+ * any other script). None with --wrap or a script on standard input. */
+static int is_script(const char *path)
+{
+    struct stat st;
+    char head[2];
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        return 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int ok = fread(head, 1, 2, f) == 2 && head[0] == '#' && head[1] == '!';
+    fclose(f);
+    return ok;
+}
+
+/* The submitting command (Slurm 22.05's SPANK tells a plugin nothing of the job's size at submission):
+ * {"tool": "sbatch", "arguments": [...], "directives": [...], "environment": {...}}. slurm-vmd reads
+ * the job-size options out of it (Sources/Catalog/JobShape.swift). */
+static json_t *command_json(void)
+{
+    json_t *args = json_array(), *dirs = json_array(), *env = json_object();
+    char tool[64] = "";
+    size_t cap = 1 << 20; /* argv beyond 1 MiB is not job sizes */
+    char *buf = malloc(cap);
+    ssize_t len = 0;
+    FILE *f = buf ? fopen("/proc/self/cmdline", "r") : NULL;
+    if (f) {
+        len = (ssize_t)fread(buf, 1, cap - 1, f);
+        buf[len] = 0;
+        fclose(f);
+    }
+    for (ssize_t off = 0, i = 0; len > 0 && off < len; i++) {
+        const char *a = buf + off;
+        if (i == 0) {
+            const char *slash = strrchr(a, '/');
+            snprintf(tool, sizeof tool, "%s", slash ? slash + 1 : a);
+        } else {
+            json_array_append_new(args, json_string(a));
+        }
+        off += (ssize_t)strlen(a) + 1;
+    }
+    if (!strcmp(tool, "sbatch"))
+        for (size_t i = 0; i < json_array_size(args); i++) {
+            const char *a = json_string_value(json_array_get(args, i));
+            if (a && a[0] != '-' && is_script(a)) {
+                read_directives(a, dirs);
+                break;
+            }
+        }
+    free(buf);
+    extern char **environ;
+    for (char **e = environ; *e; e++) {
+        const char *eq = strchr(*e, '=');
+        if (!eq || (strncmp(*e, "SBATCH_", 7) && strncmp(*e, "SALLOC_", 7) && strncmp(*e, "SLURM_", 6)))
+            continue;
+        char name[128];
+        snprintf(name, sizeof name, "%.*s", (int)(eq - *e), *e);
+        json_object_set_new(env, name, json_string(eq + 1));
+    }
+    return json_pack("{s:s, s:o, s:o, s:o}", "tool", tool, "arguments", args, "directives", dirs, "environment", env);
 }
 
 int svm_submit(spank_t sp)
@@ -68,7 +164,10 @@ int svm_submit(spank_t sp)
     if (spank_context() == S_CTX_LOCAL && getenv("SLURM_JOB_ID"))
         return 0;
 
-    json_t *req = json_pack("{s:s, s:o, s:i}", "op", "match", "options", svm_options_json(), "node_cpus_max", max_node_cpus());
+    json_t *req = json_pack("{s:s, s:o, s:o}", "op", "match", "options", svm_options_json(), "command", command_json());
+    json_t *cpus = node_cpus();
+    if (cpus)
+        json_object_set_new(req, "node_cpus", cpus);
     const char *account = getenv("SBATCH_ACCOUNT") ? getenv("SBATCH_ACCOUNT") : getenv("SLURM_ACCOUNT");
     if (account)
         json_object_set_new(req, "account", json_string(account));

@@ -43,7 +43,7 @@ public final class ChunkFile: @unchecked Sendable {
 
     private func mapFile() throws {
         guard let m = mmap(nil, Int(manifest.size), PROT_READ, MAP_SHARED, fd, 0), m != MAP_FAILED else {
-            throw BroadcastError("cannot map \(path): \(String(cString: strerror(errno)))")
+            throw BroadcastError.io("cannot map \(path): \(String(cString: strerror(errno)))")
         }
         map = m
     }
@@ -53,7 +53,7 @@ public final class ChunkFile: @unchecked Sendable {
         path = source
         self.manifest = manifest
         fd = open(source, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw BroadcastError("cannot open \(source): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw BroadcastError.io("cannot open \(source): \(String(cString: strerror(errno)))") }
         partial = nil
         destination = nil
         have = Bitset(count: manifest.count, full: true)
@@ -61,7 +61,7 @@ public final class ChunkFile: @unchecked Sendable {
         var st = stat()
         guard fstat(fd, &st) == 0, Int64(st.st_size) == manifest.size else {
             close(fd)
-            throw BroadcastError("\(source) is not the \(manifest.size) bytes its manifest describes")
+            throw BroadcastError.io("\(source) is not the \(manifest.size) bytes its manifest describes")
         }
         try mapFile()
     }
@@ -74,13 +74,13 @@ public final class ChunkFile: @unchecked Sendable {
         let name = (destination as NSString).lastPathComponent
         let p = (dir.isEmpty ? "." : dir) + "/.partial-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         fd = open(p, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw BroadcastError("cannot create \(p): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw BroadcastError.io("cannot create \(p): \(String(cString: strerror(errno)))") }
         let rc = posix_fallocate(fd, 0, off_t(manifest.size))
         if rc != 0 {
             close(fd)
             unlink(p)
             let why = rc == ENOSPC ? "not enough space" : String(cString: strerror(rc))
-            throw BroadcastError("cannot reserve \(manifest.size) bytes in \(dir.isEmpty ? "." : dir) for the image: \(why); free space there or point the destination elsewhere")
+            throw BroadcastError.io("cannot reserve \(manifest.size) bytes in \(dir.isEmpty ? "." : dir) for the image: \(why); free space there or point the destination elsewhere")
         }
         path = p
         partial = p
@@ -177,7 +177,7 @@ public final class ChunkFile: @unchecked Sendable {
             let n = pwrite(u, p + done, len - done, off_t(off) + off_t(done))
             if n < 0 && errno == EINTR { continue }
             if n < 0 && errno == EINVAL && done == 0 { return false }
-            if n <= 0 { throw BroadcastError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            if n <= 0 { throw BroadcastError.io("cannot write \(path): \(String(cString: strerror(errno)))") }
             done += n
         }
         return true
@@ -188,7 +188,7 @@ public final class ChunkFile: @unchecked Sendable {
         while done < bytes.count {
             let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(off) + off_t(done))
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw BroadcastError("cannot write \(path): \(String(cString: strerror(errno)))") }
+            if n <= 0 { throw BroadcastError.io("cannot write \(path): \(String(cString: strerror(errno)))") }
             done += n
         }
     }
@@ -198,7 +198,7 @@ public final class ChunkFile: @unchecked Sendable {
 
     /// Calls body with chunk i's bytes, in place in the mapping.
     public func withChunk<T>(_ i: Int, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
-        guard i >= 0 && i < manifest.count, let map else { throw BroadcastError("chunk \(i) is outside the image") }
+        guard i >= 0 && i < manifest.count, let map else { throw BroadcastError.protocolViolation("chunk \(i) is outside the image") }
         let (off, len) = manifest.range(i)
         return try body(UnsafeRawBufferPointer(start: map + Int(off), count: len))
     }
@@ -207,12 +207,12 @@ public final class ChunkFile: @unchecked Sendable {
     /// renames into place.
     public func finish() throws {
         guard let partial, let destination else { return }
-        guard have.isFull else { throw BroadcastError("the copy is incomplete") }
-        guard fsync(fd) == 0 else { throw BroadcastError("cannot sync \(partial): \(String(cString: strerror(errno)))") }
+        guard have.isFull else { throw BroadcastError.failed("the copy is incomplete") }
+        guard fsync(fd) == 0 else { throw BroadcastError.io("cannot sync \(partial): \(String(cString: strerror(errno)))") }
         guard rename(partial, destination) == 0 else {
             let e = String(cString: strerror(errno))
             discard()
-            throw BroadcastError("cannot rename the verified copy to \(destination): \(e)")
+            throw BroadcastError.io("cannot rename the verified copy to \(destination): \(e)")
         }
     }
 
@@ -226,7 +226,7 @@ public final class ChunkFile: @unchecked Sendable {
         while done < len {
             let n = pread(fd, p + done, len - done, off_t(off) + off_t(done))
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw BroadcastError("cannot read \(path) at \(off + Int64(done)): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))") }
+            if n <= 0 { throw BroadcastError.io("cannot read \(path) at \(off + Int64(done)): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))") }
             done += n
         }
     }
@@ -290,7 +290,7 @@ public final class ChunkWriter: @unchecked Sendable {
     }
 
     public func append(_ bytes: UnsafeRawBufferPointer) throws {
-        guard written + bytes.count <= length else { throw BroadcastError("a peer sent more bytes than chunk \(index) has") }
+        guard written + bytes.count <= length else { throw BroadcastError.protocolViolation("a peer sent more bytes than chunk \(index) has") }
         hasher.update(bytes)
         if let held {
             held.append(bytes)

@@ -54,8 +54,8 @@ public final class Coordinator: @unchecked Sendable {
     /// at: rank 0 listens there. A node that already holds the blob (address nil) only counts towards
     /// its job's nodes and returns nil at once.
     public func join(digest: String, job: String, jobNodes: Int, node: String, address: String?, host: String) throws -> Assignment? {
-        guard let path = source(digest) else { throw BroadcastError("no blob \(digest) in the catalog") }
-        guard jobNodes >= 1 && jobNodes <= 100_000 else { throw BroadcastError("a job of \(jobNodes) nodes cannot be right") }
+        guard let path = source(digest) else { throw BroadcastError.noSuchBlob("no blob \(digest) in the catalog") }
+        guard jobNodes >= 1 && jobNodes <= 100_000 else { throw BroadcastError.config("a job of \(jobNodes) nodes cannot be right") }
         lock.lock()
         defer { lock.unlock() }
         guard let address else {
@@ -83,14 +83,14 @@ public final class Coordinator: @unchecked Sendable {
             if (full && age >= gatherSeconds) || age >= waitSeconds {
                 if gathering[digest] == id { gathering[digest] = nil }
                 do { groups[id]!.plan = .success(try startRoot(id: id, path: path, host: host, members: g.members.map(\.address))) }
-                catch { groups[id]!.plan = .failure(error as? BroadcastError ?? BroadcastError("\(error)")) }
+                catch { groups[id]!.plan = .failure(error as? BroadcastError ?? BroadcastError.failed("\(error)")) }
                 lock.broadcast()
                 break
             }
             _ = lock.wait(until: Date().addingTimeInterval(full ? max(0.01, gatherSeconds - age) : 0.05))
         }
         guard let g = groups[id], let plan = g.plan, let i = g.members.firstIndex(where: { $0.node == node }) else {
-            throw BroadcastError("broadcast \(id) ended before it was planned")
+            throw BroadcastError.failed("broadcast \(id) ended before it was planned")
         }
         let rank = i + 1
         switch plan {

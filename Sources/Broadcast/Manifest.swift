@@ -10,9 +10,26 @@ import Foundation
 import Glibc
 #endif
 
-public struct BroadcastError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ d: String) { description = d }
+/// What can end a broadcast, by kind; each message says what was wrong.
+public enum BroadcastError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// The transfer was set up wrongly (ranks, addresses, chunk size, roles).
+    case config(String)
+    /// A local file could not be read, written, reserved or renamed.
+    case io(String)
+    /// A peer broke the protocol (bad frames, versions, more bytes than a chunk holds).
+    case protocolViolation(String)
+    /// Bytes or a manifest do not hash to what they claim.
+    case corrupt(String)
+    /// The catalog holds no such blob.
+    case noSuchBlob(String)
+    /// The transfer did not complete (a peer gone, a rank abandoned, a copy incomplete).
+    case failed(String)
+
+    public var description: String {
+        switch self {
+        case .config(let s), .io(let s), .protocolViolation(let s), .corrupt(let s), .noSuchBlob(let s), .failed(let s): return s
+        }
+    }
 }
 
 public struct Manifest: Codable, Sendable, Equatable {
@@ -42,7 +59,7 @@ public struct Manifest: Codable, Sendable, Equatable {
 
     static func checkChunkSize(_ chunkSize: Int) throws {
         guard chunkSizes.contains(chunkSize), chunkSize % 64 == 0 else {
-            throw BroadcastError("chunk size \(chunkSize) must be a multiple of 64 bytes within \(chunkSizes.lowerBound)…\(chunkSizes.upperBound)")
+            throw BroadcastError.config("chunk size \(chunkSize) must be a multiple of 64 bytes within \(chunkSizes.lowerBound)…\(chunkSizes.upperBound)")
         }
     }
 
@@ -50,12 +67,12 @@ public struct Manifest: Codable, Sendable, Equatable {
     public static func compute(path: String, chunkSize: Int = defaultChunkSize) throws -> Manifest {
         try checkChunkSize(chunkSize)
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw BroadcastError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw BroadcastError.io("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw BroadcastError("cannot stat \(path)") }
+        guard fstat(fd, &st) == 0 else { throw BroadcastError.io("cannot stat \(path)") }
         let size = Int64(st.st_size)
-        guard size > 0 else { throw BroadcastError("\(path) is empty; there is nothing to broadcast") }
+        guard size > 0 else { throw BroadcastError.config("\(path) is empty; there is nothing to broadcast") }
         var whole = ChainedSHA256()
         var chunks: [Data] = []
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunkSize, alignment: 64)
@@ -79,7 +96,7 @@ public struct Manifest: Codable, Sendable, Equatable {
     public static func reusing(_ store: String, for path: String, chunkSize: Int = defaultChunkSize) throws -> Manifest {
         struct Stored: Codable { var size: Int64; var mtimeNanoseconds: Int64; var manifest: Manifest }
         var st = stat()
-        guard stat(path, &st) == 0 else { throw BroadcastError("cannot stat \(path): \(String(cString: strerror(errno)))") }
+        guard stat(path, &st) == 0 else { throw BroadcastError.io("cannot stat \(path): \(String(cString: strerror(errno)))") }
         let mtime = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
         if let data = FileManager.default.contents(atPath: store),
            let kept = try? JSONDecoder().decode(Stored.self, from: data),
@@ -91,10 +108,10 @@ public struct Manifest: Codable, Sendable, Equatable {
         let tmp = store + ".tmp-\(getpid())"
         do {
             try JSONEncoder().encode(Stored(size: m.size, mtimeNanoseconds: mtime, manifest: m)).write(to: URL(fileURLWithPath: tmp))
-            guard rename(tmp, store) == 0 else { throw BroadcastError(String(cString: strerror(errno))) }
+            guard rename(tmp, store) == 0 else { throw BroadcastError.io(String(cString: strerror(errno))) }
         } catch {
             unlink(tmp)
-            throw BroadcastError("cannot keep the manifest at \(store): \(error)")
+            throw BroadcastError.io("cannot keep the manifest at \(store): \(error)")
         }
         return m
     }
@@ -105,10 +122,10 @@ public struct Manifest: Codable, Sendable, Equatable {
         try Self.checkChunkSize(chunkSize)
         let expected = size > 0 ? Int((size + Int64(chunkSize) - 1) / Int64(chunkSize)) : 0
         guard expected > 0, chunks.count == expected, chunks.allSatisfy({ $0.count == 32 }) else {
-            throw BroadcastError("the manifest is malformed: \(chunks.count) chunk values for \(size) bytes in chunks of \(chunkSize)")
+            throw BroadcastError.corrupt("the manifest is malformed: \(chunks.count) chunk values for \(size) bytes in chunks of \(chunkSize)")
         }
         guard digest == "sha256:" + chunks.last!.hex else {
-            throw BroadcastError("the manifest's chain ends in sha256:\(chunks.last!.hex), not its digest \(digest)")
+            throw BroadcastError.corrupt("the manifest's chain ends in sha256:\(chunks.last!.hex), not its digest \(digest)")
         }
     }
 

@@ -98,7 +98,7 @@ public final class Participant: @unchecked Sendable {
     /// A rank that listened but never joined (its request was refused, it held the blob): nothing waits
     /// on it, and its socket closes.
     deinit {
-        if !ended { result.fail(BroadcastError("rank \(config.rank) of transfer '\(config.transfer)' was abandoned")) }
+        if !ended { result.fail(BroadcastError.failed("rank \(config.rank) of transfer '\(config.transfer)' was abandoned")) }
         server?.close(promise: nil)
         // An abandoned rank never ran shutdown(); NIO traps if a handle dies open.
         try? handle?.close()
@@ -109,7 +109,7 @@ public final class Participant: @unchecked Sendable {
     /// contexts: see run().
     public func start() throws -> EventLoopFuture<ParticipantReport> {
         guard config.rank >= 0 && config.rank < config.addresses.count else {
-            throw BroadcastError("rank \(config.rank) is not among the \(config.addresses.count) addresses given")
+            throw BroadcastError.config("rank \(config.rank) is not among the \(config.addresses.count) addresses given")
         }
         _ = try listen(on: config.addresses[config.rank])
         return try begin(addresses: config.addresses)
@@ -126,7 +126,7 @@ public final class Participant: @unchecked Sendable {
             .childChannelInitializer { ch in self.setUp(ch, dialed: nil) }
         let bound: Channel
         do { bound = try boot.bind(host: host, port: port).wait() } catch {
-            throw BroadcastError("cannot listen on \(host):\(port): \(error)")
+            throw BroadcastError.config("cannot listen on \(host):\(port): \(error)")
         }
         try loop.submit { self.server = bound }.wait()
         return bound.localAddress?.port ?? port
@@ -144,7 +144,7 @@ public final class Participant: @unchecked Sendable {
         if let src = c.source {
             let m = try c.manifest ?? Manifest.compute(path: src, chunkSize: c.chunkSize)
             if let d = c.digest, d != m.digest {
-                throw BroadcastError("\(src) hashes to \(m.digest), not the expected \(d)")
+                throw BroadcastError.corrupt("\(src) hashes to \(m.digest), not the expected \(d)")
             }
             prepared = (try ChunkFile(source: src, manifest: m), m)
         }
@@ -180,11 +180,11 @@ public final class Participant: @unchecked Sendable {
 
     func validate(_ config: ParticipantConfig) throws {
         guard config.rank >= 0 && config.rank < config.addresses.count else {
-            throw BroadcastError("rank \(config.rank) is not among the \(config.addresses.count) addresses given")
+            throw BroadcastError.config("rank \(config.rank) is not among the \(config.addresses.count) addresses given")
         }
         try Manifest.checkChunkSize(config.chunkSize)
         guard (config.source == nil) != (config.destination == nil) else {
-            throw BroadcastError("a rank either holds the image (--src) or receives it (--dst), not both or neither")
+            throw BroadcastError.config("a rank either holds the image (--src) or receives it (--dst), not both or neither")
         }
         for a in config.addresses { _ = try Self.split(a) }
     }
@@ -192,7 +192,7 @@ public final class Participant: @unchecked Sendable {
     /// HOST:PORT (port 0 only where listening: any free port).
     static func split(_ a: String, listening: Bool = false) throws -> (String, Int) {
         guard let colon = a.lastIndex(of: ":"), let port = Int(a[a.index(after: colon)...]), port > (listening ? -1 : 0), port < 65536 else {
-            throw BroadcastError("'\(a)' is not HOST:PORT")
+            throw BroadcastError.config("'\(a)' is not HOST:PORT")
         }
         var host = String(a[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
@@ -445,7 +445,7 @@ public final class Participant: @unchecked Sendable {
         if verifiedAt == nil { file?.discard() }
         for ch in channels.values { send(.abort("rank \(config.rank): \(why)"), on: ch) }
         shutdown()
-        result.fail(BroadcastError(why))
+        result.fail(BroadcastError.failed(why))
     }
 
     func shutdown() {

@@ -92,9 +92,9 @@ public struct FrameReader {
                 guard header.count == 5 else { return }
                 type = header[0]
                 remaining = Int(header[1]) << 24 | Int(header[2]) << 16 | Int(header[3]) << 8 | Int(header[4])
-                guard remaining <= maxPayload else { throw BroadcastError("a peer sent a \(remaining)-byte frame; at most \(maxPayload) are allowed") }
+                guard remaining <= maxPayload else { throw BroadcastError.protocolViolation("a peer sent a \(remaining)-byte frame; at most \(maxPayload) are allowed") }
                 if type == Frame.Kind.chunk.rawValue {
-                    guard remaining >= 4 else { throw BroadcastError("a peer sent a truncated chunk") }
+                    guard remaining >= 4 else { throw BroadcastError.protocolViolation("a peer sent a truncated chunk") }
                     chunkIndex = []
                 } else {
                     small = ByteBufferAllocator().buffer(capacity: remaining)
@@ -145,20 +145,20 @@ public struct FrameReader {
 
     static func parse(_ type: UInt8, _ b: inout ByteBuffer) throws -> Frame {
         func u32() throws -> Int {
-            guard let v = b.readInteger(as: UInt32.self) else { throw BroadcastError("a peer sent a truncated frame") }
+            guard let v = b.readInteger(as: UInt32.self) else { throw BroadcastError.protocolViolation("a peer sent a truncated frame") }
             return Int(v)
         }
         switch Frame.Kind(rawValue: type) {
         case .hello:
-            guard b.readInteger(as: UInt32.self) == Frame.magic else { throw BroadcastError("a peer does not speak the broadcast protocol") }
-            guard b.readInteger(as: UInt8.self) == Frame.version else { throw BroadcastError("a peer speaks another version of the broadcast protocol") }
+            guard b.readInteger(as: UInt32.self) == Frame.magic else { throw BroadcastError.protocolViolation("a peer does not speak the broadcast protocol") }
+            guard b.readInteger(as: UInt8.self) == Frame.version else { throw BroadcastError.protocolViolation("a peer speaks another version of the broadcast protocol") }
             let rank = try u32()
-            guard let full = b.readInteger(as: UInt8.self) else { throw BroadcastError("a peer sent a truncated hello") }
+            guard let full = b.readInteger(as: UInt8.self) else { throw BroadcastError.protocolViolation("a peer sent a truncated hello") }
             return .hello(rank: rank, complete: full == 1, transfer: b.readString(length: b.readableBytes) ?? "")
         case .manifest:
             let data = Data(b.readableBytesView)
             do { return .manifest(try JSONDecoder().decode(Manifest.self, from: data)) } catch {
-                throw BroadcastError("a peer sent an unreadable manifest: \(error)")
+                throw BroadcastError.protocolViolation("a peer sent an unreadable manifest: \(error)")
             }
         case .have: return .have(try u32())
         case .want: return .want(try u32())
@@ -166,7 +166,7 @@ public struct FrameReader {
             let c = try u32()
             return .chunk(c, b)   // only when parsed whole (tests); the reader streams chunks
         case .abort: return .abort(b.readString(length: b.readableBytes) ?? "")
-        case nil: throw BroadcastError("a peer sent a frame of unknown type \(type)")
+        case nil: throw BroadcastError.protocolViolation("a peer sent a frame of unknown type \(type)")
         }
     }
 }

@@ -2,6 +2,7 @@
 // blob is either whole and correct or absent. The same bytes are stored once whatever refers to them.
 
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif

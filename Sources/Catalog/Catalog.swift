@@ -6,6 +6,7 @@
 import ClassAd
 import Foundation
 import GRDB
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -265,23 +266,5 @@ public final class Catalog: @unchecked Sendable {
         let lock = try FileLock(path: root + "/catalog.lock", mode: .shared)
         defer { _ = lock }
         return try body()
-    }
-}
-
-/// A process named by pid and start time, so a recycled pid is not mistaken for the original.
-public enum ProcessIdentity {
-    /// Field 22 of /proc/PID/stat (start time in clock ticks since boot).
-    public static func startTime(of pid: Int32) -> Int64? {
-        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = s.lastIndex(of: ")") else { return nil }
-        let fields = s[s.index(after: close)...].split(separator: " ")
-        // fields[0] is the state (field 3), so field 22 is fields[19].
-        return fields.count > 19 ? Int64(fields[19]) : nil
-    }
-
-    public static func isAlive(pid: Int32, start: Int64) -> Bool {
-        guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
-        guard let now = startTime(of: pid) else { return false }
-        return start == 0 || now == start
     }
 }

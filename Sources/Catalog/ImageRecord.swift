@@ -3,6 +3,7 @@
 
 import ClassAd
 import Foundation
+import Support
 
 public struct Artefact: Codable, Sendable, Equatable {
     /// kernel (a bzImage or vmlinux), initrd (a cpio archive, possibly LZ4), or disk (a raw root disk).
@@ -77,6 +78,18 @@ public struct ImageRecord: Codable, Sendable, Equatable {
         }
         ad.insert("Tags", .list(ListValue(values: tags.map { Value.string($0) })))
         return ad
+    }
+
+    /// The guest sizes the image allows, read from its ad (admin attributes override derived ones);
+    /// an image that does not say gets these defaults. The one place they are read.
+    public static let defaultMinMemoryMB = 256
+    public var minMemoryMB: Int { integerAttribute("MinMemoryMB") ?? Self.defaultMinMemoryMB }
+    /// At most the request's own ceiling (VMRequest.maxVCPUs).
+    public var maxVCPUs: Int { min(integerAttribute("MaxVCPUs") ?? VMRequest.maxVCPUs, VMRequest.maxVCPUs) }
+
+    func integerAttribute(_ name: String) -> Int? {
+        guard let ad = try? ad(), case .integer(let i) = ad.evaluate(name) else { return nil }
+        return Int(clamping: i)
     }
 
     /// Validates `name = expr` as an admin attribute.

@@ -1,25 +1,81 @@
-// Matching a VM request against the catalog: the job ad from the request, the image ads from the
-// records, HTCondor's bilateral Requirements and Rank (ClassAd.Matchmaker), and, when nothing matches,
-// the explainer's analysis.
+// The matching layer: a submission (options, the job's shape, the cluster's node sizes, who asks) in,
+// the accepted request or the refusal the user sees out. slurm-vmd answers sbatch with it and
+// `slurm-vm match` prints it, so the dry run and the submission cannot disagree.
+//
+// Order: the options' values (VMRequest), the job's sizes (Sizing: guests and vCPUs decided here),
+// an image asked for by name that does not exist, then HTCondor's bilateral Requirements and Rank
+// (ClassAd.Matchmaker) with the explainer's analysis when nothing matches.
 
 import ClassAd
 
+/// Everything a submission brings to matching.
+public struct Submission: Sendable {
+    public var request: VMRequest
+    public var shape: JobShape
+    /// The cluster's node sizes (nil: unknown, e.g. `slurm-vm match` without Slurm).
+    public var nodeCPUs: NodeCPUs?
+    public var requester: Requester
+    public init(request: VMRequest, shape: JobShape = JobShape(), nodeCPUs: NodeCPUs? = nil, requester: Requester) {
+        self.request = request; self.shape = shape; self.nodeCPUs = nodeCPUs; self.requester = requester
+    }
+}
+
+/// A request as matched at submission: travels with the job to every node (the plugin's VM_REQUEST),
+/// carrying every number the nodes need, so no node decides one again.
+public struct AcceptedRequest: Codable, Sendable, Equatable {
+    /// The options as the user gave them.
+    public var request: VMRequest
+    /// Guests and vCPUs per guest.
+    public var sizing: Sizing
+    /// Memory per guest: --vm-mem, else the chosen image's MinMemoryMB.
+    public var memoryMB: Int
+    /// The image chosen by the matchmaker, by digest (a later catalog change does not move the job).
+    public var image: String
+    public var imageLabel: String
+    public init(request: VMRequest, sizing: Sizing, memoryMB: Int, image: String, imageLabel: String) {
+        self.request = request; self.sizing = sizing; self.memoryMB = memoryMB; self.image = image; self.imageLabel = imageLabel
+    }
+}
+
 public struct CatalogMatch: Sendable {
+    /// The job ad the matchmaker saw (nil when the request was refused before matching).
+    public let jobAd: ClassAd?
     /// Every matching image, best first.
     public let matches: [ImageRecord]
-    /// The analysis of the job against every image (always computed when nothing matches).
+    /// The request with the best image (nil: refused).
+    public let accepted: AcceptedRequest?
+    /// Why the request was refused, as the user sees it (nil: accepted).
+    public let refusal: String?
+    /// The analysis of the job against every image (computed when asked, and always when nothing matches).
     public let explanation: String?
     public var best: ImageRecord? { matches.first }
 }
 
 extension Catalog {
-    public func match(_ request: VMRequest, for who: Requester, explain: Bool = false) throws -> CatalogMatch {
-        let job = try request.jobAd(for: who)
+    public func match(_ s: Submission, explain: Bool = false) throws -> CatalogMatch {
+        func refuse(_ why: String, ad: ClassAd? = nil, explanation: String? = nil) -> CatalogMatch {
+            CatalogMatch(jobAd: ad, matches: [], accepted: nil, refusal: why, explanation: explanation)
+        }
+        let sizing: Sizing, job: ClassAd
+        do {
+            sizing = try s.request.sizing(shape: s.shape, nodeCPUs: s.nodeCPUs)
+            job = try s.request.jobAd(for: s.requester, sizing: sizing)
+        } catch { return refuse(error.description) }
+        // An image asked for by name that the catalog does not hold: say so directly, with what exists.
+        if let name = s.request.image, let ref = try? ImageReference(name) {
+            do { _ = try resolve(ref) } catch let e as CatalogError {
+                if case .noSuchImage = e { return refuse("--vm-image: \(e)", ad: job) }
+            }
+        }
         let records = try list()
         let ads = try records.map { try $0.ad() }
-        let result = Matchmaker(images: ads).match(job)
-        let matches = result.matches.map { records[$0.imageIndex] }
+        let matches = Matchmaker(images: ads).match(job).matches.map { records[$0.imageIndex] }
         let why = (explain || matches.isEmpty) ? Explainer(images: ads).explain(job).text : nil
-        return CatalogMatch(matches: matches, explanation: why)
+        guard let best = matches.first else {
+            return refuse("no guest image matches this request" + (why.map { $0.isEmpty ? "" : "\n" + $0 } ?? ""), ad: job, explanation: why)
+        }
+        let accepted = AcceptedRequest(request: s.request, sizing: sizing, memoryMB: s.request.memoryMB ?? best.minMemoryMB,
+                                       image: best.digest, imageLabel: best.label)
+        return CatalogMatch(jobAd: job, matches: matches, accepted: accepted, refusal: nil, explanation: why)
     }
 }

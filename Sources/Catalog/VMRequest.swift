@@ -4,6 +4,7 @@
 
 import ClassAd
 import Foundation
+import Sizes
 
 public struct VMRequest: Codable, Sendable, Equatable {
     /// --vm-count: guests for the whole job.
@@ -31,7 +32,9 @@ public struct VMRequest: Codable, Sendable, Equatable {
     }
 
     public static let maxCount = 4096
-    public static let maxVCPUs = 1024
+    /// The most vCPUs a guest can have on every backend: x86 xAPIC ids are 8 bits and 255 is the
+    /// broadcast id. The one ceiling of the request; images may set a lower MaxVCPUs.
+    public static let maxVCPUs = 254
     public static let maxMemoryMB = 16 << 20   // 16 TiB
 
     public struct Invalid: Error, CustomStringConvertible, Equatable {
@@ -54,8 +57,30 @@ public struct Requester: Codable, Sendable, Equatable {
 }
 
 extension VMRequest {
+    /// One --vm-* option: its name without "--vm-", the plugin's environment fallback, the value's
+    /// placeholder and the help line. The one list of options: the plugin's C table
+    /// (Plugin/src/options.c) and `slurm-vm match` are checked against it by tests.
+    public struct Option: Sendable, Equatable {
+        public let name: String
+        public let env: String
+        public let arginfo: String
+        public let usage: String
+    }
+
+    public static let options: [Option] = [
+        Option(name: "count", env: "SLURM_VM_COUNT", arginfo: "N", usage: "Run the job's steps in N guests (VMs) over its nodes."),
+        Option(name: "vcpus", env: "SLURM_VM_VCPUS", arginfo: "N", usage: "vCPUs per guest, each pinned to a dedicated core."),
+        Option(name: "mem", env: "SLURM_VM_MEM", arginfo: "SIZE", usage: "Memory per guest, preallocated (e.g. 512M, 2G)."),
+        Option(name: "os", env: "SLURM_VM_OS", arginfo: "OS", usage: "Guest OS: NAME, NAME:VERSION or NAME>=VERSION."),
+        Option(name: "kernel", env: "SLURM_VM_KERNEL", arginfo: "VERSION", usage: "Guest kernel version: VERSION or >=VERSION."),
+        Option(name: "libs", env: "SLURM_VM_LIBS", arginfo: "LIST", usage: "Libraries the guest image must have, comma-separated."),
+        Option(name: "image", env: "SLURM_VM_IMAGE", arginfo: "NAME", usage: "Guest image by NAME or NAME:VERSION."),
+        Option(name: "requirements", env: "SLURM_VM_REQUIREMENTS", arginfo: "EXPR", usage: "ClassAd expression the image must satisfy."),
+        Option(name: "rank", env: "SLURM_VM_RANK", arginfo: "EXPR", usage: "ClassAd expression ranking matching images."),
+    ]
+
     /// The option names (without `--vm-`), in the order `--help` lists them.
-    public static let optionNames = ["count", "vcpus", "mem", "os", "kernel", "libs", "image", "requirements", "rank"]
+    public static var optionNames: [String] { options.map(\.name) }
 
     /// Builds and validates a request from raw option strings keyed by option name without `--vm-`
     /// (`count`, `vcpus`, …): what the SPANK plugin sends and what `slurm-vm match` parses. An unknown
@@ -64,12 +89,15 @@ extension VMRequest {
         if let bad = o.keys.sorted().first(where: { !optionNames.contains($0) }) {
             throw Invalid(option: "--vm-\(bad)", reason: "unknown option (known: \(optionNames.map { "--vm-" + $0 }.joined(separator: ", ")))")
         }
+        if let empty = optionNames.first(where: { o[$0].map { $0.allSatisfy(\.isWhitespace) } ?? false }) {
+            throw Invalid(option: "--vm-\(empty)", reason: "is empty; give a value or leave the option out")
+        }
         var r = VMRequest()
         if let v = o["count"] { r.count = try parseCount(v, option: "--vm-count", max: maxCount) }
         if let v = o["vcpus"] { r.vcpus = try parseCount(v, option: "--vm-vcpus", max: maxVCPUs) }
         if let v = o["mem"] { r.memoryMB = try parseMemory(v) }
         r.os = o["os"]; r.kernel = o["kernel"]; r.image = o["image"]; r.requirements = o["requirements"]; r.rank = o["rank"]
-        r.libs = o["libs"].map(parseList) ?? []
+        if let v = o["libs"] { r.libs = try parseList(v, option: "--vm-libs") }
         try r.validate()
         return r
     }
@@ -85,30 +113,24 @@ extension VMRequest {
         return n
     }
 
-    /// Sizes as Slurm writes them: a number of MiB, or with a K/M/G/T suffix (binary units).
+    /// Memory per guest as Slurm writes it (a plain number is MiB), parsed by the one size parser.
     public static func parseMemory(_ s: String, option: String = "--vm-mem") throws(Invalid) -> Int {
-        let t = s.trimmingCharacters(in: .whitespaces).uppercased()
-        var digits = t
-        var mult: Double = 1
-        if let last = t.last, "KMGT".contains(last) {
-            digits = String(t.dropLast())
-            if digits.hasSuffix("I") { digits = String(digits.dropLast()) }
-            mult = ["K": 1.0 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024][String(last)]!
-        } else if t.hasSuffix("IB") || t.hasSuffix("B") {
-            throw Invalid(option: option, reason: "'\(s)' is not a size; write e.g. 512M, 2G or 2048 (MiB)")
-        }
-        guard let v = Double(digits), v.isFinite, v > 0 else {
-            throw Invalid(option: option, reason: "'\(s)' is not a size; write e.g. 512M, 2G or 2048 (MiB)")
-        }
-        let mb = Int((v * mult).rounded(.up))
-        guard mb >= 16 && mb <= maxMemoryMB else {
+        let bytes: Int64
+        do { bytes = try ByteSize.parse(s, bare: .mebibytes) } catch { throw Invalid(option: option, reason: error.description) }
+        let mb = ByteSize.mebibytes(bytes)
+        guard mb >= 16 && mb <= Int64(maxMemoryMB) else {
             throw Invalid(option: option, reason: "\(s) is out of range (16M to 16T per guest)")
         }
-        return mb
+        return Int(mb)
     }
 
-    public static func parseList(_ s: String) -> [String] {
-        s.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    /// A comma-separated list; an empty item (`a,,b`, a trailing comma) is a mistake, not nothing.
+    public static func parseList(_ s: String, option: String) throws(Invalid) -> [String] {
+        let items = s.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !items.contains(where: \.isEmpty) else {
+            throw Invalid(option: option, reason: "'\(s)' has an empty item; write names separated by single commas (e.g. mpich,fftw3)")
+        }
+        return items
     }
 
     /// Checks every field; the error names the option and what to write instead.
@@ -122,12 +144,8 @@ extension VMRequest {
         if let image {
             do { _ = try ImageReference(image) } catch { throw Invalid(option: "--vm-image", reason: error.description) }
         }
-        for (opt, text) in [("--vm-requirements", requirements), ("--vm-rank", rank)] {
-            guard let text else { continue }
-            do { _ = try Parser.parseExpression(text) } catch {
-                throw Invalid(option: opt, reason: "not a valid ClassAd expression: \(error)")
-            }
-        }
+        if let requirements { _ = try Self.expression(requirements, option: "--vm-requirements") }
+        if let rank { _ = try Self.expression(rank, option: "--vm-rank") }
     }
 
     func check(_ s: String, _ option: String, _ what: String) throws(Invalid) {
@@ -157,64 +175,73 @@ extension VMRequest {
         return (name, op == "=" ? ":" : op, version)
     }
 
-    /// The job ad: the requester's identity, the request's sizes, and Requirements combining what each
+    /// The job ad: the requester's identity, the decided sizes, and Requirements combining what each
     /// option asks of the image with the user's own expression. Rank is the user's (default 0: the
-    /// matchmaker then prefers the image's Rank and the newest version).
-    public func jobAd(for who: Requester) throws(Invalid) -> ClassAd {
-        try validate()
-        var text = "[\n"
-        func attr(_ n: String, _ v: String) { text += "  \(n) = \(v);\n" }
-        func str(_ s: String) -> String { Unparser.quoteString(Bytes(s), delimiter: UInt8(ascii: "\"")) }
-        attr("Owner", str(who.user))
-        attr("User", str(who.user))
-        attr("UID", String(who.uid))
-        attr("GID", String(who.gid))
-        if let a = who.account { attr("Account", str(a)); attr("AcctGroup", str(a)) }
-        if let p = who.partition { attr("Partition", str(p)) }
-        attr("VMCount", String(count ?? 1))
-        attr("VCPUs", String(vcpus ?? 1))
-        if let m = memoryMB { attr("MemoryMB", String(m)) }
-        var clauses = ["TARGET.Arch == \"x86_64\"", "TARGET.MaxVCPUs >= MY.VCPUs"]
-        if memoryMB != nil { clauses.append("TARGET.MinMemoryMB <= MY.MemoryMB") }
+    /// matchmaker then prefers the image's Rank and the newest version). Built as expressions: user
+    /// values are literals in the ad and never pass through ClassAd source text.
+    public func jobAd(for who: Requester, sizing: Sizing) throws(Invalid) -> ClassAd {
+        let ad = ClassAd()
+        func str(_ s: String) -> Expr { .literal(.string(Bytes(s))) }
+        func int(_ i: Int) -> Expr { .literal(.integer(Int64(i))) }
+        ad.insert("Owner", str(who.user))
+        ad.insert("User", str(who.user))
+        ad.insert("UID", int(who.uid))
+        ad.insert("GID", int(who.gid))
+        if let a = who.account { ad.insert("Account", str(a)); ad.insert("AcctGroup", str(a)) }
+        if let p = who.partition { ad.insert("Partition", str(p)) }
+        ad.insert("VMCount", int(sizing.guests))
+        ad.insert("VCPUs", int(sizing.vcpus))
+        if let m = memoryMB { ad.insert("MemoryMB", int(m)) }
+        var clauses = [Self.clause("TARGET.Arch == \"x86_64\""), Self.clause("TARGET.MaxVCPUs >= MY.VCPUs")]
+        if memoryMB != nil { clauses.append(Self.clause("TARGET.MinMemoryMB <= MY.MemoryMB")) }
         if let os {
             let c = try Self.versionConstraint(os, option: "--vm-os", named: true)
-            attr("RequestOS", str(c.name!))
-            clauses.append("TARGET.OS == MY.RequestOS")
+            ad.insert("RequestOS", str(c.name!))
+            clauses.append(Self.clause("TARGET.OS == MY.RequestOS"))
             if let v = c.version {
-                attr("RequestOSVersion", str(v))
-                clauses.append(Self.versionClause("TARGET.OSVersion", c.op, "MY.RequestOSVersion"))
+                ad.insert("RequestOSVersion", str(v))
+                clauses.append(Self.clause(Self.versionClause("TARGET.OSVersion", c.op, "MY.RequestOSVersion")))
             }
         }
         if let kernel {
             let c = try Self.versionConstraint(kernel, option: "--vm-kernel", named: false)
-            attr("RequestKernel", str(c.version!))
-            clauses.append(Self.versionClause("TARGET.KernelVersion", c.op, "MY.RequestKernel"))
+            ad.insert("RequestKernel", str(c.version!))
+            clauses.append(Self.clause(Self.versionClause("TARGET.KernelVersion", c.op, "MY.RequestKernel")))
         }
         if !libs.isEmpty {
-            attr("RequestLibs", "{ " + libs.map(str).joined(separator: ", ") + " }")
-            for l in libs { clauses.append("member(\(str(l)), TARGET.Libraries)") }
+            ad.insert("RequestLibs", .list(libs.map(str)))
+            for l in libs { clauses.append(.call(Function(name: "member"), [str(l), Self.clause("TARGET.Libraries")])) }
         }
         if let image {
-            let ref = try! ImageReference(image)   // validated above
+            let ref: ImageReference
+            do { ref = try ImageReference(image) } catch { throw Invalid(option: "--vm-image", reason: error.description) }
             switch ref {
             case .name(let n):
-                attr("RequestImage", str(n))
-                clauses.append("TARGET.Name == MY.RequestImage")
+                ad.insert("RequestImage", str(n))
+                clauses.append(Self.clause("TARGET.Name == MY.RequestImage"))
             case .nameVersion(let n, let v):
-                attr("RequestImage", str(n)); attr("RequestImageVersion", str(v))
-                clauses.append("TARGET.Name == MY.RequestImage")
-                clauses.append("(TARGET.Version == MY.RequestImageVersion || member(MY.RequestImageVersion, TARGET.Tags))")
+                ad.insert("RequestImage", str(n)); ad.insert("RequestImageVersion", str(v))
+                clauses.append(Self.clause("TARGET.Name == MY.RequestImage"))
+                clauses.append(Self.clause("(TARGET.Version == MY.RequestImageVersion || member(MY.RequestImageVersion, TARGET.Tags))"))
             case .digest(let h):
-                attr("RequestImageDigest", str("sha256:" + h))
-                clauses.append("substr(TARGET.Digest, 0, size(MY.RequestImageDigest)) == MY.RequestImageDigest")
+                ad.insert("RequestImageDigest", str("sha256:" + h))
+                clauses.append(Self.clause("substr(TARGET.Digest, 0, size(MY.RequestImageDigest)) == MY.RequestImageDigest"))
             }
         }
-        if let r = requirements { clauses.append("(\(r))") }
-        attr("Requirements", clauses.joined(separator: " && "))
-        attr("Rank", rank.map { "(\($0))" } ?? "0")
-        text += "]"
-        do { return try Parser.parseClassAd(text) } catch {
-            throw Invalid(option: "--vm-requirements", reason: "the job ad does not parse: \(error)")
+        if let r = requirements { clauses.append(.paren(try Self.expression(r, option: "--vm-requirements"))) }
+        ad.insert("Requirements", clauses.dropFirst().reduce(clauses[0]) { .binary(.logicalAnd, $0, $1) })
+        if let rank { ad.insert("Rank", .paren(try Self.expression(rank, option: "--vm-rank"))) } else { ad.insert("Rank", int(0)) }
+        return ad
+    }
+
+    /// A fixed clause of the job ad: our own source text, naming the ad's attributes, never a user value.
+    static func clause(_ text: String) -> Expr {
+        do { return try Parser.parseExpression(text) } catch { fatalError("job ad clause '\(text)' does not parse: \(error)") }
+    }
+
+    static func expression(_ text: String, option: String) throws(Invalid) -> Expr {
+        do { return try Parser.parseExpression(text) } catch {
+            throw Invalid(option: option, reason: "not a valid ClassAd expression: \(error)")
         }
     }
 

@@ -14,6 +14,7 @@
 //   cache_quota = "20G"                        # least recently used images are evicted beyond it
 //   listen = "0.0.0.0:7421"                    # push listener for `slurm-vm image push` (MUNGE-authenticated)
 
+import Sizes
 import Foundation
 import Node
 import Runner
@@ -34,12 +35,7 @@ public struct DaemonConfig: Sendable {
     public static let defaultPath = "/etc/slurm-vm/slurm-vmd.toml"
 
     /// "512M", "20G", "1T" or plain bytes.
-    public static func bytes(_ s: String) -> Int64? {
-        let u = s.uppercased().trimmingCharacters(in: .whitespaces)
-        let units: [Character: Int64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-        if let last = u.last, let m = units[last] { return Int64(u.dropLast()).map { $0 * m } }
-        return Int64(u)
-    }
+    public static func bytes(_ s: String) -> Int64? { try? ByteSize.parse(s, bare: .bytes) }
 
     public static func load(_ path: String) throws -> DaemonConfig {
         let t = try StrictTable.load(path, hint: "docs/slurm.md")
@@ -65,8 +61,8 @@ public struct DaemonConfig: Sendable {
                 n.bootTimeout = TimeInterval(b)
             }
             if let h = try nt.optionalString("hugepages") {
-                guard ["auto", "on", "off"].contains(h) else { throw TOMLConfigError("\(path): node.hugepages must be \"auto\", \"on\" or \"off\"") }
-                n.hugepages = h
+                guard let p = HugepagePolicy(rawValue: h) else { throw TOMLConfigError("\(path): node.hugepages must be \"auto\", \"on\" or \"off\"") }
+                n.hugepages = p
             }
             if let a = try nt.optionalString("accelerator") {
                 guard let acc = Accelerator(rawValue: a) else { throw TOMLConfigError("\(path): node.accelerator must be \"kvm\" or \"tcg\"") }

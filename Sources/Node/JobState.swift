@@ -4,12 +4,13 @@
 
 import Catalog
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// The prolog's request for one node, as the SPANK plugin sends it.
-public struct PrepareRequest: Codable, Sendable {
+public struct PrepareRequest: Codable, Sendable, Equatable {
     public var job: UInt32
     public var uid: UInt32
     public var gid: UInt32
@@ -30,18 +31,7 @@ public struct PrepareRequest: Codable, Sendable {
     }
 }
 
-/// A request as matched at submission: travels with the job to every node.
-public struct AcceptedRequest: Codable, Sendable, Equatable {
-    public var request: VMRequest
-    /// The image chosen by the matchmaker, by digest (a later catalog change does not move the job).
-    public var image: String
-    public var imageLabel: String
-    public init(request: VMRequest, image: String, imageLabel: String) {
-        self.request = request; self.image = image; self.imageLabel = imageLabel
-    }
-}
-
-public struct JobState: Codable, Sendable {
+public struct JobState: Codable, Sendable, Equatable {
     public enum Phase: String, Codable, Sendable { case preparing, ready, failed }
     public var job: UInt32
     public var uid: UInt32

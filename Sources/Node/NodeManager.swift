@@ -4,9 +4,9 @@
 // and reported to the job's tasks, because a failing prolog would drain the node.
 
 import Catalog
-import ClassAd
 import Foundation
 import Runner
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,8 +21,11 @@ public struct NodeConfig: Sendable {
     public var bootTimeout: TimeInterval = 120
     public var qemu: String? = nil
     public var accelerator: Accelerator? = nil
+    /// Which backend boots the jobs' guests. QEMU until the embedded VMM shares the working directory
+    /// (virtio-fs) too.
+    public var backend: BackendChoice = .qemu
     /// Guest memory on 2 MiB hugepages: "auto" (when the pool has room), "on", "off".
-    public var hugepages: String = "auto"
+    public var hugepages: HugepagePolicy = .auto
     /// Most bytes the image cache may hold (nil: no limit).
     public var cacheQuota: Int64? = nil
     /// HOST:PORT of the push listener (`slurm-vm image push`); nil: no listener.
@@ -33,17 +36,15 @@ public struct NodeConfig: Sendable {
     }
 }
 
-public struct TaskError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ d: String) { description = d }
-}
-
 public final class NodeManager: @unchecked Sendable {
     public let config: NodeConfig
     let store: JobStore
     let records: GuestRecords
     let cache: ImageCache
-    let hv: QEMUBackend
+    let hv: any Hypervisor
+    let accelerator: Accelerator
+    /// What backend and accelerator were chosen, and why (logged at start).
+    public let acceleratorReport: String
     let log: @Sendable (String) -> Void
 
     /// Guests of jobs this process booted or adopted, with their agent channels.
@@ -66,7 +67,9 @@ public final class NodeManager: @unchecked Sendable {
         let jobs = store
         cache = try ImageCache(root: c.cacheDir, source: c.catalogAddress, quota: c.cacheQuota,
                                inUse: { Set(jobs.all().map(\.image)) })
-        hv = try QEMUBackend(binary: c.qemu, kernelCache: records.cacheDir, accelerator: c.accelerator, stateDir: c.runDir)
+        var chosen = ""
+        (hv, accelerator) = try c.backend.make(forced: c.accelerator, qemuBinary: c.qemu, records: records) { chosen += (chosen.isEmpty ? "" : "; ") + $0 }
+        acceleratorReport = chosen
         self.log = log
     }
 
@@ -77,8 +80,6 @@ public final class NodeManager: @unchecked Sendable {
         try !cache.obtain(image: digest, label: label, job: ImageCache.JobKey(job: transfer, nodes: nodes, node: config.name),
                           progress: progress).received
     }
-
-    public var acceleratorReport: String { "\(hv.accelerator.rawValue) (\(hv.acceleratorReason))" }
 
     func exclusive<T>(_ job: UInt32, _ body: () throws -> T) rethrows -> T {
         busyCond.lock()
@@ -126,25 +127,18 @@ public final class NodeManager: @unchecked Sendable {
         // Every node of the job is in its prolog now: they join one broadcast of what they lack.
         let key = ImageCache.JobKey(job: String(r.job), nodes: r.nodeCount, node: r.node)
         let rec = try cache.ensure(image: r.request.image, label: r.request.imageLabel, job: key)
-        let ad = try rec.ad()
-        func int(_ a: String, _ d: Int) -> Int { if case .integer(let i) = ad.evaluate(a) { return Int(i) }; return d }
-        let minMem = int("MinMemoryMB", 256), maxVCPUs = int("MaxVCPUs", 1024)
-        let share = try Placement.share(count: r.request.request.count, nodes: r.nodeCount, index: r.nodeIndex)
+        // vCPUs and memory were decided at submission (Catalog's Sizing and AcceptedRequest); the node
+        // places them on the cores Slurm gave the job here. Without --vm-count each node runs one
+        // guest: how many nodes the job got is Slurm's decision, known only now.
+        let accepted = r.request
+        let share = try Placement.share(count: accepted.request.count, nodes: r.nodeCount, index: r.nodeIndex)
         let jobCPUs: [Int]
-        do { jobCPUs = try CPUList(parsing: r.cpus).cpus } catch { throw PlacementError("Slurm's CPU list '\(r.cpus)' for node \(r.node): \(error)") }
-        let placement = try Placement.place(share: share, vcpus: r.request.request.vcpus, jobCPUs: jobCPUs, node: r.node,
-                                            maxVCPUs: maxVCPUs, allowed: CPUList.callerAffinity())
-        let memMB = r.request.request.memoryMB ?? minMem
-        guard memMB >= minMem else {
-            throw PlacementError("--vm-mem=\(memMB)M is below image \(rec.label)'s minimum of \(minMem) MiB (MinMemoryMB)")
-        }
+        do { jobCPUs = try CPUList(parsing: r.cpus).cpus } catch { throw NodeError.placement("Slurm's CPU list '\(r.cpus)' for node \(r.node): \(error)") }
+        let placement = try Placement.place(share: share, sizing: accepted.sizing, jobCPUs: jobCPUs, node: r.node,
+                                            allowed: CPUList.callerAffinity())
         state.placement = placement
-        let huge: Bool
-        switch config.hugepages {
-        case "on": huge = true
-        case "off": huge = false
-        default: huge = HostFacts.freeHugepages2M * 2 >= memMB * share.guests
-        }
+        let image = try BootImage(rec, blobs: cache.blobs)
+        let huge = try config.hugepages.use(forMB: accepted.memoryMB * share.guests)
         // The job's working directory, read-write at the same path in every guest.
         var shares: [String] = []
         if let w = r.workdir, w != "/" {
@@ -154,28 +148,15 @@ public final class NodeManager: @unchecked Sendable {
                 log("job \(r.job): working directory '\(w)' cannot be shared into the guests (missing, or blanks, ',' or ':' in its path); tasks start in /tmp")
             }
         }
-        let specs = (0..<share.guests).map { i -> GuestSpec in
-            let index = share.firstIndex + i
-            let id = "job\(r.job)-vm\(index)"
-            return GuestSpec(id: id, hostname: "vm\(index)-job\(r.job)", kernel: cache.blobs.path(of: rec.artefact("kernel")!.digest),
-                             kernelDigest: rec.artefact("kernel")!.digest,
-                             initrd: rec.artefact("initrd").map { cache.blobs.path(of: $0.digest) },
-                             disk: rec.artefact("disk").map { cache.blobs.path(of: $0.digest) },
-                             cmdline: rec.cmdline, vcpus: placement.vcpus, memoryMB: memMB, cpus: placement.perGuest[i],
-                             housekeeping: placement.housekeeping, agent: true, hugepages: huge, runDir: records.dir(id),
-                             keep: true, accelerator: hv.accelerator, shares: shares)
-        }
-        state.guests = specs.map(\.id)
+        let names = (0..<share.guests).map { i in (id: "job\(r.job)-vm\(share.firstIndex + i)", hostname: "vm\(share.firstIndex + i)-job\(r.job)") }
+        let set = ImageGuests(image: image, names: names, vcpus: placement.vcpus, memoryMB: accepted.memoryMB,
+                              plan: CPUPlan(perGuest: placement.perGuest, housekeeping: placement.housekeeping, warnings: placement.warnings),
+                              hugepages: huge, shares: shares, keep: true, owner: r.uid)
+        state.guests = names.map(\.id)
         try store.save(state)
-        let recs = records
-        let ready = try GuestLauncher.bootAll(specs, on: hv, bootTimeout: config.bootTimeout) { g in
-            try? recs.save(GuestRecord(spec: g.spec, backend: "qemu", pid: g.pid, pidStart: ProcessIdentity.startTime(of: g.pid) ?? 0,
-                                       vcpuThreads: g.vcpuThreads, image: rec.label, imageDigest: rec.digest, started: Date(),
-                                       owner: r.uid, ready: nil))
-        }
-        job.guests = ready.map(\.guest)
-        job.agents = ready.map(\.agent)
-        for g in ready { if var gr = records.load(g.id) { gr.ready = g.info; try? records.save(gr) } }
+        let ready = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: config.bootTimeout)
+        job.guests = ready.map { $0.guest }
+        job.agents = ready.map { $0.agent }
     }
 
     // MARK: epilog
@@ -201,7 +182,7 @@ public final class NodeManager: @unchecked Sendable {
     func destroyRecorded(_ id: String) -> Bool {
         guard let r = records.load(id) else { Files.remove(records.dir(id)); return false }
         if r.alive {
-            QEMUGuest.adopt(spec: r.spec, pid: r.pid, vcpuThreads: r.vcpuThreads).destroy()
+            BackendChoice.adopt(r).destroy()
             return true
         }
         Files.remove(records.dir(id))
@@ -224,23 +205,23 @@ public final class NodeManager: @unchecked Sendable {
         throws -> (command: AgentConnection.Command, guest: String) {
         // Whose job it is comes first: nothing about another user's job is told.
         if let owner = lock.withLock({ live[id]?.state.uid }) ?? store.load(id)?.uid, caller != 0, caller != owner {
-            throw TaskError("job \(id) belongs to uid \(owner), not to uid \(caller)")
+            throw NodeError.notOwner(job: id, owner: owner, caller: caller)
         }
         guard let job = lock.withLock({ live[id] }) else {
             if let s = store.load(id) {
-                throw TaskError(s.error.map { "job \(id)'s guests on \(config.name) could not be prepared: \($0)" }
+                throw NodeError.noGuests(s.error.map { "job \(id)'s guests on \(config.name) could not be prepared: \($0)" }
                     ?? "job \(id)'s guests on \(config.name) are not available (state \(s.phase.rawValue))")
             }
-            throw TaskError("job \(id) has no guests on node \(config.name): it was not submitted with --vm-* options, or its prolog did not run (PrologFlags=Alloc)")
+            throw NodeError.noGuests("job \(id) has no guests on node \(config.name): it was not submitted with --vm-* options, or its prolog did not run (PrologFlags=Alloc)")
         }
         guard caller == 0 || caller == job.state.uid else {
-            throw TaskError("job \(id) belongs to uid \(job.state.uid), not to uid \(caller)")
+            throw NodeError.notOwner(job: id, owner: job.state.uid, caller: caller)
         }
         if job.state.phase == .failed {
-            throw TaskError("job \(id)'s guests on \(config.name) could not be prepared: \(job.state.error ?? "unknown error")")
+            throw NodeError.noGuests("job \(id)'s guests on \(config.name) could not be prepared: \(job.state.error ?? "unknown error")")
         }
         guard job.state.phase == .ready, !job.agents.isEmpty else {
-            throw TaskError("job \(id)'s guests on \(config.name) are not ready (\(job.state.phase.rawValue))")
+            throw NodeError.noGuests("job \(id)'s guests on \(config.name) are not ready (\(job.state.phase.rawValue))")
         }
         let i = Placement.guest(forLocalTask: localID, guests: job.agents.count)
         var req = exec
@@ -279,8 +260,8 @@ public final class NodeManager: @unchecked Sendable {
             let job = LiveJob(s)
             do {
                 for gid in s.guests {
-                    guard let r = records.load(gid), r.alive else { throw TaskError("guest \(gid) is gone") }
-                    let g = QEMUGuest.adopt(spec: r.spec, pid: r.pid, vcpuThreads: r.vcpuThreads)
+                    guard let r = records.load(gid), r.alive else { throw NodeError.noGuests("guest \(gid) is gone") }
+                    let g = BackendChoice.adopt(r)
                     job.guests.append(g)
                     let a = try g.connectAgent()
                     job.agents.append(a)

@@ -22,22 +22,17 @@ public struct GuestPlacement: Sendable, Equatable, Codable {
     public var warnings: [String]
 }
 
-public struct PlacementError: Error, CustomStringConvertible, Equatable {
-    public let description: String
-    public init(_ d: String) { description = d }
-}
-
 public enum Placement {
     /// Splits `count` guests over `nodes` nodes as evenly as possible, the first nodes taking one more
     /// when it does not divide (as Slurm spreads tasks with the default block distribution).
     /// Without --vm-count a job gets one guest per node.
     public static func share(count: Int?, nodes: Int, index: Int) throws -> NodeShare {
         guard nodes >= 1, index >= 0, index < nodes else {
-            throw PlacementError("node index \(index) is outside the job's \(nodes) nodes")
+            throw NodeError.placement("node index \(index) is outside the job's \(nodes) nodes")
         }
         let total = count ?? nodes
         guard total >= nodes else {
-            throw PlacementError("--vm-count=\(total) is fewer than the job's \(nodes) nodes; every node needs at least one guest (ask for -N\(total) or more guests)")
+            throw NodeError.placement("--vm-count=\(total) is fewer than the job's \(nodes) nodes; every node needs at least one guest (ask for -N\(total) or more guests)")
         }
         let base = total / nodes, extra = total % nodes
         let here = base + (index < extra ? 1 : 0)
@@ -45,26 +40,23 @@ public enum Placement {
         return NodeShare(guests: here, firstIndex: first)
     }
 
-    /// Places this node's guests on the job's cores here. Without --vm-vcpus the guests split the
-    /// job's cores evenly. Space sharing: a vCPU never shares a core with another vCPU, and a request
-    /// that does not fit the job's cores is an error that says what to ask Slurm for.
-    public static func place(share: NodeShare, vcpus requested: Int?, jobCPUs: [Int], node: String,
-                             maxVCPUs: Int, allowed: CPUList) throws -> GuestPlacement {
-        guard !jobCPUs.isEmpty else { throw PlacementError("the job has no CPUs on node \(node)") }
-        let vcpus = requested ?? max(1, jobCPUs.count / share.guests)
-        if vcpus > maxVCPUs {
-            throw PlacementError("--vm-vcpus=\(vcpus) is more than the image supports (MaxVCPUs = \(maxVCPUs))")
-        }
+    /// Places this node's guests on the job's cores here, each with the vCPUs decided at submission.
+    /// Space sharing: a vCPU never shares a core with another vCPU, and guests that do not fit the
+    /// job's cores here are an error that says what to ask Slurm for.
+    public static func place(share: NodeShare, sizing: Sizing, jobCPUs: [Int], node: String,
+                             allowed: CPUList) throws -> GuestPlacement {
+        guard !jobCPUs.isEmpty else { throw NodeError.placement("the job has no CPUs on node \(node)") }
+        let vcpus = sizing.vcpus
         let need = share.guests * vcpus
         guard need <= jobCPUs.count else {
-            throw PlacementError(
-                "the job has \(jobCPUs.count) core\(jobCPUs.count == 1 ? "" : "s") on node \(node) (CPUs \(CPUList(jobCPUs))) but \(share.guests) guest\(share.guests == 1 ? "" : "s") × \(vcpus) vCPU\(vcpus == 1 ? "" : "s") need \(need), one core per vCPU; ask Slurm for more cores per node (e.g. --ntasks-per-node=\(need), --cpus-per-task or --exclusive) or for fewer or smaller guests")
+            throw NodeError.placement(
+                "the job has \(jobCPUs.count) core\(jobCPUs.count == 1 ? "" : "s") on node \(node) (CPUs \(CPUList(jobCPUs))) but \(share.guests) guest\(share.guests == 1 ? "" : "s") × \(sizing.vcpusOrigin) need \(need), one core per vCPU; ask Slurm for more cores per node (e.g. --ntasks-per-node=\(need), --cpus-per-task or --exclusive) or for fewer or smaller guests")
         }
         do {
             let p = try CPUPlanner.plan(count: share.guests, vcpus: vcpus, cpus: CPUList(jobCPUs), housekeeping: nil, allowed: allowed)
             return GuestPlacement(share: share, vcpus: vcpus, perGuest: p.perGuest, housekeeping: p.housekeeping, warnings: p.warnings)
         } catch let e as RunnerError {
-            throw PlacementError("\(e)")
+            throw NodeError.placement("\(e)")
         }
     }
 

@@ -3,8 +3,8 @@
 // one-to-one on dedicated host CPUs, its memory preallocated, a console log, and an agent channel that
 // is a plain connected byte stream.
 
-import Catalog
 import Foundation
+import Support
 
 public struct GuestSpec: Sendable, Codable {
     /// Unique id of the guest on this host; also its hostname unless `hostname` is set.

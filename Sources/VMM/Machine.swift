@@ -85,17 +85,17 @@ public final class Machine: @unchecked Sendable {
     private let threads = Mutex<[PinnedThread]>([])
 
     public init(_ c: MachineConfig) throws {
-        guard c.vcpus >= 1, c.vcpus <= 254 else { throw VMMError("a guest has 1 to 254 vCPUs, not \(c.vcpus)") }
-        guard c.cpus.isEmpty || c.cpus.count == c.vcpus else { throw VMMError("\(c.vcpus) vCPUs need \(c.vcpus) host CPUs, one each; \(c.cpus.count) given") }
-        guard Set(c.cpus).count == c.cpus.count else { throw VMMError("a host CPU was given twice; each vCPU needs its own") }
+        guard c.vcpus >= 1, c.vcpus <= 254 else { throw VMMError.config("a guest has 1 to 254 vCPUs, not \(c.vcpus)") }
+        guard c.cpus.isEmpty || c.cpus.count == c.vcpus else { throw VMMError.config("\(c.vcpus) vCPUs need \(c.vcpus) host CPUs, one each; \(c.cpus.count) given") }
+        guard Set(c.cpus).count == c.cpus.count else { throw VMMError.config("a host CPU was given twice; each vCPU needs its own") }
         let bytes = UInt64(c.memoryMB) << 20
-        guard c.memoryMB >= 16, bytes <= Layout.maxMemory else { throw VMMError("guest memory must be 16 MiB to \(Layout.maxMemory >> 20) MiB, not \(c.memoryMB) MiB") }
+        guard c.memoryMB >= 16, bytes <= Layout.maxMemory else { throw VMMError.config("guest memory must be 16 MiB to \(Layout.maxMemory >> 20) MiB, not \(c.memoryMB) MiB") }
         config = c
         if let h = c.housekeeping {
             // The VM's kernel threads (kvm-nx-lpage-recovery) inherit the creator's affinity: keep them here.
             var cpu = Int32(h)
             let r = clinux_set_affinity(0, &cpu, 1)
-            guard r == 0 else { throw VMMError("cannot move the VMM to housekeeping CPU \(h): \(String(cString: strerror(-r)))") }
+            guard r == 0 else { throw VMMError.host("cannot move the VMM to housekeeping CPU \(h): \(String(cString: strerror(-r)))") }
         }
         kvm = try KVM()
         vm = try VM(kvm: kvm, pit: c.pit || c.commandLine.split(separator: " ").contains("acpi=off"))
@@ -105,7 +105,7 @@ public final class Machine: @unchecked Sendable {
 
         kernel = try KernelLoader.load(c.kernel, into: memory)
         let cmdline = Array(c.commandLine.utf8) + [0]
-        guard cmdline.count <= Layout.commandLineMax else { throw VMMError("the kernel command line is longer than \(Layout.commandLineMax - 1) bytes") }
+        guard cmdline.count <= Layout.commandLineMax else { throw VMMError.config("the kernel command line is longer than \(Layout.commandLineMax - 1) bytes") }
         try memory.write(cmdline, at: Layout.commandLine)
         var zero = BootParams(kernel: kernel, ram: bytes, commandLine: Layout.commandLine, commandLineSize: cmdline.count - 1, initrd: nil)
         if let rd = c.initrd {

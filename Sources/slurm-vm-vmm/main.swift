@@ -17,6 +17,7 @@
 // Exit status: the guest's exit-port status (0–255) when it wrote one; 0 when it reset or shut down;
 // 125 when the VMM could not build or run the VM (the reason on stderr).
 
+import Sizes
 import VMM
 #if canImport(Glibc)
 import Glibc
@@ -62,11 +63,7 @@ func cpuList(_ s: String) -> [Int] {
 }
 
 func megabytes(_ s: String) -> Int {
-    let u = s.uppercased()
-    if u.hasSuffix("G"), let v = Int(u.dropLast()) { return v << 10 }
-    if u.hasSuffix("M"), let v = Int(u.dropLast()) { return v }
-    if let v = Int(u) { return v }
-    fail("--mem '\(s)' is not a size in MiB (256, 256M or 1G)", 2)
+    do { return Int(ByteSize.mebibytes(try ByteSize.parse(s, bare: .mebibytes))) } catch { fail("--mem: \(error)", 2) }
 }
 
 var kernelPath: String?, initrdPath: String?, append = "", vcpus = 1, mem = 64, cpus: [Int] = [], housekeeping: Int?

@@ -2,6 +2,7 @@
 // holds the file). Exits 0 once this rank's copy is verified and its neighbors are served; the same
 // engine slurm-vmd uses, so measurements with it are measurements of the product.
 
+import Sizes
 import ArgumentParser
 import Broadcast
 import Foundation
@@ -87,9 +88,7 @@ struct BroadcastCommand: ParsableCommand {
     }
 
     static func size(_ s: String) -> Int? {
-        let u = s.uppercased()
-        let mult = u.hasSuffix("K") ? 1 << 10 : u.hasSuffix("M") ? 1 << 20 : 1
-        guard let n = Int(mult == 1 ? u : String(u.dropLast())), n > 0 else { return nil }
-        return n * mult
+        guard let n = try? ByteSize.parse(s, bare: .bytes), n > 0, n <= Int64(Int32.max) else { return nil }
+        return Int(n)
     }
 }

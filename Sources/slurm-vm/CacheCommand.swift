@@ -6,6 +6,7 @@ import ArgumentParser
 import Daemon
 import Foundation
 import Node
+import Sizes
 
 struct CacheCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,7 +33,7 @@ struct CacheCommand: ParsableCommand {
         }
     }
 
-    static func size(_ n: Int64) -> String { ImageCacheFormat.bytes(n) }
+    static func size(_ n: Int64) -> String { ByteSize.describe(n) }
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "ls", abstract: "List cached images, least recently used first.")

@@ -6,6 +6,7 @@ import Catalog
 import Foundation
 import ImageBuilder
 import Runner
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -31,6 +32,7 @@ func reporting<T>(_ body: () throws -> T) throws -> T {
     catch let e as CleanExit { throw e }
     catch let e as ValidationError { throw e }
     catch let e as VMRequest.Invalid { warn("error: \(e)"); throw ExitCode(2) }
+    catch let e as JobShape.Invalid { warn("error: \(e)"); throw ExitCode(2) }
     catch let e as CPUList.Invalid { warn("error: \(e)"); throw ExitCode(2) }
     catch let e as CatalogError {
         warn("error: \(e)")

@@ -12,6 +12,7 @@ import ArgumentParser
 import Catalog
 import Foundation
 import Runner
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -54,8 +55,7 @@ struct GuestBench: ParsableCommand {
             let rec = try cat.resolve(try ImageReference(image))
             let records = try GuestRecords()
             let hv = try QEMUBackend(kernelCache: records.cacheDir, stateDir: records.root)
-            let ad = try rec.ad()
-            let mem: Int = { if case .integer(let i) = ad.evaluate("MinMemoryMB") { return Int(i) }; return 256 }()
+            let mem = rec.minMemoryMB
             let allowed = CPUList.callerAffinity().cpus
             var runTimes: [Double] = [], bareTimes: [Double] = []
             for i in 0..<runs {

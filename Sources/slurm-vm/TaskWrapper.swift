@@ -29,7 +29,7 @@ enum TaskWrapper {
         let env = ProcessInfo.processInfo.environment
         let argv0 = env[argv0Variable]!
         guard let socket = env[socketVariable], !socket.isEmpty else { fail("\(socketVariable) is not set: the plugin did not say where this node's slurm-vmd listens") }
-        guard let job = env["SLURM_JOB_ID"].flatMap(Int.init) else { fail("SLURM_JOB_ID is not set: not a Slurm task") }
+        guard let job = env["SLURM_JOB_ID"].flatMap(UInt32.init) else { fail("SLURM_JOB_ID is not set: not a Slurm task") }
         let args = [argv0] + CommandLine.arguments.dropFirst()
         let taskEnv = env.filter { k, _ in !hostOnly.contains { p in p.hasSuffix("_") || p.hasSuffix("=") ? (k + "=").hasPrefix(p) : k == p } }
             .map { "\($0.key)=\($0.value)" }.sorted()
@@ -37,31 +37,27 @@ enum TaskWrapper {
         let conn: LineConnection
         do { conn = try LineConnection.connect(socket) } catch { fail("\(error)") }
         do {
-            try conn.send(["op": "exec", "job": job, "argv": args, "env": taskEnv, "cwd": cwd,
-                           "localid": Int(env["SLURM_LOCALID"] ?? "0") ?? 0], fds: [0, 1, 2])
-            guard let first = try conn.readMessage() else { fail("slurm-vmd closed the connection") }
-            guard first["ok"] as? Bool == true else { fail(first["error"] as? String ?? "slurm-vmd refused to run the task") }
+            let call = ExecCall(job: job, argv: args, env: taskEnv, cwd: cwd, localid: Int(env["SLURM_LOCALID"] ?? "0") ?? 0)
+            try conn.send(Call.exec(call), fds: [0, 1, 2])
+            guard let first = try conn.read(Reply.self) else { fail("slurm-vmd closed the connection") }
+            guard first.ok else { fail(first.error ?? "slurm-vmd refused to run the task") }
         } catch { fail("\(error)") }
         // Our own copies of the task's descriptors are no longer needed: the daemon holds them. Keeping
         // stdin open would steal input from the guest; stdout stays valid for our own last words.
         close(0)
         SignalRelay.start(conn)
-        while true {
-            let msg: [String: Any]?
-            do { msg = try conn.readMessage() } catch { fail("lost slurm-vmd while the task ran: \(error)") }
-            guard let m = msg else { fail("slurm-vmd went away while the task ran; the task was killed") }
-            if m["exit"] != nil || m["signal"] != nil {
-                if let e = m["error"] as? String { FileHandle.standardError.write(Data("slurm-vm: \(e)\n".utf8)) }
-                if let sig = m["signal"] as? Int {
-                    // End as the task did, so srun reports the signal.
-                    signal(Int32(sig), SIG_DFL)
-                    var none = sigset_t(); sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, nil)
-                    raise(Int32(sig))
-                    exit(Int32(128 + sig))
-                }
-                exit(Int32(truncatingIfNeeded: (m["exit"] as? Int) ?? 255))
-            }
+        let end: ExecEnd?
+        do { end = try conn.read(ExecEnd.self) } catch { fail("lost slurm-vmd while the task ran: \(error)") }
+        guard let end else { fail("slurm-vmd went away while the task ran; the task was killed") }
+        if let e = end.error { FileHandle.standardError.write(Data("slurm-vm: \(e)\n".utf8)) }
+        if let sig = end.signal {
+            // End as the task did, so srun reports the signal.
+            signal(sig, SIG_DFL)
+            var none = sigset_t(); sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, nil)
+            raise(sig)
+            exit(128 + sig)
         }
+        exit(end.exit ?? 255)
     }
 }
 
@@ -91,7 +87,7 @@ enum SignalRelay {
             var s = set
             while true {
                 var sig: Int32 = 0
-                if sigwait(&s, &sig) == 0 { try? conn?.send(["signal": Int(sig)]) }
+                if sigwait(&s, &sig) == 0 { try? conn?.send(ExecSignal(signal: sig)) }
             }
         }
         t.start()

@@ -5,7 +5,9 @@ import ArgumentParser
 import Catalog
 import Dispatch
 import Foundation
+import Node
 import Runner
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,42 +23,20 @@ struct VMCommand: ParsableCommand {
         @Option(help: "Force QEMU's accelerator: kvm or tcg (default: kvm where the host has vmx/svm).") var accel: String?
         @Flag(help: "Say which backend and accelerator run the guests.") var verbose = false
 
-        /// The backend for guests; `auto` follows the host: our VMM where KVM has hardware
-        /// virtualization (and slurm-vm-vmm is installed), QEMU otherwise (TCG without vmx/svm).
-        func make(records: GuestRecords) throws -> (any Hypervisor, Accelerator?) {
-            switch backend {
-            case "qemu": let q = try qemu(records: records); return (q, q.accelerator)
-            case "embedded": return (try embedded(), .kvm)
-            case "auto":
-                if accel == nil && HostFacts.hasHardwareVirtualization && HostFacts.kvmUsable, let e = try? EmbeddedBackend() {
-                    if verbose { warn("backend embedded (\(e.binary)): KVM with hardware virtualization") }
-                    return (e, .kvm)
-                }
-                let q = try qemu(records: records)
-                return (q, q.accelerator)
-            default: throw ValidationError("--backend must be auto, qemu or embedded")
-            }
-        }
-
-        func embedded() throws -> EmbeddedBackend {
-            guard accel == nil || accel == "kvm" else { throw ValidationError("--accel \(accel!) is QEMU's; the embedded VMM always runs on KVM") }
-            let e = try EmbeddedBackend()
-            if !HostFacts.hasHardwareVirtualization {
-                warn("note: this host's KVM has no vmx/svm (PVM or nested): guest ring 0 is emulated, so a Linux kernel crawls and never reaches user space; small freestanding guests run")
-            }
-            if verbose { warn("backend embedded (\(e.binary)), KVM \(HostFacts.hasHardwareVirtualization ? "with" : "without") hardware virtualization") }
-            return e
-        }
-
-        func qemu(records: GuestRecords) throws -> QEMUBackend {
+        /// The backend for guests (Runner's BackendChoice: `auto` follows the host).
+        func make(records: GuestRecords) throws -> (any Hypervisor, Accelerator) {
+            let choice: BackendChoice
+            do { choice = try BackendChoice(parsing: backend) } catch { throw ValidationError("--backend must be auto, qemu or embedded") }
             var forced: Accelerator? = nil
             if let accel {
                 guard let a = Accelerator(rawValue: accel) else { throw ValidationError("--accel must be kvm or tcg") }
                 forced = a
             }
-            let b = try QEMUBackend(kernelCache: records.cacheDir, accelerator: forced, stateDir: records.root)
-            if verbose { warn("backend qemu (\(b.binary)), accelerator \(b.acceleratorReason)") }
-            return b
+            if choice == .embedded && forced == .tcg { throw ValidationError("--accel tcg is QEMU's; the embedded VMM always runs on KVM") }
+            let verbose = verbose
+            return try choice.make(forced: forced, records: records) { msg in
+                if verbose || msg.hasPrefix("note:") { warn(msg) }
+            }
         }
     }
 
@@ -120,43 +100,25 @@ struct VMCommand: ParsableCommand {
             guard !command.isEmpty || keep else { throw ValidationError("give a command after --, or --keep to leave the guests running") }
             let cat = try catalog.open()
             let rec = try cat.resolve(try ImageReference(ref))
-            let ad = try rec.ad()
-            let minMem: Int = { if case .integer(let i) = ad.evaluate("MinMemoryMB") { return Int(i) }; return 256 }()
-            let maxCPU: Int = { if case .integer(let i) = ad.evaluate("MaxVCPUs") { return Int(i) }; return 1024 }()
-            let memMB = try memoryMB(default: minMem)
-            if memMB < minMem {
-                throw RunnerError.invalidRequest("--mem \(mem ?? "") is below image \(rec.label)'s minimum of \(minMem) MiB (MinMemoryMB); give at least \(minMem)M")
-            }
-            if vcpus > maxCPU { throw RunnerError.invalidRequest("--vcpus \(vcpus) is more than image \(rec.label) supports (MaxVCPUs = \(maxCPU))") }
+            let image = try BootImage(rec, blobs: cat.blobs)
+            let memMB = try memoryMB(default: image.minMemoryMB)
+            try ImageGuests.check(image, vcpus: vcpus, memoryMB: memMB)
             let p = try plan(count)
-            let huge = try useHugepages(memMB * count)
+            let huge = try HugepagePolicy(parsing: hugepages).use(forMB: memMB * count)
             // A blob that no longer matches its digest must never boot.
             for a in rec.artefacts { try cat.blobs.verify(a.digest) }
             let records = try GuestRecords()
             let (hv, accelerator) = try be.make(records: records)
-            let cmdline = [rec.cmdline, append ?? ""].filter { !$0.isEmpty }.joined(separator: " ")
-            let specs = (0..<count).map { i -> GuestSpec in
-                let id = records.newID(prefix: rec.name)
-                return GuestSpec(id: id, kernel: cat.blobs.path(of: rec.artefact("kernel")!.digest),
-                                 kernelDigest: rec.artefact("kernel")!.digest,
-                                 initrd: rec.artefact("initrd").map { cat.blobs.path(of: $0.digest) },
-                                 disk: rec.artefact("disk").map { cat.blobs.path(of: $0.digest) },
-                                 cmdline: cmdline, vcpus: vcpus, memoryMB: memMB, cpus: p.perGuest[i], housekeeping: p.housekeeping,
-                                 agent: true, hugepages: huge, runDir: records.dir(id), keep: keep, accelerator: accelerator)
-            }
+            let names = (0..<count).map { _ in let id = records.newID(prefix: rec.name); return (id: id, hostname: id) }
+            let set = ImageGuests(image: image, names: names, vcpus: vcpus, memoryMB: memMB, plan: p, hugepages: huge,
+                                  extraCmdline: append, keep: keep, owner: getuid())
             let teardown = Teardown(catalog: cat)
             teardown.install()
             let clock = PhaseClock(enabled: be.verbose)
-            let guests = try GuestLauncher.bootAll(specs, on: hv, bootTimeout: bootTimeout) { g in
+            let guests = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: bootTimeout) { g in
                 clock.mark("VMM started, vCPUs pinned (\(g.spec.id): threads \(g.vcpuThreads.map(String.init).joined(separator: ",")) on CPUs \(CPUList(g.spec.cpus)))")
                 teardown.add(g)
                 try? cat.lease(rec, holder: g.spec.id, pid: g.pid)
-                try? records.save(GuestRecord(spec: g.spec, backend: hv.name, pid: g.pid, pidStart: ProcessIdentity.startTime(of: g.pid) ?? 0,
-                                              vcpuThreads: g.vcpuThreads, image: rec.label, imageDigest: rec.digest, started: Date(),
-                                              owner: getuid(), ready: nil))
-            }
-            for g in guests {
-                if var r = records.load(g.id) { r.ready = g.info; try? records.save(r) }
             }
             clock.mark("every agent ready (guest uptime \(guests.map { String($0.info.uptimeMs) }.joined(separator: ",")) ms)")
             var code: Int32 = 0
@@ -187,21 +149,6 @@ struct VMCommand: ParsableCommand {
             return code
         }
 
-        /// Hugepages for `mb` MiB of guest memory: `auto` uses the 2 MiB pool when it has room.
-        func useHugepages(_ mb: Int) throws -> Bool {
-            let free = HostFacts.freeHugepages2M
-            switch hugepages {
-            case "off": return false
-            case "auto": return free * 2 >= mb
-            case "on":
-                guard free * 2 >= mb else {
-                    throw RunnerError.invalidRequest("--hugepages on: the 2 MiB hugepage pool has \(free) free pages (\(free * 2) MiB) but the guests need \(mb) MiB; reserve more (echo N > /proc/sys/vm/nr_hugepages) or use --hugepages auto")
-                }
-                return true
-            default: throw ValidationError("--hugepages must be auto, on or off")
-            }
-        }
-
         func environment() -> [String] {
             var e = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=\(getuid() == 0 ? "/root" : "/tmp")",
                      "TERM=\(ProcessInfo.processInfo.environment["TERM"] ?? "dumb")"]
@@ -222,7 +169,7 @@ struct VMCommand: ParsableCommand {
             let id = records.newID(prefix: "raw")
             let spec = GuestSpec(id: id, kernel: kernel, initrd: initrd, cmdline: append ?? "", vcpus: vcpus,
                                  memoryMB: try memoryMB(default: 256), cpus: p.perGuest[0], housekeeping: p.housekeeping,
-                                 agent: false, hugepages: try useHugepages(try memoryMB(default: 256)), runDir: records.dir(id), keep: false, accelerator: accelerator)
+                                 agent: false, hugepages: try HugepagePolicy(parsing: hugepages).use(forMB: try memoryMB(default: 256)), runDir: records.dir(id), keep: false, accelerator: accelerator)
             let teardown = Teardown(catalog: nil)
             teardown.install()
             let g = try hv.boot(spec)
@@ -315,7 +262,7 @@ struct VMCommand: ParsableCommand {
                 for id in targets {
                     guard let r = records.load(id), r.alive else { throw RunnerError.noSuchGuest(id) }
                     if getuid() != 0 && getuid() != r.owner { throw RunnerError.invalidRequest("guest \(id) belongs to uid \(r.owner)") }
-                    QEMUGuest.adopt(spec: r.spec, pid: r.pid, vcpuThreads: r.vcpuThreads).destroy()
+                    BackendChoice.adopt(r).destroy()
                     cat?.release(holder: id)
                     print("stopped \(id)")
                 }

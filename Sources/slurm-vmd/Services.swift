@@ -83,23 +83,23 @@ struct ListenerService: Service {
 enum TCPListener {
     static func open(_ address: String) throws -> Int32 {
         guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
-            throw WireError("listen address '\(address)' is not HOST:PORT")
+            throw DaemonError.config("listen address '\(address)' is not HOST:PORT")
         }
         let host = String(address[..<colon])
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw WireError("socket: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw DaemonError.connection("socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         var a = sockaddr_in()
         a.sin_family = sa_family_t(AF_INET)
         a.sin_port = port.bigEndian
         guard inet_pton(AF_INET, host.isEmpty ? "0.0.0.0" : host, &a.sin_addr) == 1 else {
-            close(fd); throw WireError("listen address: '\(host)' is not an IPv4 address")
+            close(fd); throw DaemonError.config("listen address: '\(host)' is not an IPv4 address")
         }
         let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard r == 0, Glibc.listen(fd, 128) == 0 else {
             let e = String(cString: strerror(errno)); close(fd)
-            throw WireError("cannot listen on \(address): \(e)")
+            throw DaemonError.connection("cannot listen on \(address): \(e)")
         }
         return fd
     }

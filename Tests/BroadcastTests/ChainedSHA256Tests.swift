@@ -98,8 +98,8 @@ import Testing
         }
         var end = m.chunks
         end[5][31] ^= 1
-        #expect(throws: BroadcastError.self) { try Manifest(digest: m.digest, size: m.size, chunkSize: chunk, chunks: end).validate() }
-        #expect(throws: BroadcastError.self) { try Manifest(digest: m.digest, size: m.size, chunkSize: chunk, chunks: Array(m.chunks.dropLast())).validate() }
-        #expect(throws: BroadcastError.self) { try Manifest.compute(path: path, chunkSize: chunk + 1) }
+        #expect { try Manifest(digest: m.digest, size: m.size, chunkSize: chunk, chunks: end).validate() } throws: { if case BroadcastError.corrupt = $0 { true } else { false } }
+        #expect { try Manifest(digest: m.digest, size: m.size, chunkSize: chunk, chunks: Array(m.chunks.dropLast())).validate() } throws: { if case BroadcastError.corrupt = $0 { true } else { false } }
+        #expect { try Manifest.compute(path: path, chunkSize: chunk + 1) } throws: { if case BroadcastError.config = $0 { true } else { false } }
     }
 }

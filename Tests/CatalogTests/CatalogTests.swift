@@ -3,6 +3,7 @@
 
 import ClassAd
 import Foundation
+import Support
 import Testing
 @testable import Catalog
 #if canImport(Glibc)

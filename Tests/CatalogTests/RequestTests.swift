@@ -3,6 +3,7 @@
 
 import ClassAd
 import Foundation
+import Sizes
 import Testing
 @testable import Catalog
 
@@ -33,6 +34,12 @@ import Testing
         #expect(try VMRequest.parseMemory("2G") == 2048)
         #expect(try VMRequest.parseMemory("512") == 512)
         #expect(try VMRequest.parseMemory("1.5g") == 1536)
+        // Empty values and empty list items are mistakes, not nothing (sbatch --vm-libs=,,, was queued).
+        for (opts, opt) in [(["libs": ",,,"], "--vm-libs"), (["libs": "mpich,"], "--vm-libs"), (["libs": "a,,b"], "--vm-libs"),
+                            (["os": " "], "--vm-os"), (["count": ""], "--vm-count")] {
+            #expect { try VMRequest.fromOptions(opts) } throws: { ($0 as? VMRequest.Invalid)?.option == opt }
+        }
+        #expect(try VMRequest.fromOptions(["libs": "mpich, fftw3"]).libs == ["mpich", "fftw3"])
     }
 
     func images() throws -> [ClassAd] {
@@ -45,7 +52,8 @@ import Testing
 
     func names(_ r: VMRequest, _ who: Requester) throws -> [String] {
         let m = Matchmaker(images: try images())
-        return m.match(try r.jobAd(for: who)).matches.map(\.imageName)
+        let sizing = try r.sizing(shape: JobShape(), nodeCPUs: nil)
+        return m.match(try r.jobAd(for: who, sizing: sizing)).matches.map(\.imageName)
     }
 
     @Test func eachOptionConstrainsTheImage() throws {
@@ -70,9 +78,151 @@ import Testing
         #expect(try names(VMRequest(rank: "TARGET.MinMemoryMB"), alice) == ["mpich", "minimal", "old"])
     }
 
-    @Test func requestRoundTripsAsJSON() throws {
-        let r = VMRequest(count: 4, vcpus: 2, memoryMB: 1024, os: "debian:12", kernel: ">=6.1", libs: ["mpich"], image: "mpich", requirements: "true", rank: "0")
-        let back = try JSONDecoder().decode(VMRequest.self, from: try JSONEncoder().encode(r))
-        #expect(back == r)
+    @Test func userValuesStayLiteralsInTheJobAd() throws {
+        // A library name or OS that looks like ClassAd source is a value, never code: it is checked as
+        // a name, and the ad holds it as a string literal.
+        #expect(throws: VMRequest.Invalid.self) { try VMRequest.fromOptions(["libs": "x\") || true || (\"y"]) }
+        let r = try VMRequest.fromOptions(["os": "debian:12", "libs": "mpich", "requirements": "TARGET.SizeMB < 100"])
+        let ad = try r.jobAd(for: alice, sizing: r.sizing(shape: JobShape(), nodeCPUs: nil))
+        if case .string(let os) = ad.evaluate("RequestOS") { #expect(os == Bytes("debian")) } else { Issue.record("RequestOS is not a string") }
+        #expect(Unparser.unparse(ad.lookup("Requirements")!).contains("(TARGET.SizeMB < 100)"))
+    }
+}
+
+/// Sizes: one parser for every front end.
+@Suite struct ByteSizeTests {
+    @Test func sizesAsUsersWriteThem() throws {
+        #expect(try ByteSize.parse("512", bare: .mebibytes) == 512 << 20)
+        #expect(try ByteSize.parse("512", bare: .bytes) == 512)
+        #expect(try ByteSize.parse("2G", bare: .bytes) == 2 << 30)
+        #expect(try ByteSize.parse(" 1.5g ", bare: .bytes) == 3 << 29)
+        #expect(try ByteSize.parse("4Ki", bare: .mebibytes) == 4096)
+        #expect(try ByteSize.parse("1T", bare: .bytes) == 1 << 40)
+        for bad in ["", "G", "2GB", "2B", "-1", "1e3", "inf", "nan", "1..2", "1 G", "0x10", "99999999999T", "Mi"] {
+            #expect(throws: ByteSize.Invalid.self, "\(bad)") { try ByteSize.parse(bad, bare: .bytes) }
+        }
+        #expect(ByteSize.mebibytes(1) == 1)
+    }
+}
+
+/// The job's shape read from the submitting command, as Slurm reads it.
+@Suite struct JobShapeTests {
+    func shape(_ args: String, tool: String = "sbatch", directives: [String] = [], env: [String: String] = [:]) throws -> JobShape {
+        try JobShape.of(SubmitCommand(tool: tool, arguments: args.split(separator: " ").map(String.init), directives: directives, environment: env))
+    }
+
+    @Test func theJobSizeOptionsInEverySpelling() throws {
+        #expect(try shape("-N1 --ntasks-per-node=2 --wrap true") == JobShape(nodes: 1, tasksPerNode: 2))
+        #expect(try shape("-N 2 -n 8 -c 2 job.sh") == JobShape(nodes: 2, tasks: 8, cpusPerTask: 2))
+        #expect(try shape("--nodes=2-4 --ntasks 3 --cpus-per-task=4") == JobShape(nodes: 2, tasks: 3, cpusPerTask: 4))
+        #expect(try shape("-vN3 --exclusive") == JobShape(nodes: 3, exclusive: true))
+        #expect(try shape("--exclusive=user -N1") == JobShape(nodes: 1))
+        #expect(try shape("--ntasks-per-n=2") == JobShape(tasksPerNode: 2))             // getopt's unique abbreviation
+        // Values of other options are skipped, so they are never read as options.
+        #expect(try shape("-J -n9 --comment -N7 -N1") == JobShape(nodes: 1))
+        #expect(try shape("--job-name=-n9 -p vm -n2") == JobShape(tasks: 2))
+        // Options end at the script or command: its own arguments are not Slurm's.
+        #expect(try shape("-n2 job.sh -n 5 -N 9") == JobShape(tasks: 2))
+        #expect(try shape("--mpi pmi2 -n4 ./app -N3", tool: "srun") == JobShape(tasks: 4))
+        #expect(try shape("-n2 -- -N3") == JobShape(tasks: 2))
+    }
+
+    @Test func commandLineOverEnvironmentOverDirectives() throws {
+        let d = ["-N 2 --ntasks-per-node=4 # a comment -N 9", "--cpus-per-task=2"]
+        #expect(try shape("job.sh", directives: d) == JobShape(nodes: 2, tasksPerNode: 4, cpusPerTask: 2))
+        #expect(try shape("-N1 job.sh", directives: d) == JobShape(nodes: 1, tasksPerNode: 4, cpusPerTask: 2))
+        #expect(try shape("job.sh", directives: d, env: ["SBATCH_EXCLUSIVE": "1"]).exclusive)
+        #expect(try shape("-n2", tool: "srun", env: ["SLURM_CPUS_PER_TASK": "3", "SLURM_NNODES": "2"]) == JobShape(nodes: 2, tasks: 2, cpusPerTask: 3))
+        // Directives count for sbatch only; the environment is read by each tool under its own names.
+        #expect(try shape("", tool: "srun", directives: d, env: ["SBATCH_EXCLUSIVE": "1"]) == JobShape())
+    }
+
+    @Test func badCountsAreRefused() {
+        for args in ["-N0", "-n x", "--cpus-per-task=-1", "--ntasks-per-node="] {
+            #expect(throws: JobShape.Invalid.self, "\(args)") { try shape(args) }
+        }
+    }
+}
+
+/// Guests and vCPUs are decided once, at submission, from the options and the job's shape.
+@Suite struct SizingTests {
+    func sizing(_ r: VMRequest, _ s: JobShape, cpus: NodeCPUs? = NodeCPUs(smallest: 2, largest: 2)) throws -> Sizing {
+        try r.sizing(shape: s, nodeCPUs: cpus)
+    }
+
+    @Test func vcpusDeriveFromTheJobsCoresWhenNotGiven() throws {
+        #expect(try sizing(VMRequest(), JobShape(nodes: 1, tasksPerNode: 2)).vcpus == 2)
+        #expect(try sizing(VMRequest(count: 2), JobShape(nodes: 1, tasksPerNode: 2)).vcpus == 1)
+        #expect(try sizing(VMRequest(count: 4), JobShape(nodes: 2, tasksPerNode: 2)) == Sizing(guests: 4, vcpus: 1, vcpusGiven: false, nodes: 2, coresPerNode: 2))
+        #expect(try sizing(VMRequest(), JobShape(nodes: 2, tasks: 8, cpusPerTask: 2), cpus: nil) == Sizing(guests: 2, vcpus: 8, vcpusGiven: false, nodes: 2, coresPerNode: 8))
+        #expect(try sizing(VMRequest(), JobShape(exclusive: true), cpus: NodeCPUs(smallest: 16, largest: 64)).vcpus == 16)
+        #expect(try sizing(VMRequest(), JobShape()).vcpus == 1)                                   // one task, one core
+        #expect(try sizing(VMRequest(vcpus: 2), JobShape(nodes: 1)).vcpusGiven)
+        // -n without -N: as many nodes as the tasks need on the largest node.
+        #expect(try sizing(VMRequest(), JobShape(tasks: 8), cpus: NodeCPUs(smallest: 4, largest: 4)).nodes == 2)
+    }
+
+    @Test func whatNoNodeCanHoldIsRefusedWithTheReason() {
+        #expect { try sizing(VMRequest(vcpus: 64), JobShape()) } throws: { "\($0)".contains("more than the largest node has (2 CPUs)") }
+        #expect { try sizing(VMRequest(count: 4, vcpus: 1), JobShape(nodes: 1)) } throws: { "\($0)".contains("4 guests × 1 vCPU on a node") }
+        #expect { try sizing(VMRequest(count: 1), JobShape(nodes: 2)) } throws: { "\($0)".contains("fewer than the job's 2 nodes") }
+    }
+}
+
+/// The matching layer: what sbatch gets and what `slurm-vm match` prints come from here.
+@Suite struct SubmissionTests {
+    let alice = Requester(user: "alice", uid: 1000, gid: 1000)
+
+    @Test func anImageThatCannotHoldTheDerivedVCPUsIsRuledOutAtSubmission() throws {
+        let c = try Catalog(root: tempDir("cat"))
+        _ = try addImage(c, "tiny1", "1", attrs: [Attribute("MaxVCPUs", "1")])
+        // -N1 --ntasks-per-node=2 and no --vm-vcpus: one guest with the job's 2 cores, which tiny1 cannot hold.
+        let two = JobShape(nodes: 1, tasksPerNode: 2)
+        let refused = try c.match(Submission(request: VMRequest(image: "tiny1"), shape: two, requester: alice))
+        #expect(refused.accepted == nil)
+        #expect(refused.refusal?.contains("no guest image matches this request") == true)
+        #expect(refused.refusal?.contains("MaxVCPUs") == true)
+        // --vm-count=2 on the same allocation: a guest per core.
+        let ok = try c.match(Submission(request: VMRequest(count: 2, image: "tiny1"), shape: two, requester: alice))
+        #expect(ok.accepted?.sizing == Sizing(guests: 2, vcpus: 1, vcpusGiven: false, nodes: 1, coresPerNode: 2))
+        #expect(ok.accepted?.memoryMB == 128)                                           // the image's MinMemoryMB
+        #expect(ok.accepted?.imageLabel == "tiny1:1")
+    }
+
+    @Test func theDryRunsChecksAreTheSubmissionsChecks() throws {
+        let c = try Catalog(root: tempDir("cat"))
+        _ = try addImage(c, "minimal", "1")
+        let missing = try c.match(Submission(request: VMRequest(image: "nosuch"), requester: alice))
+        #expect(missing.refusal?.hasPrefix("--vm-image: no image 'nosuch' in the catalog; known images: minimal:1") == true)
+        let big = try c.match(Submission(request: VMRequest(vcpus: 4), nodeCPUs: NodeCPUs(smallest: 2, largest: 2), requester: alice))
+        #expect(big.refusal?.contains("more than the largest node has (2 CPUs)") == true)
+        #expect(big.jobAd == nil)
+    }
+
+    @Test func acceptedRequestsTravelAsJSON() throws {
+        let r = AcceptedRequest(request: VMRequest(count: 4, vcpus: 2, memoryMB: 1024, os: "debian:12", kernel: ">=6.1", libs: ["mpich"],
+                                                   image: "mpich", requirements: "true", rank: "0"),
+                                sizing: Sizing(guests: 4, vcpus: 2, vcpusGiven: true, nodes: 2, coresPerNode: 4),
+                                memoryMB: 1024, image: "sha256:" + String(repeating: "a", count: 64), imageLabel: "mpich:1")
+        #expect(try JSONDecoder().decode(AcceptedRequest.self, from: try JSONEncoder().encode(r)) == r)
+    }
+}
+
+/// One list of options: the plugin's C table says the same as VMRequest.options.
+@Suite struct OptionTableTests {
+    @Test func thePluginsTableIsVMRequestsTable() throws {
+        let src = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Plugin/src/options.c").standardized
+        let text = try String(contentsOf: src, encoding: .utf8)
+        // [SVM_COUNT] = {"count", "SLURM_VM_COUNT", "N", "usage", NULL},
+        let rx = try NSRegularExpression(pattern: #"\[SVM_([A-Z]+)\] = \{"([^"]*)", "([^"]*)", "([^"]*)", "((?:[^"\\]|\\.)*)", NULL\}"#)
+        let rows = rx.matches(in: text, range: NSRange(text.startIndex..., in: text)).map { m in
+            (1...5).map { String(text[Range(m.range(at: $0), in: text)!]) }
+        }
+        #expect(rows.map { $0[0].lowercased() } == VMRequest.optionNames)
+        #expect(rows.map { VMRequest.Option(name: $0[1], env: $0[2], arginfo: $0[3], usage: $0[4]) } == VMRequest.options)
+        // The enum's order is the table's.
+        let header = try String(contentsOf: src.deletingLastPathComponent().appendingPathComponent("slurm-vm.h"), encoding: .utf8)
+        let enumLine = header.split(separator: "\n").first { $0.hasPrefix("enum { SVM_COUNT") }.map(String.init) ?? ""
+        #expect(enumLine == "enum { " + VMRequest.optionNames.map { "SVM_" + $0.uppercased() + ", " }.joined() + "SVM_NOPTS };")
     }
 }

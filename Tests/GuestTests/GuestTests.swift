@@ -58,8 +58,8 @@ struct Guests {
         Harness.expectClean()
     }
 
-    @Test func severalGuestsPrefixTheirOutput() {
-        guard Harness.cpuCount >= 2 else { return }
+    @Test(.enabled(if: Harness.cpuCount >= 2, "SKIPPED: needs 2 CPUs to pin 2 vCPUs apart"))
+    func severalGuestsPrefixTheirOutput() {
         let r = Harness.run(["vm", "run", "--image", "minimal", "--count", "2", "--cpus", "0,1", "--", "sh", "-c", "hostname; exit 3"])
         #expect(r.code == 3)
         let lines = r.out.split(separator: "\n")
@@ -70,8 +70,8 @@ struct Guests {
         Harness.expectClean()
     }
 
-    @Test func eachVCPUThreadIsPinnedToItsOwnCPU() throws {
-        guard Harness.cpuCount >= 2 else { return }
+    @Test(.enabled(if: Harness.cpuCount >= 2, "SKIPPED: needs 2 CPUs to pin 2 vCPUs apart"))
+    func eachVCPUThreadIsPinnedToItsOwnCPU() throws {
         let keep = Harness.run(["vm", "run", "--image", "minimal", "--vcpus", "2", "--cpus", "0,1", "--keep"])
         #expect(keep.code == 0, "\(keep.err)")
         let id = keep.out.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -100,8 +100,8 @@ struct Guests {
 
     /// Two separate invocations at once, each on its own CPU. They keep their guests, so that both are
     /// seen running together however slowly each boots (a 2-core CI machine under TCG can take seconds).
-    @Test func twoRunsOnDisjointCPUsAtOnce() throws {
-        guard Harness.cpuCount >= 2 else { return }
+    @Test(.enabled(if: Harness.cpuCount >= 2, "SKIPPED: needs 2 CPUs to pin 2 vCPUs apart"))
+    func twoRunsOnDisjointCPUsAtOnce() throws {
         final class Out: @unchecked Sendable { var r: [Harness.Result?] = [nil, nil] }
         let o = Out()
         DispatchQueue.concurrentPerform(iterations: 2) { i in
@@ -177,15 +177,9 @@ struct Guests {
         Harness.expectClean()
     }
 
-    @Test func theBuilderNeedsNoRoot() throws {
-        guard getuid() == 0 else {
-            FileHandle.standardError.write(Data("*** SKIPPED theBuilderNeedsNoRoot: only root can switch to an unprivileged user to try ***\n".utf8))
-            return
-        }
-        guard Harness.sh("command -v runuser").0 == 0 else {
-            FileHandle.standardError.write(Data("*** SKIPPED theBuilderNeedsNoRoot: runuser(1) is missing ***\n".utf8))
-            return
-        }
+    @Test(.enabled(if: getuid() == 0, "SKIPPED: only root can switch to an unprivileged user to try"),
+          .enabled(if: Harness.sh("command -v runuser").0 == 0, "SKIPPED: runuser(1) is missing"))
+    func theBuilderNeedsNoRoot() throws {
         let dir = Harness.root + "/nobody"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         chown(dir, 65534, 65534)
@@ -203,7 +197,7 @@ struct Guests {
         #expect(hit.code == 0 && hit.out.hasPrefix("minimal:"), "\(hit.out)\(hit.err)")
         let miss = Harness.run(["match", "--vm-libs", "openmpi"])
         #expect(miss.code == 1)
-        #expect(miss.out.contains("no image matches") && miss.out.contains("member(\"openmpi\",TARGET.Libraries)"), "\(miss.out)")
+        #expect(miss.out.contains("no guest image matches this request") && miss.out.contains("member(\"openmpi\",TARGET.Libraries)"), "\(miss.out)")
         for bad in [["--vm-count", "x"], ["--vm-vcpus", "0"], ["--vm-image", "../x"], ["--vm-requirements", "TARGET.Foo =="], ["--vm-mem", "lots"]] {
             let r = Harness.run(["match"] + bad)
             #expect(r.code == 2, "\(bad): \(r.err)")
@@ -295,13 +289,13 @@ struct Guests {
 
 @Suite(.enabled(if: ProcessInfo.processInfo.environment["SLURM_VM_SKIP_MPI"] == nil, "SKIPPED: MPI image test (SLURM_VM_SKIP_MPI is set)"))
 struct MPIImageTests {
-    @Test func mpiexecRunsInsideOneGuest() throws {
+    @Test(.enabled(if: Harness.cpuCount >= 2, "SKIPPED: needs 2 CPUs to pin 2 vCPUs apart"))
+    func mpiexecRunsInsideOneGuest() throws {
         let b = Harness.run(["image", "build", Harness.repo + "/Images/mpich.toml", "--json"], timeout: 1800)
         #expect(b.code == 0, "\(b.err)")
         let rec = try JSONSerialization.jsonObject(with: Data(Harness.run(["image", "show", "mpich", "--json"]).out.utf8)) as! [String: Any]
         #expect((rec["size_bytes"] as! Int) <= 80 << 20, "the MPI image must stay within 80 MB")
         #expect((rec["ad"] as! String).contains("\"mpich\""))
-        guard Harness.cpuCount >= 2 else { return }
         let r = Harness.run(["vm", "run", "--image", "mpich", "--vcpus", "2", "--cpus", "0,1", "--", "mpiexec", "-n", "2", "hostname"])
         #expect(r.code == 0, "\(r.err)")
         let lines = r.out.split(separator: "\n")

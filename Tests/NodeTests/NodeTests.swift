@@ -1,10 +1,13 @@
 // Placement of a job's guests over its nodes and cores, the daemon's configuration, and the node's job
 // state on disk: pure parts of the Slurm path, tested without Slurm or guests.
 
+import Catalog
 import Daemon
 import Foundation
+import Logging
 import Node
 import Runner
+import Support
 import Testing
 
 @Suite struct PlacementTests {
@@ -13,32 +16,32 @@ import Testing
         #expect(shares.map(\.guests) == [3, 2, 2])
         #expect(shares.map(\.firstIndex) == [0, 3, 5])
         #expect(try Placement.share(count: nil, nodes: 4, index: 2) == NodeShare(guests: 1, firstIndex: 2))
-        #expect(throws: PlacementError.self) { try Placement.share(count: 1, nodes: 2, index: 0) }
-        #expect(throws: PlacementError.self) { try Placement.share(count: 4, nodes: 2, index: 2) }
+        #expect { try Placement.share(count: 1, nodes: 2, index: 0) } throws: { if case NodeError.placement = $0 { true } else { false } }
+        #expect { try Placement.share(count: 4, nodes: 2, index: 2) } throws: { if case NodeError.placement = $0 { true } else { false } }
+    }
+
+    func sizing(_ vcpus: Int, given: Bool = true) -> Sizing {
+        Sizing(guests: 2, vcpus: vcpus, vcpusGiven: given, nodes: 1, coresPerNode: 2 * vcpus)
     }
 
     @Test func eachVCPUGetsItsOwnCoreOfTheJob() throws {
         let all = CPUList(Array(0..<64))
-        let p = try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), vcpus: 2, jobCPUs: [4, 5, 6, 7, 8],
-                                    node: "n1", maxVCPUs: 64, allowed: all)
+        let p = try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(2), jobCPUs: [4, 5, 6, 7, 8],
+                                    node: "n1", allowed: all)
         #expect(p.perGuest == [[4, 5], [6, 7]])
         #expect(p.housekeeping == [8])
         #expect(Set(p.perGuest.flatMap { $0 }).count == 4)
-        // Without --vm-vcpus the guests split the job's cores.
-        let q = try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), vcpus: nil, jobCPUs: [0, 1, 2, 3],
-                                    node: "n1", maxVCPUs: 64, allowed: all)
-        #expect(q.vcpus == 2 && q.warnings.count == 1)
+        // The vCPUs decided at submission are placed as they are, whatever else the job has here.
+        let q = try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(1, given: false), jobCPUs: [0, 1, 2, 3],
+                                    node: "n1", allowed: all)
+        #expect(q.vcpus == 1 && q.perGuest == [[0], [1]])
     }
 
     @Test func aRequestThatDoesNotFitSaysWhatToAskFor() {
         #expect {
-            try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), vcpus: 2, jobCPUs: [0, 1], node: "n1",
-                                maxVCPUs: 64, allowed: CPUList(Array(0..<8)))
-        } throws: { "\($0)".contains("need 4, one core per vCPU") && "\($0)".contains("--ntasks-per-node=4") }
-        #expect {
-            try Placement.place(share: NodeShare(guests: 1, firstIndex: 0), vcpus: 8, jobCPUs: Array(0..<8), node: "n1",
-                                maxVCPUs: 4, allowed: CPUList(Array(0..<8)))
-        } throws: { "\($0)".contains("MaxVCPUs = 4") }
+            try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(2), jobCPUs: [0, 1], node: "n1",
+                                allowed: CPUList(Array(0..<8)))
+        } throws: { "\($0)".contains("need 4, one core per vCPU") && "\($0)".contains("--ntasks-per-node=4") && "\($0)".contains("--vm-vcpus=2") }
     }
 
     @Test func tasksAreDealtRoundRobinOverTheGuests() {
@@ -96,5 +99,125 @@ import Testing
         // Nothing but the job files: the temporary files of atomic writes are gone.
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir + "/jobs").sorted() == ["1.json", "3.json"])
         try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+/// The request's real wire path through the daemon's socket API: the match call exactly as the plugin's
+/// submit.c writes it, the answer's request carried as the prolog's prepare call carries it (prolog.c).
+@Suite struct RequestWireTests {
+    @Test func whatSbatchSendsComesBackAsWhatThePrologSends() throws {
+        let root = NSTemporaryDirectory() + "slurm-vm-wire-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let cat = try Catalog(root: root + "/catalog")
+        try FileManager.default.createDirectory(atPath: root + "/src", withIntermediateDirectories: true)
+        try Data("kernel".utf8).write(to: URL(fileURLWithPath: root + "/src/k"))
+        let k = try cat.blobs.ingest(root + "/src/k")
+        try cat.add(ImageRecord(name: "tiny1", version: "1", artefacts: [Artefact(role: "kernel", digest: k.digest, size: k.size)],
+                                cmdline: "", derived: [Attribute("Arch", "\"x86_64\""), Attribute("MaxVCPUs", "1"), Attribute("MinMemoryMB", "96")],
+                                source: "test"))
+        let conf = root + "/vmd.toml"
+        try "socket = \"\(root)/vmd.sock\"\n[catalog]\npath = \"\(root)/catalog\"\nlisten = \"127.0.0.1:0\"\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        let api = try API(config: DaemonConfig.load(conf), logger: Logger(label: "test"))
+
+        func call(_ line: String) throws -> [String: Any] {
+            var fds: [Int32] = [0, 0]
+            #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+            let server = fds[0]
+            let t = Thread { api.serve(LineConnection(fd: server)) }
+            t.start()
+            let client = LineConnection(fd: fds[1])
+            _ = (line + "\n").utf8CString.withUnsafeBufferPointer { write(fds[1], $0.baseAddress!, $0.count - 1) }
+            let reply = try #require(try client.readLine())
+            return try #require(try JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any])
+        }
+        // sbatch -N1 --ntasks-per-node=2 --vm-image=tiny1: one guest with 2 cores, more than tiny1 holds.
+        let cmd = #""command": {"tool": "sbatch", "arguments": ["-N1", "--ntasks-per-node=2", "--vm-image=tiny1", "--wrap", "srun nproc"], "directives": [], "environment": {"SLURM_CONF": "/etc/slurm/slurm.conf"}}, "node_cpus": {"smallest": 2, "largest": 2}"#
+        let refused = try call(#"{"op": "match", "options": {"image": "tiny1"}, "# + cmd + "}")
+        #expect(refused["ok"] as? Bool == false)
+        #expect((refused["error"] as? String)?.contains("MaxVCPUs") == true, "\(refused)")
+        let ok = try call(#"{"op": "match", "options": {"image": "tiny1", "count": "2"}, "# + cmd + "}")
+        #expect(ok["ok"] as? Bool == true, "\(ok)")
+        #expect(ok["image"] as? String == "tiny1:1")
+        // VM_REQUEST travels as the JSON text of "request"; the prolog nests it in its prepare call.
+        let vmRequest = try JSONSerialization.data(withJSONObject: try #require(ok["request"]))
+        let prepare = #"{"job": 7, "uid": 1000, "gid": 1000, "request": "# + String(decoding: vmRequest, as: UTF8.self)
+            + #", "node": "node1", "nodeIndex": 0, "nodeCount": 1, "cpus": "0-1", "workdir": "/tmp"}"#
+        let p = try JSONDecoder().decode(PrepareRequest.self, from: Data(prepare.utf8))
+        #expect(p.request.sizing == Sizing(guests: 2, vcpus: 1, vcpusGiven: false, nodes: 1, coresPerNode: 2))
+        #expect(p.request.memoryMB == 96 && p.request.imageLabel == "tiny1:1")
+        // A malformed call says so rather than guessing.
+        let bad = try call(#"{"op": "match", "options": {"image": 7}}"#)
+        #expect((bad["error"] as? String)?.contains("malformed") == true, "\(bad)")
+    }
+}
+
+/// The socket API's messages keep the shape the plugin's C code writes and reads.
+@Suite struct MessageTests {
+    func json<T: Encodable>(_ v: T) throws -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try e.encode(v), as: UTF8.self)
+    }
+
+    @Test func everyCallRoundTripsWithItsOp() throws {
+        let accepted = AcceptedRequest(request: VMRequest(count: 2), sizing: Sizing(guests: 2, vcpus: 1, vcpusGiven: false, nodes: 1, coresPerNode: 2),
+                                       memoryMB: 256, image: "sha256:" + String(repeating: "b", count: 64), imageLabel: "minimal:1")
+        let calls: [Call] = [
+            .ping, .jobs, .teardown(job: 5),
+            .match(MatchCall(options: ["image": "x"], command: SubmitCommand(tool: "sbatch", arguments: ["-N1"]), nodeCPUs: NodeCPUs(smallest: 2, largest: 4))),
+            .exec(ExecCall(job: 3, argv: ["true"], env: ["A=1"], cwd: "/", localid: 1)),
+            .prepare(PrepareRequest(job: 9, uid: 1000, gid: 1000, request: accepted, node: "n1", nodeIndex: 0, nodeCount: 1, cpus: "0-1", workdir: nil)),
+        ]
+        for c in calls {
+            let text = try json(c)
+            #expect(try JSONDecoder().decode(Call.self, from: Data(text.utf8)) == c, "\(text)")
+        }
+        // What prolog.c and the Slurm test write by hand.
+        #expect(try json(Call.teardown(job: 5)) == #"{"job":5,"op":"teardown"}"#)
+        #expect(try json(Call.match(MatchCall(options: ["count": "2"], nodeCPUs: NodeCPUs(smallest: 1, largest: 2))))
+                == #"{"node_cpus":{"largest":2,"smallest":1},"op":"match","options":{"count":"2"}}"#)
+        #expect(try json(ExecEnd(exit: 3, signal: nil)) == #"{"exit":3,"signal":null}"#)
+    }
+
+    @Test func aBadCallSaysWhatIsWrong() {
+        for (text, says) in [(#"{"op": "reboot"}"#, "unknown operation 'reboot'"), (#"{"job": 1}"#, "unknown operation ''"),
+                             (#"{"op": "exec", "job": 1, "argv": [], "env": [], "cwd": "/", "localid": 0}"#, "non-empty \"argv\""),
+                             (#"{"op": "teardown"}"#, "job")] {
+            #expect { try JSONDecoder().decode(Call.self, from: Data(text.utf8)) } throws: { "\($0)".contains(says) }
+        }
+    }
+}
+
+/// The blob service's protocol, as both ends parse and write it.
+@Suite struct BlobProtocolTests {
+    let d = "sha256:" + String(repeating: "ab", count: 32)
+
+    @Test func requestsAndRepliesRoundTrip() throws {
+        for r in [BlobRequest.get(digest: d), .record(digest: d, label: "minimal:1.1"), .record(digest: d, label: nil),
+                  .broadcast(digest: d, job: "42", jobNodes: 3, node: "node1", address: "10.0.0.1:7000"),
+                  .broadcast(digest: d, job: "push-x", jobNodes: 1, node: "n", address: nil)] {
+            #expect(try BlobRequest.parse(r.line) == r, "\(r.line)")
+        }
+        for r in [BlobReply.ok(size: 123), .error("no blob"), .held, .plan(transfer: "t1", rank: 2, chunkSize: 1 << 20, addresses: ["a:1", "b:2"])] {
+            #expect(try BlobReply.parse(r.line) == r, "\(r.line)")
+        }
+        #expect(BlobRequest.broadcast(digest: d, job: "1", jobNodes: 2, node: "n1", address: nil).line.hasSuffix(" HAVE"))
+        #expect(BlobReply.error("two\nlines").line == "ERR two lines")
+    }
+
+    @Test func malformedLinesAreProtocolViolations() {
+        for line in ["GET sha256:abc", "GET " + d.uppercased(), "PUT " + d, "GET", "BROADCAST \(d) 1 x n1 HAVE", "RECORD \(d) a b", ""] {
+            #expect { try BlobRequest.parse(line) } throws: { if case NodeError.protocolViolation = $0 { true } else { false } }
+        }
+        for line in ["OK", "OK -1", "PLAN t x 1 a", "hello"] {
+            #expect { try BlobReply.parse(line) } throws: { if case NodeError.protocolViolation = $0 { true } else { false } }
+        }
+    }
+
+    @Test func oneDigestCheck() {
+        #expect(Digests.isSHA256(d))
+        #expect(!Digests.isSHA256("sha256:" + String(repeating: "g", count: 64)))
+        #expect(!Digests.isSHA256(String(d.dropLast())))
+        #expect(!Digests.isSHA256("sha512:" + String(repeating: "a", count: 64)))
     }
 }

@@ -42,7 +42,7 @@ enum Guests {
         try p.run()
         let msg = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw VMMError("cc could not build guest \(name): \(String(decoding: msg, as: UTF8.self))") }
+        guard p.terminationStatus == 0 else { throw VMMError.host("cc could not build guest \(name): \(String(decoding: msg, as: UTF8.self))") }
         try FileManager.default.moveItem(atPath: elf + ".tmp", toPath: elf)
         return elf
     }

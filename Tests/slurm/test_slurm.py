@@ -106,21 +106,28 @@ def cluster():
     run([VM, "image", "add", "rootonly:1", "--kernel", blob["kernel"], "--initrd", blob["initrd"], "--cmdline", rec["cmdline"],
          "--attr", 'OS="debian"', "--attr", "MaxVCPUs=64", "--attr", "MinMemoryMB=128"], env=c.env, check=True)
     run([VM, "image", "set", "rootonly:1", 'Requirements=TARGET.Owner == "root"'], env=c.env, check=True)
+    # An image whose guests hold one vCPU: vCPUs derived from the job's cores must respect it at sbatch.
+    run([VM, "image", "add", "tiny1:1", "--kernel", blob["kernel"], "--initrd", blob["initrd"], "--cmdline", rec["cmdline"],
+         "--attr", 'OS="debian"', "--attr", "MaxVCPUs=1", "--attr", "MinMemoryMB=128"], env=c.env, check=True)
     c.cluster("up", "--nodes", "2", "--catalog", c.catalog, "--dir", c.dir)
     yield c
     c.cluster("down", "--dir", c.dir)
     shutil.rmtree(c.root, ignore_errors=True)
 
 
-OPTIONS = ["--vm-count", "--vm-vcpus", "--vm-mem", "--vm-os", "--vm-kernel", "--vm-libs", "--vm-image",
-           "--vm-requirements", "--vm-rank"]
+def vm_options(text):
+    """The --vm-* option names a --help text lists, in order."""
+    return [m.group(1) for m in re.finditer(r"^\s*(--vm-[a-z]+)", text, re.M)]
 
 
 @pytest.mark.parametrize("tool", ["sbatch", "srun", "salloc"])
 def test_help_lists_every_option(cluster, tool):
+    # The one list is VMRequest.options; `slurm-vm match --help` shows it (a Swift test checks that, and
+    # that the plugin's C table is the same list).
+    ours = vm_options(run([VM, "match", "--help"], check=True).stdout)
+    assert len(ours) == 9, ours
     out = cluster.sh(f"{tool} --help").stdout
-    for o in OPTIONS:
-        assert o in out, f"{tool} --help lacks {o}"
+    assert vm_options(out) == ours, f"{tool} --help lists {vm_options(out)}, slurm-vm match {ours}"
 
 
 BAD = [
@@ -138,6 +145,8 @@ BAD = [
     ("--vm-libs='mpich$(id)'", "--vm-libs", None),
     ("--vm-image=../../etc/passwd", "--vm-image", None),
     ("--vm-os='debian:12 && true'", "--vm-os", None),
+    ("--vm-libs=,,,", "has an empty item", None),
+    ("--vm-count=1 -N2", "fewer than the job's 2 nodes", None),
 ]
 
 
@@ -147,6 +156,52 @@ def test_bad_submissions_are_refused_and_nothing_is_queued(cluster, option, mess
     assert r.returncode != 0, f"sbatch {option} was accepted: {r.stdout}"
     assert message in r.stderr, f"sbatch {option}: {r.stderr}"
     assert cluster.queue() == []
+
+
+def test_an_image_too_small_for_the_jobs_cores_is_refused_at_sbatch(cluster):
+    # No --vm-vcpus: one guest gets the job's 2 cores on the node, which tiny1 (MaxVCPUs = 1) cannot hold.
+    r = cluster.sh("sbatch -N1 --ntasks-per-node=2 --vm-image=tiny1 --wrap 'srun nproc'")
+    assert r.returncode != 0, f"accepted: {r.stdout}"
+    assert "no guest image matches" in r.stderr and "MaxVCPUs" in r.stderr, r.stderr
+    assert cluster.queue() == []
+    # Two guests on the same allocation: one core each, and it runs.
+    r = cluster.sh("sbatch -W -N1 --ntasks-per-node=2 --vm-count=2 --vm-image=tiny1 -o tiny.out --wrap 'srun nproc'", timeout=300)
+    assert r.returncode == 0, r.stderr
+    out = open(os.path.join(cluster.work, "tiny.out")).read()
+    assert out.split() == ["1", "1"], out
+    cluster.expect_clean()
+
+
+# Requests whose answers `slurm-vm match` (the dry run) and sbatch must agree on: vm options, job options.
+AGREE = [
+    ("--vm-image=tiny1", "-N1 --ntasks-per-node=2"),
+    ("--vm-image=tiny1 --vm-count=2", "-N1 --ntasks-per-node=2"),
+    ("--vm-vcpus=64", ""),
+    ("--vm-image=nosuch", ""),
+    ("--vm-count=3", "-N1"),
+    ("--vm-count=1", "-N2"),
+    ("--vm-libs=,,,", ""),
+    ("--vm-requirements='TARGET.MaxVCPUs > 100000'", ""),
+    ("--vm-os='debian>=12' --vm-mem=256M", "-n2"),
+    ("--vm-image=rootonly", "--exclusive"),
+    ("--vm-image=minimal", "-N2 --ntasks-per-node=2 -c1"),
+]
+
+
+def test_match_and_sbatch_agree(cluster):
+    answers = []
+    for vm, job in AGREE:
+        m = cluster.sh(f"{VM} match {vm} -- {job}")
+        s = cluster.sh(f"sbatch --hold {job} {vm} --wrap true")
+        if s.returncode == 0:
+            cluster.sh(f"scancel {s.stdout.split()[-1]}", check=True)
+        answers.append((vm, job, m.returncode == 0, s.returncode == 0))
+        assert (m.returncode == 0) == (s.returncode == 0), f"{vm} -- {job}: match said {m.stdout}{m.stderr}, sbatch said {s.stdout}{s.stderr}"
+        if m.returncode != 0:
+            first = re.sub(r"^(slurm-vm: )?(error: )?", "", (m.stdout.strip() or m.stderr.strip()).split("\n")[0])
+            assert first and first in s.stderr, f"{vm} -- {job}: match said '{first}', sbatch said {s.stderr}"
+    # The table exercises both answers.
+    assert {a[2] for a in answers} == {True, False}, answers
 
 
 def test_the_restricted_image_is_fine_for_root(cluster):

@@ -36,12 +36,12 @@ public enum Munge {
     /// A credential carrying `payload`, as one line of text.
     public static func encode(_ payload: Data) throws -> String {
         guard let munge = find("munge") else {
-            throw WireError("munge(1) is not installed: image push authenticates to the nodes with MUNGE (apt-get install munge, and run munged with the cluster's key)")
+            throw DaemonError.munge("munge(1) is not installed: image push authenticates to the nodes with MUNGE (apt-get install munge, and run munged with the cluster's key)")
         }
         let (st, out, err) = try run(munge, [], input: payload)
-        guard st == 0 else { throw WireError("munge could not make a credential: \(err.isEmpty ? "exit \(st)" : err) (is munged running?)") }
+        guard st == 0 else { throw DaemonError.munge("munge could not make a credential: \(err.isEmpty ? "exit \(st)" : err) (is munged running?)") }
         let cred = String(decoding: out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        guard cred.hasPrefix("MUNGE:"), !cred.contains("\n") else { throw WireError("munge printed something that is not a credential") }
+        guard cred.hasPrefix("MUNGE:"), !cred.contains("\n") else { throw DaemonError.munge("munge printed something that is not a credential") }
         return cred
     }
 
@@ -61,13 +61,13 @@ public enum Munge {
 
     /// Checks a credential with the local munged; throws unless it is valid, unexpired and fresh.
     public static func decode(_ cred: String) throws -> Decoded {
-        guard cred.hasPrefix("MUNGE:"), cred.count < 64 << 10 else { throw WireError("not a MUNGE credential") }
-        guard let unmunge = find("unmunge") else { throw WireError("unmunge(1) is not installed on this node") }
+        guard cred.hasPrefix("MUNGE:"), cred.count < 64 << 10 else { throw DaemonError.munge("not a MUNGE credential") }
+        guard let unmunge = find("unmunge") else { throw DaemonError.munge("unmunge(1) is not installed on this node") }
         let dir = NSTemporaryDirectory() + "slurm-vm-unmunge-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let (st, _, err) = try run(unmunge, ["--numeric", "--keys=UID,GID", "--metadata=\(dir)/meta", "--output=\(dir)/payload"], input: Data(cred.utf8))
-        guard st == 0 else { throw WireError("the credential was refused by munged: \(err.isEmpty ? reason(st) : err)") }
+        guard st == 0 else { throw DaemonError.munge("the credential was refused by munged: \(err.isEmpty ? reason(st) : err)") }
         let meta = (try? String(contentsOfFile: dir + "/meta", encoding: .utf8)) ?? ""
         var fields: [String: String] = [:]
         for line in meta.split(separator: "\n") {
@@ -75,7 +75,7 @@ public enum Munge {
             if kv.count == 2 { fields[kv[0]] = kv[1] }
         }
         guard let uid = fields["UID"].flatMap(UInt32.init), let gid = fields["GID"].flatMap(UInt32.init) else {
-            throw WireError("unmunge gave no UID/GID for the credential")
+            throw DaemonError.munge("unmunge gave no UID/GID for the credential")
         }
         return Decoded(uid: uid, gid: gid, payload: FileManager.default.contents(atPath: dir + "/payload") ?? Data())
     }

@@ -8,6 +8,7 @@
 
 import Foundation
 import Node
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,14 +29,14 @@ public struct PushOrder: Codable, Sendable {
     }
 
     func validate() throws {
-        guard digest.hasPrefix("sha256:"), digest.count == 71, digest.dropFirst(7).allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
-            throw WireError("push: '\(digest.prefix(80))' is not sha256:<64 hex digits>")
+        guard Digests.isSHA256(digest) else {
+            throw DaemonError.malformed("push: '\(digest.prefix(80))' is not sha256:<64 hex digits>")
         }
         guard transfer.hasPrefix("push-"), transfer.count <= 64, transfer.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) else {
-            throw WireError("push: transfer name '\(transfer.prefix(80))' must be push-<letters, digits, '-'>")
+            throw DaemonError.malformed("push: transfer name '\(transfer.prefix(80))' must be push-<letters, digits, '-'>")
         }
-        guard nodes >= 1, nodes <= 65536 else { throw WireError("push: \(nodes) nodes is out of range (1 to 65536)") }
-        if let label { guard label.count <= 256, !label.contains(" "), !label.contains("\n") else { throw WireError("push: bad label") } }
+        guard nodes >= 1, nodes <= 65536 else { throw DaemonError.malformed("push: \(nodes) nodes is out of range (1 to 65536)") }
+        if let label { guard label.count <= 256, !label.contains(" "), !label.contains("\n") else { throw DaemonError.malformed("push: bad label") } }
     }
 }
 
@@ -131,20 +132,20 @@ public enum PushClient {
     public static func push(_ order: PushOrder, to address: String, timeout: TimeInterval, _ event: (Event) -> Void) throws {
         let fd: Int32
         do { fd = try BlobWire.connect(address, timeout: timeout) } catch {
-            throw WireError("cannot reach slurm-vmd's push listener at \(address): \("\(error)".replacingOccurrences(of: "cannot connect to the catalog at \(address): ", with: "")) (is node.listen set in its slurm-vmd.toml?)")
+            throw DaemonError.unreachable("cannot reach slurm-vmd's push listener at \(address): \("\(error)".replacingOccurrences(of: "cannot connect to the catalog at \(address): ", with: "")) (is node.listen set in its slurm-vmd.toml?)")
         }
         defer { close(fd) }
         let cred = try Munge.encode(try JSONEncoder().encode(order))
-        guard BlobWire.writeAll(fd, "PUSH \(cred)\n") else { throw WireError("cannot send to \(address): \(String(cString: strerror(errno)))") }
+        guard BlobWire.writeAll(fd, "PUSH \(cred)\n") else { throw DaemonError.unreachable("cannot send to \(address): \(String(cString: strerror(errno)))") }
         while true {
             guard let line = BlobWire.readLine(fd) else {
-                throw WireError("\(address) closed the connection (did its slurm-vmd stop? see its log) or sent nothing for \(Int(timeout)) s")
+                throw DaemonError.unreachable("\(address) closed the connection (did its slurm-vmd stop? see its log) or sent nothing for \(Int(timeout)) s")
             }
             let f = line.split(separator: " ").map(String.init)
-            if f.first == "ERR" { throw WireError(String(line.dropFirst(4))) }
+            if f.first == "ERR" { throw DaemonError.refused(String(line.dropFirst(4))) }
             if f.count == 3, f[0] == "PROGRESS", let a = Int64(f[1]), let b = Int64(f[2]) { event(.progress(a, b)); continue }
             if f.count == 3, f[0] == "DONE", let s = Double(f[2]) { event(.done(PushOutcome(held: f[1] == "held", seconds: s))); return }
-            throw WireError("\(address) sent '\(line.prefix(80))', not a push reply")
+            throw DaemonError.malformed("\(address) sent '\(line.prefix(80))', not a push reply")
         }
     }
 }

@@ -5,8 +5,8 @@
 // guest powers off by writing the paravirtual exit port (the agent does, told so on the command line)
 // and reboots through the i8042.
 
-import Catalog
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -91,6 +91,13 @@ public final class EmbeddedGuest: RunningGuest, @unchecked Sendable {
     var ended: GuestEnd?
 
     init(spec: GuestSpec, pid: Int32) { self.spec = spec; self.pid = pid }
+
+    /// Reattaches to a kept guest (another process started it).
+    public static func adopt(spec: GuestSpec, pid: Int32, vcpuThreads: [Int32]) -> EmbeddedGuest {
+        let g = EmbeddedGuest(spec: spec, pid: pid)
+        g.vcpuThreads = vcpuThreads
+        return g
+    }
 
     public func connectAgent() throws -> AgentConnection {
         guard spec.agent else { throw RunnerError.unsupported("guest \(spec.id) was booted without an agent channel") }

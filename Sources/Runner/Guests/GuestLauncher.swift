@@ -3,8 +3,8 @@
 // commands with output streamed (prefixed per guest when there are several), and teardown that always
 // runs — on success, on error and on Ctrl-C.
 
-import Catalog
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,6 +13,9 @@ public struct CPUPlan: Sendable, Equatable {
     public var perGuest: [[Int]]
     public var housekeeping: [Int]
     public var warnings: [String]
+    public init(perGuest: [[Int]], housekeeping: [Int], warnings: [String]) {
+        self.perGuest = perGuest; self.housekeeping = housekeeping; self.warnings = warnings
+    }
 }
 
 public enum CPUPlanner {

@@ -2,8 +2,8 @@
 // /run/slurm-vm/guests for root, else $XDG_RUNTIME_DIR/slurm-vm/guests), holding its sockets, console
 // log and guest.json. A record whose VMM process is gone (or was recycled) is stale and is removed.
 
-import Catalog
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -2,8 +2,8 @@
 // watched and ended by pid.
 
 import CLinux
-import Catalog
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif

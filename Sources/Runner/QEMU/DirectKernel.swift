@@ -4,8 +4,8 @@
 // digest, and boots that. Anything else (XZ payloads, no PVH note) boots as the bzImage it is.
 
 import CLZ4
-import Catalog
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif

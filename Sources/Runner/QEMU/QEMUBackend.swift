@@ -4,8 +4,8 @@
 // each vCPU thread (query-cpus-fast) is pinned to its own CPU, the agent channel is connected, and the
 // guest is let run.
 
-import Catalog
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -86,7 +86,7 @@ public enum ACPI {
     /// (16-byte aligned, RSDP first).
     public static func build(cpus: Int, pci: [(slot: Int, line: UInt8)] = [], at base: UInt64 = Layout.acpi) throws -> [UInt8] {
         let pciLines = pci.map(\.line)
-        guard cpus >= 1, cpus <= 254 else { throw VMMError("the ACPI tables describe 1 to 254 processors, not \(cpus)") }
+        guard cpus >= 1, cpus <= 254 else { throw VMMError.config("the ACPI tables describe 1 to 254 processors, not \(cpus)") }
         var out = [UInt8](repeating: 0, count: 36)            // the RSDP, written last
         func place(_ t: [UInt8]) -> UInt64 {
             while out.count % 16 != 0 { out.append(0) }
@@ -102,7 +102,7 @@ public enum ACPI {
         rsdp[8] = checksum(rsdp[0..<20])
         rsdp[32] = checksum(rsdp[...])
         out.replaceSubrange(0..<36, with: rsdp)
-        guard base + UInt64(out.count) <= Layout.acpiEnd else { throw VMMError("the ACPI tables for \(cpus) processors do not fit below \(hex(Layout.acpiEnd))") }
+        guard base + UInt64(out.count) <= Layout.acpiEnd else { throw VMMError.config("the ACPI tables for \(cpus) processors do not fit below \(hex(Layout.acpiEnd))") }
         return out
     }
 }

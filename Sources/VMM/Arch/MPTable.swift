@@ -13,7 +13,7 @@ public enum MPTable {
     /// to the IOAPIC pins of the same number, except the lines `pci` gives to PCI slots: INTA# of each
     /// such slot goes to the pin of its line, level-triggered, active high (as KVM's IOAPIC sees it).
     public static func build(cpus: Int, pci: [(slot: Int, line: UInt8)] = [], at base: UInt64 = Layout.mpTable) throws -> [UInt8] {
-        guard cpus >= 1, cpus <= 254 else { throw VMMError("an MP table describes 1 to 254 processors, not \(cpus)") }
+        guard cpus >= 1, cpus <= 254 else { throw VMMError.config("an MP table describes 1 to 254 processors, not \(cpus)") }
         let ioapicID = UInt8(cpus)
         var entries: [UInt8] = []
         var count: UInt16 = 0
@@ -46,7 +46,7 @@ public enum MPTable {
         var floating: [UInt8] = Array("_MP_".utf8) + le(UInt32(truncatingIfNeeded: tableAddress)) + [1, 4, 0, 0, 0, 0, 0, 0]
         floating[10] = checksum(floating[...])
         let all = floating + table
-        guard all.count <= 0x400 else { throw VMMError("the MP table for \(cpus) processors does not fit in the last KiB of base memory") }
+        guard all.count <= 0x400 else { throw VMMError.config("the MP table for \(cpus) processors does not fit in the last KiB of base memory") }
         return all
     }
 }

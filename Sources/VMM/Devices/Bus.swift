@@ -19,9 +19,9 @@ public final class PortBus: Sendable {
 
     public func attach(_ d: PortDevice, base: UInt16, count: UInt16) throws {
         try ranges.withLock { r in
-            guard count > 0, Int(base) + Int(count) <= 0x10000 else { throw VMMError("port range \(hex(base))+\(count) is out of bounds") }
+            guard count > 0, Int(base) + Int(count) <= 0x10000 else { throw VMMError.device("port range \(hex(base))+\(count) is out of bounds") }
             if let c = r.first(where: { base < $0.base &+ $0.count && $0.base < base &+ count }) {
-                throw VMMError("ports \(hex(base))+\(count) overlap a device at \(hex(c.base))")
+                throw VMMError.device("ports \(hex(base))+\(count) overlap a device at \(hex(c.base))")
             }
             r.append(Range(base: base, count: count, device: d))
         }
@@ -29,9 +29,11 @@ public final class PortBus: Sendable {
 
     func find(_ port: UInt16) -> Range? { ranges.withLock { r in r.first { port >= $0.base && port - $0.base < $0.count } } }
 
+    /// A read returns `size` bytes: what a device answers beyond them is cut off, as the bus would.
     public func read(_ port: UInt16, size: Int) -> UInt32 {
-        guard let r = find(port) else { return size >= 4 ? 0xffff_ffff : (1 << (8 * UInt32(size))) - 1 }
-        return access.withLock { _ in r.device.read(offset: port - r.base, size: size) }
+        let mask: UInt32 = size >= 4 ? 0xffff_ffff : (1 << (8 * UInt32(size))) - 1
+        guard let r = find(port) else { return mask }
+        return access.withLock { _ in r.device.read(offset: port - r.base, size: size) } & mask
     }
 
     /// Runs `body` while no device access is in progress: how a host-side thread (the agent channel)

@@ -20,7 +20,7 @@ public final class GuestMemory: @unchecked Sendable {
 
     /// Maps `size` bytes (a multiple of 2 MiB).
     public init(size: UInt64, hugetlb: Bool) throws {
-        guard size >= 2 << 20, size % (2 << 20) == 0 else { throw VMMError("guest memory must be a multiple of 2 MiB (got \(size) bytes)") }
+        guard size >= 2 << 20, size % (2 << 20) == 0 else { throw VMMError.config("guest memory must be a multiple of 2 MiB (got \(size) bytes)") }
         self.size = size
         self.hugetlb = hugetlb
         var flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
@@ -30,7 +30,7 @@ public final class GuestMemory: @unchecked Sendable {
         let extra = hugetlb ? 0 : align
         let raw = mmap(nil, Int(size) + extra, PROT_READ | PROT_WRITE, flags, -1, 0)
         guard let raw, raw != MAP_FAILED else {
-            throw VMMError(hugetlb ? "cannot map \(size >> 20) MiB of 2 MiB hugepages: \(String(cString: strerror(errno))) (is vm.nr_hugepages large enough?)"
+            throw VMMError.memory(hugetlb ? "cannot map \(size >> 20) MiB of 2 MiB hugepages: \(String(cString: strerror(errno))) (is vm.nr_hugepages large enough?)"
                                    : "cannot map \(size >> 20) MiB of guest memory: \(String(cString: strerror(errno)))")
         }
         var p = raw
@@ -80,14 +80,14 @@ public final class GuestMemory: @unchecked Sendable {
         }
         populateSeconds = Clock.now() - t0
         if let e = failures.first(where: { $0 != 0 }) {
-            throw VMMError("cannot preallocate \(size >> 20) MiB of guest memory: \(String(cString: strerror(e)))\(hugetlb ? " (too few hugepages reserved?)" : "")")
+            throw VMMError.memory("cannot preallocate \(size >> 20) MiB of guest memory: \(String(cString: strerror(e)))\(hugetlb ? " (too few hugepages reserved?)" : "")")
         }
     }
 
     /// `count` bytes at guest physical `gpa`, or an error when any of them lies outside guest RAM.
     public func slice(_ gpa: UInt64, _ count: Int) throws -> UnsafeMutableRawBufferPointer {
         guard count >= 0, gpa <= size, UInt64(count) <= size - gpa else {
-            throw VMMError("guest address range \(hex(gpa))+\(count) lies outside guest memory (\(size >> 20) MiB)")
+            throw VMMError.outsideGuestMemory(gpa: gpa, count: count, size: size)
         }
         return UnsafeMutableRawBufferPointer(start: base + Int(gpa), count: count)
     }

@@ -33,7 +33,7 @@ public final class PinnedThread: @unchecked Sendable {
         }, arg)
         guard r == 0 else {
             Unmanaged<Box>.fromOpaque(arg).release()
-            throw VMMError("cannot start a thread: \(String(cString: strerror(r)))")
+            throw VMMError.host("cannot start a thread: \(String(cString: strerror(r)))")
         }
     }
 

@@ -18,7 +18,7 @@ public final class VCPU: @unchecked Sendable {
         guard f >= 0 else { throw VMMError.errno("KVM_CREATE_VCPU \(id)", f) }
         fd = f
         runSize = Int32(vm.kvm.runSize)
-        guard let r = ckvm_map_run(f, runSize) else { close(f); throw VMMError("cannot map vCPU \(id)'s kvm_run page") }
+        guard let r = ckvm_map_run(f, runSize) else { close(f); throw VMMError.kvm("cannot map vCPU \(id)'s kvm_run page") }
         run = r
     }
 
@@ -57,7 +57,7 @@ public final class VCPU: @unchecked Sendable {
     public func setMSRs(_ msrs: [(UInt32, UInt64)]) throws {
         let idx = msrs.map(\.0), val = msrs.map(\.1)
         let n = try check(ckvm_set_msrs(fd, idx, val, Int32(msrs.count)), "KVM_SET_MSRS")
-        guard Int(n) == msrs.count else { throw VMMError("KVM refused MSR \(hex(idx[Int(n)])) on vCPU \(id)") }
+        guard Int(n) == msrs.count else { throw VMMError.kvm("KVM refused MSR \(hex(idx[Int(n)])) on vCPU \(id)") }
     }
 
     public func setupLocalInterrupts() throws {

@@ -107,7 +107,7 @@ public final class PCIBus: PortDevice, @unchecked Sendable {
     /// Puts a function in the next free slot; returns the slot.
     @discardableResult
     public func plug(_ f: PCIFunction) throws -> Int {
-        guard let slot = functions.firstIndex(where: { $0 == nil }) else { throw VMMError("all \(Self.slots) PCI slots are taken") }
+        guard let slot = functions.firstIndex(where: { $0 == nil }) else { throw VMMError.device("all \(Self.slots) PCI slots are taken") }
         functions[slot] = f
         return slot
     }
@@ -115,7 +115,7 @@ public final class PCIBus: PortDevice, @unchecked Sendable {
     /// An I/O range for a function's BAR0, aligned to its size, inside the window.
     public func allocateIO(_ size: UInt32) throws -> UInt16 {
         let base = (UInt32(nextIO) + size - 1) & ~(size - 1)
-        guard base + size <= UInt32(Self.ioWindow) + UInt32(Self.ioWindowSize) else { throw VMMError("the PCI I/O window is full") }
+        guard base + size <= UInt32(Self.ioWindow) + UInt32(Self.ioWindowSize) else { throw VMMError.device("the PCI I/O window is full") }
         nextIO = UInt16(base + size)
         return UInt16(base)
     }

@@ -31,11 +31,11 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     /// Opens `path` (read-only unless `writable`); its size must be a whole number of sectors.
     public init(path: String, writable: Bool, serial: String = "slurm-vm-root") throws {
         let f = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
-        guard f >= 0 else { throw VMMError("cannot open disk \(path): \(String(cString: strerror(errno)))") }
+        guard f >= 0 else { throw VMMError.device("cannot open disk \(path): \(String(cString: strerror(errno)))") }
         var st = stat()
         guard fstat(f, &st) == 0, st.st_size > 0, st.st_size % Int(Self.sectorSize) == 0 else {
             close(f)
-            throw VMMError("disk \(path) must be a non-empty file whose size is a multiple of \(Self.sectorSize) bytes")
+            throw VMMError.device("disk \(path) must be a non-empty file whose size is a multiple of \(Self.sectorSize) bytes")
         }
         fd = f
         readOnly = !writable
@@ -78,9 +78,9 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     func serve(_ c: DescriptorChain) throws -> Int {
         let m = transport.memory
         // The status byte is the last byte of the last writable buffer.
-        guard let last = c.writable.last, last.count >= 1 else { throw VirtqueueError("a block request has no status byte") }
+        guard let last = c.writable.last, last.count >= 1 else { throw VMMError.virtqueue("a block request has no status byte") }
         let header = try m.gather(c, limit: 16)
-        guard header.count == 16 else { throw VirtqueueError("a block request's header is \(header.count) bytes, not 16") }
+        guard header.count == 16 else { throw VMMError.virtqueue("a block request's header is \(header.count) bytes, not 16") }
         let type = UInt32(header[0]) | UInt32(header[1]) << 8 | UInt32(header[2]) << 16 | UInt32(header[3]) << 24
         var sector: UInt64 = 0
         for i in 0..<8 { sector |= UInt64(header[8 + i]) << (8 * UInt64(i)) }

@@ -29,20 +29,20 @@ public final class HostChannel: @unchecked Sendable {
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw VMMError("the agent socket path must be 1 to \(MemoryLayout.size(ofValue: addr.sun_path) - 1) bytes: \(path)")
+            throw VMMError.device("the agent socket path must be 1 to \(MemoryLayout.size(ofValue: addr.sun_path) - 1) bytes: \(path)")
         }
         withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard s >= 0 else { throw VMMError("cannot create the agent socket: \(String(cString: strerror(errno)))") }
+        guard s >= 0 else { throw VMMError.device("cannot create the agent socket: \(String(cString: strerror(errno)))") }
         unlink(path)
         let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         guard r == 0, listen(s, 4) == 0 else {
             let e = errno
             close(s)
-            throw VMMError("cannot listen on the agent socket \(path): \(String(cString: strerror(e)))")
+            throw VMMError.device("cannot listen on the agent socket \(path): \(String(cString: strerror(e)))")
         }
         var p: [Int32] = [0, 0]
-        guard pipe(&p) == 0 else { close(s); throw VMMError("cannot create a pipe: \(String(cString: strerror(errno)))") }
+        guard pipe(&p) == 0 else { close(s); throw VMMError.device("cannot create a pipe: \(String(cString: strerror(errno)))") }
         for f in p { Self.nonblockingCloexec(f) }
         listener = s; wakeRead = p[0]; wakeWrite = p[1]
         self.path = path

@@ -7,11 +7,6 @@
 
 import Synchronization
 
-public struct VirtqueueError: Error, CustomStringConvertible {
-    public let description: String
-    init(_ d: String) { description = d }
-}
-
 /// One request: the buffers of a descriptor chain, device-readable ones first.
 public struct DescriptorChain: Sendable {
     public let head: UInt16
@@ -60,7 +55,7 @@ public struct Virtqueue: Sendable {
     public mutating func reset() { pfn = 0; lastAvail = 0; usedIdx = 0 }
 
     func checked(_ m: GuestMemory, _ gpa: UInt64, _ count: Int, _ what: String) throws -> UnsafeMutableRawBufferPointer {
-        do { return try m.slice(gpa, count) } catch { throw VirtqueueError("\(what) at \(hex(gpa))+\(count) lies outside guest memory") }
+        do { return try m.slice(gpa, count) } catch { throw VMMError.virtqueue("\(what) at \(hex(gpa))+\(count) lies outside guest memory") }
     }
 
     func load16(_ m: GuestMemory, _ gpa: UInt64) throws -> UInt16 {
@@ -80,7 +75,7 @@ public struct Virtqueue: Sendable {
         let pending = availIdx &- lastAvail
         guard pending != 0 else { return nil }
         guard pending <= size else {
-            throw VirtqueueError("the driver made \(pending) buffers available in a ring of \(size)")
+            throw VMMError.virtqueue("the driver made \(pending) buffers available in a ring of \(size)")
         }
         atomicMemoryFence(ordering: .acquiring)   // the ring entry after the index that published it
         let head = try load16(m, availRing + 4 + 2 * UInt64(lastAvail % size))
@@ -89,29 +84,29 @@ public struct Virtqueue: Sendable {
     }
 
     func walk(_ m: GuestMemory, head: UInt16) throws -> DescriptorChain {
-        guard head < size else { throw VirtqueueError("descriptor index \(head) is outside the table of \(size)") }
+        guard head < size else { throw VMMError.virtqueue("descriptor index \(head) is outside the table of \(size)") }
         var chain = DescriptorChain(head: head)
         var i = head
         var total = 0
         for n in 0... {
-            guard n < Int(size) else { throw VirtqueueError("the descriptor chain from \(head) loops (longer than the table of \(size))") }
+            guard n < Int(size) else { throw VMMError.virtqueue("the descriptor chain from \(head) loops (longer than the table of \(size))") }
             let d = try checked(m, descTable + 16 * UInt64(i), 16, "descriptor \(i)")
             let addr = UInt64(littleEndian: d.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
             let len = Int(UInt32(littleEndian: d.loadUnaligned(fromByteOffset: 8, as: UInt32.self)))
             let flags = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
             let next = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
-            guard flags & Self.indirect == 0 else { throw VirtqueueError("descriptor \(i) is indirect, a feature never offered") }
+            guard flags & Self.indirect == 0 else { throw VMMError.virtqueue("descriptor \(i) is indirect, a feature never offered") }
             total += len
-            guard total <= Self.maxChainBytes else { throw VirtqueueError("the chain from \(head) describes more than \(Self.maxChainBytes >> 20) MiB") }
+            guard total <= Self.maxChainBytes else { throw VMMError.virtqueue("the chain from \(head) describes more than \(Self.maxChainBytes >> 20) MiB") }
             _ = try checked(m, addr, len, "buffer of descriptor \(i)")
             if flags & Self.write != 0 {
                 chain.writable.append((addr, len))
             } else {
-                guard chain.writable.isEmpty else { throw VirtqueueError("descriptor \(i) is device-readable after a device-writable one") }
+                guard chain.writable.isEmpty else { throw VMMError.virtqueue("descriptor \(i) is device-readable after a device-writable one") }
                 chain.readable.append((addr, len))
             }
             guard flags & Self.next != 0 else { break }
-            guard next < size else { throw VirtqueueError("descriptor \(i) links to \(next), outside the table of \(size)") }
+            guard next < size else { throw VMMError.virtqueue("descriptor \(i) links to \(next), outside the table of \(size)") }
             i = next
         }
         return chain

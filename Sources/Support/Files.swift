@@ -1,5 +1,6 @@
 // File primitives every on-disk structure of slurm-vm is built from: whole-file atomic writes
-// (temporary file in the same directory, fsync, rename), streaming SHA-256, advisory locks.
+// (temporary file in the same directory, fsync, rename), streaming SHA-256, advisory locks, and
+// processes named by pid and start time (records of guests and VMMs on disk).
 
 import Crypto
 import Foundation
@@ -10,7 +11,7 @@ import Glibc
 public struct FileError: Error, CustomStringConvertible {
     public let description: String
     public init(_ d: String) { description = d }
-    static func errno(_ what: String, _ path: String, _ e: Int32 = Glibc.errno) -> FileError {
+    public static func errno(_ what: String, _ path: String, _ e: Int32 = Glibc.errno) -> FileError {
         FileError("\(what) \(path): \(String(cString: strerror(e)))")
     }
 }
@@ -115,4 +116,22 @@ public final class FileLock: @unchecked Sendable {
     }
 
     deinit { close(fd) }
+}
+
+/// A process named by pid and start time, so a recycled pid is not mistaken for the original.
+public enum ProcessIdentity {
+    /// Field 22 of /proc/PID/stat (start time in clock ticks since boot).
+    public static func startTime(of pid: Int32) -> Int64? {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = s.lastIndex(of: ")") else { return nil }
+        let fields = s[s.index(after: close)...].split(separator: " ")
+        // fields[0] is the state (field 3), so field 22 is fields[19].
+        return fields.count > 19 ? Int64(fields[19]) : nil
+    }
+
+    public static func isAlive(pid: Int32, start: Int64) -> Bool {
+        guard pid > 0, kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard let now = startTime(of: pid) else { return false }
+        return start == 0 || now == start
+    }
 }
