@@ -45,11 +45,13 @@ let package = Package(
         // kernel's 64 KiB fault-around maps a few dense windows rather than one per scattered function.
         .executableTarget(
             name: "slurm-vm-vmm", dependencies: ["VMM", "Sizes"], exclude: ["link-order.txt"],
-            linkerSettings: [.unsafeFlags([
-                "-static-executable", "-use-ld=lld",
-                "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/Sources/slurm-vm-vmm/link-order.txt",
-                "-Xlinker", "--no-warn-symbol-ordering",
-            ])]),
+            linkerSettings: [
+                .unsafeFlags([
+                    "-static-executable", "-use-ld=lld",
+                    "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/Sources/slurm-vm-vmm/link-order.txt",
+                    "-Xlinker", "--no-warn-symbol-ordering",
+                ])
+            ]),
         // Sizes as users and admins write them (512M, 2G): one parser for every front end. No Foundation,
         // so the static VMM can use it.
         .target(name: "Sizes"),
@@ -75,7 +77,8 @@ let package = Package(
         .target(name: "Runner", dependencies: ["Support", "CLZ4", "CLinux"]),
         // A node's share of a job's guests: core placement, per-job guest sets booted in the prolog and torn
         // down in the epilog, tasks run in them, state on disk and its recovery after a restart.
-        .target(name: "Node", dependencies: ["Catalog", "Support", "Sizes", "Runner", "Broadcast", .product(name: "NIOPosix", package: "swift-nio")]),
+        .target(
+            name: "Node", dependencies: ["Catalog", "Support", "Sizes", "Runner", "Broadcast", .product(name: "NIOPosix", package: "swift-nio")]),
         // Images to many nodes at link speed: the binomial pipeline plan, chunk verification, the transfer
         // state machine and its SwiftNIO driver, the coordinator that plans and coalesces transfers.
         .target(
@@ -115,9 +118,15 @@ let package = Package(
         .testTarget(name: "RunnerTests", dependencies: ["Runner", .product(name: "Crypto", package: "swift-crypto")]),
         // End to end through the built `slurm-vm` binary: builds the minimal image and boots real guests.
         .testTarget(name: "GuestTests", dependencies: ["Catalog"]),
-        .testTarget(name: "BroadcastTests", dependencies: ["Broadcast", "CSHA256", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOPosix", package: "swift-nio"), .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(
+            name: "BroadcastTests",
+            dependencies: [
+                "Broadcast", "CSHA256", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Runner"], exclude: ["Guests"]),
-        .testTarget(name: "NodeTests", dependencies: ["Node", "Daemon", "Runner", "Catalog", "Support", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "NodeTests", dependencies: ["Node", "Daemon", "Runner", "Catalog", "Support", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

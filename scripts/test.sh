@@ -10,8 +10,11 @@ swift build -c release --product slurm-vm 2>&1 | tail -1
 swift build -c release --product slurm-vmd 2>&1 | tail -1
 swift build -c release --product slurm-vm-vmm 2>&1 | tail -1
 swift build --build-tests 2>&1 | tail -1
-# Package.swift declares exactly what each target imports.
+# Package.swift declares exactly what each target imports; the sources are formatted as
+# .swift-format and .clang-format say (fix with scripts/format.sh).
 python3 scripts/check_package_deps.py
+swift format lint --strict -r Sources Tests Images/Builder Package.swift
+git ls-files '*.c' '*.h' | xargs clang-format --dry-run -Werror
 log=$(mktemp)
 rc=0
 swift test --skip-build >"$log" 2>&1 || rc=$?

@@ -13,7 +13,7 @@ struct DebPackage: Equatable, Sendable {
     var arch: String
     var filename: String { "\(name)_\(version.replacingOccurrences(of: ":", with: "%3a"))_\(arch).deb" }
     var sha256: String = ""
-    var depends: [[String]] = []     // groups of alternatives, names only
+    var depends: [[String]] = []  // groups of alternatives, names only
     var provides: [String] = []
     var installedSizeKB: Int = 0
 }
@@ -59,8 +59,10 @@ struct Apt {
         }
         let pc = (cacheDir as NSString).deletingLastPathComponent + "/apt"
         try? FileManager.default.createDirectory(atPath: pc, withIntermediateDirectories: true)
-        return ["-o", "Dir::State::status=\(emptyStatus)", "-o", "Debug::NoLocking=1", "-o", "APT::Get::Show-User-Simulation-Note=false",
-                "-o", "Dir::Cache::pkgcache=\(pc)/pkgcache.bin", "-o", "Dir::Cache::srcpkgcache=\(pc)/srcpkgcache.bin"]
+        return [
+            "-o", "Dir::State::status=\(emptyStatus)", "-o", "Debug::NoLocking=1", "-o", "APT::Get::Show-User-Simulation-Note=false",
+            "-o", "Dir::Cache::pkgcache=\(pc)/pkgcache.bin", "-o", "Dir::Cache::srcpkgcache=\(pc)/srcpkgcache.bin",
+        ]
     }
 
     /// The versioned kernel package a metapackage (linux-image-cloud-amd64) stands for.
@@ -70,7 +72,9 @@ struct Apt {
             let t = line.trimmingCharacters(in: .whitespaces)
             if t.hasPrefix("Depends: linux-image-") { return String(t.dropFirst("Depends: ".count)) }
         }
-        throw BuildError("cannot find the kernel package behind \(meta) (is it a kernel flavour apt knows? try `apt-cache policy \(meta)`); or set kernel.package in the recipe")
+        throw BuildError(
+            "cannot find the kernel package behind \(meta) (is it a kernel flavour apt knows? try `apt-cache policy \(meta)`); or set kernel.package in the recipe"
+        )
     }
 
     /// Name and candidate version of one package, described.
@@ -92,8 +96,12 @@ struct Apt {
         do {
             out = try Apt.run(["apt-get"] + (try aptOptions()) + ["-s", "-y", "--no-install-recommends", "install"] + packages)
         } catch let e as BuildError {
-            if let line = e.description.split(separator: "\n").first(where: { $0.contains("Unable to locate package") || $0.contains("has no installation candidate") }) {
-                throw BuildError("apt cannot find a package the recipe names: \(line.replacingOccurrences(of: "E: ", with: "")); check the name with `apt-cache policy NAME` (and that `apt-get update` has run)")
+            if let line = e.description.split(separator: "\n").first(where: {
+                $0.contains("Unable to locate package") || $0.contains("has no installation candidate")
+            }) {
+                throw BuildError(
+                    "apt cannot find a package the recipe names: \(line.replacingOccurrences(of: "E: ", with: "")); check the name with `apt-cache policy NAME` (and that `apt-get update` has run)"
+                )
             }
             throw e
         }
@@ -112,7 +120,6 @@ struct Apt {
         }
         return try describe(pkgs)
     }
-
 
     /// Fills in checksums, dependencies and provides from `apt-cache show NAME=VERSION`.
     func describe(_ pkgs: [DebPackage]) throws -> [DebPackage] {

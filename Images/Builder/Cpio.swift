@@ -63,7 +63,7 @@ struct CpioWriter {
                 case S_IFREG:
                     guard let d = FileManager.default.contents(atPath: p) else { throw BuildError("cannot read \(p)") }
                     entries.append((r, .file([UInt8](d)), mode))
-                default: break   // device nodes, fifos, sockets: devtmpfs provides devices at boot
+                default: break  // device nodes, fifos, sockets: devtmpfs provides devices at boot
                 }
             }
         }

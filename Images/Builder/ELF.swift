@@ -34,21 +34,22 @@ struct ELFFile {
     }
 
     func data(_ s: Section) -> ArraySlice<UInt8>? {
-        guard s.type != 8, s.offset >= 0, s.size >= 0, s.offset + s.size <= b.count else { return nil }   // 8: NOBITS
+        guard s.type != 8, s.offset >= 0, s.size >= 0, s.offset + s.size <= b.count else { return nil }  // 8: NOBITS
         return b[s.offset..<(s.offset + s.size)]
     }
 
     /// DT_SONAME of a shared object.
     var soname: String? {
-        guard let dyn = sections.first(where: { $0.type == 6 }), let d = data(dyn),   // SHT_DYNAMIC
-              dyn.link < sections.count, let strs = data(sections[dyn.link]) else { return nil }
+        guard let dyn = sections.first(where: { $0.type == 6 }), let d = data(dyn),  // SHT_DYNAMIC
+            dyn.link < sections.count, let strs = data(sections[dyn.link])
+        else { return nil }
         let base = d.startIndex
         var i = 0
         while base + i + 16 <= d.endIndex {
             var tag = 0, val = 0
             for k in 0..<8 { tag |= Int(d[base + i + k]) << (8 * k); val |= Int(d[base + i + 8 + k]) << (8 * k) }
             if tag == 0 { break }
-            if tag == 14 {   // DT_SONAME
+            if tag == 14 {  // DT_SONAME
                 var j = strs.startIndex + val
                 var out: [UInt8] = []
                 while j >= strs.startIndex && j < strs.endIndex && strs[j] != 0 { out.append(strs[j]); j += 1 }

@@ -108,17 +108,20 @@ public struct ImageBuilder {
             let k = try catalog.blobs.ingest(ktree + "/" + vmlinuz, move: true)
             let i = try catalog.blobs.ingest(initrdPath, move: true)
             let artefacts = [Artefact(role: "kernel", digest: k.digest, size: k.size), Artefact(role: "initrd", digest: i.digest, size: i.size)]
-            let derived = deriveAttributes(recipe, kernelPkg: kernelPkg, release: release, pkgs: pkgs, libraries: libraries,
-                                           modules: modules, unpackedBytes: unpackedBytes, initrdBytes: Int64(cpio.count))
-            var rec = ImageRecord(name: recipe.name, version: version, artefacts: artefacts, cmdline: recipe.cmdline,
-                                  derived: derived, admin: recipe.adminAttributes, source: "recipe \(recipe.path)")
+            let derived = deriveAttributes(
+                recipe, kernelPkg: kernelPkg, release: release, pkgs: pkgs, libraries: libraries,
+                modules: modules, unpackedBytes: unpackedBytes, initrdBytes: Int64(cpio.count))
+            var rec = ImageRecord(
+                name: recipe.name, version: version, artefacts: artefacts, cmdline: recipe.cmdline,
+                derived: derived, admin: recipe.adminAttributes, source: "recipe \(recipe.path)")
             let added = try catalog.add(rec)
             if !added { rec = try catalog.resolve(.nameVersion(rec.name, rec.version)) }
             return (rec, added)
         }
         lap("import")
-        return BuildResult(record: result.0, added: result.1, phases: phases, packages: pkgs.count,
-                           initrdBytes: Int64(cpio.count), kernelBytes: catalog.blobs.size(of: result.0.artefact("kernel")!.digest))
+        return BuildResult(
+            record: result.0, added: result.1, phases: phases, packages: pkgs.count,
+            initrdBytes: Int64(cpio.count), kernelBytes: catalog.blobs.size(of: result.0.artefact("kernel")!.digest))
     }
 
     // MARK: steps
@@ -130,7 +133,9 @@ public struct ImageBuilder {
     func unpack(_ deb: String, into dir: String) throws {
         try Files.mkdirs(dir)
         // --keep-directory-symlink: /bin, /lib, ... stay symlinks into /usr (merged /usr, as Debian 12 installs).
-        _ = try Apt.run(["sh", "-c", "dpkg-deb --fsys-tarfile \(shellQuote(deb)) | tar -x -p --no-same-owner --keep-directory-symlink -C \(shellQuote(dir))"])
+        _ = try Apt.run([
+            "sh", "-c", "dpkg-deb --fsys-tarfile \(shellQuote(deb)) | tar -x -p --no-same-owner --keep-directory-symlink -C \(shellQuote(dir))",
+        ])
     }
 
     func findKernel(_ tree: String) throws -> (String, String) {
@@ -140,7 +145,9 @@ public struct ImageBuilder {
     }
 
     func makeSkeleton(_ root: String) throws {
-        for d in ["usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc/slurm-vm", "proc", "sys", "dev", "run", "tmp", "root", "home", "var/tmp", "mnt"] {
+        for d in [
+            "usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc/slurm-vm", "proc", "sys", "dev", "run", "tmp", "root", "home", "var/tmp", "mnt",
+        ] {
             try Files.mkdirs(root + "/" + d)
         }
         chmod(root + "/tmp", 0o1777); chmod(root + "/var/tmp", 0o1777); chmod(root + "/root", 0o700)
@@ -171,7 +178,8 @@ public struct ImageBuilder {
         var best: [String: Group] = [:]
         for deb in debs {
             guard let script = try? Apt.run(["sh", "-c", "dpkg-deb --ctrl-tarfile \(shellQuote(deb)) | tar -xO ./postinst 2>/dev/null || true"]),
-                  script.contains("update-alternatives") else { continue }
+                script.contains("update-alternatives")
+            else { continue }
             for g in Self.parseAlternatives(script) where g.priority > (best[g.name]?.priority ?? Int.min) {
                 best[g.name] = Group(priority: g.priority, links: g.links)
             }
@@ -206,7 +214,9 @@ public struct ImageBuilder {
                 } else if tok[i] == "--slave", i + 3 < tok.count, !out.isEmpty {
                     out[out.count - 1].2.append((tok[i + 1], tok[i + 3]))
                     i += 4
-                } else { i += 1 }
+                } else {
+                    i += 1
+                }
             }
         }
         return out.filter { g in g.2.allSatisfy { !$0.0.contains("$") && !$0.1.contains("$") && $0.0.hasPrefix("/") && $0.1.hasPrefix("/") } }
@@ -224,7 +234,10 @@ public struct ImageBuilder {
         try put("etc/hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n")
         try put("etc/nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n")
         let host = HostRelease.current
-        try put("etc/os-release", "PRETTY_NAME=\"\(host.pretty) (slurm-vm image \(recipe.name))\"\nID=\(host.id)\nVERSION_ID=\"\(host.versionID)\"\nVERSION_CODENAME=\(host.codename)\n")
+        try put(
+            "etc/os-release",
+            "PRETTY_NAME=\"\(host.pretty) (slurm-vm image \(recipe.name))\"\nID=\(host.id)\nVERSION_ID=\"\(host.versionID)\"\nVERSION_CODENAME=\(host.codename)\n"
+        )
     }
 
     func extraFiles(_ r: Recipe, root: String) throws {
@@ -233,7 +246,9 @@ public struct ImageBuilder {
             try Files.mkdirs((dest as NSString).deletingLastPathComponent)
             Files.remove(dest)
             let data: Data
-            if let t = f.text { data = Data(t.utf8) } else {
+            if let t = f.text {
+                data = Data(t.utf8)
+            } else {
                 let src = r.directory + "/" + f.source!
                 guard let d = FileManager.default.contents(atPath: src) else { throw BuildError("\(r.path): files: cannot read \(src)") }
                 data = d
@@ -290,7 +305,8 @@ public struct ImageBuilder {
                 let p = root + "/" + dir + "/" + rel
                 var st = stat()
                 guard lstat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG,
-                      let d = FileManager.default.contents(atPath: p), let elf = ELFFile([UInt8](d)), let so = elf.soname else { continue }
+                    let d = FileManager.default.contents(atPath: p), let elf = ELFFile([UInt8](d)), let so = elf.soname
+                else { continue }
                 names.insert(so)
                 if let r = so.range(of: ".so") {
                     var short = String(so[..<r.lowerBound])
@@ -312,8 +328,10 @@ public struct ImageBuilder {
         return total
     }
 
-    func deriveAttributes(_ r: Recipe, kernelPkg: DebPackage, release: String, pkgs: [DebPackage], libraries: [String],
-                          modules: [String], unpackedBytes: Int64, initrdBytes: Int64) -> [Attribute] {
+    func deriveAttributes(
+        _ r: Recipe, kernelPkg: DebPackage, release: String, pkgs: [DebPackage], libraries: [String],
+        modules: [String], unpackedBytes: Int64, initrdBytes: Int64
+    ) -> [Attribute] {
         func q(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
         func list(_ a: [String]) -> String { "{ " + a.map(q).joined(separator: ", ") + " }" }
         let host = HostRelease.current

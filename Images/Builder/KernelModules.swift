@@ -6,8 +6,8 @@
 import Foundation
 
 struct KernelModules {
-    let tree: String          // the unpacked kernel package
-    let release: String       // e.g. 6.1.0-57-cloud-amd64
+    let tree: String  // the unpacked kernel package
+    let release: String  // e.g. 6.1.0-57-cloud-amd64
     var moduleDir: String { "\(tree)/lib/modules/\(release)" }
 
     /// name → path relative to moduleDir (names with - and _ are the same module).
@@ -33,14 +33,15 @@ struct KernelModules {
         let idx = try index()
         let builtin = self.builtin
         var order: [String] = []
-        var state: [String: Int] = [:]   // 1 visiting, 2 done
+        var state: [String: Int] = [:]  // 1 visiting, 2 done
         func visit(_ n: String, from: String?) throws {
             let c = Self.canonical(n)
             if state[c] == 2 || builtin.contains(c) { return }
             guard let rel = idx[c] else {
-                throw BuildError("kernel \(release) has no module '\(n)'\(from.map { " (needed by \($0))" } ?? ""); check the recipe's kernel.modules")
+                throw BuildError(
+                    "kernel \(release) has no module '\(n)'\(from.map { " (needed by \($0))" } ?? ""); check the recipe's kernel.modules")
             }
-            if state[c] == 1 { return }   // a cycle: modules cannot have one, ignore defensively
+            if state[c] == 1 { return }  // a cycle: modules cannot have one, ignore defensively
             state[c] = 1
             guard let d = FileManager.default.contents(atPath: moduleDir + "/" + rel), let elf = ELFFile([UInt8](d)) else {
                 throw BuildError("cannot read module \(rel)")

@@ -16,7 +16,7 @@ public struct Recipe: Sendable, Equatable {
     public struct ExtraFile: Sendable, Equatable {
         public var path: String
         public var text: String?
-        public var source: String?   // relative to the recipe's directory
+        public var source: String?  // relative to the recipe's directory
         public var mode: UInt32
     }
 
@@ -44,10 +44,12 @@ public struct Recipe: Sendable, Equatable {
     public static func == (a: Recipe, b: Recipe) -> Bool { a.path == b.path && a.name == b.name && a.version == b.version }
 
     /// What is removed from every image unless the recipe says otherwise: documentation and translations.
-    public static let defaultStrip = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+    public static let defaultStrip = [
+        "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
         "usr/share/lintian", "usr/share/linda", "usr/share/bug", "usr/share/menu", "usr/share/bash-completion",
         "usr/share/zsh", "usr/share/common-licenses", "usr/share/doc-base", "usr/share/gcc", "usr/share/gdb",
-        "etc/cron.daily", "etc/logrotate.d", "usr/lib/x86_64-linux-gnu/gconv"]
+        "etc/cron.daily", "etc/logrotate.d", "usr/lib/x86_64-linux-gnu/gconv",
+    ]
 
     public static func load(_ path: String) throws -> Recipe {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
@@ -64,8 +66,9 @@ public struct Recipe: Sendable, Equatable {
         self.path = path
         name = try t.string("name")
         version = try t.string("version")
-        do { try Names.check(name, what: "the image name"); try Names.check(version, what: "the version") }
-        catch { throw BuildError("\(path): \(error)") }
+        do { try Names.check(name, what: "the image name"); try Names.check(version, what: "the version") } catch {
+            throw BuildError("\(path): \(error)")
+        }
         description = try t.optionalString("description") ?? ""
         agentDir = try t.optionalString("agent_dir") ?? "agent"
 
@@ -88,7 +91,9 @@ public struct Recipe: Sendable, Equatable {
 
         let img = try t.optionalTable("image")
         compression = try img?.optionalString("compression") ?? "none"
-        guard ["none", "lz4"].contains(compression) else { throw BuildError("\(path): image.compression must be \"none\" or \"lz4\", not \"\(compression)\"") }
+        guard ["none", "lz4"].contains(compression) else {
+            throw BuildError("\(path): image.compression must be \"none\" or \"lz4\", not \"\(compression)\"")
+        }
         maxVCPUs = try img?.optionalInt("max_vcpus") ?? 64
         minMemoryMB = try img?.optionalInt("min_memory_mb")
         strip = try img?.optionalStrings("strip") ?? Recipe.defaultStrip
@@ -103,7 +108,9 @@ public struct Recipe: Sendable, Equatable {
                 let modeText = try e.optionalString("mode") ?? "0644"
                 try e.done()
                 guard (text == nil) != (source == nil) else { throw BuildError("\(path): files.\"\(key)\" needs exactly one of text or source") }
-                guard let mode = UInt32(modeText, radix: 8), mode <= 0o7777 else { throw BuildError("\(path): files.\"\(key)\".mode must be octal, like \"0755\"") }
+                guard let mode = UInt32(modeText, radix: 8), mode <= 0o7777 else {
+                    throw BuildError("\(path): files.\"\(key)\".mode must be octal, like \"0755\"")
+                }
                 files.append(ExtraFile(path: try Recipe.guestPath(key, path), text: text, source: source, mode: mode))
             }
             try f.doneAll()
@@ -117,8 +124,10 @@ public struct Recipe: Sendable, Equatable {
         if let a = try t.optionalTable("ad") {
             for key in a.keys {
                 let expr = try a.string(key)
-                do { adminAttributes.append(try ImageRecord.adminAttribute(key == "requirements" ? "Requirements" : key == "rank" ? "Rank" : key, expr)) }
-                catch { throw BuildError("\(path): ad.\(key): \(error)") }
+                do {
+                    adminAttributes.append(
+                        try ImageRecord.adminAttribute(key == "requirements" ? "Requirements" : key == "rank" ? "Rank" : key, expr))
+                } catch { throw BuildError("\(path): ad.\(key): \(error)") }
             }
             try a.done()
         }

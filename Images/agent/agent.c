@@ -44,13 +44,15 @@
 
 extern char **environ;
 
-static int chan = -1;             /* the channel to the host */
-static int is_init = 0;           /* running as PID 1 */
-static int host_gone = 0;         /* the channel reported hang-up: wait for the host to come back */
+static int chan = -1;     /* the channel to the host */
+static int is_init = 0;   /* running as PID 1 */
+static int host_gone = 0; /* the channel reported hang-up: wait for the host to come back */
 
-static void logmsg(const char *fmt, ...) {
+static void logmsg(const char *fmt, ...)
+{
     char buf[512];
-    va_list ap; va_start(ap, fmt);
+    va_list ap;
+    va_start(ap, fmt);
     int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
     va_end(ap);
     if (n < 0) return;
@@ -63,69 +65,135 @@ static void logmsg(const char *fmt, ...) {
 
 /* ---------- little-endian encoding ---------- */
 
-typedef struct { uint8_t *p; size_t len, cap; int failed; } buf_t;
+typedef struct {
+    uint8_t *p;
+    size_t len, cap;
+    int failed;
+} buf_t;
 
-static void b_reserve(buf_t *b, size_t more) {
+static void b_reserve(buf_t *b, size_t more)
+{
     if (b->failed) return;
     if (b->len + more <= b->cap) return;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + more) cap *= 2;
     uint8_t *np = realloc(b->p, cap);
-    if (!np) { b->failed = 1; return; }
-    b->p = np; b->cap = cap;
+    if (!np) {
+        b->failed = 1;
+        return;
+    }
+    b->p = np;
+    b->cap = cap;
 }
-static void b_put(buf_t *b, const void *d, size_t n) { b_reserve(b, n); if (!b->failed) { memcpy(b->p + b->len, d, n); b->len += n; } }
-static void b_u32(buf_t *b, uint32_t v) { uint8_t x[4] = { v, v >> 8, v >> 16, v >> 24 }; b_put(b, x, 4); }
-static void b_u64(buf_t *b, uint64_t v) { b_u32(b, (uint32_t)v); b_u32(b, (uint32_t)(v >> 32)); }
-static void b_str(buf_t *b, const char *s) { size_t n = strlen(s); b_u32(b, (uint32_t)n); b_put(b, s, n); }
+static void b_put(buf_t *b, const void *d, size_t n)
+{
+    b_reserve(b, n);
+    if (!b->failed) {
+        memcpy(b->p + b->len, d, n);
+        b->len += n;
+    }
+}
+static void b_u32(buf_t *b, uint32_t v)
+{
+    uint8_t x[4] = {v, v >> 8, v >> 16, v >> 24};
+    b_put(b, x, 4);
+}
+static void b_u64(buf_t *b, uint64_t v)
+{
+    b_u32(b, (uint32_t)v);
+    b_u32(b, (uint32_t)(v >> 32));
+}
+static void b_str(buf_t *b, const char *s)
+{
+    size_t n = strlen(s);
+    b_u32(b, (uint32_t)n);
+    b_put(b, s, n);
+}
 
-typedef struct { const uint8_t *p; size_t len, off; int bad; } rd_t;
-static uint32_t r_u32(rd_t *r) {
-    if (r->bad || r->len - r->off < 4) { r->bad = 1; return 0; }
-    const uint8_t *x = r->p + r->off; r->off += 4;
+typedef struct {
+    const uint8_t *p;
+    size_t len, off;
+    int bad;
+} rd_t;
+static uint32_t r_u32(rd_t *r)
+{
+    if (r->bad || r->len - r->off < 4) {
+        r->bad = 1;
+        return 0;
+    }
+    const uint8_t *x = r->p + r->off;
+    r->off += 4;
     return (uint32_t)x[0] | (uint32_t)x[1] << 8 | (uint32_t)x[2] << 16 | (uint32_t)x[3] << 24;
 }
-static uint64_t r_u64(rd_t *r) { uint64_t lo = r_u32(r); return lo | (uint64_t)r_u32(r) << 32; }
+static uint64_t r_u64(rd_t *r)
+{
+    uint64_t lo = r_u32(r);
+    return lo | (uint64_t)r_u32(r) << 32;
+}
 /* A NUL-terminated copy (strings with an embedded NUL are refused: they cannot be argv or env). */
-static char *r_str(rd_t *r) {
+static char *r_str(rd_t *r)
+{
     uint32_t n = r_u32(r);
-    if (r->bad || r->len - r->off < n) { r->bad = 1; return NULL; }
-    if (memchr(r->p + r->off, 0, n)) { r->bad = 1; return NULL; }
+    if (r->bad || r->len - r->off < n) {
+        r->bad = 1;
+        return NULL;
+    }
+    if (memchr(r->p + r->off, 0, n)) {
+        r->bad = 1;
+        return NULL;
+    }
     char *s = malloc(n + 1);
-    if (!s) { r->bad = 1; return NULL; }
-    memcpy(s, r->p + r->off, n); s[n] = 0; r->off += n;
+    if (!s) {
+        r->bad = 1;
+        return NULL;
+    }
+    memcpy(s, r->p + r->off, n);
+    s[n] = 0;
+    r->off += n;
     return s;
 }
 
 /* ---------- sending frames ---------- */
 
-static int write_all(int fd, const uint8_t *p, size_t n) {
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
             if (errno == EINTR) continue;
-            if (errno == EAGAIN) { struct pollfd pf = { fd, POLLOUT, 0 }; poll(&pf, 1, 100); continue; }
+            if (errno == EAGAIN) {
+                struct pollfd pf = {fd, POLLOUT, 0};
+                poll(&pf, 1, 100);
+                continue;
+            }
             return -1;
         }
-        p += w; n -= (size_t)w;
+        p += w;
+        n -= (size_t)w;
     }
     return 0;
 }
 
-static void send_frame(uint8_t type, uint32_t id, const void *payload, size_t len) {
+static void send_frame(uint8_t type, uint32_t id, const void *payload, size_t len)
+{
     if (chan < 0 || host_gone) return;
-    uint8_t h[SVA_HEADER] = { SVA_MAGIC & 0xff, SVA_MAGIC >> 8, type, 0,
-        id, id >> 8, id >> 16, id >> 24, len, len >> 8, len >> 16, len >> 24 };
+    uint8_t h[SVA_HEADER] = {SVA_MAGIC & 0xff, SVA_MAGIC >> 8, type, 0,        id,        id >> 8,
+                             id >> 16,         id >> 24,       len,  len >> 8, len >> 16, len >> 24};
     if (write_all(chan, h, sizeof h) != 0 || (len && write_all(chan, payload, len) != 0)) {
         if (errno != EPIPE) logmsg("cannot write to the host channel: %s", strerror(errno));
         host_gone = 1;
     }
 }
 
-static void send_error(uint32_t id, const char *fmt, ...) {
+static void send_error(uint32_t id, const char *fmt, ...)
+{
     char msg[1024];
-    va_list ap; va_start(ap, fmt); vsnprintf(msg, sizeof msg, fmt, ap); va_end(ap);
-    buf_t b = {0}; b_str(&b, msg);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    buf_t b = {0};
+    b_str(&b, msg);
     if (!b.failed) send_frame(SVA_ERROR, id, b.p, b.len);
     free(b.p);
 }
@@ -135,49 +203,92 @@ static void send_error(uint32_t id, const char *fmt, ...) {
 typedef struct session {
     uint32_t id;
     pid_t pid;
-    int out, err, in;             /* our ends of the command's pipes; -1 once closed */
-    uint8_t *inbuf; size_t inlen, incap;
-    int in_eof;                   /* the host ended stdin: close once the buffer drains */
+    int out, err, in; /* our ends of the command's pipes; -1 once closed */
+    uint8_t *inbuf;
+    size_t inlen, incap;
+    int in_eof; /* the host ended stdin: close once the buffer drains */
     int reaped, status;
     struct session *next;
 } session;
 
 static session *sessions;
 
-static session *find(uint32_t id) { for (session *s = sessions; s; s = s->next) if (s->id == id) return s; return NULL; }
+static session *find(uint32_t id)
+{
+    for (session *s = sessions; s; s = s->next)
+        if (s->id == id) return s;
+    return NULL;
+}
 
-static void close_fd(int *fd) { if (*fd >= 0) { close(*fd); *fd = -1; } }
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) {
+        close(*fd);
+        *fd = -1;
+    }
+}
 
-static void finish(session *s) {
+static void finish(session *s)
+{
     int32_t v[2];
-    if (WIFEXITED(s->status)) { v[0] = WEXITSTATUS(s->status); v[1] = 0; }
-    else if (WIFSIGNALED(s->status)) { v[0] = -1; v[1] = WTERMSIG(s->status); }
-    else { v[0] = -1; v[1] = 0; }
-    uint8_t p[8] = { v[0], v[0] >> 8, v[0] >> 16, v[0] >> 24, v[1], v[1] >> 8, v[1] >> 16, v[1] >> 24 };
+    if (WIFEXITED(s->status)) {
+        v[0] = WEXITSTATUS(s->status);
+        v[1] = 0;
+    } else if (WIFSIGNALED(s->status)) {
+        v[0] = -1;
+        v[1] = WTERMSIG(s->status);
+    } else {
+        v[0] = -1;
+        v[1] = 0;
+    }
+    uint8_t p[8] = {v[0], v[0] >> 8, v[0] >> 16, v[0] >> 24, v[1], v[1] >> 8, v[1] >> 16, v[1] >> 24};
     send_frame(SVA_EXIT, s->id, p, 8);
-    close_fd(&s->in); close_fd(&s->out); close_fd(&s->err);
-    for (session **pp = &sessions; *pp; pp = &(*pp)->next) if (*pp == s) { *pp = s->next; break; }
-    free(s->inbuf); free(s);
+    close_fd(&s->in);
+    close_fd(&s->out);
+    close_fd(&s->err);
+    for (session **pp = &sessions; *pp; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    free(s->inbuf);
+    free(s);
 }
 
 /* A session is over when its command has been reaped and its output pipes have reached end of file,
  * so no output written before exit is lost. */
-static void maybe_finish(session *s) { if (s->reaped && s->out < 0 && s->err < 0) finish(s); }
+static void maybe_finish(session *s)
+{
+    if (s->reaped && s->out < 0 && s->err < 0) finish(s);
+}
 
-static void free_strv(char **v) { if (!v) return; for (char **p = v; *p; p++) free(*p); free(v); }
+static void free_strv(char **v)
+{
+    if (!v) return;
+    for (char **p = v; *p; p++) free(*p);
+    free(v);
+}
 
-static void child_fail(const char *cmd, int err) {
+static void child_fail(const char *cmd, int err)
+{
     char msg[512];
     int code = SVA_EXIT_CANNOT_EXEC;
-    if (err == ENOENT) { snprintf(msg, sizeof msg, "slurm-vm: %s: command not found\n", cmd); code = SVA_EXIT_NOT_FOUND; }
-    else snprintf(msg, sizeof msg, "slurm-vm: %s: %s\n", cmd, strerror(err));
+    if (err == ENOENT) {
+        snprintf(msg, sizeof msg, "slurm-vm: %s: command not found\n", cmd);
+        code = SVA_EXIT_NOT_FOUND;
+    } else
+        snprintf(msg, sizeof msg, "slurm-vm: %s: %s\n", cmd, strerror(err));
     (void)!write(2, msg, strlen(msg));
     _exit(code);
 }
 
-static void start_session(uint32_t id, const uint8_t *p, size_t len) {
-    if (find(id)) { send_error(id, "session %u already exists", id); return; }
-    rd_t r = { p, len, 0, 0 };
+static void start_session(uint32_t id, const uint8_t *p, size_t len)
+{
+    if (find(id)) {
+        send_error(id, "session %u already exists", id);
+        return;
+    }
+    rd_t r = {p, len, 0, 0};
     uint32_t uid = r_u32(&r), gid = r_u32(&r), ng = r_u32(&r);
     if (ng > 256) r.bad = 1;
     gid_t groups[256];
@@ -193,73 +304,107 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len) {
     for (uint32_t i = 0; envp && i < envc && !r.bad; i++) envp[i] = r_str(&r);
     if (r.bad || !argv || !envp) {
         send_error(id, "malformed or oversized EXEC request");
-        uint8_t q[8] = { SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0 };
+        uint8_t q[8] = {SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0};
         send_frame(SVA_EXIT, id, q, 8);
-        free(cwd); free_strv(argv); free_strv(envp);
+        free(cwd);
+        free_strv(argv);
+        free_strv(envp);
         return;
     }
-    int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
+    int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1};
     session *s = calloc(1, sizeof *s);
     if (!s || pipe2(pin, O_CLOEXEC) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)) {
         send_error(id, "cannot start %s: %s", argv[0], strerror(errno));
-        uint8_t q[8] = { SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0 };
+        uint8_t q[8] = {SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0};
         send_frame(SVA_EXIT, id, q, 8);
         free(s);
-        for (int i = 0; i < 2; i++) { if (pin[i] >= 0) close(pin[i]); if (pout[i] >= 0) close(pout[i]); if (perr[i] >= 0) close(perr[i]); }
-        free(cwd); free_strv(argv); free_strv(envp);
+        for (int i = 0; i < 2; i++) {
+            if (pin[i] >= 0) close(pin[i]);
+            if (pout[i] >= 0) close(pout[i]);
+            if (perr[i] >= 0) close(perr[i]);
+        }
+        free(cwd);
+        free_strv(argv);
+        free_strv(envp);
         return;
     }
     pid_t pid = fork();
     if (pid == 0) {
-        sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, NULL);
-        for (int sig = 1; sig < NSIG; sig++) if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
-        setsid();   /* its own process group, so a signal reaches everything it started */
-        dup2(pin[0], 0); dup2(pout[1], 1); dup2(perr[1], 2);
-        if (ng > 0 || getuid() == 0) { if (setgroups(ng, groups) != 0 && getuid() == 0) child_fail("setgroups", errno); }
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int sig = 1; sig < NSIG; sig++)
+            if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
+        setsid(); /* its own process group, so a signal reaches everything it started */
+        dup2(pin[0], 0);
+        dup2(pout[1], 1);
+        dup2(perr[1], 2);
+        if (ng > 0 || getuid() == 0) {
+            if (setgroups(ng, groups) != 0 && getuid() == 0) child_fail("setgroups", errno);
+        }
         if (getgid() != gid && setgid(gid) != 0) child_fail("setgid", errno);
         if (getuid() != uid && setuid(uid) != 0) child_fail("setuid", errno);
         if (cwd[0] && chdir(cwd) != 0) {
             /* As slurmstepd does: say so, and run in /tmp rather than not at all. */
             char msg[600];
-            snprintf(msg, sizeof msg, "slurm-vm: cannot change to directory %s: %s; running in /tmp\n", cwd, strerror(errno));
+            snprintf(msg, sizeof msg, "slurm-vm: cannot change to directory %s: %s; running in /tmp\n", cwd,
+                     strerror(errno));
             (void)!write(2, msg, strlen(msg));
             if (chdir("/tmp") != 0) (void)!chdir("/");
         }
-        environ = envp;   /* execvp searches the PATH of the command's own environment */
+        environ = envp; /* execvp searches the PATH of the command's own environment */
         execvp(argv[0], argv);
         child_fail(argv[0], errno);
     }
     int fork_err = errno;
-    close(pin[0]); close(pout[1]); close(perr[1]);
+    close(pin[0]);
+    close(pout[1]);
+    close(perr[1]);
     if (pid < 0) {
-        close(pin[1]); close(pout[0]); close(perr[0]);
+        close(pin[1]);
+        close(pout[0]);
+        close(perr[0]);
         send_error(id, "cannot fork: %s", strerror(fork_err));
-        uint8_t q[8] = { SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0 };
+        uint8_t q[8] = {SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0};
         send_frame(SVA_EXIT, id, q, 8);
-        free(s); free(cwd); free_strv(argv); free_strv(envp);
+        free(s);
+        free(cwd);
+        free_strv(argv);
+        free_strv(envp);
         return;
     }
-    s->id = id; s->pid = pid; s->in = pin[1]; s->out = pout[0]; s->err = perr[0];
+    s->id = id;
+    s->pid = pid;
+    s->in = pin[1];
+    s->out = pout[0];
+    s->err = perr[0];
     fcntl(s->in, F_SETFL, O_NONBLOCK);
-    s->next = sessions; sessions = s;
-    uint8_t q[4] = { pid, pid >> 8, pid >> 16, pid >> 24 };
+    s->next = sessions;
+    sessions = s;
+    uint8_t q[4] = {pid, pid >> 8, pid >> 16, pid >> 24};
     send_frame(SVA_STARTED, id, q, 4);
-    free(cwd); free_strv(argv); free_strv(envp);
+    free(cwd);
+    free_strv(argv);
+    free_strv(envp);
 }
 
-static void ack_stdin(session *s, size_t n) {
-    uint8_t q[4] = { n, n >> 8, n >> 16, n >> 24 };
+static void ack_stdin(session *s, size_t n)
+{
+    uint8_t q[4] = {n, n >> 8, n >> 16, n >> 24};
     send_frame(SVA_STDIN_ACK, s->id, q, 4);
 }
 
-static void flush_stdin(session *s) {
+static void flush_stdin(session *s)
+{
     while (s->in >= 0 && s->inlen > 0) {
         ssize_t w = write(s->in, s->inbuf, s->inlen);
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN) return;
             /* The command closed its stdin: what it did not read is dropped, as with a pipe. */
-            ack_stdin(s, s->inlen); s->inlen = 0; close_fd(&s->in);
+            ack_stdin(s, s->inlen);
+            s->inlen = 0;
+            close_fd(&s->in);
             return;
         }
         memmove(s->inbuf, s->inbuf + w, s->inlen - (size_t)w);
@@ -269,43 +414,71 @@ static void flush_stdin(session *s) {
     if (s->in_eof && s->inlen == 0) close_fd(&s->in);
 }
 
-static void on_stdin(session *s, const uint8_t *p, size_t len) {
-    if (len == 0) { s->in_eof = 1; flush_stdin(s); return; }
-    if (s->in < 0) { ack_stdin(s, len); return; }
-    if (s->inlen + len > 4 * SVA_STDIN_WINDOW) { send_error(s->id, "stdin window exceeded; input dropped"); ack_stdin(s, len); return; }
+static void on_stdin(session *s, const uint8_t *p, size_t len)
+{
+    if (len == 0) {
+        s->in_eof = 1;
+        flush_stdin(s);
+        return;
+    }
+    if (s->in < 0) {
+        ack_stdin(s, len);
+        return;
+    }
+    if (s->inlen + len > 4 * SVA_STDIN_WINDOW) {
+        send_error(s->id, "stdin window exceeded; input dropped");
+        ack_stdin(s, len);
+        return;
+    }
     if (s->inlen + len > s->incap) {
         size_t cap = s->incap ? s->incap : 65536;
         while (cap < s->inlen + len) cap *= 2;
         uint8_t *nb = realloc(s->inbuf, cap);
-        if (!nb) { send_error(s->id, "out of memory buffering stdin"); ack_stdin(s, len); return; }
-        s->inbuf = nb; s->incap = cap;
+        if (!nb) {
+            send_error(s->id, "out of memory buffering stdin");
+            ack_stdin(s, len);
+            return;
+        }
+        s->inbuf = nb;
+        s->incap = cap;
     }
-    memcpy(s->inbuf + s->inlen, p, len); s->inlen += len;
+    memcpy(s->inbuf + s->inlen, p, len);
+    s->inlen += len;
     flush_stdin(s);
 }
 
-static void kill_all(int sig) { for (session *s = sessions; s; s = s->next) if (!s->reaped) kill(-s->pid, sig); }
+static void kill_all(int sig)
+{
+    for (session *s = sessions; s; s = s->next)
+        if (!s->reaped) kill(-s->pid, sig);
+}
 
 /* ---------- init duties ---------- */
 
 static char cmdline[4096];
 
-static const char *cmdline_value(const char *key) {
+static const char *cmdline_value(const char *key)
+{
     static char val[512];
     size_t kl = strlen(key);
-    for (char *p = cmdline; *p; ) {
+    for (char *p = cmdline; *p;) {
         while (*p == ' ' || *p == '\n') p++;
-        char *e = p; while (*e && *e != ' ' && *e != '\n') e++;
+        char *e = p;
+        while (*e && *e != ' ' && *e != '\n') e++;
         if ((size_t)(e - p) > kl && !strncmp(p, key, kl) && p[kl] == '=') {
-            size_t n = (size_t)(e - p) - kl - 1; if (n >= sizeof val) n = sizeof val - 1;
-            memcpy(val, p + kl + 1, n); val[n] = 0; return val;
+            size_t n = (size_t)(e - p) - kl - 1;
+            if (n >= sizeof val) n = sizeof val - 1;
+            memcpy(val, p + kl + 1, n);
+            val[n] = 0;
+            return val;
         }
         p = e;
     }
     return NULL;
 }
 
-static void read_cmdline(void) {
+static void read_cmdline(void)
+{
     int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
     if (fd < 0) return;
     ssize_t n = read(fd, cmdline, sizeof cmdline - 1);
@@ -313,13 +486,16 @@ static void read_cmdline(void) {
     cmdline[n > 0 ? n : 0] = 0;
 }
 
-static void do_mount(const char *src, const char *dst, const char *type, unsigned long flags, const char *data) {
+static void do_mount(const char *src, const char *dst, const char *type, unsigned long flags, const char *data)
+{
     mkdir(dst, 0755);
-    if (mount(src, dst, type, flags, data) != 0 && errno != EBUSY) logmsg("mount %s on %s: %s", type, dst, strerror(errno));
+    if (mount(src, dst, type, flags, data) != 0 && errno != EBUSY)
+        logmsg("mount %s on %s: %s", type, dst, strerror(errno));
 }
 
 /* Loads the modules listed, in dependency order, by the image builder. */
-static void load_modules(void) {
+static void load_modules(void)
+{
     FILE *f = fopen("/etc/slurm-vm/modules", "re");
     if (!f) return;
     char line[512];
@@ -327,31 +503,44 @@ static void load_modules(void) {
         line[strcspn(line, "\r\n")] = 0;
         if (!line[0] || line[0] == '#') continue;
         int fd = open(line, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) { logmsg("module %s: %s", line, strerror(errno)); continue; }
-        if (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST) logmsg("module %s: %s", line, strerror(errno));
+        if (fd < 0) {
+            logmsg("module %s: %s", line, strerror(errno));
+            continue;
+        }
+        if (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)
+            logmsg("module %s: %s", line, strerror(errno));
         close(fd);
     }
     fclose(f);
 }
 
-static void mkdirs(const char *path) {
+static void mkdirs(const char *path)
+{
     char p[4096];
     snprintf(p, sizeof p, "%s", path);
     for (char *c = p + 1; *c; c++)
-        if (*c == '/') { *c = 0; mkdir(p, 0755); *c = '/'; }
+        if (*c == '/') {
+            *c = 0;
+            mkdir(p, 0755);
+            *c = '/';
+        }
     mkdir(p, 0755);
 }
 
 /* slurmvm.share=TAG:PATH[,TAG:PATH…]: host directories the VMM exports over virtio-fs, mounted at the
  * same path as on the host (the job's working directory, so results land on the host). */
-static void mount_shares(void) {
+static void mount_shares(void)
+{
     const char *v = cmdline_value("slurmvm.share");
     if (!v) return;
     char list[4096];
     snprintf(list, sizeof list, "%s", v);
     for (char *save = NULL, *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
         char *colon = strchr(item, ':');
-        if (!colon || colon[1] != '/') { logmsg("slurmvm.share: '%s' is not TAG:/PATH", item); continue; }
+        if (!colon || colon[1] != '/') {
+            logmsg("slurmvm.share: '%s' is not TAG:/PATH", item);
+            continue;
+        }
         *colon = 0;
         mkdirs(colon + 1);
         if (mount(item, colon + 1, "virtiofs", MS_NODEV, NULL) != 0)
@@ -359,23 +548,30 @@ static void mount_shares(void) {
     }
 }
 
-static void loopback_up(void) {
+static void loopback_up(void)
+{
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return;
-    struct ifreq ifr; memset(&ifr, 0, sizeof ifr);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
     strcpy(ifr.ifr_name, "lo");
-    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) { ifr.ifr_flags |= IFF_UP | IFF_RUNNING; ioctl(s, SIOCSIFFLAGS, &ifr); }
+    if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
     close(s);
 }
 
-static void init_system(void) {
+static void init_system(void)
+{
     do_mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     do_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
     do_mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
     do_mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666");
     do_mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
     do_mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
-    mkdir("/tmp", 01777); chmod("/tmp", 01777);
+    mkdir("/tmp", 01777);
+    chmod("/tmp", 01777);
     read_cmdline();
     load_modules();
     const char *h = cmdline_value("slurmvm.hostname");
@@ -386,11 +582,12 @@ static void init_system(void) {
 }
 
 /* The channel: slurmvm.channel=virtio:NAME (a virtio-serial port by name, the default), or a device. */
-static int open_channel(void) {
+static int open_channel(void)
+{
     const char *spec = cmdline_value("slurmvm.channel");
     if (!spec) spec = "virtio:org.slurm-vm.agent";
     char path[300];
-    for (int tries = 0; tries < 1000; tries++) {   /* up to 10 s for the device to appear */
+    for (int tries = 0; tries < 1000; tries++) { /* up to 10 s for the device to appear */
         path[0] = 0;
         if (!strncmp(spec, "virtio:", 7)) {
             DIR *d = opendir("/sys/class/virtio-ports");
@@ -401,8 +598,15 @@ static int open_channel(void) {
                 snprintf(np, sizeof np, "/sys/class/virtio-ports/%s/name", e->d_name);
                 int fd = open(np, O_RDONLY | O_CLOEXEC);
                 if (fd < 0) continue;
-                ssize_t n = read(fd, name, sizeof name - 1); close(fd);
-                if (n > 0) { name[strcspn(name, "\n")] = 0; if (!strcmp(name, spec + 7)) { snprintf(path, sizeof path, "/dev/%s", e->d_name); break; } }
+                ssize_t n = read(fd, name, sizeof name - 1);
+                close(fd);
+                if (n > 0) {
+                    name[strcspn(name, "\n")] = 0;
+                    if (!strcmp(name, spec + 7)) {
+                        snprintf(path, sizeof path, "/dev/%s", e->d_name);
+                        break;
+                    }
+                }
             }
             if (d) closedir(d);
         } else {
@@ -412,7 +616,10 @@ static int open_channel(void) {
             int fd = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC);
             if (fd >= 0) {
                 struct termios t;
-                if (tcgetattr(fd, &t) == 0) { cfmakeraw(&t); tcsetattr(fd, TCSANOW, &t); }
+                if (tcgetattr(fd, &t) == 0) {
+                    cfmakeraw(&t);
+                    tcsetattr(fd, TCSANOW, &t);
+                }
                 return fd;
             }
         }
@@ -422,19 +629,27 @@ static int open_channel(void) {
     return -1;
 }
 
-static uint64_t uptime_ms(void) {
-    struct timespec ts; clock_gettime(CLOCK_BOOTTIME, &ts);
+static uint64_t uptime_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static void send_ready(uint64_t nonce) {
-    struct utsname u; uname(&u);
-    struct sysinfo si; sysinfo(&si);
+static void send_ready(uint64_t nonce)
+{
+    struct utsname u;
+    uname(&u);
+    struct sysinfo si;
+    sysinfo(&si);
     buf_t b = {0};
-    b_u64(&b, nonce); b_u64(&b, uptime_ms());
+    b_u64(&b, nonce);
+    b_u64(&b, uptime_ms());
     b_u32(&b, (uint32_t)sysconf(_SC_NPROCESSORS_ONLN));
     b_u64(&b, (uint64_t)si.totalram * si.mem_unit / 1024);
-    b_str(&b, u.nodename); b_str(&b, u.release); b_str(&b, SVA_VERSION);
+    b_str(&b, u.nodename);
+    b_str(&b, u.release);
+    b_str(&b, SVA_VERSION);
     if (!b.failed) send_frame(SVA_READY, 0, b.p, b.len);
     free(b.p);
 }
@@ -442,7 +657,8 @@ static void send_ready(uint64_t nonce) {
 /* Powers the guest off. Under the embedded VMM there is no ACPI to power off with; the command line
  * names its paravirtual exit port (slurmvm.exitport=0x501), where writing 0 ends the VM as a clean
  * power-off. Elsewhere (or if the port cannot be reached) the kernel powers off as usual. */
-static void power_off(void) {
+static void power_off(void)
+{
     const char *p = cmdline_value("slurmvm.exitport");
     if (p) {
         unsigned long port = strtoul(p, NULL, 0);
@@ -451,24 +667,30 @@ static void power_off(void) {
     reboot(RB_POWER_OFF);
 }
 
-static void shutdown_guest(uint32_t mode) {
+static void shutdown_guest(uint32_t mode)
+{
     kill_all(SIGTERM);
     usleep(100000);
     kill_all(SIGKILL);
     sync();
     if (!is_init) exit(0);
-    if (mode == 1) reboot(RB_AUTOBOOT); else power_off();
+    if (mode == 1)
+        reboot(RB_AUTOBOOT);
+    else
+        power_off();
     for (;;) pause();
 }
 
 /* ---------- the channel reader ---------- */
 
-static uint8_t *rx; static size_t rxlen, rxcap;
-static int fd_mode = 0;           /* serving a descriptor given by --fd (tests): its end is final */
+static uint8_t *rx;
+static size_t rxlen, rxcap;
+static int fd_mode = 0; /* serving a descriptor given by --fd (tests): its end is final */
 
 /* The host disconnected. Nobody will read the output of running commands, so they are ended (as an
  * ssh session's are), and the agent waits for the next connection (a virtio port reconnects). */
-static void host_lost(void) {
+static void host_lost(void)
+{
     host_gone = 1;
     rxlen = 0;
     kill_all(SIGHUP);
@@ -476,39 +698,46 @@ static void host_lost(void) {
     if (fd_mode) exit(0);
 }
 
-static void handle(uint8_t type, uint32_t id, const uint8_t *p, size_t len) {
+static void handle(uint8_t type, uint32_t id, const uint8_t *p, size_t len)
+{
     session *s;
     switch (type) {
     case SVA_HELLO: {
-        rd_t r = { p, len, 0, 0 };
+        rd_t r = {p, len, 0, 0};
         uint64_t nonce = r_u64(&r);
         if (!r.bad) send_ready(nonce);
         break;
     }
     case SVA_EXEC: start_session(id, p, len); break;
-    case SVA_STDIN: if ((s = find(id))) on_stdin(s, p, len); break;
+    case SVA_STDIN:
+        if ((s = find(id))) on_stdin(s, p, len);
+        break;
     case SVA_SIGNAL: {
-        rd_t r = { p, len, 0, 0 };
+        rd_t r = {p, len, 0, 0};
         uint32_t sig = r_u32(&r);
         if ((s = find(id)) && !r.bad && sig > 0 && sig < NSIG && !s->reaped) kill(-s->pid, (int)sig);
         break;
     }
     case SVA_SHUTDOWN: {
-        rd_t r = { p, len, 0, 0 };
+        rd_t r = {p, len, 0, 0};
         uint32_t mode = r_u32(&r);
         shutdown_guest(r.bad ? 0 : mode);
         break;
     }
-    default: break;   /* unknown types are skipped, so newer hosts can talk to older agents */
+    default: break; /* unknown types are skipped, so newer hosts can talk to older agents */
     }
 }
 
-static void parse_rx(void) {
+static void parse_rx(void)
+{
     size_t off = 0;
     while (rxlen - off >= SVA_HEADER) {
         const uint8_t *h = rx + off;
         uint32_t len = (uint32_t)h[8] | (uint32_t)h[9] << 8 | (uint32_t)h[10] << 16 | (uint32_t)h[11] << 24;
-        if ((h[0] | h[1] << 8) != SVA_MAGIC || len > SVA_MAX_PAYLOAD) { off++; continue; }   /* resynchronise */
+        if ((h[0] | h[1] << 8) != SVA_MAGIC || len > SVA_MAX_PAYLOAD) {
+            off++;
+            continue;
+        } /* resynchronise */
         if (rxlen - off < SVA_HEADER + len) break;
         uint32_t id = (uint32_t)h[4] | (uint32_t)h[5] << 8 | (uint32_t)h[6] << 16 | (uint32_t)h[7] << 24;
         handle(h[2], id, h + SVA_HEADER, len);
@@ -518,46 +747,71 @@ static void parse_rx(void) {
     rxlen -= off;
 }
 
-static void read_channel(void) {
+static void read_channel(void)
+{
     if (rxcap - rxlen < 65536) {
         size_t cap = rxcap ? rxcap * 2 : 131072;
         if (cap > 4 * (SVA_MAX_PAYLOAD + SVA_HEADER)) cap = 4 * (SVA_MAX_PAYLOAD + SVA_HEADER);
         uint8_t *n = cap > rxcap ? realloc(rx, cap) : rx;
-        if (!n) { rxlen = 0; return; }
-        rx = n; rxcap = cap;
+        if (!n) {
+            rxlen = 0;
+            return;
+        }
+        rx = n;
+        rxcap = cap;
     }
     ssize_t n = read(chan, rx + rxlen, rxcap - rxlen);
-    if (n > 0) { rxlen += (size_t)n; parse_rx(); return; }
+    if (n > 0) {
+        rxlen += (size_t)n;
+        parse_rx();
+        return;
+    }
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
     host_lost();
 }
 
-static void pump_output(session *s, int *fd, uint8_t type) {
+static void pump_output(session *s, int *fd, uint8_t type)
+{
     static uint8_t buf[65536];
     ssize_t n = read(*fd, buf, sizeof buf);
-    if (n > 0) { send_frame(type, s->id, buf, (size_t)n); return; }
+    if (n > 0) {
+        send_frame(type, s->id, buf, (size_t)n);
+        return;
+    }
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
     close_fd(fd);
 }
 
-static void reap(void) {
-    int st; pid_t pid;
+static void reap(void)
+{
+    int st;
+    pid_t pid;
     while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-        for (session *s = sessions; s; s = s->next) if (s->pid == pid && !s->reaped) { s->reaped = 1; s->status = st; break; }
+        for (session *s = sessions; s; s = s->next)
+            if (s->pid == pid && !s->reaped) {
+                s->reaped = 1;
+                s->status = st;
+                break;
+            }
         /* other pids: orphans adopted by init; reaping them is all there is to do */
     }
 }
 
-int main(int argc, char **argv) {
+int main(int argc, char **argv)
+{
     signal(SIGPIPE, SIG_IGN);
     is_init = getpid() == 1;
     if (argc == 3 && !strcmp(argv[1], "--fd")) {
         chan = atoi(argv[2]);
         fd_mode = 1;
     } else if (argc == 2 && !strcmp(argv[1], "--version")) {
-        printf("slurm-vm-agent %s\n", SVA_VERSION); return 0;
+        printf("slurm-vm-agent %s\n", SVA_VERSION);
+        return 0;
     } else {
-        if (is_init) init_system(); else read_cmdline();
+        if (is_init)
+            init_system();
+        else
+            read_cmdline();
         /* slurmvm.bootonly=1: report the boot time on the console and power off (the benchmark's
          * baseline, and a smoke test of an image without any host side). */
         if (is_init && cmdline_value("slurmvm.bootonly")) {
@@ -567,7 +821,9 @@ int main(int argc, char **argv) {
         }
         chan = open_channel();
     }
-    sigset_t mask; sigemptyset(&mask); sigaddset(&mask, SIGCHLD);
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (chan >= 0) send_ready(0);
@@ -577,19 +833,47 @@ int main(int argc, char **argv) {
         session *owner[1 + 3 * 512];
         int kind[1 + 3 * 512];
         int n = 0;
-        pf[n].fd = sfd; pf[n].events = POLLIN; owner[n] = NULL; kind[n++] = 0;
+        pf[n].fd = sfd;
+        pf[n].events = POLLIN;
+        owner[n] = NULL;
+        kind[n++] = 0;
         int chan_slot = -1;
-        if (chan >= 0 && !host_gone) { chan_slot = n; pf[n].fd = chan; pf[n].events = POLLIN; owner[n] = NULL; kind[n++] = 0; }
+        if (chan >= 0 && !host_gone) {
+            chan_slot = n;
+            pf[n].fd = chan;
+            pf[n].events = POLLIN;
+            owner[n] = NULL;
+            kind[n++] = 0;
+        }
         for (session *s = sessions; s && n < (int)(sizeof pf / sizeof pf[0]) - 3; s = s->next) {
-            if (s->out >= 0) { pf[n].fd = s->out; pf[n].events = POLLIN; owner[n] = s; kind[n++] = 1; }
-            if (s->err >= 0) { pf[n].fd = s->err; pf[n].events = POLLIN; owner[n] = s; kind[n++] = 2; }
-            if (s->in >= 0 && s->inlen > 0) { pf[n].fd = s->in; pf[n].events = POLLOUT; owner[n] = s; kind[n++] = 3; }
+            if (s->out >= 0) {
+                pf[n].fd = s->out;
+                pf[n].events = POLLIN;
+                owner[n] = s;
+                kind[n++] = 1;
+            }
+            if (s->err >= 0) {
+                pf[n].fd = s->err;
+                pf[n].events = POLLIN;
+                owner[n] = s;
+                kind[n++] = 2;
+            }
+            if (s->in >= 0 && s->inlen > 0) {
+                pf[n].fd = s->in;
+                pf[n].events = POLLOUT;
+                owner[n] = s;
+                kind[n++] = 3;
+            }
         }
         /* While the host is away, look for it coming back every 100 ms. */
         int r = poll(pf, (nfds_t)n, host_gone ? 100 : -1);
-        if (r < 0 && errno != EINTR) { logmsg("poll: %s", strerror(errno)); usleep(10000); continue; }
+        if (r < 0 && errno != EINTR) {
+            logmsg("poll: %s", strerror(errno));
+            usleep(10000);
+            continue;
+        }
         if (host_gone && chan >= 0) {
-            struct pollfd c = { chan, POLLIN, 0 };
+            struct pollfd c = {chan, POLLIN, 0};
             if (poll(&c, 1, 0) >= 0 && !(c.revents & (POLLHUP | POLLERR))) host_gone = 0;
         }
         if (pf[0].revents) {
@@ -598,16 +882,24 @@ int main(int argc, char **argv) {
             reap();
         }
         if (chan_slot >= 0 && pf[chan_slot].revents) {
-            if (pf[chan_slot].revents & POLLIN) read_channel();
-            else if (pf[chan_slot].revents & (POLLHUP | POLLERR)) host_lost();
+            if (pf[chan_slot].revents & POLLIN)
+                read_channel();
+            else if (pf[chan_slot].revents & (POLLHUP | POLLERR))
+                host_lost();
         }
         for (int i = 0; i < n; i++) {
             session *s = owner[i];
-            if (!s || !pf[i].revents) continue;   /* sessions are freed only below, so s is valid */
-            if (kind[i] == 1 && s->out == pf[i].fd) pump_output(s, &s->out, SVA_STDOUT);
-            else if (kind[i] == 2 && s->err == pf[i].fd) pump_output(s, &s->err, SVA_STDERR);
-            else if (kind[i] == 3 && s->in == pf[i].fd) flush_stdin(s);
+            if (!s || !pf[i].revents) continue; /* sessions are freed only below, so s is valid */
+            if (kind[i] == 1 && s->out == pf[i].fd)
+                pump_output(s, &s->out, SVA_STDOUT);
+            else if (kind[i] == 2 && s->err == pf[i].fd)
+                pump_output(s, &s->err, SVA_STDERR);
+            else if (kind[i] == 3 && s->in == pf[i].fd)
+                flush_stdin(s);
         }
-        for (session *s = sessions, *next; s; s = next) { next = s->next; maybe_finish(s); }
+        for (session *s = sessions, *next; s; s = next) {
+            next = s->next;
+            maybe_finish(s);
+        }
     }
 }

@@ -22,19 +22,28 @@
 #ifndef SVA_PROTOCOL_H
 #define SVA_PROTOCOL_H
 
-#define SVA_MAGIC 0x5653u
-#define SVA_HEADER 12u
-#define SVA_MAX_PAYLOAD (1u << 20)
+#define SVA_MAGIC        0x5653u
+#define SVA_HEADER       12u
+#define SVA_MAX_PAYLOAD  (1u << 20)
 #define SVA_STDIN_WINDOW (256u << 10)
-#define SVA_VERSION "1"
+#define SVA_VERSION      "1"
 
 enum sva_type {
-    SVA_HELLO = 0x01, SVA_EXEC = 0x02, SVA_STDIN = 0x03, SVA_SIGNAL = 0x04, SVA_SHUTDOWN = 0x05,
-    SVA_READY = 0x81, SVA_STARTED = 0x82, SVA_STDOUT = 0x83, SVA_STDERR = 0x84, SVA_EXIT = 0x85,
-    SVA_STDIN_ACK = 0x86, SVA_ERROR = 0x87,
+    SVA_HELLO = 0x01,
+    SVA_EXEC = 0x02,
+    SVA_STDIN = 0x03,
+    SVA_SIGNAL = 0x04,
+    SVA_SHUTDOWN = 0x05,
+    SVA_READY = 0x81,
+    SVA_STARTED = 0x82,
+    SVA_STDOUT = 0x83,
+    SVA_STDERR = 0x84,
+    SVA_EXIT = 0x85,
+    SVA_STDIN_ACK = 0x86,
+    SVA_ERROR = 0x87,
 };
 
 /* Exit codes of a command that could not be started, as a shell reports them. */
-#define SVA_EXIT_NOT_FOUND 127
+#define SVA_EXIT_NOT_FOUND   127
 #define SVA_EXIT_CANNOT_EXEC 126
 #endif

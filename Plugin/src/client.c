@@ -23,14 +23,11 @@ static int wait_fd(int fd, short ev, int64_t deadline)
 {
     for (;;) {
         int64_t left = deadline - now_ms();
-        if (left <= 0)
-            return -ETIMEDOUT;
+        if (left <= 0) return -ETIMEDOUT;
         struct pollfd p = {.fd = fd, .events = ev};
         int r = poll(&p, 1, (int)left);
-        if (r > 0)
-            return 0;
-        if (r < 0 && errno != EINTR)
-            return -errno;
+        if (r > 0) return 0;
+        if (r < 0 && errno != EINTR) return -errno;
     }
 }
 
@@ -65,8 +62,7 @@ json_t *svm_call(const char *path, json_t *req, int timeout_s, char *err, size_t
             goto out;
         }
         ssize_t w = send(fd, buf, len, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
+        if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
             snprintf(err, errlen, "cannot send to slurm-vmd: %s", strerror(errno));
             goto out;
@@ -92,8 +88,7 @@ json_t *svm_call(const char *path, json_t *req, int timeout_s, char *err, size_t
             goto out;
         }
         ssize_t r = recv(fd, in + got, cap - got - 1, 0);
-        if (r < 0 && errno == EINTR)
-            continue;
+        if (r < 0 && errno == EINTR) continue;
         if (r <= 0) {
             snprintf(err, errlen, "slurm-vmd closed the connection without answering");
             free(in);

@@ -56,17 +56,23 @@ int svm_config_parse(int ac, char **av, char *err, size_t len)
         memcpy(key, av[i], klen);
         key[klen] = '\0';
         int rc;
-        if (!strcmp(key, "submit_socket")) rc = set_path(&svm_config.submit_socket, key, v, err, len);
-        else if (!strcmp(key, "node_socket")) rc = set_path(&svm_config.node_socket, key, v, err, len);
-        else if (!strcmp(key, "exec_wrapper")) rc = set_path(&svm_config.exec_wrapper, key, v, err, len);
-        else if (!strcmp(key, "timeout")) rc = parse_seconds(key, v, &svm_config.timeout, err, len);
-        else if (!strcmp(key, "prepare_timeout")) rc = parse_seconds(key, v, &svm_config.prepare_timeout, err, len);
+        if (!strcmp(key, "submit_socket"))
+            rc = set_path(&svm_config.submit_socket, key, v, err, len);
+        else if (!strcmp(key, "node_socket"))
+            rc = set_path(&svm_config.node_socket, key, v, err, len);
+        else if (!strcmp(key, "exec_wrapper"))
+            rc = set_path(&svm_config.exec_wrapper, key, v, err, len);
+        else if (!strcmp(key, "timeout"))
+            rc = parse_seconds(key, v, &svm_config.timeout, err, len);
+        else if (!strcmp(key, "prepare_timeout"))
+            rc = parse_seconds(key, v, &svm_config.prepare_timeout, err, len);
         else {
-            snprintf(err, len, "unknown key '%s' (known: submit_socket, node_socket, exec_wrapper, timeout, prepare_timeout)", key);
+            snprintf(err, len,
+                     "unknown key '%s' (known: submit_socket, node_socket, exec_wrapper, timeout, prepare_timeout)",
+                     key);
             rc = -1;
         }
-        if (rc != 0)
-            return -1;
+        if (rc != 0) return -1;
     }
     if (!svm_config.submit_socket) svm_config.submit_socket = strdup("/run/slurm-vm/slurm-vmd.sock");
     if (!svm_config.node_socket) svm_config.node_socket = strdup(svm_config.submit_socket);
@@ -86,12 +92,14 @@ char *svm_node_socket(const char *node)
 {
     const char *t = svm_config.node_socket;
     size_t n = strlen(t) + 1, nl = node ? strlen(node) : 0;
-    for (const char *p = t; (p = strstr(p, "%n")); p += 2)
-        n += nl;
+    for (const char *p = t; (p = strstr(p, "%n")); p += 2) n += nl;
     char *out = malloc(n), *o = out;
     for (const char *p = t; *p;) {
         if (p[0] == '%' && p[1] == 'n') {
-            if (node) { memcpy(o, node, nl); o += nl; }
+            if (node) {
+                memcpy(o, node, nl);
+                o += nl;
+            }
             p += 2;
         } else
             *o++ = *p++;

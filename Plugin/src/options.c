@@ -14,7 +14,8 @@ struct svm_option svm_options[SVM_NOPTS] = {
     [SVM_KERNEL] = {"kernel", "SLURM_VM_KERNEL", "VERSION", "Guest kernel version: VERSION or >=VERSION.", NULL},
     [SVM_LIBS] = {"libs", "SLURM_VM_LIBS", "LIST", "Libraries the guest image must have, comma-separated.", NULL},
     [SVM_IMAGE] = {"image", "SLURM_VM_IMAGE", "NAME", "Guest image by NAME or NAME:VERSION.", NULL},
-    [SVM_REQUIREMENTS] = {"requirements", "SLURM_VM_REQUIREMENTS", "EXPR", "ClassAd expression the image must satisfy.", NULL},
+    [SVM_REQUIREMENTS] = {"requirements", "SLURM_VM_REQUIREMENTS", "EXPR", "ClassAd expression the image must satisfy.",
+                          NULL},
     [SVM_RANK] = {"rank", "SLURM_VM_RANK", "EXPR", "ClassAd expression ranking matching images.", NULL},
 };
 
@@ -22,8 +23,7 @@ struct svm_option svm_options[SVM_NOPTS] = {
 static int option_cb(int val, const char *optarg, int remote)
 {
     (void)remote;
-    if (val < 0 || val >= SVM_NOPTS)
-        return -1;
+    if (val < 0 || val >= SVM_NOPTS) return -1;
     free(svm_options[val].value);
     svm_options[val].value = strdup(optarg ? optarg : "");
     return svm_options[val].value ? 0 : -1;
@@ -35,8 +35,12 @@ int svm_register_options(spank_t sp)
         char name[32];
         snprintf(name, sizeof name, "vm-%s", svm_options[i].name);
         struct spank_option o = {
-            .name = name, .arginfo = (char *)svm_options[i].arginfo, .usage = (char *)svm_options[i].usage,
-            .has_arg = 1, .val = i, .cb = option_cb,
+            .name = name,
+            .arginfo = (char *)svm_options[i].arginfo,
+            .usage = (char *)svm_options[i].usage,
+            .has_arg = 1,
+            .val = i,
+            .cb = option_cb,
         };
         if (spank_option_register(sp, &o) != ESPANK_SUCCESS) {
             slurm_error("%s: cannot register --%s", SVM_PLUGIN, name);
@@ -51,16 +55,14 @@ void svm_apply_env_fallbacks(void)
 {
     for (int i = 0; i < SVM_NOPTS; i++) {
         const char *e = getenv(svm_options[i].env);
-        if (!svm_options[i].value && e && *e)
-            svm_options[i].value = strdup(e);
+        if (!svm_options[i].value && e && *e) svm_options[i].value = strdup(e);
     }
 }
 
 int svm_requested(void)
 {
     for (int i = 0; i < SVM_NOPTS; i++)
-        if (svm_options[i].value)
-            return 1;
+        if (svm_options[i].value) return 1;
     return 0;
 }
 
@@ -68,8 +70,7 @@ json_t *svm_options_json(void)
 {
     json_t *o = json_object();
     for (int i = 0; i < SVM_NOPTS; i++)
-        if (svm_options[i].value)
-            json_object_set_new(o, svm_options[i].name, json_string(svm_options[i].value));
+        if (svm_options[i].value) json_object_set_new(o, svm_options[i].name, json_string(svm_options[i].value));
     return o;
 }
 

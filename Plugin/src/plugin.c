@@ -3,7 +3,7 @@
  * reach sbatch in Slurm 22.05). */
 #include "slurm-vm.h"
 
-SPANK_PLUGIN(slurm-vm, 1);
+SPANK_PLUGIN(slurm - vm, 1);
 
 int slurm_spank_init(spank_t sp, int ac, char **av)
 {
@@ -13,8 +13,7 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
         return -1;
     }
     spank_context_t ctx = spank_context();
-    if (ctx == S_CTX_LOCAL || ctx == S_CTX_ALLOCATOR || ctx == S_CTX_REMOTE)
-        return svm_register_options(sp);
+    if (ctx == S_CTX_LOCAL || ctx == S_CTX_ALLOCATOR || ctx == S_CTX_REMOTE) return svm_register_options(sp);
     return 0;
 }
 
@@ -24,8 +23,7 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 static int job_script_config(int ac, char **av)
 {
     char err[512];
-    if (svm_config_parse(ac, av, err, sizeof err) == 0)
-        return 0;
+    if (svm_config_parse(ac, av, err, sizeof err) == 0) return 0;
     slurm_error("%s: plugstack.conf: %s", SVM_PLUGIN, err);
     return -1;
 }
@@ -42,23 +40,26 @@ int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 
 int slurm_spank_init_post_opt(spank_t sp, int ac, char **av)
 {
-    (void)ac; (void)av;
+    (void)ac;
+    (void)av;
     spank_context_t ctx = spank_context();
-    if (ctx != S_CTX_LOCAL && ctx != S_CTX_ALLOCATOR)
-        return 0;
+    if (ctx != S_CTX_LOCAL && ctx != S_CTX_ALLOCATOR) return 0;
     svm_apply_env_fallbacks();
     return svm_submit(sp);
 }
 
 int slurm_spank_task_init(spank_t sp, int ac, char **av)
 {
-    (void)ac; (void)av;
+    (void)ac;
+    (void)av;
     return svm_task_init(sp);
 }
 
 int slurm_spank_exit(spank_t sp, int ac, char **av)
 {
-    (void)sp; (void)ac; (void)av;
+    (void)sp;
+    (void)ac;
+    (void)av;
     svm_options_free();
     svm_config_free();
     return 0;

@@ -13,8 +13,7 @@
 static int node_position(const char *nodelist, const char *node, int *index, int *count)
 {
     hostlist_t hl = slurm_hostlist_create(nodelist);
-    if (!hl)
-        return -1;
+    if (!hl) return -1;
     *count = slurm_hostlist_count(hl);
     *index = slurm_hostlist_find(hl, node);
     slurm_hostlist_destroy(hl);
@@ -25,12 +24,10 @@ static int node_position(const char *nodelist, const char *node, int *index, int
 static int job_details(uint32_t job, const char *node, char *cpus, size_t cpulen, char **workdir)
 {
     job_info_msg_t *msg = NULL;
-    if (slurm_load_job(&msg, job, SHOW_DETAIL) != 0 || !msg || msg->record_count < 1)
-        return -1;
+    if (slurm_load_job(&msg, job, SHOW_DETAIL) != 0 || !msg || msg->record_count < 1) return -1;
     slurm_job_info_t *j = &msg->job_array[0];
     int rc = slurm_job_cpus_allocated_str_on_node(cpus, cpulen, j->job_resrcs, node);
-    if (j->work_dir)
-        *workdir = strdup(j->work_dir);
+    if (j->work_dir) *workdir = strdup(j->work_dir);
     slurm_free_job_info_msg(msg);
     return rc;
 }
@@ -38,8 +35,7 @@ static int job_details(uint32_t job, const char *node, char *cpus, size_t cpulen
 int svm_job_prolog(spank_t sp)
 {
     const char *text = getenv("SPANK_VM_REQUEST");
-    if (!text)
-        return 0;   /* not a VM job */
+    if (!text) return 0; /* not a VM job */
     uint32_t job = 0, uid = 0, gid = 0;
     spank_get_item(sp, S_JOB_ID, &job);
     spank_get_item(sp, S_JOB_UID, &uid);
@@ -50,7 +46,8 @@ int svm_job_prolog(spank_t sp)
     char cpus[1024] = "";
     char *workdir = NULL;
     if (!node || !nodelist || node_position(nodelist, node, &index, &count) != 0) {
-        slurm_error("%s: job %u: cannot place node %s in node list %s", SVM_PLUGIN, job, node ? node : "?", nodelist ? nodelist : "?");
+        slurm_error("%s: job %u: cannot place node %s in node list %s", SVM_PLUGIN, job, node ? node : "?",
+                    nodelist ? nodelist : "?");
         return 0;
     }
     if (job_details(job, node, cpus, sizeof cpus, &workdir) != 0 || !cpus[0]) {
@@ -65,11 +62,10 @@ int svm_job_prolog(spank_t sp)
         free(workdir);
         return 0;
     }
-    json_t *req = json_pack("{s:s, s:{s:I, s:I, s:I, s:o, s:s, s:i, s:i, s:s}}", "op", "prepare", "prepare",
-                            "job", (json_int_t)job, "uid", (json_int_t)uid, "gid", (json_int_t)gid, "request", accepted,
+    json_t *req = json_pack("{s:s, s:{s:I, s:I, s:I, s:o, s:s, s:i, s:i, s:s}}", "op", "prepare", "prepare", "job",
+                            (json_int_t)job, "uid", (json_int_t)uid, "gid", (json_int_t)gid, "request", accepted,
                             "node", node, "nodeIndex", index, "nodeCount", count, "cpus", cpus);
-    if (workdir)
-        json_object_set_new(json_object_get(req, "prepare"), "workdir", json_string(workdir));
+    if (workdir) json_object_set_new(json_object_get(req, "prepare"), "workdir", json_string(workdir));
     free(workdir);
     char *sock = svm_node_socket(node), err[1024];
     json_t *rep = svm_call(sock, req, svm_config.prepare_timeout, err, sizeof err);
@@ -78,7 +74,8 @@ int svm_job_prolog(spank_t sp)
         slurm_error("%s: job %u: slurm-vmd at %s: %s (the job's tasks will fail)", SVM_PLUGIN, job, sock, err);
     else if (!json_is_true(json_object_get(rep, "ok")))
         slurm_error("%s: job %u: guests not prepared: %s", SVM_PLUGIN, job,
-                    json_string_value(json_object_get(rep, "error")) ? json_string_value(json_object_get(rep, "error")) : "?");
+                    json_string_value(json_object_get(rep, "error")) ? json_string_value(json_object_get(rep, "error"))
+                                                                     : "?");
     json_decref(rep);
     free(sock);
     return 0;
@@ -86,8 +83,7 @@ int svm_job_prolog(spank_t sp)
 
 int svm_job_epilog(spank_t sp)
 {
-    if (!getenv("SPANK_VM_REQUEST"))
-        return 0;
+    if (!getenv("SPANK_VM_REQUEST")) return 0;
     uint32_t job = 0;
     spank_get_item(sp, S_JOB_ID, &job);
     const char *node = getenv("SLURMD_NODENAME");
@@ -96,13 +92,13 @@ int svm_job_epilog(spank_t sp)
     /* slurm-vmd may be restarting: retry for a while (its reaper catches what we miss). */
     json_t *rep = NULL;
     for (int attempt = 0; attempt < 10 && !rep; attempt++) {
-        if (attempt)
-            sleep(1);
+        if (attempt) sleep(1);
         rep = svm_call(sock, req, 60, err, sizeof err);
     }
     json_decref(req);
     if (!rep)
-        slurm_error("%s: job %u: cannot tear down guests: %s (slurm-vmd removes them when it sees the job has ended)", SVM_PLUGIN, job, err);
+        slurm_error("%s: job %u: cannot tear down guests: %s (slurm-vmd removes them when it sees the job has ended)",
+                    SVM_PLUGIN, job, err);
     json_decref(rep);
     free(sock);
     return 0;

@@ -19,19 +19,19 @@
 /* Each --vm-* option: its name without "--vm-", the value the user gave, and where it came from. */
 enum { SVM_COUNT, SVM_VCPUS, SVM_MEM, SVM_OS, SVM_KERNEL, SVM_LIBS, SVM_IMAGE, SVM_REQUIREMENTS, SVM_RANK, SVM_NOPTS };
 struct svm_option {
-    const char *name;     /* "count" */
-    const char *env;      /* "SLURM_VM_COUNT": the fallback when the option is not given */
+    const char *name; /* "count" */
+    const char *env;  /* "SLURM_VM_COUNT": the fallback when the option is not given */
     const char *arginfo;
     const char *usage;
-    char *value;          /* NULL when not given */
+    char *value; /* NULL when not given */
 };
 extern struct svm_option svm_options[SVM_NOPTS];
 
 struct svm_config {
-    char *submit_socket;  /* slurm-vmd serving matching (catalog role), seen from submit hosts */
-    char *node_socket;    /* the node's slurm-vmd; %n expands to the node name (several slurmd per host) */
-    char *exec_wrapper;   /* absolute path of `slurm-vm`, run as the task in place of argv[0] */
-    int timeout;          /* seconds for matching; preparing guests uses prepare_timeout */
+    char *submit_socket; /* slurm-vmd serving matching (catalog role), seen from submit hosts */
+    char *node_socket;   /* the node's slurm-vmd; %n expands to the node name (several slurmd per host) */
+    char *exec_wrapper;  /* absolute path of `slurm-vm`, run as the task in place of argv[0] */
+    int timeout;         /* seconds for matching; preparing guests uses prepare_timeout */
     int prepare_timeout;
 };
 extern struct svm_config svm_config;

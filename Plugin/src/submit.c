@@ -16,8 +16,7 @@ static int check_syntax(char *err, size_t len)
 {
     for (int i = 0; i < SVM_NOPTS; i++) {
         const char *v = svm_options[i].value;
-        if (!v)
-            continue;
+        if (!v) continue;
         if (!*v) {
             snprintf(err, len, "--vm-%s is empty; give a value or leave the option out", svm_options[i].name);
             return -1;
@@ -49,16 +48,12 @@ static json_t *node_cpus(void)
 {
     node_info_msg_t *msg = NULL;
     int lo = 0, hi = 0;
-    if (slurm_load_node((time_t)0, &msg, SHOW_ALL) != 0 || !msg)
-        return NULL;
+    if (slurm_load_node((time_t)0, &msg, SHOW_ALL) != 0 || !msg) return NULL;
     for (uint32_t i = 0; i < msg->record_count; i++) {
         int c = (int)msg->node_array[i].cpus;
-        if (!msg->node_array[i].name || c <= 0)
-            continue;
-        if (!lo || c < lo)
-            lo = c;
-        if (c > hi)
-            hi = c;
+        if (!msg->node_array[i].name || c <= 0) continue;
+        if (!lo || c < lo) lo = c;
+        if (c > hi) hi = c;
     }
     slurm_free_node_info_msg(msg);
     return hi ? json_pack("{s:i, s:i}", "smallest", lo, "largest", hi) : NULL;
@@ -69,21 +64,16 @@ static json_t *node_cpus(void)
 static void read_directives(const char *path, json_t *out)
 {
     FILE *f = fopen(path, "r");
-    if (!f)
-        return;
+    if (!f) return;
     char line[4096];
     int n = 0;
     while (fgets(line, sizeof line, f) && n++ < 10000) {
         line[strcspn(line, "\r\n")] = 0;
         const char *p = line;
-        while (*p == ' ' || *p == '\t')
-            p++;
-        if (n == 1 || !*p)
-            continue;
-        if (*p != '#')
-            break;
-        if (!strncmp(p, "#SBATCH", 7) && (p[7] == ' ' || p[7] == '\t'))
-            json_array_append_new(out, json_string(p + 8));
+        while (*p == ' ' || *p == '\t') p++;
+        if (n == 1 || !*p) continue;
+        if (*p != '#') break;
+        if (!strncmp(p, "#SBATCH", 7) && (p[7] == ' ' || p[7] == '\t')) json_array_append_new(out, json_string(p + 8));
     }
     fclose(f);
 }
@@ -94,11 +84,9 @@ static int is_script(const char *path)
 {
     struct stat st;
     char head[2];
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
-        return 0;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
     FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
+    if (!f) return 0;
     int ok = fread(head, 1, 2, f) == 2 && head[0] == '#' && head[1] == '!';
     fclose(f);
     return ok;
@@ -142,8 +130,7 @@ static json_t *command_json(void)
     extern char **environ;
     for (char **e = environ; *e; e++) {
         const char *eq = strchr(*e, '=');
-        if (!eq || (strncmp(*e, "SBATCH_", 7) && strncmp(*e, "SALLOC_", 7) && strncmp(*e, "SLURM_", 6)))
-            continue;
+        if (!eq || (strncmp(*e, "SBATCH_", 7) && strncmp(*e, "SALLOC_", 7) && strncmp(*e, "SLURM_", 6))) continue;
         char name[128];
         snprintf(name, sizeof name, "%.*s", (int)(eq - *e), *e);
         json_object_set_new(env, name, json_string(eq + 1));
@@ -153,27 +140,22 @@ static json_t *command_json(void)
 
 int svm_submit(spank_t sp)
 {
-    if (!svm_requested())
-        return 0;
+    if (!svm_requested()) return 0;
     char err[1024];
     if (check_syntax(err, sizeof err) != 0) {
         slurm_error("%s: %s", SVM_PLUGIN, err);
         return -1;
     }
     /* srun inside an allocation starts a step of a job that was matched at its own submission. */
-    if (spank_context() == S_CTX_LOCAL && getenv("SLURM_JOB_ID"))
-        return 0;
+    if (spank_context() == S_CTX_LOCAL && getenv("SLURM_JOB_ID")) return 0;
 
     json_t *req = json_pack("{s:s, s:o, s:o}", "op", "match", "options", svm_options_json(), "command", command_json());
     json_t *cpus = node_cpus();
-    if (cpus)
-        json_object_set_new(req, "node_cpus", cpus);
+    if (cpus) json_object_set_new(req, "node_cpus", cpus);
     const char *account = getenv("SBATCH_ACCOUNT") ? getenv("SBATCH_ACCOUNT") : getenv("SLURM_ACCOUNT");
-    if (account)
-        json_object_set_new(req, "account", json_string(account));
+    if (account) json_object_set_new(req, "account", json_string(account));
     const char *partition = getenv("SBATCH_PARTITION") ? getenv("SBATCH_PARTITION") : getenv("SLURM_PARTITION");
-    if (partition)
-        json_object_set_new(req, "partition", json_string(partition));
+    if (partition) json_object_set_new(req, "partition", json_string(partition));
     json_t *rep = svm_call(svm_config.submit_socket, req, svm_config.timeout, err, sizeof err);
     json_decref(req);
     if (!rep) {
@@ -198,8 +180,7 @@ int svm_submit(spank_t sp)
         rc = 0;
     free(text);
     const char *image = json_string_value(json_object_get(rep, "image"));
-    if (rc == 0 && image && getenv("SLURM_VM_VERBOSE"))
-        slurm_info("%s: guests will run image %s", SVM_PLUGIN, image);
+    if (rc == 0 && image && getenv("SLURM_VM_VERBOSE")) slurm_info("%s: guests will run image %s", SVM_PLUGIN, image);
 out:
     json_decref(rep);
     return rc;

@@ -9,13 +9,10 @@
 
 int svm_task_init(spank_t sp)
 {
-    if (!spank_remote(sp) || !svm_requested())
-        return 0;
+    if (!spank_remote(sp) || !svm_requested()) return 0;
     uint32_t step = 0;
-    if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS)
-        return 0;
-    if (step == SLURM_BATCH_SCRIPT || step == SLURM_EXTERN_CONT)
-        return 0;
+    if (spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS) return 0;
+    if (step == SLURM_BATCH_SCRIPT || step == SLURM_EXTERN_CONT) return 0;
     int argc = 0;
     char **argv = NULL;
     if (spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS || argc < 1) {

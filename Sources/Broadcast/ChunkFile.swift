@@ -80,7 +80,9 @@ public final class ChunkFile: @unchecked Sendable {
             close(fd)
             unlink(p)
             let why = rc == ENOSPC ? "not enough space" : String(cString: strerror(rc))
-            throw BroadcastError.io("cannot reserve \(manifest.size) bytes in \(dir.isEmpty ? "." : dir) for the image: \(why); free space there or point the destination elsewhere")
+            throw BroadcastError.io(
+                "cannot reserve \(manifest.size) bytes in \(dir.isEmpty ? "." : dir) for the image: \(why); free space there or point the destination elsewhere"
+            )
         }
         path = p
         partial = p
@@ -226,7 +228,10 @@ public final class ChunkFile: @unchecked Sendable {
         while done < len {
             let n = pread(fd, p + done, len - done, off_t(off) + off_t(done))
             if n < 0 && errno == EINTR { continue }
-            if n <= 0 { throw BroadcastError.io("cannot read \(path) at \(off + Int64(done)): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))") }
+            if n <= 0 {
+                throw BroadcastError.io(
+                    "cannot read \(path) at \(off + Int64(done)): \(n == 0 ? "unexpected end of file" : String(cString: strerror(errno)))")
+            }
             done += n
         }
     }
@@ -276,7 +281,7 @@ public final class ChunkWriter: @unchecked Sendable {
         self.offset = offset
         self.length = length
         self.held = held
-        hasher = file.manifest.hasher(for: index)!   // `writer(for:)` checked the index
+        hasher = file.manifest.hasher(for: index)!  // `writer(for:)` checked the index
         holdsSlot = held == nil
     }
 

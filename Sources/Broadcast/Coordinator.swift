@@ -29,9 +29,9 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     let lock = NSCondition()
-    var groups: [String: Group] = [:]         // by id
-    var gathering: [String: String] = [:]     // digest → id of the group still taking members
-    var held: [String: Set<String>] = [:]     // "job digest" → nodes that hold it, seen before a group
+    var groups: [String: Group] = [:]  // by id
+    var gathering: [String: String] = [:]  // digest → id of the group still taking members
+    var held: [String: Set<String>] = [:]  // "job digest" → nodes that hold it, seen before a group
     let group: EventLoopGroup
     let source: @Sendable (String) -> String?
     public var gatherSeconds: Double = 0.3
@@ -59,8 +59,12 @@ public final class Coordinator: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let address else {
-            if let g = gathering[digest] { groups[g]!.joined[job, default: []].insert(node); groups[g]!.expected[job] = max(groups[g]!.expected[job] ?? 0, jobNodes); lock.broadcast() }
-            else { held[job + " " + digest, default: []].insert(node) }
+            if let g = gathering[digest] {
+                groups[g]!.joined[job, default: []].insert(node); groups[g]!.expected[job] = max(groups[g]!.expected[job] ?? 0, jobNodes);
+                lock.broadcast()
+            } else {
+                held[job + " " + digest, default: []].insert(node)
+            }
             return nil
         }
         let id: String
@@ -82,8 +86,9 @@ public final class Coordinator: @unchecked Sendable {
             let age = Date().timeIntervalSince(g.opened)
             if (full && age >= gatherSeconds) || age >= waitSeconds {
                 if gathering[digest] == id { gathering[digest] = nil }
-                do { groups[id]!.plan = .success(try startRoot(id: id, path: path, host: host, members: g.members.map(\.address))) }
-                catch { groups[id]!.plan = .failure(error as? BroadcastError ?? BroadcastError.failed("\(error)")) }
+                do { groups[id]!.plan = .success(try startRoot(id: id, path: path, host: host, members: g.members.map(\.address))) } catch {
+                    groups[id]!.plan = .failure(error as? BroadcastError ?? BroadcastError.failed("\(error)"))
+                }
                 lock.broadcast()
                 break
             }

@@ -59,7 +59,8 @@ public struct Manifest: Codable, Sendable, Equatable {
 
     static func checkChunkSize(_ chunkSize: Int) throws {
         guard chunkSizes.contains(chunkSize), chunkSize % 64 == 0 else {
-            throw BroadcastError.config("chunk size \(chunkSize) must be a multiple of 64 bytes within \(chunkSizes.lowerBound)…\(chunkSizes.upperBound)")
+            throw BroadcastError.config(
+                "chunk size \(chunkSize) must be a multiple of 64 bytes within \(chunkSizes.lowerBound)…\(chunkSizes.upperBound)")
         }
     }
 
@@ -99,9 +100,10 @@ public struct Manifest: Codable, Sendable, Equatable {
         guard stat(path, &st) == 0 else { throw BroadcastError.io("cannot stat \(path): \(String(cString: strerror(errno)))") }
         let mtime = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
         if let data = FileManager.default.contents(atPath: store),
-           let kept = try? JSONDecoder().decode(Stored.self, from: data),
-           kept.size == Int64(st.st_size), kept.mtimeNanoseconds == mtime, kept.manifest.chunkSize == chunkSize,
-           (try? kept.manifest.validate()) != nil {
+            let kept = try? JSONDecoder().decode(Stored.self, from: data),
+            kept.size == Int64(st.st_size), kept.mtimeNanoseconds == mtime, kept.manifest.chunkSize == chunkSize,
+            (try? kept.manifest.validate()) != nil
+        {
             return kept.manifest
         }
         let m = try compute(path: path, chunkSize: chunkSize)

@@ -133,7 +133,9 @@ public final class Participant: @unchecked Sendable {
     }
 
     /// Joins the transfer now that every rank's address is known.
-    public func begin(addresses: [String], rank: Int? = nil, transfer: String? = nil, chunkSize: Int? = nil) throws -> EventLoopFuture<ParticipantReport> {
+    public func begin(
+        addresses: [String], rank: Int? = nil, transfer: String? = nil, chunkSize: Int? = nil
+    ) throws -> EventLoopFuture<ParticipantReport> {
         var c = config
         c.addresses = addresses
         if let rank { c.rank = rank }
@@ -165,7 +167,9 @@ public final class Participant: @unchecked Sendable {
     func tick() {
         // Before the manifest there is no machine to time out: no neighbor has offered the image.
         if machine == nil && now > max(config.dialSeconds, config.giveUpSeconds) {
-            return fail("no neighbor offered the image within \(Int(max(config.dialSeconds, config.giveUpSeconds))) s (reached: \(channels.keys.sorted().map(String.init).joined(separator: ",")))")
+            return fail(
+                "no neighbor offered the image within \(Int(max(config.dialSeconds, config.giveUpSeconds))) s (reached: \(channels.keys.sorted().map(String.init).joined(separator: ",")))"
+            )
         }
         apply(.tick)
     }
@@ -284,7 +288,7 @@ public final class Participant: @unchecked Sendable {
 
         func ended(chunk index: Int, writer: ChunkWriter?) throws {
             guard let r = rank, let m = peer.machine, index >= 0, index < m.plan.chunks else { return }
-            guard let writer else { return peer.apply(.received(from: r, chunk: index, valid: true)) }   // already held: a duplicate
+            guard let writer else { return peer.apply(.received(from: r, chunk: index, valid: true)) }  // already held: a duplicate
             let ok: Bool
             do { ok = try writer.finish() } catch { return peer.fail("\(error)") }
             peer.chunkArrived(index, from: r, valid: ok)
@@ -325,7 +329,7 @@ public final class Participant: @unchecked Sendable {
             guard let r = handler.rank else { return }
             apply(.wanted(by: r, chunk: c == Int(UInt32.max) ? TransferMachine.anyChunk : c))
         case .chunk:
-            break   // streamed by the reader, never gathered
+            break  // streamed by the reader, never gathered
         case .abort(let why):
             if let r = handler.rank { FileHandle.standardError.write(Data("rank \(config.rank): rank \(r) aborted: \(why)\n".utf8)) }
             ch.close(promise: nil)
@@ -435,8 +439,10 @@ public final class Participant: @unchecked Sendable {
         guard !ended, let m = machine else { return }
         ended = true
         shutdown()
-        result.succeed(ParticipantReport(rank: config.rank, seconds: config.source != nil ? 0 : verifiedAt ?? now, stats: m.stats,
-                                         sentFromMemory: sentFromMemory, bypassedPageCache: file?.bypassesPageCache ?? false))
+        result.succeed(
+            ParticipantReport(
+                rank: config.rank, seconds: config.source != nil ? 0 : verifiedAt ?? now, stats: m.stats,
+                sentFromMemory: sentFromMemory, bypassedPageCache: file?.bypassesPageCache ?? false))
     }
 
     func fail(_ why: String) {

@@ -90,7 +90,7 @@ public struct TransferMachine: Sendable {
     var entryDone: [Bool]
     var firstOpen = 0
     var wantQueue: [(peer: Int, chunk: Int)] = []
-    var wanted: [Int: Int] = [:]          // chunk → peer asked
+    var wanted: [Int: Int] = [:]  // chunk → peer asked
     var suspect = Set<Int>()
     var lost = Set<Int>()
     var progressStep = -1
@@ -190,11 +190,11 @@ public struct TransferMachine: Sendable {
                 let prior = peers[p]?.sendTook
                 peers[p]?.sendTook = prior.map { 0.7 * $0 + 0.3 * took } ?? took
                 peers[p]?.sending = nil
-                peers[p]?.has.insert(c)   // it will announce it; sending again would only waste the link
+                peers[p]?.has.insert(c)  // it will announce it; sending again would only waste the link
             }
         case .wanted(let p, let c):
             if c >= 0 && c < plan.chunks, peers[p]?.announced[c] == false {
-                peers[p]?.has.remove(c)   // it says it lacks it (what we sent arrived corrupted): believe it
+                peers[p]?.has.remove(c)  // it says it lacks it (what we sent arrived corrupted): believe it
             }
             if c == Self.anyChunk || (c >= 0 && c < plan.chunks) { wantQueue.append((p, c)) }
         case .tick:
@@ -246,7 +246,10 @@ public struct TransferMachine: Sendable {
         } else if !finished && now - lastArrival > options.giveUpSeconds {
             finished = true
             let missing = plan.chunks - have.population
-            out.append(.fail("no chunk arrived for \(Int(options.giveUpSeconds)) s; \(missing) of \(plan.chunks) chunks still missing; connected neighbors: \(peers.keys.sorted().map(String.init).joined(separator: ",")), lost: \(lost.sorted().map(String.init).joined(separator: ","))"))
+            out.append(
+                .fail(
+                    "no chunk arrived for \(Int(options.giveUpSeconds)) s; \(missing) of \(plan.chunks) chunks still missing; connected neighbors: \(peers.keys.sorted().map(String.init).joined(separator: ",")), lost: \(lost.sorted().map(String.init).joined(separator: ","))"
+                ))
         }
     }
 
@@ -266,7 +269,11 @@ public struct TransferMachine: Sendable {
                     c = old
                 } else {
                     while injected < plan.chunks && (peer.has[injected] || !have[injected]) { injected += 1 }
-                    if injected < plan.chunks { c = injected; injected += 1 } else if let n = have.newest(notIn: peer.has) { c = n } else {
+                    if injected < plan.chunks {
+                        c = injected; injected += 1
+                    } else if let n = have.newest(notIn: peer.has) {
+                        c = n
+                    } else {
                         wantQueue.remove(at: i); continue
                     }
                 }
@@ -278,14 +285,14 @@ public struct TransferMachine: Sendable {
             busy += 1
         }
         guard busy < plan.uploadSlots, plan.forwardsEarly || have.isFull else { return }
-        if plan.kind == .pipeline { return }   // receivers pull (see pull)
+        if plan.kind == .pipeline { return }  // receivers pull (see pull)
         var j = firstOpen
         while busy < plan.uploadSlots && j < schedule.sends.count {
             defer { j += 1 }
             if entryDone[j] { continue }
             let e = schedule.sends[j]
             guard let peer = peers[e.to] else {
-                if lost.contains(e.to) { entryDone[j] = true }   // gone: it will not need it
+                if lost.contains(e.to) { entryDone[j] = true }  // gone: it will not need it
                 continue
             }
             if peer.has[e.chunk] { entryDone[j] = true; continue }
@@ -348,7 +355,7 @@ public struct TransferMachine: Sendable {
 
     mutating func start(_ p: Int, _ c: Int, _ now: Double, _ out: inout [Action]) {
         peers[p]?.sending = (c, now)
-        peers[p]?.has.insert(c)   // on its way; a corrupted arrival is asked for again
+        peers[p]?.has.insert(c)  // on its way; a corrupted arrival is asked for again
         stats.sent += 1
         out.append(.send(to: p, chunk: c))
     }
@@ -369,12 +376,20 @@ public struct TransferMachine: Sendable {
             guard wanted.count < options.maxWants else { break }
             let e = schedule.expected[c]
             let due: Bool
-            if suspect.contains(c) { due = true }
-            else if plan.kind == .pipeline { due = stalled }   // pushes adapt to losses; ask only when they stop
-            else if e == nil { due = true }
-            else if let e, peers[e.from] == nil && (lost.contains(e.from) || stalled) { due = true }
-            else if options.repairs, let e { due = progressStep >= e.step + options.lateSlack || (stalled && e.step <= progressStep + options.lateSlack) }
-            else { due = false }
+            if suspect.contains(c) {
+                due = true
+            } else if plan.kind == .pipeline {
+                due = stalled
+            }  // pushes adapt to losses; ask only when they stop
+            else if e == nil {
+                due = true
+            } else if let e, peers[e.from] == nil && (lost.contains(e.from) || stalled) {
+                due = true
+            } else if options.repairs, let e {
+                due = progressStep >= e.step + options.lateSlack || (stalled && e.step <= progressStep + options.lateSlack)
+            } else {
+                due = false
+            }
             guard due else { continue }
             // The least-asked holder, preferring ones that answer and are not the late sender.
             var best: (key: (Int, Int, Int), peer: Int)?

@@ -19,7 +19,7 @@ public enum Frame: Sendable {
     case chunk(Int, ByteBuffer)
     case abort(String)
 
-    static let magic: UInt32 = 0x5356_4D42   // "SVMB"
+    static let magic: UInt32 = 0x5356_4D42  // "SVMB"
     static let version: UInt8 = 1
 
     enum Kind: UInt8 { case hello = 1, manifest, have, want, chunk, abort }
@@ -92,7 +92,9 @@ public struct FrameReader {
                 guard header.count == 5 else { return }
                 type = header[0]
                 remaining = Int(header[1]) << 24 | Int(header[2]) << 16 | Int(header[3]) << 8 | Int(header[4])
-                guard remaining <= maxPayload else { throw BroadcastError.protocolViolation("a peer sent a \(remaining)-byte frame; at most \(maxPayload) are allowed") }
+                guard remaining <= maxPayload else {
+                    throw BroadcastError.protocolViolation("a peer sent a \(remaining)-byte frame; at most \(maxPayload) are allowed")
+                }
                 if type == Frame.Kind.chunk.rawValue {
                     guard remaining >= 4 else { throw BroadcastError.protocolViolation("a peer sent a truncated chunk") }
                     chunkIndex = []
@@ -150,8 +152,12 @@ public struct FrameReader {
         }
         switch Frame.Kind(rawValue: type) {
         case .hello:
-            guard b.readInteger(as: UInt32.self) == Frame.magic else { throw BroadcastError.protocolViolation("a peer does not speak the broadcast protocol") }
-            guard b.readInteger(as: UInt8.self) == Frame.version else { throw BroadcastError.protocolViolation("a peer speaks another version of the broadcast protocol") }
+            guard b.readInteger(as: UInt32.self) == Frame.magic else {
+                throw BroadcastError.protocolViolation("a peer does not speak the broadcast protocol")
+            }
+            guard b.readInteger(as: UInt8.self) == Frame.version else {
+                throw BroadcastError.protocolViolation("a peer speaks another version of the broadcast protocol")
+            }
             let rank = try u32()
             guard let full = b.readInteger(as: UInt8.self) else { throw BroadcastError.protocolViolation("a peer sent a truncated hello") }
             return .hello(rank: rank, complete: full == 1, transfer: b.readString(length: b.readableBytes) ?? "")
@@ -164,7 +170,7 @@ public struct FrameReader {
         case .want: return .want(try u32())
         case .chunk:
             let c = try u32()
-            return .chunk(c, b)   // only when parsed whole (tests); the reader streams chunks
+            return .chunk(c, b)  // only when parsed whole (tests); the reader streams chunks
         case .abort: return .abort(b.readString(length: b.readableBytes) ?? "")
         case nil: throw BroadcastError.protocolViolation("a peer sent a frame of unknown type \(type)")
         }

@@ -13,33 +13,44 @@
 
 extern char **environ;
 
-static void child_fail(int pipefd, int err) {
+static void child_fail(int pipefd, int err)
+{
     (void)!write(pipefd, &err, sizeof err);
     _exit(127);
 }
 
-pid_t clinux_spawn(const clinux_spawn_opts *o) {
+pid_t clinux_spawn(const clinux_spawn_opts *o)
+{
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0) return -errno;
     pid_t parent = getpid();
     pid_t pid = fork();
-    if (pid < 0) { int e = errno; close(p[0]); close(p[1]); return -e; }
+    if (pid < 0) {
+        int e = errno;
+        close(p[0]);
+        close(p[1]);
+        return -e;
+    }
     if (pid == 0) {
         close(p[0]);
         // Signals the parent may have blocked or ignored must not leak into the child.
-        sigset_t all; sigemptyset(&all); sigprocmask(SIG_SETMASK, &all, NULL);
-        for (int s = 1; s < NSIG; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, NULL);
+        for (int s = 1; s < NSIG; s++)
+            if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
         if (o->new_session && setsid() < 0) child_fail(p[1], errno);
         if (o->death_signal) {
             if (prctl(PR_SET_PDEATHSIG, o->death_signal) != 0) child_fail(p[1], errno);
-            if (getppid() != parent) _exit(1);   // the parent died before prctl took effect
+            if (getppid() != parent) _exit(1); // the parent died before prctl took effect
         }
         if (o->ncpus > 0) {
-            cpu_set_t set; CPU_ZERO(&set);
+            cpu_set_t set;
+            CPU_ZERO(&set);
             for (int i = 0; i < o->ncpus; i++) CPU_SET(o->cpus[i], &set);
             if (sched_setaffinity(0, sizeof set, &set) != 0) child_fail(p[1], errno);
         }
-        int fds[3] = { o->stdin_fd, o->stdout_fd, o->stderr_fd };
+        int fds[3] = {o->stdin_fd, o->stdout_fd, o->stderr_fd};
         int null = -1;
         for (int i = 0; i < 3; i++) {
             if (fds[i] < 0) {
@@ -49,12 +60,19 @@ pid_t clinux_spawn(const clinux_spawn_opts *o) {
         }
         // Move sources above 2 first so dup2 into 0..2 never clobbers a source still needed.
         for (int i = 0; i < 3; i++) {
-            if (fds[i] <= 2) { int d = fcntl(fds[i], F_DUPFD, 3); if (d < 0) child_fail(p[1], errno); fds[i] = d; }
+            if (fds[i] <= 2) {
+                int d = fcntl(fds[i], F_DUPFD, 3);
+                if (d < 0) child_fail(p[1], errno);
+                fds[i] = d;
+            }
         }
-        for (int i = 0; i < 3; i++) if (dup2(fds[i], i) < 0) child_fail(p[1], errno);
+        for (int i = 0; i < 3; i++)
+            if (dup2(fds[i], i) < 0) child_fail(p[1], errno);
         // Everything else is closed: the child must not hold our sockets or pipes open.
-        long maxfd = sysconf(_SC_OPEN_MAX); if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
-        for (int fd = 3; fd < maxfd; fd++) if (fd != p[1]) close(fd);
+        long maxfd = sysconf(_SC_OPEN_MAX);
+        if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
+        for (int fd = 3; fd < maxfd; fd++)
+            if (fd != p[1]) close(fd);
         if (o->cwd && chdir(o->cwd) != 0) child_fail(p[1], errno);
         execve(o->path, o->argv, o->envp ? o->envp : environ);
         child_fail(p[1], errno);
@@ -62,17 +80,22 @@ pid_t clinux_spawn(const clinux_spawn_opts *o) {
     close(p[1]);
     int err = 0;
     ssize_t n;
-    do { n = read(p[0], &err, sizeof err); } while (n < 0 && errno == EINTR);
+    do {
+        n = read(p[0], &err, sizeof err);
+    } while (n < 0 && errno == EINTR);
     close(p[0]);
     if (n == (ssize_t)sizeof err) {
-        int st; waitpid(pid, &st, 0);
+        int st;
+        waitpid(pid, &st, 0);
         return -err;
     }
     return pid;
 }
 
-int clinux_set_affinity(pid_t tid, const int *cpus, int ncpus) {
-    cpu_set_t set; CPU_ZERO(&set);
+int clinux_set_affinity(pid_t tid, const int *cpus, int ncpus)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
     for (int i = 0; i < ncpus; i++) {
         if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) return -EINVAL;
         CPU_SET(cpus[i], &set);
@@ -80,15 +103,19 @@ int clinux_set_affinity(pid_t tid, const int *cpus, int ncpus) {
     return sched_setaffinity(tid, sizeof set, &set) == 0 ? 0 : -errno;
 }
 
-int clinux_get_affinity(pid_t tid, int *out, int cap) {
-    cpu_set_t set; CPU_ZERO(&set);
+int clinux_get_affinity(pid_t tid, int *out, int cap)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
     if (sched_getaffinity(tid, sizeof set, &set) != 0) return -errno;
     int n = 0;
-    for (int c = 0; c < CPU_SETSIZE && n < cap; c++) if (CPU_ISSET(c, &set)) out[n++] = c;
+    for (int c = 0; c < CPU_SETSIZE && n < cap; c++)
+        if (CPU_ISSET(c, &set)) out[n++] = c;
     return n;
 }
 
-uint64_t clinux_rdtsc(void) {
+uint64_t clinux_rdtsc(void)
+{
 #if defined(__x86_64__) || defined(__i386__)
     unsigned lo, hi;
     __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
@@ -100,22 +127,29 @@ uint64_t clinux_rdtsc(void) {
 
 pid_t clinux_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
-int clinux_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
+int clinux_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid)
+{
     struct ucred c;
     socklen_t len = sizeof c;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &c, &len) != 0) return -errno;
-    *pid = c.pid; *uid = c.uid; *gid = c.gid;
+    *pid = c.pid;
+    *uid = c.uid;
+    *gid = c.gid;
     return 0;
 }
 
 #define CLINUX_MAX_FDS 8
 
-long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds) {
+long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int *fds, int nfds)
+{
     if (nfds < 0 || nfds > CLINUX_MAX_FDS || len == 0) return -EINVAL;
-    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * CLINUX_MAX_FDS)]; } ctl;
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int) * CLINUX_MAX_FDS)];
+    } ctl;
     memset(&ctl, 0, sizeof ctl);
-    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
     if (nfds > 0) {
         m.msg_control = ctl.space;
         m.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
@@ -132,21 +166,29 @@ long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int 
     }
 }
 
-long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int maxfds, int *nfds) {
-    union { struct cmsghdr h; char space[CMSG_SPACE(sizeof(int) * CLINUX_MAX_FDS)]; } ctl;
-    struct iovec iov = { .iov_base = buf, .iov_len = len };
-    struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space, .msg_controllen = sizeof ctl.space };
+long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int maxfds, int *nfds)
+{
+    union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(int) * CLINUX_MAX_FDS)];
+    } ctl;
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.space, .msg_controllen = sizeof ctl.space};
     *nfds = 0;
     ssize_t r;
-    do { r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC); } while (r < 0 && errno == EINTR);
+    do {
+        r = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+    } while (r < 0 && errno == EINTR);
     if (r < 0) return -errno;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
         int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
         int *got = (int *)CMSG_DATA(c);
         for (int i = 0; i < n; i++) {
-            if (*nfds < maxfds) fds[(*nfds)++] = got[i];
-            else close(got[i]);
+            if (*nfds < maxfds)
+                fds[(*nfds)++] = got[i];
+            else
+                close(got[i]);
         }
     }
     return r;

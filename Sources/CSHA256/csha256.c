@@ -17,10 +17,20 @@ static const uint32_t K[64] = {
 };
 
 static inline uint32_t ror(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-static inline uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
-static inline void put_be32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v; }
+static inline uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
 
-static void blocks_portable(uint32_t s[8], const uint8_t *p, size_t n) {
+static void blocks_portable(uint32_t s[8], const uint8_t *p, size_t n)
+{
     for (; n > 0; n--, p += 64) {
         uint32_t w[64];
         for (int i = 0; i < 16; i++) w[i] = be32(p + 4 * i);
@@ -33,17 +43,31 @@ static void blocks_portable(uint32_t s[8], const uint8_t *p, size_t n) {
         for (int i = 0; i < 64; i++) {
             uint32_t t1 = h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i];
             uint32_t t2 = (ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-            h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+            h = g;
+            g = f;
+            f = e;
+            e = d + t1;
+            d = c;
+            c = b;
+            b = a;
+            a = t1 + t2;
         }
-        s[0] += a; s[1] += b; s[2] += c; s[3] += d; s[4] += e; s[5] += f; s[6] += g; s[7] += h;
+        s[0] += a;
+        s[1] += b;
+        s[2] += c;
+        s[3] += d;
+        s[4] += e;
+        s[5] += f;
+        s[6] += g;
+        s[7] += h;
     }
 }
 
 #if defined(__x86_64__)
 // The SHA extensions work on the state as two halves, ABEF and CDGH, four rounds per pair of
 // sha256rnds2; the message schedule's sigma terms come from sha256msg1/sha256msg2.
-__attribute__((target("sha,sse4.1,ssse3")))
-static void blocks_shani(uint32_t s[8], const uint8_t *p, size_t n) {
+__attribute__((target("sha,sse4.1,ssse3"))) static void blocks_shani(uint32_t s[8], const uint8_t *p, size_t n)
+{
     const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
     __m128i dcba = _mm_loadu_si128((const __m128i *)&s[0]);
     __m128i hgfe = _mm_loadu_si128((const __m128i *)&s[4]);
@@ -77,7 +101,8 @@ static void blocks_shani(uint32_t s[8], const uint8_t *p, size_t n) {
     _mm_storeu_si128((__m128i *)&s[4], _mm_alignr_epi8(dchg, feba, 8));
 }
 
-static int have_shani(void) {
+static int have_shani(void)
+{
     static int cached = -1;
     if (cached < 0) {
         unsigned a, b, c, d;
@@ -92,14 +117,19 @@ static int have_shani(void) {
 static int force_portable;
 void csha256_force_portable(int on) { __atomic_store_n(&force_portable, on, __ATOMIC_RELAXED); }
 
-static void blocks(uint32_t s[8], const uint8_t *p, size_t n) {
+static void blocks(uint32_t s[8], const uint8_t *p, size_t n)
+{
 #if defined(__x86_64__)
-    if (have_shani() && !__atomic_load_n(&force_portable, __ATOMIC_RELAXED)) { blocks_shani(s, p, n); return; }
+    if (have_shani() && !__atomic_load_n(&force_portable, __ATOMIC_RELAXED)) {
+        blocks_shani(s, p, n);
+        return;
+    }
 #endif
     blocks_portable(s, p, n);
 }
 
-int csha256_uses_sha_extensions(void) {
+int csha256_uses_sha_extensions(void)
+{
 #if defined(__x86_64__)
     return have_shani();
 #else
@@ -107,14 +137,17 @@ int csha256_uses_sha_extensions(void) {
 #endif
 }
 
-void csha256_init(csha256_ctx *c) {
-    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+void csha256_init(csha256_ctx *c)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
     memcpy(c->h, iv, sizeof iv);
     c->length = 0;
     c->used = 0;
 }
 
-int csha256_resume(csha256_ctx *c, const uint8_t state[32], uint64_t length) {
+int csha256_resume(csha256_ctx *c, const uint8_t state[32], uint64_t length)
+{
     if (length % 64) return -1;
     for (int i = 0; i < 8; i++) c->h[i] = be32(state + 4 * i);
     c->length = length;
@@ -122,28 +155,40 @@ int csha256_resume(csha256_ctx *c, const uint8_t state[32], uint64_t length) {
     return 0;
 }
 
-void csha256_update(csha256_ctx *c, const void *data, size_t len) {
+void csha256_update(csha256_ctx *c, const void *data, size_t len)
+{
     const uint8_t *p = data;
     c->length += len;
     if (c->used) {
         size_t take = 64 - c->used < len ? 64 - c->used : len;
         memcpy(c->buf + c->used, p, take);
-        c->used += (uint32_t)take; p += take; len -= take;
+        c->used += (uint32_t)take;
+        p += take;
+        len -= take;
         if (c->used < 64) return;
         blocks(c->h, c->buf, 1);
         c->used = 0;
     }
-    if (len >= 64) { blocks(c->h, p, len / 64); p += len & ~(size_t)63; len &= 63; }
-    if (len) { memcpy(c->buf, p, len); c->used = (uint32_t)len; }
+    if (len >= 64) {
+        blocks(c->h, p, len / 64);
+        p += len & ~(size_t)63;
+        len &= 63;
+    }
+    if (len) {
+        memcpy(c->buf, p, len);
+        c->used = (uint32_t)len;
+    }
 }
 
-int csha256_state(const csha256_ctx *c, uint8_t out[32]) {
+int csha256_state(const csha256_ctx *c, uint8_t out[32])
+{
     if (c->used) return -1;
     for (int i = 0; i < 8; i++) put_be32(out + 4 * i, c->h[i]);
     return 0;
 }
 
-void csha256_final(csha256_ctx *c, uint8_t out[32]) {
+void csha256_final(csha256_ctx *c, uint8_t out[32])
+{
     uint64_t bits = c->length * 8;
     uint8_t pad[72] = {0x80};
     size_t padlen = (c->used < 56 ? 56 : 120) - c->used;

@@ -104,7 +104,8 @@ public struct BlobStore: Sendable {
         for n in names {
             let p = tmp + "/" + n
             if let a = try? FileManager.default.attributesOfItem(atPath: p), let m = a[.modificationDate] as? Date,
-               Date().timeIntervalSince(m) > seconds {
+                Date().timeIntervalSince(m) > seconds
+            {
                 Files.remove(p)
             }
         }

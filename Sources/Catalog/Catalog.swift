@@ -41,28 +41,29 @@ public final class Catalog: @unchecked Sendable {
     static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()
         m.registerMigration("v1") { db in
-            try db.execute(sql: """
-                CREATE TABLE image (
-                  id INTEGER PRIMARY KEY,
-                  name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL,
-                  record TEXT NOT NULL,           -- the ImageRecord as JSON
-                  created REAL NOT NULL,
-                  UNIQUE(name, version));
-                CREATE INDEX image_digest ON image(digest);
-                CREATE TABLE artefact (
-                  image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
-                  role TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
-                  PRIMARY KEY(image_id, role));
-                CREATE TABLE tag (
-                  name TEXT NOT NULL, tag TEXT NOT NULL,
-                  image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
-                  PRIMARY KEY(name, tag));
-                -- Who is using an image now: a guest (holder) and the process that keeps it alive.
-                CREATE TABLE lease (
-                  holder TEXT PRIMARY KEY,
-                  image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
-                  pid INTEGER NOT NULL, pid_start INTEGER NOT NULL, since REAL NOT NULL);
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE image (
+                      id INTEGER PRIMARY KEY,
+                      name TEXT NOT NULL, version TEXT NOT NULL, digest TEXT NOT NULL,
+                      record TEXT NOT NULL,           -- the ImageRecord as JSON
+                      created REAL NOT NULL,
+                      UNIQUE(name, version));
+                    CREATE INDEX image_digest ON image(digest);
+                    CREATE TABLE artefact (
+                      image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
+                      role TEXT NOT NULL, digest TEXT NOT NULL, size INTEGER NOT NULL,
+                      PRIMARY KEY(image_id, role));
+                    CREATE TABLE tag (
+                      name TEXT NOT NULL, tag TEXT NOT NULL,
+                      image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
+                      PRIMARY KEY(name, tag));
+                    -- Who is using an image now: a guest (holder) and the process that keeps it alive.
+                    CREATE TABLE lease (
+                      holder TEXT PRIMARY KEY,
+                      image_id INTEGER NOT NULL REFERENCES image(id) ON DELETE CASCADE,
+                      pid INTEGER NOT NULL, pid_start INTEGER NOT NULL, since REAL NOT NULL);
+                    """)
         }
         return m
     }
@@ -101,10 +102,12 @@ public final class Catalog: @unchecked Sendable {
         case .nameVersion(let n, let v):
             rows = try Row.fetchAll(db, sql: "SELECT id, record FROM image WHERE name = ? AND version = ?", arguments: [n, v])
             if rows.isEmpty {
-                rows = try Row.fetchAll(db, sql: """
-                    SELECT image.id, image.record FROM image JOIN tag ON tag.image_id = image.id
-                    WHERE tag.name = ? AND tag.tag = ?
-                    """, arguments: [n, v])
+                rows = try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT image.id, image.record FROM image JOIN tag ON tag.image_id = image.id
+                        WHERE tag.name = ? AND tag.tag = ?
+                        """, arguments: [n, v])
             }
         case .digest(let h):
             rows = try Row.fetchAll(db, sql: "SELECT id, record FROM image WHERE digest LIKE ?", arguments: ["sha256:\(h)%"])
@@ -129,8 +132,10 @@ public final class Catalog: @unchecked Sendable {
             throw CatalogError.blobMissing(digest: a.digest, path: blobs.path(of: a.digest))
         }
         return try db.write { db in
-            if let row = try Row.fetchOne(db, sql: "SELECT digest FROM image WHERE name = ? AND version = ?",
-                                          arguments: [record.name, record.version]) {
+            if let row = try Row.fetchOne(
+                db, sql: "SELECT digest FROM image WHERE name = ? AND version = ?",
+                arguments: [record.name, record.version])
+            {
                 let existing: String = row["digest"]
                 if existing == record.digest { return false }
                 throw CatalogError.versionConflict(name: record.name, version: record.version, existing: existing, new: record.digest)
@@ -138,12 +143,14 @@ public final class Catalog: @unchecked Sendable {
             var stored = record
             stored.tags = []
             let json = String(decoding: try Self.encoder.encode(stored), as: UTF8.self)
-            try db.execute(sql: "INSERT INTO image (name, version, digest, record, created) VALUES (?, ?, ?, ?, ?)",
-                           arguments: [record.name, record.version, record.digest, json, record.created.timeIntervalSince1970])
+            try db.execute(
+                sql: "INSERT INTO image (name, version, digest, record, created) VALUES (?, ?, ?, ?, ?)",
+                arguments: [record.name, record.version, record.digest, json, record.created.timeIntervalSince1970])
             let id = db.lastInsertedRowID
             for a in record.artefacts {
-                try db.execute(sql: "INSERT INTO artefact (image_id, role, digest, size) VALUES (?, ?, ?, ?)",
-                               arguments: [id, a.role, a.digest, a.size])
+                try db.execute(
+                    sql: "INSERT INTO artefact (image_id, role, digest, size) VALUES (?, ?, ?, ?)",
+                    arguments: [id, a.role, a.digest, a.size])
             }
             for t in record.tags { try setTag(db, name: record.name, tag: t, id: id) }
             return true
@@ -157,8 +164,9 @@ public final class Catalog: @unchecked Sendable {
     }
 
     func setTag(_ db: Database, name: String, tag: String, id: Int64) throws {
-        try db.execute(sql: "INSERT INTO tag (name, tag, image_id) VALUES (?, ?, ?) ON CONFLICT(name, tag) DO UPDATE SET image_id = excluded.image_id",
-                       arguments: [name, tag, id])
+        try db.execute(
+            sql: "INSERT INTO tag (name, tag, image_id) VALUES (?, ?, ?) ON CONFLICT(name, tag) DO UPDATE SET image_id = excluded.image_id",
+            arguments: [name, tag, id])
     }
 
     /// Points NAME:TAG at the image (moving the tag if another version had it).
@@ -213,12 +221,16 @@ public final class Catalog: @unchecked Sendable {
     /// Records that `holder` (a guest) uses the image until `pid` (the process keeping it) exits.
     public func lease(_ record: ImageRecord, holder: String, pid: Int32) throws {
         try db.write { db in
-            guard let id = try Int64.fetchOne(db, sql: "SELECT id FROM image WHERE digest = ? AND name = ? AND version = ?",
-                                              arguments: [record.digest, record.name, record.version]) else {
+            guard
+                let id = try Int64.fetchOne(
+                    db, sql: "SELECT id FROM image WHERE digest = ? AND name = ? AND version = ?",
+                    arguments: [record.digest, record.name, record.version])
+            else {
                 throw CatalogError.noSuchImage(record.label, known: [])
             }
-            try db.execute(sql: "INSERT OR REPLACE INTO lease (holder, image_id, pid, pid_start, since) VALUES (?, ?, ?, ?, ?)",
-                           arguments: [holder, id, pid, ProcessIdentity.startTime(of: pid) ?? 0, Date().timeIntervalSince1970])
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO lease (holder, image_id, pid, pid_start, since) VALUES (?, ?, ?, ?, ?)",
+                arguments: [holder, id, pid, ProcessIdentity.startTime(of: pid) ?? 0, Date().timeIntervalSince1970])
         }
     }
 
@@ -231,8 +243,11 @@ public final class Catalog: @unchecked Sendable {
         var live: [String] = []
         for row in try Row.fetchAll(db, sql: "SELECT holder, pid, pid_start FROM lease WHERE image_id = ?", arguments: [imageID]) {
             let holder: String = row["holder"], pid: Int32 = row["pid"], start: Int64 = row["pid_start"]
-            if ProcessIdentity.isAlive(pid: pid, start: start) { live.append(holder) }
-            else { try db.execute(sql: "DELETE FROM lease WHERE holder = ?", arguments: [holder]) }
+            if ProcessIdentity.isAlive(pid: pid, start: start) {
+                live.append(holder)
+            } else {
+                try db.execute(sql: "DELETE FROM lease WHERE holder = ?", arguments: [holder])
+            }
         }
         return live
     }

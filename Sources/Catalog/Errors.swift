@@ -16,7 +16,9 @@ public enum CatalogError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case .noSuchImage(let r, let known):
-            let k = known.isEmpty ? "the catalog is empty (add one with `slurm-vm image build` or `image add`)"
+            let k =
+                known.isEmpty
+                ? "the catalog is empty (add one with `slurm-vm image build` or `image add`)"
                 : "known images: " + known.joined(separator: ", ")
             return "no image '\(r)' in the catalog; \(k)"
         case .ambiguous(let r, let c):
@@ -24,12 +26,14 @@ public enum CatalogError: Error, CustomStringConvertible, Equatable {
         case .invalidName(let n, let reason): return "invalid name '\(n)': \(reason)"
         case .exists(let n): return "\(n) is already in the catalog"
         case .versionConflict(let n, let v, let old, let new):
-            return "image \(n):\(v) already exists with digest \(old), and this one is \(new); bump the version (recipe `version`, or --version) or remove the old one first"
+            return
+                "image \(n):\(v) already exists with digest \(old), and this one is \(new); bump the version (recipe `version`, or --version) or remove the old one first"
         case .inUse(let n, let holders):
             return "image \(n) is in use by \(holders.joined(separator: ", ")); stop those guests first, or pass --force"
         case .blobMissing(let d, let p): return "blob \(d) is missing (\(p)); the catalog is damaged: re-import the image"
         case .blobCorrupt(let d, let p, let a):
-            return "blob \(p) no longer matches its digest \(d) (its bytes hash to \(a)); refusing to use it: re-import the image, then run `slurm-vm image gc`"
+            return
+                "blob \(p) no longer matches its digest \(d) (its bytes hash to \(a)); refusing to use it: re-import the image, then run `slurm-vm image gc`"
         case .invalidAttribute(let a, let r): return "attribute \(a): \(r)"
         case .protectedAttribute(let a): return "attribute \(a) is derived from the image's contents and cannot be set"
         case .badArtefact(let r): return r

@@ -36,8 +36,10 @@ public struct ImageRecord: Codable, Sendable, Equatable {
     public var created: Date
     public var source: String
 
-    public init(name: String, version: String, artefacts: [Artefact], cmdline: String, derived: [Attribute],
-                admin: [Attribute] = [], tags: [String] = [], created: Date = Date(), source: String) {
+    public init(
+        name: String, version: String, artefacts: [Artefact], cmdline: String, derived: [Attribute],
+        admin: [Attribute] = [], tags: [String] = [], created: Date = Date(), source: String
+    ) {
         self.name = name; self.version = version
         self.artefacts = artefacts.sorted { $0.role < $1.role }
         self.cmdline = cmdline
@@ -59,8 +61,10 @@ public struct ImageRecord: Codable, Sendable, Equatable {
     public var totalSize: Int64 { artefacts.reduce(0) { $0 + $1.size } }
 
     /// Attributes that describe the contents; an admin cannot change them.
-    public static let protected: Set<String> = ["name", "version", "digest", "sizemb", "arch", "os", "osversion",
-        "kernelversion", "kernelrelease", "libraries", "packages", "tags"]
+    public static let protected: Set<String> = [
+        "name", "version", "digest", "sizemb", "arch", "os", "osversion",
+        "kernelversion", "kernelrelease", "libraries", "packages", "tags",
+    ]
 
     /// The image's ClassAd: identity, derived attributes, admin attributes (which override), tags, and
     /// Requirements/Rank defaulting to true/0.
@@ -73,8 +77,9 @@ public struct ImageRecord: Codable, Sendable, Equatable {
         ad.insert("Requirements", .boolean(true))
         ad.insert("Rank", .integer(0))
         for a in derived + admin {
-            do { ad.insert(a.name, try Parser.parseExpression(a.expr)) }
-            catch { throw CatalogError.invalidAttribute(a.name, reason: "stored expression does not parse: \(error)") }
+            do { ad.insert(a.name, try Parser.parseExpression(a.expr)) } catch {
+                throw CatalogError.invalidAttribute(a.name, reason: "stored expression does not parse: \(error)")
+            }
         }
         ad.insert("Tags", .list(ListValue(values: tags.map { Value.string($0) })))
         return ad
@@ -95,12 +100,12 @@ public struct ImageRecord: Codable, Sendable, Equatable {
     /// Validates `name = expr` as an admin attribute.
     public static func adminAttribute(_ name: String, _ expr: String) throws(CatalogError) -> Attribute {
         guard let f = name.first, f.isLetter || f == "_",
-              name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }), name.count <= 64 else {
+            name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }), name.count <= 64
+        else {
             throw .invalidAttribute(name, reason: "an attribute name is a letter or _ followed by letters, digits or _")
         }
         if protected.contains(name.lowercased()) { throw .protectedAttribute(name) }
-        do { _ = try Parser.parseExpression(expr) }
-        catch { throw .invalidAttribute(name, reason: "not a valid ClassAd expression: \(error)") }
+        do { _ = try Parser.parseExpression(expr) } catch { throw .invalidAttribute(name, reason: "not a valid ClassAd expression: \(error)") }
         return Attribute(name, expr)
     }
 }

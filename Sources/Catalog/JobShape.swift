@@ -53,9 +53,11 @@ extension JobShape {
     public static let environmentNames: [String: [String: String]] = [
         "sbatch": ["SBATCH_EXCLUSIVE": "exclusive"],
         "salloc": ["SALLOC_EXCLUSIVE": "exclusive"],
-        "srun": ["SLURM_NNODES": "nodes", "SLURM_NTASKS": "ntasks", "SLURM_NPROCS": "ntasks",
-                 "SLURM_NTASKS_PER_NODE": "ntasks-per-node", "SLURM_CPUS_PER_TASK": "cpus-per-task",
-                 "SLURM_EXCLUSIVE": "exclusive"],
+        "srun": [
+            "SLURM_NNODES": "nodes", "SLURM_NTASKS": "ntasks", "SLURM_NPROCS": "ntasks",
+            "SLURM_NTASKS_PER_NODE": "ntasks-per-node", "SLURM_CPUS_PER_TASK": "cpus-per-task",
+            "SLURM_EXCLUSIVE": "exclusive",
+        ],
     ]
 
     /// The shape of a job as `command` asks for it.
@@ -103,7 +105,7 @@ extension JobShape {
         while i < words.count {
             let w = words[i]
             i += 1
-            if w == "--" || !w.hasPrefix("-") || w == "-" { return }   // the script or command starts here
+            if w == "--" || !w.hasPrefix("-") || w == "-" { return }  // the script or command starts here
             if w.hasPrefix("--") {
                 let body = w.dropFirst(2)
                 let name = String(body.prefix { $0 != "=" })

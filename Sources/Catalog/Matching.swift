@@ -74,8 +74,9 @@ extension Catalog {
         guard let best = matches.first else {
             return refuse("no guest image matches this request" + (why.map { $0.isEmpty ? "" : "\n" + $0 } ?? ""), ad: job, explanation: why)
         }
-        let accepted = AcceptedRequest(request: s.request, sizing: sizing, memoryMB: s.request.memoryMB ?? best.minMemoryMB,
-                                       image: best.digest, imageLabel: best.label)
+        let accepted = AcceptedRequest(
+            request: s.request, sizing: sizing, memoryMB: s.request.memoryMB ?? best.minMemoryMB,
+            image: best.digest, imageLabel: best.label)
         return CatalogMatch(jobAd: job, matches: matches, accepted: accepted, refusal: nil, explanation: why)
     }
 }

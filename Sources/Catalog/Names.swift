@@ -21,8 +21,8 @@ public enum Names {
 /// or a digest (sha256:HEX or a unique prefix of at least 8 hex digits).
 public enum ImageReference: Equatable, Sendable, CustomStringConvertible {
     case name(String)
-    case nameVersion(String, String)   // the second part is a version or a tag
-    case digest(String)                // hex digits, possibly a prefix
+    case nameVersion(String, String)  // the second part is a version or a tag
+    case digest(String)  // hex digits, possibly a prefix
 
     public init(_ text: String) throws(CatalogError) {
         if text.hasPrefix("sha256:") {

@@ -30,7 +30,8 @@ public struct Sizing: Codable, Sendable, Equatable {
 
     /// Where the vCPU count came from, for messages.
     public var vcpusOrigin: String {
-        vcpusGiven ? "--vm-vcpus=\(vcpus)"
+        vcpusGiven
+            ? "--vm-vcpus=\(vcpus)"
             : "\(vcpus) vCPU\(vcpus == 1 ? "" : "s") per guest (the job's \(coresPerNode) core\(coresPerNode == 1 ? "" : "s") per node over \(guestsPerNode) guest\(guestsPerNode == 1 ? "" : "s") per node; set --vm-vcpus or --vm-count to change it)"
     }
 }
@@ -43,20 +44,32 @@ extension VMRequest {
         // Nodes: as asked; else as many as the tasks need when the largest node is known; else one.
         var nodes = shape.nodes ?? 1
         if shape.nodes == nil, let t = shape.tasks {
-            if let tpn = shape.tasksPerNode { nodes = (t + tpn - 1) / tpn }
-            else if let n = nodeCPUs, n.largest > 0 { nodes = max(1, (t * cpusPerTask + n.largest - 1) / n.largest) }
+            if let tpn = shape.tasksPerNode {
+                nodes = (t + tpn - 1) / tpn
+            } else if let n = nodeCPUs, n.largest > 0 {
+                nodes = max(1, (t * cpusPerTask + n.largest - 1) / n.largest)
+            }
         }
         // Cores per node: whole nodes; else the tasks per node (an even share of -n, rounded down, is
         // what every node gets at least); else Slurm's default of one task per node.
         let coresPerNode: Int
-        if shape.exclusive, let n = nodeCPUs { coresPerNode = n.smallest }
-        else if let tpn = shape.tasksPerNode { coresPerNode = tpn * cpusPerTask }
-        else if let t = shape.tasks { coresPerNode = max(1, t / nodes) * cpusPerTask }
-        else { coresPerNode = cpusPerTask }
+        if shape.exclusive, let n = nodeCPUs {
+            coresPerNode = n.smallest
+        } else if let tpn = shape.tasksPerNode {
+            coresPerNode = tpn * cpusPerTask
+        } else if let t = shape.tasks {
+            coresPerNode = max(1, t / nodes) * cpusPerTask
+        } else {
+            coresPerNode = cpusPerTask
+        }
 
         let guests = count ?? nodes
         if guests < nodes {
-            throw Invalid(option: "--vm-count", reason: "\(guests) is fewer than the job's \(nodes) nodes; every node needs at least one guest (ask for -N\(guests) or --vm-count=\(nodes) or more)")
+            throw Invalid(
+                option: "--vm-count",
+                reason:
+                    "\(guests) is fewer than the job's \(nodes) nodes; every node needs at least one guest (ask for -N\(guests) or --vm-count=\(nodes) or more)"
+            )
         }
         let perNode = (guests + nodes - 1) / nodes
         let derived = max(1, coresPerNode / perNode)
@@ -66,10 +79,16 @@ extension VMRequest {
         }
         if let n = nodeCPUs, n.largest > 0 {
             if s.vcpus > n.largest {
-                throw Invalid(option: "--vm-vcpus", reason: "\(s.vcpus) vCPUs per guest is more than the largest node has (\(n.largest) CPUs); each vCPU needs a core of its own")
+                throw Invalid(
+                    option: "--vm-vcpus",
+                    reason: "\(s.vcpus) vCPUs per guest is more than the largest node has (\(n.largest) CPUs); each vCPU needs a core of its own")
             }
             if shape.nodes != nil, perNode * s.vcpus > n.largest {
-                throw Invalid(option: "--vm-count", reason: "\(guests) guests on \(nodes) node\(nodes == 1 ? "" : "s") put \(perNode) guests × \(s.vcpus) vCPU\(s.vcpus == 1 ? "" : "s") on a node, and the largest has \(n.largest) CPUs; each vCPU needs a core of its own (ask for more nodes, fewer guests or fewer vCPUs)")
+                throw Invalid(
+                    option: "--vm-count",
+                    reason:
+                        "\(guests) guests on \(nodes) node\(nodes == 1 ? "" : "s") put \(perNode) guests × \(s.vcpus) vCPU\(s.vcpus == 1 ? "" : "s") on a node, and the largest has \(n.largest) CPUs; each vCPU needs a core of its own (ask for more nodes, fewer guests or fewer vCPUs)"
+                )
             }
         }
         return s

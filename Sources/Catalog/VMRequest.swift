@@ -25,8 +25,10 @@ public struct VMRequest: Codable, Sendable, Equatable {
     public var requirements: String?
     public var rank: String?
 
-    public init(count: Int? = nil, vcpus: Int? = nil, memoryMB: Int? = nil, os: String? = nil, kernel: String? = nil,
-                libs: [String] = [], image: String? = nil, requirements: String? = nil, rank: String? = nil) {
+    public init(
+        count: Int? = nil, vcpus: Int? = nil, memoryMB: Int? = nil, os: String? = nil, kernel: String? = nil,
+        libs: [String] = [], image: String? = nil, requirements: String? = nil, rank: String? = nil
+    ) {
         self.count = count; self.vcpus = vcpus; self.memoryMB = memoryMB; self.os = os; self.kernel = kernel
         self.libs = libs; self.image = image; self.requirements = requirements; self.rank = rank
     }
@@ -35,7 +37,7 @@ public struct VMRequest: Codable, Sendable, Equatable {
     /// The most vCPUs a guest can have on every backend: x86 xAPIC ids are 8 bits and 255 is the
     /// broadcast id. The one ceiling of the request; images may set a lower MaxVCPUs.
     public static let maxVCPUs = 254
-    public static let maxMemoryMB = 16 << 20   // 16 TiB
+    public static let maxMemoryMB = 16 << 20  // 16 TiB
 
     public struct Invalid: Error, CustomStringConvertible, Equatable {
         public let option: String
@@ -252,7 +254,9 @@ extension VMRequest {
         case ">": return "versionGT(\(target), \(mine))"
         case "<=": return "versionLE(\(target), \(mine))"
         case "<": return "versionLT(\(target), \(mine))"
-        default: return "(\(target) == \(mine) || substr(\(target), 0, size(\(mine)) + 1) == strcat(\(mine), \".\") || substr(\(target), 0, size(\(mine)) + 1) == strcat(\(mine), \"-\"))"
+        default:
+            return
+                "(\(target) == \(mine) || substr(\(target), 0, size(\(mine)) + 1) == strcat(\(mine), \".\") || substr(\(target), 0, size(\(mine)) + 1) == strcat(\(mine), \"-\"))"
         }
     }
 }

@@ -32,8 +32,8 @@ public final class BatchMatcher {
     enum Code: UInt8 { case f = 0, t = 1, u = 2, e = 3, other = 4, unknown = 255 }
 
     struct SideClauses {
-        var ids: [Int32]          // interned clause ids, in order
-        var exprs: [Expr]         // the original conjuncts (evaluated in the real context on a miss)
+        var ids: [Int32]  // interned clause ids, in order
+        var exprs: [Expr]  // the original conjuncts (evaluated in the real context on a miss)
         var hasRequirements: Bool
     }
 
@@ -76,7 +76,11 @@ public final class BatchMatcher {
                 imageNameSet.append(-1)
             } else {
                 let sorted = mine.sorted()
-                let idx = setIndex[sorted] ?? { nameSets.append(sorted.map(AttrName.init)); setIndex[sorted] = nameSets.count - 1; return nameSets.count - 1 }()
+                let idx =
+                    setIndex[sorted]
+                    ?? {
+                        nameSets.append(sorted.map(AttrName.init)); setIndex[sorted] = nameSets.count - 1; return nameSets.count - 1
+                    }()
                 imageNameSet.append(idx)
             }
         }
@@ -85,9 +89,11 @@ public final class BatchMatcher {
     // MARK: analysis
 
     /// Names that denote a whole ad (or the match record) rather than one attribute.
-    static let scopeNames: Set<String> = ["my", "self", "target", "other", "ad", "left", "right", "lctx", "rctx",
-                                          "root", "toplevel", "parent", "symmetricmatch", "leftmatchesright",
-                                          "rightmatchesleft", "leftrankvalue", "rightrankvalue"]
+    static let scopeNames: Set<String> = [
+        "my", "self", "target", "other", "ad", "left", "right", "lctx", "rctx",
+        "root", "toplevel", "parent", "symmetricmatch", "leftmatchesright",
+        "rightmatchesleft", "leftrankvalue", "rightrankvalue",
+    ]
 
     /// Every attribute name an expression mentions; `whole` is set when it can see a whole ad (a bare
     /// `TARGET`, eval(), unparse(), a computed subscript, an absolute reference).
@@ -120,7 +126,10 @@ public final class BatchMatcher {
     }
 
     static func isPlain(_ v: Value) -> Bool {
-        switch v { case .list, .classad: return false; default: return true }
+        switch v {
+        case .list, .classad: return false;
+        default: return true
+        }
     }
 
     /// A plain literal attribute of `ad` (what can be substituted into a clause).
@@ -186,7 +195,11 @@ public final class BatchMatcher {
         case .f: return .f
         case .t: return b == .other ? .e : b
         case .u:
-            switch b { case .t, .u: return .u; case .f: return .f; default: return .e }
+            switch b {
+            case .t, .u: return .u;
+            case .f: return .f;
+            default: return .e
+            }
         default: return .e
         }
     }
@@ -243,7 +256,9 @@ public final class BatchMatcher {
                 }
             }
             jobSide.append(side)
-            jobRankIds.append(job.lookup("Rank").map { BatchMatcher.intern($0, own: job, ownIndex: c, table: &jobClauseTable, partnerComputed: imageComputedNames) })
+            jobRankIds.append(
+                job.lookup("Rank").map { BatchMatcher.intern($0, own: job, ownIndex: c, table: &jobClauseTable, partnerComputed: imageComputedNames) }
+            )
         }
         let nImages = images.count
         let nClusters = reps.count
@@ -399,8 +414,9 @@ public final class BatchMatcher {
             bestPerJob[j] = clusterBest[clusterOf[j]]
             pairs += clusterMatches[clusterOf[j]]
         }
-        return BatchResult(best: bestPerJob, matchingPairs: pairs, clusters: nClusters, jobClauses: nJobClauses,
-                           imageClauses: nImageClauses, evaluations: evaluations)
+        return BatchResult(
+            best: bestPerJob, matchingPairs: pairs, clusters: nClusters, jobClauses: nJobClauses,
+            imageClauses: nImageClauses, evaluations: evaluations)
     }
 
     /// The autocluster key: every job attribute that any evaluation of this job against these images can reach.

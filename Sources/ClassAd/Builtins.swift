@@ -18,14 +18,54 @@ public enum Builtins {
         // type predicates
         let predicates: [(String, @Sendable (Value) -> Bool)] = [
             ("isundefined", { @Sendable v in v.isUndefined }), ("iserror", { @Sendable v in v.isError }),
-            ("isstring", { @Sendable v in if case .string = v { return true }; return false }),
-            ("isinteger", { @Sendable v in if case .integer = v { return true }; return false }),
-            ("isreal", { @Sendable v in if case .real = v { return true }; return false }),
-            ("islist", { @Sendable v in if case .list = v { return true }; return false }),
-            ("isclassad", { @Sendable v in if case .classad = v { return true }; return false }),
-            ("isboolean", { @Sendable v in if case .boolean = v { return true }; return false }),
-            ("isabstime", { @Sendable v in if case .absTime = v { return true }; return false }),
-            ("isreltime", { @Sendable v in if case .relTime = v { return true }; return false }),
+            (
+                "isstring",
+                { @Sendable v in
+                    if case .string = v { return true }; return false
+                }
+            ),
+            (
+                "isinteger",
+                { @Sendable v in
+                    if case .integer = v { return true }; return false
+                }
+            ),
+            (
+                "isreal",
+                { @Sendable v in
+                    if case .real = v { return true }; return false
+                }
+            ),
+            (
+                "islist",
+                { @Sendable v in
+                    if case .list = v { return true }; return false
+                }
+            ),
+            (
+                "isclassad",
+                { @Sendable v in
+                    if case .classad = v { return true }; return false
+                }
+            ),
+            (
+                "isboolean",
+                { @Sendable v in
+                    if case .boolean = v { return true }; return false
+                }
+            ),
+            (
+                "isabstime",
+                { @Sendable v in
+                    if case .absTime = v { return true }; return false
+                }
+            ),
+            (
+                "isreltime",
+                { @Sendable v in
+                    if case .relTime = v { return true }; return false
+                }
+            ),
         ]
         for (n, pred) in predicates {
             t[n] = { _, a, st throws in
@@ -141,7 +181,10 @@ public enum Builtins {
         let listV = try ev(a[1], &st)
         if listV.isUndefined || (!identical && item.isUndefined) { return .undefined }
         guard case .list(let l) = listV else { return .error }
-        switch item { case .list, .classad: return .error; default: break }
+        switch item {
+        case .list, .classad: return .error;
+        default: break
+        }
         if !identical && item.isError { return .error }
         for e in l.items {
             let v = try ev(e, &st)
@@ -208,8 +251,10 @@ public enum Builtins {
         let opV = try ev(a[0], &st)
         if opV.isUndefined { return .undefined }
         guard case .string(let s) = opV else { return .error }
-        let ops: [String: BinaryOp] = ["<": .lessThan, "<=": .lessOrEqual, "!=": .notEqual, "==": .equal,
-                                       ">": .greaterThan, ">=": .greaterOrEqual, "is": .metaEqual, "isnt": .metaNotEqual]
+        let ops: [String: BinaryOp] = [
+            "<": .lessThan, "<=": .lessOrEqual, "!=": .notEqual, "==": .equal,
+            ">": .greaterThan, ">=": .greaterOrEqual, "is": .metaEqual, "isnt": .metaNotEqual,
+        ]
         guard let op = ops[s.description] else { return .error }
         let listV = try ev(a[1], &st)
         if listV.isUndefined { return .undefined }
@@ -399,8 +444,11 @@ public enum Builtins {
         guard case .string(let pat) = p, case .string(let tgt) = t, case .string(let rep) = r else { return .error }
         let opts = ob.b + extra
         let full = opts.contains(UInt8(ascii: "f")), global = opts.contains(UInt8(ascii: "g"))
-        guard let out = RegexEngine.substitute(pat.cString, tgt.cString, rep.cString, options: RegexEngine.options(opts),
-                                               fullTarget: full, global: global) else { return .error }
+        guard
+            let out = RegexEngine.substitute(
+                pat.cString, tgt.cString, rep.cString, options: RegexEngine.options(opts),
+                fullTarget: full, global: global)
+        else { return .error }
         return .string(Bytes(out))
     }
 
@@ -605,10 +653,15 @@ public enum Builtins {
         let hours = tot / 3600; tot %= 3600
         let mins = tot / 60, secs = tot % 60
         let s: String
-        if days != 0 { s = String(format: "%d+%02d:%02d:%02d", days, abs(hours), abs(mins), abs(secs)) }
-        else if hours != 0 { s = String(format: "%d:%02d:%02d", hours, abs(mins), abs(secs)) }
-        else if mins != 0 { s = String(format: "%d:%02d", mins, abs(secs)) }
-        else { s = String(secs) }
+        if days != 0 {
+            s = String(format: "%d+%02d:%02d:%02d", days, abs(hours), abs(mins), abs(secs))
+        } else if hours != 0 {
+            s = String(format: "%d:%02d:%02d", hours, abs(mins), abs(secs))
+        } else if mins != 0 {
+            s = String(format: "%d:%02d", mins, abs(secs))
+        } else {
+            s = String(secs)
+        }
         return .string(Bytes(s))
     }
 
@@ -668,7 +721,9 @@ public enum Builtins {
             var buf = item + [0]
             var x = 0.0
             let n = buf.withUnsafeMutableBufferPointer { p -> Int32 in
-                withVaList([withUnsafeMutablePointer(to: &x) { $0 }]) { vsscanf(UnsafeRawPointer(p.baseAddress!).assumingMemoryBound(to: CChar.self), "%lf", $0) }
+                withVaList([withUnsafeMutablePointer(to: &x) { $0 }]) {
+                    vsscanf(UnsafeRawPointer(p.baseAddress!).assumingMemoryBound(to: CChar.self), "%lf", $0)
+                }
             }
             if n != 1 { return .error }
             if !item.allSatisfy({ "+-0123456789".utf8.contains($0) }) { isReal = true }
@@ -746,7 +801,7 @@ public enum Builtins {
         let str = sb.cString, seps = sepb.cString
         var out: [Value] = []
         var last = 0
-        var prevSep: Int = -1   // the last non-space separator seen
+        var prevSep: Int = -1  // the last non-space separator seen
         if !seps.isEmpty {
             var ix = str.indices.first { seps.contains(str[$0]) } ?? str.count
             while ix < str.count {

@@ -4,10 +4,10 @@
 
 public struct Explanation: Sendable {
     public struct Clause: Sendable {
-        public let side: String        // "job" or "image"
+        public let side: String  // "job" or "image"
         public let text: String
-        public let rulesOut: Int        // images for which this clause is not true
-        public let appliesTo: Int       // images that have this clause (all, for job clauses)
+        public let rulesOut: Int  // images for which this clause is not true
+        public let appliesTo: Int  // images that have this clause (all, for job clauses)
     }
     public let clauses: [Clause]
     public let suggestions: [String]
@@ -48,7 +48,7 @@ public struct Explainer {
         var imageClauses: [(text: String, out: Int, has: Int)] = []
         var failing: [(image: Int, job: [Int], img: [String])] = []
         var matches = 0
-        var hints: [Int: [Int: String]] = [:]   // image → job clause → numeric hint, computed while bound
+        var hints: [Int: [Int: String]] = [:]  // image → job clause → numeric hint, computed while bound
         for (i, image) in images.enumerated() {
             let ctx = MatchContext(left: job, right: image)
             defer { ctx.release() }
@@ -62,14 +62,20 @@ public struct Explainer {
             var imf: [String] = []
             for c in image.lookup("Requirements").map(\.conjuncts) ?? [] {
                 let t = Unparser.unparse(c)
-                let idx = imageClauseIndex[t] ?? { imageClauses.append((t, 0, 0)); imageClauseIndex[t] = imageClauses.count - 1; return imageClauses.count - 1 }()
+                let idx =
+                    imageClauseIndex[t]
+                    ?? {
+                        imageClauses.append((t, 0, 0)); imageClauseIndex[t] = imageClauses.count - 1; return imageClauses.count - 1
+                    }()
                 imageClauses[idx].has += 1
                 if !holds(ctx.evaluate(c, in: image)) { imageClauses[idx].out += 1; imf.append(t) }
             }
             if image.lookup("Requirements") == nil { imf.append("(the image has no Requirements)") }
             if jf.isEmpty && imf.isEmpty { matches += 1 } else { failing.append((i, jf, imf)) }
         }
-        var clauses = jobClauses.enumerated().map { Explanation.Clause(side: "job", text: Unparser.unparse($1), rulesOut: jobOut[$0], appliesTo: images.count) }
+        var clauses = jobClauses.enumerated().map {
+            Explanation.Clause(side: "job", text: Unparser.unparse($1), rulesOut: jobOut[$0], appliesTo: images.count)
+        }
         clauses += imageClauses.map { Explanation.Clause(side: "image", text: $0.text, rulesOut: $0.out, appliesTo: $0.has) }
         // The nearest misses: images kept out by the fewest clauses (at most three), with what would change.
         var suggestions: [String] = []

@@ -3,7 +3,7 @@
 /// Operators, in the groups HTCondor's evaluator treats alike.
 public enum BinaryOp: UInt8, Sendable, CaseIterable {
     case lessThan, lessOrEqual, notEqual, equal, greaterOrEqual, greaterThan
-    case metaEqual, metaNotEqual            // =?= / is, =!= / isnt
+    case metaEqual, metaNotEqual  // =?= / is, =!= / isnt
     case add, subtract, multiply, divide, modulus
     case logicalOr, logicalAnd
     case bitOr, bitXor, bitAnd, leftShift, rightShift, unsignedRightShift
@@ -49,7 +49,12 @@ public enum BinaryOp: UInt8, Sendable, CaseIterable {
 public enum UnaryOp: UInt8, Sendable {
     case plus, minus, not, bitNot
     var spelling: String {
-        switch self { case .plus: return " +"; case .minus: return " -"; case .not: return " !"; case .bitNot: return " ~" }
+        switch self {
+        case .plus: return " +";
+        case .minus: return " -";
+        case .not: return " !";
+        case .bitNot: return " ~"
+        }
     }
 }
 

@@ -4,10 +4,10 @@ enum Token: Equatable {
     case integer(Int64)
     case real(Double)
     case string(Bytes)
-    case identifier(String)      // also 'quoted names'
+    case identifier(String)  // also 'quoted names'
     case boolean(Bool)
     case undefined, error
-    case punct(String)           // operators and brackets
+    case punct(String)  // operators and brackets
     case end
 }
 

@@ -27,7 +27,8 @@ public final class MatchContext {
         root.insert("rCtx", .record(rCtx))
         root.insert("leftRankValue", .select(ref("LEFT"), AttrName("rank")))
         root.insert("rightRankValue", .select(ref("RIGHT"), AttrName("rank")))
-        root.insert("symmetricMatch", .binary(.logicalAnd, .select(ref("RIGHT"), AttrName("requirements")), .select(ref("LEFT"), AttrName("requirements"))))
+        root.insert(
+            "symmetricMatch", .binary(.logicalAnd, .select(ref("RIGHT"), AttrName("requirements")), .select(ref("LEFT"), AttrName("requirements"))))
         root.insert("leftMatchesRight", .select(ref("RIGHT"), AttrName("requirements")))
         root.insert("rightMatchesLeft", .select(ref("LEFT"), AttrName("requirements")))
         attach(left, right)

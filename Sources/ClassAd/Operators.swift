@@ -16,7 +16,7 @@ enum Operators {
             case .integer(let i): return .integer(0 &- i)
             case .real(let r): return .real(-r)
             case .relTime(let t): return .relTime(-t)
-            default: return .error   // includes booleans: HTCondor's code falls through to ERROR
+            default: return .error  // includes booleans: HTCondor's code falls through to ERROR
             }
         case .not:
             switch v {
@@ -110,8 +110,9 @@ enum Operators {
     static func sameType(_ a: Value, _ b: Value) -> Bool {
         switch (a, b) {
         case (.undefined, .undefined), (.error, .error), (.boolean, .boolean), (.integer, .integer),
-             (.real, .real), (.string, .string), (.classad, .classad),
-             (.absTime, .absTime), (.relTime, .relTime): return true
+            (.real, .real), (.string, .string), (.classad, .classad),
+            (.absTime, .absTime), (.relTime, .relTime):
+            return true
         case (.list(let x), .list(let y)): return x.built == y.built
         default: return false
         }
@@ -181,7 +182,7 @@ enum Operators {
             case .subtract: r = x - y
             case .multiply: r = x * y
             case .divide: r = x / y
-            default: return .error   // % is not defined on reals
+            default: return .error  // % is not defined on reals
             }
             // HTCondor treats a result of HUGE_VAL (+inf, not -inf) as an error.
             return r == .infinity ? .error : .real(r)

@@ -58,7 +58,8 @@ public enum Parser {
             }
             let name = String(decoding: line[..<eq], as: UTF8.self).trimmingSpaces
             guard !name.isEmpty, name.utf8.allSatisfy({ Lexer.isAlpha($0) || Lexer.isDigit($0) || $0 == UInt8(ascii: "_") }),
-                  !Lexer.isDigit(name.utf8.first) else {
+                !Lexer.isDigit(name.utf8.first)
+            else {
                 throw Lexer(bytes).error("'\(name)' is not a valid attribute name", at: lineStart)
             }
             // Parse the right-hand side in place so that errors point into the file.
@@ -250,7 +251,8 @@ public enum Parser {
                         }
                         guard tok == .punct("]") else { throw lex.error("expected ';' or ']' after the value of '\(n)', found \(describe(tok))") }
                     } else {
-                        throw lex.error(first && tok == .punct(";") ? "a ClassAd may not start with ';'" : "expected an attribute name, found \(describe(tok))")
+                        throw lex.error(
+                            first && tok == .punct(";") ? "a ClassAd may not start with ';'" : "expected an attribute name, found \(describe(tok))")
                     }
                 }
                 try advance()

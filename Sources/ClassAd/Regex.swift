@@ -77,8 +77,10 @@ enum RegexEngine {
 
     /// HTCondor's regexps()/replace()/replaceAll(): `fullTarget` keeps the unmatched text, `global` replaces every
     /// match. In the replacement, \0..\9 name capture groups. nil: a bad pattern or group reference.
-    static func substitute(_ pattern: [UInt8], _ target: [UInt8], _ replacement: [UInt8], options: UInt32,
-                           fullTarget: Bool, global: Bool) -> [UInt8]? {
+    static func substitute(
+        _ pattern: [UInt8], _ target: [UInt8], _ replacement: [UInt8], options: UInt32,
+        fullTarget: Bool, global: Bool
+    ) -> [UInt8]? {
         guard let re = compile(pattern, options) else { return nil }
         let md = pcre2_match_data_create_from_pattern_8(re.code, nil)
         defer { pcre2_match_data_free_8(md) }

@@ -29,11 +29,11 @@ public struct SyntheticWorkload {
             "TARGET.VCPUs <= 32 && TARGET.AcctGroup =!= \"guests\"",
         ])
         let text = """
-        [ Name = "img\(i)"; Version = "\(int(1, 4)).\(int(0, 9))"; OS = "\(os)"; OSVersion = "\(pick(versions))"; \
-        KernelVersion = "\(pick(SyntheticWorkload.kernels))"; Arch = "x86_64"; Libraries = {\(libList)}; SizeMB = \(int(20, 400)); \
-        MaxVCPUs = \(pick([4, 8, 16, 32, 64])); MinMemoryMB = \(pick([128, 256, 512, 1024])); Requirements = \(req); \
-        Rank = \(pick(["0", "TARGET.VCPUs", "member(TARGET.AcctGroup, {\"physics\"}) ? 10 : 0"])) ]
-        """
+            [ Name = "img\(i)"; Version = "\(int(1, 4)).\(int(0, 9))"; OS = "\(os)"; OSVersion = "\(pick(versions))"; \
+            KernelVersion = "\(pick(SyntheticWorkload.kernels))"; Arch = "x86_64"; Libraries = {\(libList)}; SizeMB = \(int(20, 400)); \
+            MaxVCPUs = \(pick([4, 8, 16, 32, 64])); MinMemoryMB = \(pick([128, 256, 512, 1024])); Requirements = \(req); \
+            Rank = \(pick(["0", "TARGET.VCPUs", "member(TARGET.AcctGroup, {\"physics\"}) ? 10 : 0"])) ]
+            """
         return try! Parser.parseClassAd(text)
     }
 
@@ -46,11 +46,11 @@ public struct SyntheticWorkload {
         if next() % 4 == 0 { clauses.append("regexp(\"^img[0-9]*[02468]$\", TARGET.Name)") }
         if next() % 5 == 0 { clauses.append("stringListMember(TARGET.Arch, \"x86_64,aarch64\")") }
         let text = """
-        [ Owner = "\(pick(SyntheticWorkload.users))"; AcctGroup = "\(pick(SyntheticWorkload.groups))"; VCPUs = \(pick([1, 2, 4, 8, 16])); \
-        MemoryMB = \(pick([512, 1024, 2048, 4096])); ClusterId = \(j); \
-        Requirements = \(clauses.joined(separator: " && ")); \
-        Rank = \(pick(["-TARGET.SizeMB", "0", "TARGET.MaxVCPUs", "versioncmp(TARGET.KernelVersion, \"6.1\") > 0 ? 10 : 0"])) ]
-        """
+            [ Owner = "\(pick(SyntheticWorkload.users))"; AcctGroup = "\(pick(SyntheticWorkload.groups))"; VCPUs = \(pick([1, 2, 4, 8, 16])); \
+            MemoryMB = \(pick([512, 1024, 2048, 4096])); ClusterId = \(j); \
+            Requirements = \(clauses.joined(separator: " && ")); \
+            Rank = \(pick(["-TARGET.SizeMB", "0", "TARGET.MaxVCPUs", "versioncmp(TARGET.KernelVersion, \"6.1\") > 0 ? 10 : 0"])) ]
+            """
         return try! Parser.parseClassAd(text)
     }
 }

@@ -26,7 +26,7 @@ public enum TypedJSON {
             var items: [Any] = []
             for i in l.items.indices {
                 var st = state
-                let x = Evaluator.elementValue(l, i, &st)   // as `(E)[i]` evaluates it
+                let x = Evaluator.elementValue(l, i, &st)  // as `(E)[i]` evaluates it
                 items.append(encode(x, state: st, depth: depth + 1))
             }
             return ["type": "list", "value": items]

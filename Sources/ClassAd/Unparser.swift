@@ -100,7 +100,8 @@ public struct Unparser {
 
     static func quoteName(_ name: String, canonical: Bool, selected: Bool = false) -> String {
         let u = Array(name.utf8)
-        var plain = !u.isEmpty && (Lexer.isAlpha(u[0]) || u[0] == UInt8(ascii: "_"))
+        var plain =
+            !u.isEmpty && (Lexer.isAlpha(u[0]) || u[0] == UInt8(ascii: "_"))
             && u.allSatisfy { Lexer.isAlpha($0) || Lexer.isDigit($0) || $0 == UInt8(ascii: "_") }
         if (canonical || !selected) && reservedNames.contains(name.lowercased()) { plain = false }
         if plain { return name }
@@ -270,8 +271,9 @@ enum TimeFormat {
         gmtime_r(&t, &tmv)
         let sign = offset < 0 ? "-" : "+"
         let o = abs(offset)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02d%@%02d:%02d", Int(tmv.tm_year) + 1900, Int(tmv.tm_mon) + 1, Int(tmv.tm_mday),
-                      Int(tmv.tm_hour), Int(tmv.tm_min), Int(tmv.tm_sec), sign, Int(o / 3600), Int((o % 3600) / 60))
+        return String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02d%@%02d:%02d", Int(tmv.tm_year) + 1900, Int(tmv.tm_mon) + 1, Int(tmv.tm_mday),
+            Int(tmv.tm_hour), Int(tmv.tm_min), Int(tmv.tm_sec), sign, Int(o / 3600), Int((o % 3600) / 60))
     }
 
     static func relTimeString(_ r: Double) -> String {

@@ -25,7 +25,10 @@ public enum Value: Sendable {
     public var isUndefined: Bool { if case .undefined = self { return true } else { return false } }
     public var isError: Bool { if case .error = self { return true } else { return false } }
     public var isExceptional: Bool {
-        switch self { case .undefined, .error: return true; default: return false }
+        switch self {
+        case .undefined, .error: return true;
+        default: return false
+        }
     }
 
     /// HTCondor's IsBooleanValueEquiv: booleans, and numbers compared with zero.

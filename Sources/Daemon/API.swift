@@ -36,9 +36,12 @@ public final class API: @unchecked Sendable {
         let log = logger
         let c = catalog
         coordinator = c.map { cat in
-            Coordinator(group: MultiThreadedEventLoopGroup(numberOfThreads: 1),
-                        source: { d in let p = cat.blobs.path(of: d); return FileManager.default.fileExists(atPath: p) ? p : nil },
-                        log: { log.info("\($0)") })
+            Coordinator(
+                group: MultiThreadedEventLoopGroup(numberOfThreads: 1),
+                source: { d in
+                    let p = cat.blobs.path(of: d); return FileManager.default.fileExists(atPath: p) ? p : nil
+                },
+                log: { log.info("\($0)") })
         }
         node = try config.node.map { try NodeManager($0, log: { log.info("\($0)") }) }
         slurmUID = config.slurmUser.flatMap { getpwnam($0).map { $0.pointee.pw_uid } }
@@ -87,7 +90,8 @@ public final class API: @unchecked Sendable {
         let who = Requester(user: name, uid: Int(peer.uid), gid: Int(peer.gid), account: call.account, partition: call.partition)
         let result = try catalog.match(Submission(request: req, shape: shape, nodeCPUs: call.nodeCPUs, requester: who))
         guard let accepted = result.accepted else { return .failure(result.refusal ?? "refused") }
-        logger.info("match for \(name) (uid \(peer.uid)): \(accepted.imageLabel), \(accepted.sizing.guests) guest(s) × \(accepted.sizing.vcpus) vCPU(s)")
+        logger.info(
+            "match for \(name) (uid \(peer.uid)): \(accepted.imageLabel), \(accepted.sizing.guests) guest(s) × \(accepted.sizing.vcpus) vCPU(s)")
         var r = Reply()
         r.image = accepted.imageLabel; r.digest = accepted.image; r.request = accepted
         return r
@@ -129,15 +133,16 @@ public final class API: @unchecked Sendable {
     func exec(_ e: ExecCall, _ peer: Peer, _ c: LineConnection) throws {
         let node = try requireNode(peer, privileged: false)
         let fds = c.takeFDs()
-        var owned = fds                      // closed on the way out; stdin passes to the task once it runs
+        var owned = fds  // closed on the way out; stdin passes to the task once it runs
         defer { for f in owned { close(f) } }
         guard fds.count == 3 else { try c.send(Reply.failure("exec needs stdin, stdout and stderr attached (got \(fds.count) descriptors)")); return }
         let out = fds[1], err = fds[2]
         let req = ExecRequest(argv: e.argv, env: e.env, cwd: e.cwd)
         let started: (command: AgentConnection.Command, guest: String)
         do {
-            started = try node.startTask(job: e.job, caller: peer.uid, localID: e.localid, exec: req, stdin: fds[0],
-                                         stdout: { Self.writeAll(out, $0) }, stderr: { Self.writeAll(err, $0) })
+            started = try node.startTask(
+                job: e.job, caller: peer.uid, localID: e.localid, exec: req, stdin: fds[0],
+                stdout: { Self.writeAll(out, $0) }, stderr: { Self.writeAll(err, $0) })
         } catch {
             try c.send(Reply.failure("\(error)")); return
         }
@@ -167,7 +172,7 @@ public final class API: @unchecked Sendable {
             while off < p.count {
                 let n = write(fd, p.baseAddress! + off, p.count - off)
                 if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return }   // the reader went away: the output has nowhere to go
+                if n <= 0 { return }  // the reader went away: the output has nowhere to go
                 off += n
             }
         }
@@ -188,7 +193,9 @@ public final class API: @unchecked Sendable {
             // Joins (or, holding the blob, counts towards) the job's broadcast; the plan comes once the
             // group is complete.
             do {
-                guard let coordinator, let host = BlobWire.localAddress(fd) else { throw BroadcastError.config("this slurm-vmd cannot plan broadcasts") }
+                guard let coordinator, let host = BlobWire.localAddress(fd) else {
+                    throw BroadcastError.config("this slurm-vmd cannot plan broadcasts")
+                }
                 if let a = try coordinator.join(digest: digest, job: job, jobNodes: jobNodes, node: node, address: address, host: host) {
                     _ = reply(.plan(transfer: a.transfer, rank: a.rank, chunkSize: a.chunkSize, addresses: a.addresses))
                 } else {

@@ -11,13 +11,14 @@
 //   catalog = "head:7420"                      # where to fetch images from
 //   state = "/var/lib/slurm-vm/node"  run = "/run/slurm-vm"  cache = "/var/cache/slurm-vm"
 //   boot_timeout = 120  hugepages = "auto"  accelerator = "kvm"|"tcg"  qemu = "/usr/bin/qemu-system-x86_64"
+//   backend = "qemu"                           # or "embedded", or "auto" (embedded where vmx/svm exist)
 //   cache_quota = "20G"                        # least recently used images are evicted beyond it
 //   listen = "0.0.0.0:7421"                    # push listener for `slurm-vm image push` (MUNGE-authenticated)
 
-import Sizes
 import Foundation
 import Node
 import Runner
+import Sizes
 import StrictTOML
 
 public struct DaemonConfig: Sendable {
@@ -39,29 +40,37 @@ public struct DaemonConfig: Sendable {
 
     public static func load(_ path: String) throws -> DaemonConfig {
         let t = try StrictTable.load(path, hint: "docs/slurm.md")
-        var c = DaemonConfig(socket: try t.optionalString("socket") ?? "/run/slurm-vm/slurm-vmd.sock",
-                             slurmUser: try t.optionalString("slurm_user"), catalog: nil, node: nil, path: path)
+        var c = DaemonConfig(
+            socket: try t.optionalString("socket") ?? "/run/slurm-vm/slurm-vmd.sock",
+            slurmUser: try t.optionalString("slurm_user"), catalog: nil, node: nil, path: path)
         if let ct = try t.optionalTable("catalog") {
-            c.catalog = CatalogRole(path: try ct.optionalString("path") ?? "/var/lib/slurm-vm",
-                                    listen: try ct.optionalString("listen") ?? "0.0.0.0:7420")
+            c.catalog = CatalogRole(
+                path: try ct.optionalString("path") ?? "/var/lib/slurm-vm",
+                listen: try ct.optionalString("listen") ?? "0.0.0.0:7420")
             try ct.done()
         }
         if let nt = try t.optionalTable("node") {
             let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
-            guard let source = try nt.optionalString("catalog") ?? c.catalog.map({ "127.0.0.1:" + ($0.listen.split(separator: ":").last.map(String.init) ?? "7420") }) else {
+            guard
+                let source = try nt.optionalString("catalog")
+                    ?? c.catalog.map({ "127.0.0.1:" + ($0.listen.split(separator: ":").last.map(String.init) ?? "7420") })
+            else {
                 throw TOMLConfigError("\(path): node.catalog is missing (HOST:PORT of the catalog role's blob service)")
             }
-            var n = NodeConfig(name: try nt.optionalString("name") ?? host,
-                               stateDir: try nt.optionalString("state") ?? "/var/lib/slurm-vm/node",
-                               runDir: try nt.optionalString("run") ?? "/run/slurm-vm",
-                               cacheDir: try nt.optionalString("cache") ?? "/var/cache/slurm-vm",
-                               catalogAddress: source)
+            var n = NodeConfig(
+                name: try nt.optionalString("name") ?? host,
+                stateDir: try nt.optionalString("state") ?? "/var/lib/slurm-vm/node",
+                runDir: try nt.optionalString("run") ?? "/run/slurm-vm",
+                cacheDir: try nt.optionalString("cache") ?? "/var/cache/slurm-vm",
+                catalogAddress: source)
             if let b = try nt.optionalInt("boot_timeout") {
                 guard b >= 1 && b <= 3600 else { throw TOMLConfigError("\(path): node.boot_timeout must be 1 to 3600 seconds") }
                 n.bootTimeout = TimeInterval(b)
             }
             if let h = try nt.optionalString("hugepages") {
-                guard let p = HugepagePolicy(rawValue: h) else { throw TOMLConfigError("\(path): node.hugepages must be \"auto\", \"on\" or \"off\"") }
+                guard let p = HugepagePolicy(rawValue: h) else {
+                    throw TOMLConfigError("\(path): node.hugepages must be \"auto\", \"on\" or \"off\"")
+                }
                 n.hugepages = p
             }
             if let a = try nt.optionalString("accelerator") {
@@ -69,8 +78,16 @@ public struct DaemonConfig: Sendable {
                 n.accelerator = acc
             }
             n.qemu = try nt.optionalString("qemu")
+            if let b = try nt.optionalString("backend") {
+                guard let choice = BackendChoice(rawValue: b) else {
+                    throw TOMLConfigError("\(path): node.backend must be \"qemu\", \"embedded\" or \"auto\", not \"\(b)\"")
+                }
+                n.backend = choice
+            }
             if let q = try nt.optionalString("cache_quota") {
-                guard let b = Self.bytes(q), b > 0 else { throw TOMLConfigError("\(path): node.cache_quota must be a size like \"20G\" or \"512M\", not \"\(q)\"") }
+                guard let b = Self.bytes(q), b > 0 else {
+                    throw TOMLConfigError("\(path): node.cache_quota must be a size like \"20G\" or \"512M\", not \"\(q)\"")
+                }
                 n.cacheQuota = b
             }
             if let l = try nt.optionalString("listen") {

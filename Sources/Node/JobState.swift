@@ -24,8 +24,10 @@ public struct PrepareRequest: Codable, Sendable, Equatable {
     /// The job's working directory (shared into the guests).
     public var workdir: String?
 
-    public init(job: UInt32, uid: UInt32, gid: UInt32, request: AcceptedRequest, node: String, nodeIndex: Int,
-                nodeCount: Int, cpus: String, workdir: String?) {
+    public init(
+        job: UInt32, uid: UInt32, gid: UInt32, request: AcceptedRequest, node: String, nodeIndex: Int,
+        nodeCount: Int, cpus: String, workdir: String?
+    ) {
         self.job = job; self.uid = uid; self.gid = gid; self.request = request; self.node = node
         self.nodeIndex = nodeIndex; self.nodeCount = nodeCount; self.cpus = cpus; self.workdir = workdir
     }
@@ -50,9 +52,11 @@ public struct JobState: Codable, Sendable, Equatable {
     /// Seconds from the prolog's request to every agent ready.
     public var prepareSeconds: Double?
 
-    public init(job: UInt32, uid: UInt32, gid: UInt32, node: String, phase: Phase, error: String?, image: String,
-                imageLabel: String, placement: GuestPlacement?, guests: [String], workdir: String?, created: Date,
-                prepareSeconds: Double?) {
+    public init(
+        job: UInt32, uid: UInt32, gid: UInt32, node: String, phase: Phase, error: String?, image: String,
+        imageLabel: String, placement: GuestPlacement?, guests: [String], workdir: String?, created: Date,
+        prepareSeconds: Double?
+    ) {
         self.job = job; self.uid = uid; self.gid = gid; self.node = node; self.phase = phase; self.error = error
         self.image = image; self.imageLabel = imageLabel; self.placement = placement; self.guests = guests
         self.workdir = workdir; self.created = created; self.prepareSeconds = prepareSeconds

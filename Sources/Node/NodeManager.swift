@@ -65,20 +65,27 @@ public final class NodeManager: @unchecked Sendable {
         store = try JobStore(stateDir: c.stateDir)
         records = try GuestRecords(root: c.runDir)
         let jobs = store
-        cache = try ImageCache(root: c.cacheDir, source: c.catalogAddress, quota: c.cacheQuota,
-                               inUse: { Set(jobs.all().map(\.image)) })
+        cache = try ImageCache(
+            root: c.cacheDir, source: c.catalogAddress, quota: c.cacheQuota,
+            inUse: { Set(jobs.all().map(\.image)) })
         var chosen = ""
-        (hv, accelerator) = try c.backend.make(forced: c.accelerator, qemuBinary: c.qemu, records: records) { chosen += (chosen.isEmpty ? "" : "; ") + $0 }
+        (hv, accelerator) = try c.backend.make(forced: c.accelerator, qemuBinary: c.qemu, records: records) {
+            chosen += (chosen.isEmpty ? "" : "; ") + $0
+        }
         acceleratorReport = chosen
         self.log = log
     }
 
     /// Brings an image into this node's cache by the broadcast `transfer` shared with `nodes` nodes in
     /// all (an admin's `image push`); returns whether the node held it already.
-    public func push(digest: String, label: String?, transfer: String, nodes: Int,
-                     progress: @escaping @Sendable (Int64, Int64) -> Void) throws -> Bool {
-        try !cache.obtain(image: digest, label: label, job: ImageCache.JobKey(job: transfer, nodes: nodes, node: config.name),
-                          progress: progress).received
+    public func push(
+        digest: String, label: String?, transfer: String, nodes: Int,
+        progress: @escaping @Sendable (Int64, Int64) -> Void
+    ) throws -> Bool {
+        try !cache.obtain(
+            image: digest, label: label, job: ImageCache.JobKey(job: transfer, nodes: nodes, node: config.name),
+            progress: progress
+        ).received
     }
 
     func exclusive<T>(_ job: UInt32, _ body: () throws -> T) rethrows -> T {
@@ -98,16 +105,19 @@ public final class NodeManager: @unchecked Sendable {
         exclusive(r.job) {
             if let existing = lock.withLock({ live[r.job] }), existing.state.phase == .ready { return existing.state }
             let started = Date()
-            var state = JobState(job: r.job, uid: r.uid, gid: r.gid, node: config.name, phase: .preparing, error: nil,
-                                 image: r.request.image, imageLabel: r.request.imageLabel, placement: nil, guests: [],
-                                 workdir: r.workdir, created: started, prepareSeconds: nil)
+            var state = JobState(
+                job: r.job, uid: r.uid, gid: r.gid, node: config.name, phase: .preparing, error: nil,
+                image: r.request.image, imageLabel: r.request.imageLabel, placement: nil, guests: [],
+                workdir: r.workdir, created: started, prepareSeconds: nil)
             try? store.save(state)
             let job = LiveJob(state)
             do {
                 try boot(r, into: job, state: &state)
                 state.phase = .ready
                 state.prepareSeconds = Date().timeIntervalSince(started)
-                log("job \(r.job): \(state.guests.count) guest(s) of \(r.request.imageLabel) ready in \(String(format: "%.2f", state.prepareSeconds!)) s")
+                log(
+                    "job \(r.job): \(state.guests.count) guest(s) of \(r.request.imageLabel) ready in \(String(format: "%.2f", state.prepareSeconds!)) s"
+                )
             } catch {
                 for a in job.agents { a.close() }
                 for g in job.guests { g.destroy() }
@@ -133,9 +143,12 @@ public final class NodeManager: @unchecked Sendable {
         let accepted = r.request
         let share = try Placement.share(count: accepted.request.count, nodes: r.nodeCount, index: r.nodeIndex)
         let jobCPUs: [Int]
-        do { jobCPUs = try CPUList(parsing: r.cpus).cpus } catch { throw NodeError.placement("Slurm's CPU list '\(r.cpus)' for node \(r.node): \(error)") }
-        let placement = try Placement.place(share: share, sizing: accepted.sizing, jobCPUs: jobCPUs, node: r.node,
-                                            allowed: CPUList.callerAffinity())
+        do { jobCPUs = try CPUList(parsing: r.cpus).cpus } catch {
+            throw NodeError.placement("Slurm's CPU list '\(r.cpus)' for node \(r.node): \(error)")
+        }
+        let placement = try Placement.place(
+            share: share, sizing: accepted.sizing, jobCPUs: jobCPUs, node: r.node,
+            allowed: CPUList.callerAffinity())
         state.placement = placement
         let image = try BootImage(rec, blobs: cache.blobs)
         let huge = try config.hugepages.use(forMB: accepted.memoryMB * share.guests)
@@ -145,13 +158,16 @@ public final class NodeManager: @unchecked Sendable {
             if w.hasPrefix("/"), !w.contains(where: { $0 == "," || $0 == ":" || $0.isWhitespace }), Files.isDirectory(w) {
                 shares = [w]
             } else {
-                log("job \(r.job): working directory '\(w)' cannot be shared into the guests (missing, or blanks, ',' or ':' in its path); tasks start in /tmp")
+                log(
+                    "job \(r.job): working directory '\(w)' cannot be shared into the guests (missing, or blanks, ',' or ':' in its path); tasks start in /tmp"
+                )
             }
         }
         let names = (0..<share.guests).map { i in (id: "job\(r.job)-vm\(share.firstIndex + i)", hostname: "vm\(share.firstIndex + i)-job\(r.job)") }
-        let set = ImageGuests(image: image, names: names, vcpus: placement.vcpus, memoryMB: accepted.memoryMB,
-                              plan: CPUPlan(perGuest: placement.perGuest, housekeeping: placement.housekeeping, warnings: placement.warnings),
-                              hugepages: huge, shares: shares, keep: true, owner: r.uid)
+        let set = ImageGuests(
+            image: image, names: names, vcpus: placement.vcpus, memoryMB: accepted.memoryMB,
+            plan: CPUPlan(perGuest: placement.perGuest, housekeeping: placement.housekeeping, warnings: placement.warnings),
+            hugepages: huge, shares: shares, keep: true, owner: r.uid)
         state.guests = names.map(\.id)
         try store.save(state)
         let ready = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: config.bootTimeout)
@@ -200,19 +216,25 @@ public final class NodeManager: @unchecked Sendable {
     /// Starts a task of `job` in one of its guests. `caller` is the connecting process's uid: only
     /// the job's owner (or root) may run in its guests. Once the task has started, `stdin` belongs to
     /// it (closed when its input ends); the caller keeps it if this throws.
-    public func startTask(job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, stdin: Int32?,
-                          stdout: @escaping @Sendable ([UInt8]) -> Void, stderr: @escaping @Sendable ([UInt8]) -> Void)
-        throws -> (command: AgentConnection.Command, guest: String) {
+    public func startTask(
+        job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, stdin: Int32?,
+        stdout: @escaping @Sendable ([UInt8]) -> Void, stderr: @escaping @Sendable ([UInt8]) -> Void
+    )
+        throws -> (command: AgentConnection.Command, guest: String)
+    {
         // Whose job it is comes first: nothing about another user's job is told.
         if let owner = lock.withLock({ live[id]?.state.uid }) ?? store.load(id)?.uid, caller != 0, caller != owner {
             throw NodeError.notOwner(job: id, owner: owner, caller: caller)
         }
         guard let job = lock.withLock({ live[id] }) else {
             if let s = store.load(id) {
-                throw NodeError.noGuests(s.error.map { "job \(id)'s guests on \(config.name) could not be prepared: \($0)" }
-                    ?? "job \(id)'s guests on \(config.name) are not available (state \(s.phase.rawValue))")
+                throw NodeError.noGuests(
+                    s.error.map { "job \(id)'s guests on \(config.name) could not be prepared: \($0)" }
+                        ?? "job \(id)'s guests on \(config.name) are not available (state \(s.phase.rawValue))")
             }
-            throw NodeError.noGuests("job \(id) has no guests on node \(config.name): it was not submitted with --vm-* options, or its prolog did not run (PrologFlags=Alloc)")
+            throw NodeError.noGuests(
+                "job \(id) has no guests on node \(config.name): it was not submitted with --vm-* options, or its prolog did not run (PrologFlags=Alloc)"
+            )
         }
         guard caller == 0 || caller == job.state.uid else {
             throw NodeError.notOwner(job: id, owner: job.state.uid, caller: caller)

@@ -32,7 +32,8 @@ public enum Placement {
         }
         let total = count ?? nodes
         guard total >= nodes else {
-            throw NodeError.placement("--vm-count=\(total) is fewer than the job's \(nodes) nodes; every node needs at least one guest (ask for -N\(total) or more guests)")
+            throw NodeError.placement(
+                "--vm-count=\(total) is fewer than the job's \(nodes) nodes; every node needs at least one guest (ask for -N\(total) or more guests)")
         }
         let base = total / nodes, extra = total % nodes
         let here = base + (index < extra ? 1 : 0)
@@ -43,14 +44,17 @@ public enum Placement {
     /// Places this node's guests on the job's cores here, each with the vCPUs decided at submission.
     /// Space sharing: a vCPU never shares a core with another vCPU, and guests that do not fit the
     /// job's cores here are an error that says what to ask Slurm for.
-    public static func place(share: NodeShare, sizing: Sizing, jobCPUs: [Int], node: String,
-                             allowed: CPUList) throws -> GuestPlacement {
+    public static func place(
+        share: NodeShare, sizing: Sizing, jobCPUs: [Int], node: String,
+        allowed: CPUList
+    ) throws -> GuestPlacement {
         guard !jobCPUs.isEmpty else { throw NodeError.placement("the job has no CPUs on node \(node)") }
         let vcpus = sizing.vcpus
         let need = share.guests * vcpus
         guard need <= jobCPUs.count else {
             throw NodeError.placement(
-                "the job has \(jobCPUs.count) core\(jobCPUs.count == 1 ? "" : "s") on node \(node) (CPUs \(CPUList(jobCPUs))) but \(share.guests) guest\(share.guests == 1 ? "" : "s") × \(sizing.vcpusOrigin) need \(need), one core per vCPU; ask Slurm for more cores per node (e.g. --ntasks-per-node=\(need), --cpus-per-task or --exclusive) or for fewer or smaller guests")
+                "the job has \(jobCPUs.count) core\(jobCPUs.count == 1 ? "" : "s") on node \(node) (CPUs \(CPUList(jobCPUs))) but \(share.guests) guest\(share.guests == 1 ? "" : "s") × \(sizing.vcpusOrigin) need \(need), one core per vCPU; ask Slurm for more cores per node (e.g. --ntasks-per-node=\(need), --cpus-per-task or --exclusive) or for fewer or smaller guests"
+            )
         }
         do {
             let p = try CPUPlanner.plan(count: share.guests, vcpus: vcpus, cpus: CPUList(jobCPUs), housekeeping: nil, allowed: allowed)

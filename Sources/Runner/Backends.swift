@@ -19,8 +19,10 @@ public enum BackendChoice: String, Sendable, CaseIterable, Codable {
 
     /// The backend and the accelerator its guests run on. `forced` is QEMU's accelerator when given;
     /// `note` hears what was chosen and why (verbose output, the daemon's log).
-    public func make(forced: Accelerator? = nil, qemuBinary: String? = nil, records: GuestRecords,
-                     note: (String) -> Void = { _ in }) throws -> (any Hypervisor, Accelerator) {
+    public func make(
+        forced: Accelerator? = nil, qemuBinary: String? = nil, records: GuestRecords,
+        note: (String) -> Void = { _ in }
+    ) throws -> (any Hypervisor, Accelerator) {
         switch self {
         case .qemu:
             let q = try QEMUBackend(binary: qemuBinary, kernelCache: records.cacheDir, accelerator: forced, stateDir: records.root)
@@ -32,7 +34,9 @@ public enum BackendChoice: String, Sendable, CaseIterable, Codable {
             }
             let e = try EmbeddedBackend()
             if !HostFacts.hasHardwareVirtualization {
-                note("note: this host's KVM has no vmx/svm (PVM or nested): guest ring 0 is emulated, so a Linux kernel crawls and never reaches user space; small freestanding guests run")
+                note(
+                    "note: this host's KVM has no vmx/svm (PVM or nested): guest ring 0 is emulated, so a Linux kernel crawls and never reaches user space; small freestanding guests run"
+                )
             }
             note("backend embedded (\(e.binary)), KVM \(HostFacts.hasHardwareVirtualization ? "with" : "without") hardware virtualization")
             return (e, .kvm)
@@ -71,7 +75,9 @@ public enum HugepagePolicy: String, Sendable, CaseIterable, Codable {
         case .auto: return free * 2 >= mb
         case .on:
             guard free * 2 >= mb else {
-                throw RunnerError.invalidRequest("hugepages on: the 2 MiB hugepage pool has \(free) free pages (\(free * 2) MiB) but the guests need \(mb) MiB; reserve more (echo N > /proc/sys/vm/nr_hugepages) or use auto")
+                throw RunnerError.invalidRequest(
+                    "hugepages on: the 2 MiB hugepage pool has \(free) free pages (\(free * 2) MiB) but the guests need \(mb) MiB; reserve more (echo N > /proc/sys/vm/nr_hugepages) or use auto"
+                )
             }
             return true
         }

@@ -35,9 +35,11 @@ public struct GuestSpec: Sendable, Codable {
     /// Host directories exported into the guest over virtio-fs, mounted at the same path there.
     public var shares: [String]?
 
-    public init(id: String, hostname: String? = nil, kernel: String, kernelDigest: String? = nil, initrd: String?, disk: String? = nil,
-                cmdline: String, vcpus: Int, memoryMB: Int, cpus: [Int], housekeeping: [Int], agent: Bool,
-                hugepages: Bool = false, runDir: String, keep: Bool = false, accelerator: Accelerator? = nil, shares: [String] = []) {
+    public init(
+        id: String, hostname: String? = nil, kernel: String, kernelDigest: String? = nil, initrd: String?, disk: String? = nil,
+        cmdline: String, vcpus: Int, memoryMB: Int, cpus: [Int], housekeeping: [Int], agent: Bool,
+        hugepages: Bool = false, runDir: String, keep: Bool = false, accelerator: Accelerator? = nil, shares: [String] = []
+    ) {
         self.id = id; self.hostname = hostname ?? id; self.kernel = kernel; self.kernelDigest = kernelDigest
         self.initrd = initrd; self.disk = disk; self.cmdline = cmdline; self.vcpus = vcpus; self.memoryMB = memoryMB
         self.cpus = cpus; self.housekeeping = housekeeping; self.agent = agent; self.hugepages = hugepages

@@ -37,7 +37,8 @@ public enum ByteSize {
         }
         // Digits with at most one point; no sign, exponent, inf or nan (Double(_:) would take those).
         guard !s.isEmpty, s.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }), s.filter({ $0 == "." }).count <= 1,
-              s != ".", let v = Double(String(s)) else {
+            s != ".", let v = Double(String(s))
+        else {
             throw Invalid(text: text, bare: bare)
         }
         let bytes = (v * Double(multiplier)).rounded(.up)

@@ -43,13 +43,27 @@ public final class StrictTable {
         guard let s = v.string else { throw wrong(k, "a string", v) }
         return s
     }
-    public func optionalString(_ k: String) throws -> String? { try value(k).map { v in guard let s = v.string else { throw wrong(k, "a string", v) }; return s } }
-    public func optionalInt(_ k: String) throws -> Int? { try value(k).map { v in guard let s = v.int else { throw wrong(k, "an integer", v) }; return s } }
-    public func optionalBool(_ k: String) throws -> Bool? { try value(k).map { v in guard let s = v.bool else { throw wrong(k, "true or false", v) }; return s } }
+    public func optionalString(_ k: String) throws -> String? {
+        try value(k).map { v in
+            guard let s = v.string else { throw wrong(k, "a string", v) }; return s
+        }
+    }
+    public func optionalInt(_ k: String) throws -> Int? {
+        try value(k).map { v in
+            guard let s = v.int else { throw wrong(k, "an integer", v) }; return s
+        }
+    }
+    public func optionalBool(_ k: String) throws -> Bool? {
+        try value(k).map { v in
+            guard let s = v.bool else { throw wrong(k, "true or false", v) }; return s
+        }
+    }
     public func optionalStrings(_ k: String) throws -> [String]? {
         try value(k).map { v in
             guard let a = v.array else { throw wrong(k, "a list of strings", v) }
-            return try a.map { e in guard let s = e.string else { throw wrong(k, "a list of strings", v) }; return s }
+            return try a.map { e in
+                guard let s = e.string else { throw wrong(k, "a list of strings", v) }; return s
+            }
         }
     }
     public func table(_ k: String) throws -> StrictTable {
@@ -63,7 +77,9 @@ public final class StrictTable {
     public func done() throws {
         let unknown = t.keys.filter { !used.contains($0) }.sorted()
         if !unknown.isEmpty {
-            throw TOMLConfigError("\(path): unknown key\(unknown.count > 1 ? "s" : "") \(unknown.map(name).joined(separator: ", ")) (check the spelling against \(hint))")
+            throw TOMLConfigError(
+                "\(path): unknown key\(unknown.count > 1 ? "s" : "") \(unknown.map(name).joined(separator: ", ")) (check the spelling against \(hint))"
+            )
         }
     }
     /// For tables whose keys are all data (files, links): every key was read by iterating.

@@ -86,8 +86,8 @@ public enum Files {
     }
 
     public static func mkdirs(_ p: String, mode: mode_t = 0o755) throws {
-        do { try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true, attributes: [.posixPermissions: Int(mode)]) }
-        catch { throw FileError("cannot create directory \(p): \(error.localizedDescription)") }
+        do { try FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true, attributes: [.posixPermissions: Int(mode)]) } catch
+        { throw FileError("cannot create directory \(p): \(error.localizedDescription)") }
     }
 
     /// Removes a file or a whole tree; missing is fine.
@@ -123,7 +123,8 @@ public enum ProcessIdentity {
     /// Field 22 of /proc/PID/stat (start time in clock ticks since boot).
     public static func startTime(of pid: Int32) -> Int64? {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = s.lastIndex(of: ")") else { return nil }
+            let close = s.lastIndex(of: ")")
+        else { return nil }
         let fields = s[s.index(after: close)...].split(separator: " ")
         // fields[0] is the state (field 3), so field 22 is fields[19].
         return fields.count > 19 ? Int64(fields[19]) : nil

@@ -33,8 +33,10 @@ public struct MachineConfig: Sendable {
     public var disk: String? = nil
     public var diskWritable = false
 
-    public init(kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "", vcpus: Int = 1, memoryMB: Int = 64,
-                cpus: [Int] = [], housekeeping: Int? = nil, hugepages: Bool = false, console: @escaping @Sendable ([UInt8]) -> Void) {
+    public init(
+        kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "", vcpus: Int = 1, memoryMB: Int = 64,
+        cpus: [Int] = [], housekeeping: Int? = nil, hugepages: Bool = false, console: @escaping @Sendable ([UInt8]) -> Void
+    ) {
         self.kernel = kernel; self.initrd = initrd; self.commandLine = commandLine; self.vcpus = vcpus; self.memoryMB = memoryMB
         self.cpus = cpus; self.housekeeping = housekeeping; self.hugepages = hugepages; self.console = console
     }
@@ -86,10 +88,14 @@ public final class Machine: @unchecked Sendable {
 
     public init(_ c: MachineConfig) throws {
         guard c.vcpus >= 1, c.vcpus <= 254 else { throw VMMError.config("a guest has 1 to 254 vCPUs, not \(c.vcpus)") }
-        guard c.cpus.isEmpty || c.cpus.count == c.vcpus else { throw VMMError.config("\(c.vcpus) vCPUs need \(c.vcpus) host CPUs, one each; \(c.cpus.count) given") }
+        guard c.cpus.isEmpty || c.cpus.count == c.vcpus else {
+            throw VMMError.config("\(c.vcpus) vCPUs need \(c.vcpus) host CPUs, one each; \(c.cpus.count) given")
+        }
         guard Set(c.cpus).count == c.cpus.count else { throw VMMError.config("a host CPU was given twice; each vCPU needs its own") }
         let bytes = UInt64(c.memoryMB) << 20
-        guard c.memoryMB >= 16, bytes <= Layout.maxMemory else { throw VMMError.config("guest memory must be 16 MiB to \(Layout.maxMemory >> 20) MiB, not \(c.memoryMB) MiB") }
+        guard c.memoryMB >= 16, bytes <= Layout.maxMemory else {
+            throw VMMError.config("guest memory must be 16 MiB to \(Layout.maxMemory >> 20) MiB, not \(c.memoryMB) MiB")
+        }
         config = c
         if let h = c.housekeeping {
             // The VM's kernel threads (kvm-nx-lpage-recovery) inherit the creator's affinity: keep them here.
@@ -105,7 +111,9 @@ public final class Machine: @unchecked Sendable {
 
         kernel = try KernelLoader.load(c.kernel, into: memory)
         let cmdline = Array(c.commandLine.utf8) + [0]
-        guard cmdline.count <= Layout.commandLineMax else { throw VMMError.config("the kernel command line is longer than \(Layout.commandLineMax - 1) bytes") }
+        guard cmdline.count <= Layout.commandLineMax else {
+            throw VMMError.config("the kernel command line is longer than \(Layout.commandLineMax - 1) bytes")
+        }
         try memory.write(cmdline, at: Layout.commandLine)
         var zero = BootParams(kernel: kernel, ram: bytes, commandLine: Layout.commandLine, commandLineSize: cmdline.count - 1, initrd: nil)
         if let rd = c.initrd {
@@ -169,9 +177,10 @@ public final class Machine: @unchecked Sendable {
         for (i, d) in devices.enumerated() {
             let line = Self.virtioLines[i]
             let base = try pci.allocateIO(VirtioTransport.ioSize(for: d))
-            let t = VirtioTransport(d, memory: memory, ioBase: base, irq: UInt32(line),
-                                    line: { irq, level in vm.irqLine(irq, level) },
-                                    fault: { [unowned self] why in finish(.failed(why)) })
+            let t = VirtioTransport(
+                d, memory: memory, ioBase: base, irq: UInt32(line),
+                line: { irq, level in vm.irqLine(irq, level) },
+                fault: { [unowned self] why in finish(.failed(why)) })
             pciInterrupts.append((try pci.plug(t), line))
         }
     }
@@ -216,7 +225,9 @@ public final class Machine: @unchecked Sendable {
                 let t = try PinnedThread(cpu: nil) { [self] in vcpuLoop(v, cpu: cpu) }
                 // A thread started after `finish` kicked the others is kicked here, so none waits in
                 // KVM_RUN (an application processor sits there until a SIPI that will never come).
-                let over = threads.withLock { list -> Bool in list.append(t); return end.withLock { $0 } != nil }
+                let over = threads.withLock { list -> Bool in
+                    list.append(t); return end.withLock { $0 } != nil
+                }
                 if over { pthread_kill(t.pthread, SIGUSR1) }
             } catch {
                 finish(.failed("\(error)"))
@@ -240,12 +251,16 @@ public final class Machine: @unchecked Sendable {
             let r = clinux_set_affinity(0, &c, 1)
             guard r == 0 else { return finish(.failed("cannot pin vCPU \(v.id) to host CPU \(cpu): \(String(cString: strerror(-r)))")) }
         }
-        if started.withLock({ $0 += 1; return $0 }) == vcpus.count { config.running?(vcpuThreadIDs) }
+        if started.withLock({
+            $0 += 1; return $0
+        }) == vcpus.count {
+            config.running?(vcpuThreadIDs)
+        }
         if v.id == 0 { firstEntry.withLock { $0 = Clock.now() } }
         while end.withLock({ $0 }) == nil {
             let exited: Bool
             do { exited = try v.enter() } catch { return finish(.failed("\(error)")) }
-            guard exited else { continue }   // kicked: look at `end` again
+            guard exited else { continue }  // kicked: look at `end` again
             handleExit(v)
         }
     }
@@ -313,7 +328,7 @@ enum Kick {
         var sa = sigaction()
         sa.__sigaction_handler.sa_handler = { _ in }
         sigemptyset(&sa.sa_mask)
-        sa.sa_flags = 0   // no SA_RESTART: KVM_RUN must return EINTR
+        sa.sa_flags = 0  // no SA_RESTART: KVM_RUN must return EINTR
         sigaction(SIGUSR1, &sa, nil)
     }
 }

@@ -92,7 +92,9 @@ while let a = args.popFirst() {
     case "--disk": diskPath = value(a)
     case "--disk-writable": diskWritable = true
     case "-h", "--help":
-        print("usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--pit]")
+        print(
+            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--pit]"
+        )
         exit(0)
     default: fail("unknown option \(a) (see --help)", 2)
     }
@@ -115,9 +117,10 @@ let start = Clock.now()
     close(fd)
     rename(tmp, path)
 }
-var config = MachineConfig(kernel: readFile(kernelPath), initrd: initrdPath.map(readFile), commandLine: append, vcpus: vcpus, memoryMB: mem,
-                           cpus: cpus, housekeeping: housekeeping, hugepages: hugepages,
-                           console: { bytes in bytes.withUnsafeBytes { _ = write(consoleFD, $0.baseAddress, $0.count) } })
+var config = MachineConfig(
+    kernel: readFile(kernelPath), initrd: initrdPath.map(readFile), commandLine: append, vcpus: vcpus, memoryMB: mem,
+    cpus: cpus, housekeeping: housekeeping, hugepages: hugepages,
+    console: { bytes in bytes.withUnsafeBytes { _ = write(consoleFD, $0.baseAddress, $0.count) } })
 config.agentSocket = agentSocket
 config.pit = pit
 config.disk = diskPath
@@ -129,7 +132,7 @@ do { machine = try Machine(config) } catch { fail("\(error)") }
 let end = machine.run()
 
 if let reportPath {
-    func ms(_ t: Double?) -> String { t.map { String(Int(($0 * 1e6).rounded()) ) } ?? "" }
+    func ms(_ t: Double?) -> String { t.map { String(Int(($0 * 1e6).rounded())) } ?? "" }
     var rss = ""
     if let f = fopen("/proc/self/status", "r") {
         var line = [CChar](repeating: 0, count: 256)
@@ -140,14 +143,14 @@ if let reportPath {
         fclose(f)
     }
     let text = """
-    end=\(end)
-    start_to_first_entry_us=\(ms(machine.timeToFirstEntry.map { $0 + machine.created - start }))
-    start_to_end_us=\(ms(machine.ended.map { $0 - start }))
-    populate_us=\(ms(machine.memory.populateSeconds))
-    report_monotonic_us=\(ms(Clock.now()))
-    vcpu_tids=\(machine.vcpuThreadIDs.map(String.init).joined(separator: ","))
-    \(rss)
-    """
+        end=\(end)
+        start_to_first_entry_us=\(ms(machine.timeToFirstEntry.map { $0 + machine.created - start }))
+        start_to_end_us=\(ms(machine.ended.map { $0 - start }))
+        populate_us=\(ms(machine.memory.populateSeconds))
+        report_monotonic_us=\(ms(Clock.now()))
+        vcpu_tids=\(machine.vcpuThreadIDs.map(String.init).joined(separator: ","))
+        \(rss)
+        """
     writeAtomically(text + "\n", to: reportPath)
 }
 switch end {

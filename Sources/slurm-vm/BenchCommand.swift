@@ -20,13 +20,13 @@ struct MatchBench: ParsableCommand {
         commandName: "match",
         abstract: "Matchmaking throughput: job × image pair evaluations per second per core.",
         discussion: """
-        Give --jobs and --images (one new-syntax ad per line), or --generate JOBS IMAGES for a synthetic workload
-        whose Requirements use member, regexp, versioncmp and stringListMember over OS, kernel version,
-        libraries, vCPUs, memory and owner, with Rank on both sides. Prints the rate of the batch matcher
-        (autoclusters + clause memos), the rate of the exact pair-by-pair evaluator on a sample (the baseline),
-        their ratio, the number of matching pairs and a digest of every job's best image. The batch result is
-        checked against the pair-by-pair evaluator on the sampled jobs.
-        """)
+            Give --jobs and --images (one new-syntax ad per line), or --generate JOBS IMAGES for a synthetic workload
+            whose Requirements use member, regexp, versioncmp and stringListMember over OS, kernel version,
+            libraries, vCPUs, memory and owner, with Rank on both sides. Prints the rate of the batch matcher
+            (autoclusters + clause memos), the rate of the exact pair-by-pair evaluator on a sample (the baseline),
+            their ratio, the number of matching pairs and a digest of every job's best image. The batch result is
+            checked against the pair-by-pair evaluator on the sampled jobs.
+            """)
     @Option(help: "Job ads, one per line.") var jobs: String?
     @Option(help: "Image ads, one per line.") var images: String?
     @Option(parsing: .upToNextOption, help: "Generate JOBS IMAGES synthetic ads instead.") var generate: [Int] = []
@@ -82,13 +82,17 @@ struct MatchBench: ParsableCommand {
 
         var digest: UInt64 = 0xcbf29ce484222325
         for (j, b) in result.best.enumerated() {
-            let s = "\(j):" + (b.map { mm.images[$0].evaluate("Name").description + "@" + mm.images[$0].evaluate("Version").description } ?? "-") + "\n"
+            let s =
+                "\(j):" + (b.map { mm.images[$0].evaluate("Name").description + "@" + mm.images[$0].evaluate("Version").description } ?? "-") + "\n"
             for c in s.utf8 { digest = (digest ^ UInt64(c)) &* 0x100000001b3 }
         }
         print("workload:            \(jobAds.count) jobs x \(imageAds.count) images = \(Int(pairs)) pairs")
-        print("autoclusters:        \(result.clusters) (job clauses \(result.jobClauses), image clauses \(result.imageClauses), clause evaluations \(result.evaluations))")
+        print(
+            "autoclusters:        \(result.clusters) (job clauses \(result.jobClauses), image clauses \(result.imageClauses), clause evaluations \(result.evaluations))"
+        )
         print(String(format: "batch matcher:       %.3f s CPU, %.1f million pair evaluations/s/core", best, rate / 1e6))
-        print(String(format: "pair-by-pair (base): %.3f s CPU for %d jobs, %.3f million pair evaluations/s/core", tBase, sampled.count, baseRate / 1e6))
+        print(
+            String(format: "pair-by-pair (base): %.3f s CPU for %d jobs, %.3f million pair evaluations/s/core", tBase, sampled.count, baseRate / 1e6))
         print(String(format: "speed-up:            %.0fx", rate / baseRate))
         print("matching pairs:      \(result.matchingPairs)")
         print("jobs with a match:   \(result.best.filter { $0 != nil }.count)")
@@ -97,4 +101,3 @@ struct MatchBench: ParsableCommand {
         if mismatches > 0 { throw ExitCode(1) }
     }
 }
-

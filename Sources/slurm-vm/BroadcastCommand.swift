@@ -2,11 +2,11 @@
 // holds the file). Exits 0 once this rank's copy is verified and its neighbors are served; the same
 // engine slurm-vmd uses, so measurements with it are measurements of the product.
 
-import Sizes
 import ArgumentParser
 import Broadcast
 import Foundation
 import NIOPosix
+import Sizes
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,15 +26,22 @@ struct BroadcastCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Every node's address, rank 0 first: HOST or HOST:PORT, comma-separated.", valueName: "list")) var nodes: String
     @Option(help: "The port for addresses given without one.") var port: Int = 17500
     @Option(help: "Rank 0: the file to send.") var src: String?
-    @Option(help: "Rank 0: keep the file's manifest (chunk hashes) here and reuse it while the file is unchanged, rather than hash the file at every start.") var manifest: String?
+    @Option(
+        help:
+            "Rank 0: keep the file's manifest (chunk hashes) here and reuse it while the file is unchanged, rather than hash the file at every start."
+    ) var manifest: String?
     @Option(help: "Other ranks: where the verified copy goes (appears only once verified).") var dst: String?
     @Option(help: "The SHA-256 the file must have (sha256:HEX); a transfer of anything else is refused.") var digest: String?
     @Option(help: ArgumentHelp("Chunk size (64K…16M, a multiple of 64 bytes; K and M suffixes).", valueName: "size")) var chunkSize: String = "1M"
-    @Option(help: ArgumentHelp("pipeline (binomial pipeline), binomial (store-and-forward tree) or central.", valueName: "kind")) var schedule: String = "pipeline"
+    @Option(help: ArgumentHelp("pipeline (binomial pipeline), binomial (store-and-forward tree) or central.", valueName: "kind")) var schedule:
+        String = "pipeline"
     @Option(help: "Seconds without progress before giving up.") var timeout: Double = 60
     @Option(help: "Seconds to keep dialing neighbors that are not up yet.") var dialTimeout: Double = 30
     @Flag(help: "Print the result as one JSON line (for harnesses).") var json = false
-    @Option(help: ArgumentHelp("Begin at this wall-clock time (seconds since 1970), so ranks launched one by one start together; times are counted from it.", valueName: "unix-time")) var startAt: Double?
+    @Option(
+        help: ArgumentHelp(
+            "Begin at this wall-clock time (seconds since 1970), so ranks launched one by one start together; times are counted from it.",
+            valueName: "unix-time")) var startAt: Double?
     @Option(help: .hidden) var corrupt: String?
 
     func run() throws {
@@ -45,7 +52,7 @@ struct BroadcastCommand: ParsableCommand {
             guard let cs = Self.size(chunkSize) else { throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 1M or 512K") }
             let addrs = nodes.split(separator: ",").map { a -> String in
                 let s = String(a).trimmingCharacters(in: .whitespaces)
-                return s.contains(":") ? s : "\(s):\(port)"   // IPv6 with a port: [ADDR]:PORT
+                return s.contains(":") ? s : "\(s):\(port)"  // IPv6 with a port: [ADDR]:PORT
             }
             guard addrs.count >= 1, rank >= 0, rank < addrs.count else {
                 throw ValidationError("--rank \(rank) is not a position in the \(addrs.count) nodes of --nodes")
@@ -74,13 +81,16 @@ struct BroadcastCommand: ParsableCommand {
             if json {
                 let line: [String: Any] = [
                     "rank": rank, "seconds": report.seconds, "verified_unix": began.timeIntervalSince1970 + report.seconds,
-                    "received": s.received, "duplicates": s.duplicates, "corrupted": s.corrupted, "repairs": s.repairs, "sent": s.sent, "served": s.served,
+                    "received": s.received, "duplicates": s.duplicates, "corrupted": s.corrupted, "repairs": s.repairs, "sent": s.sent,
+                    "served": s.served,
                     "sent_from_memory": report.sentFromMemory, "uncached": report.bypassedPageCache,
                 ]
                 print(String(data: try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]), encoding: .utf8)!)
             } else if rank != 0 {
-                print(String(format: "rank %d: verified in %.3f s (%d chunks received, %d repaired, %d duplicates, %d corrupted and fetched again)",
-                             rank, report.seconds, s.received, s.repairs, s.duplicates, s.corrupted))
+                print(
+                    String(
+                        format: "rank %d: verified in %.3f s (%d chunks received, %d repaired, %d duplicates, %d corrupted and fetched again)",
+                        rank, report.seconds, s.received, s.repairs, s.duplicates, s.corrupted))
             } else {
                 print("rank 0: served \(s.sent) chunks")
             }

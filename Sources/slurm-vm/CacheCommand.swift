@@ -18,7 +18,8 @@ struct CacheCommand: ParsableCommand {
         @Option(help: ArgumentHelp("slurm-vmd's configuration, for the node role's directories and quota.", valueName: "file"))
         var config = "/etc/slurm-vm/slurm-vmd.toml"
         @Option(help: ArgumentHelp("The cache directory (overrides the configuration).", valueName: "dir")) var cache: String?
-        @Option(help: ArgumentHelp("The node's state directory, for the images in use (overrides the configuration).", valueName: "dir")) var state: String?
+        @Option(help: ArgumentHelp("The node's state directory, for the images in use (overrides the configuration).", valueName: "dir")) var state:
+            String?
 
         func open() throws -> ImageCache {
             var node: NodeConfig?
@@ -28,8 +29,9 @@ struct CacheCommand: ParsableCommand {
             }
             let stateDir = state ?? node?.stateDir
             let jobs = try stateDir.map { try JobStore(stateDir: $0) }
-            return try ImageCache(root: dir, source: node?.catalogAddress ?? "", quota: node?.cacheQuota,
-                                  inUse: { Set(jobs?.all().map(\.image) ?? []) })
+            return try ImageCache(
+                root: dir, source: node?.catalogAddress ?? "", quota: node?.cacheQuota,
+                inUse: { Set(jobs?.all().map(\.image) ?? []) })
         }
     }
 
@@ -46,20 +48,26 @@ struct CacheCommand: ParsableCommand {
                 let es = c.entries()
                 if json {
                     let rows: [[String: Any]] = es.map {
-                        ["image": "\($0.record.name):\($0.record.version)", "digest": $0.record.digest, "bytes": $0.bytes,
-                         "last_used": $0.lastUsed.map { ISO8601DateFormatter().string(from: $0) } ?? NSNull(), "in_use": $0.inUse, "complete": $0.complete]
+                        [
+                            "image": "\($0.record.name):\($0.record.version)", "digest": $0.record.digest, "bytes": $0.bytes,
+                            "last_used": $0.lastUsed.map { ISO8601DateFormatter().string(from: $0) } ?? NSNull(), "in_use": $0.inUse,
+                            "complete": $0.complete,
+                        ]
                     }
                     print(String(data: try JSONSerialization.data(withJSONObject: rows, options: [.sortedKeys]), encoding: .utf8)!)
                     return
                 }
-                print("IMAGE".padding(toLength: 28, withPad: " ", startingAt: 0) + "DIGEST        " + "SIZE".padding(toLength: 11, withPad: " ", startingAt: 0) + "LAST USED             STATE")
+                print(
+                    "IMAGE".padding(toLength: 28, withPad: " ", startingAt: 0) + "DIGEST        "
+                        + "SIZE".padding(toLength: 11, withPad: " ", startingAt: 0) + "LAST USED             STATE")
                 for e in es {
                     let used = e.lastUsed.map { ISO8601DateFormatter().string(from: $0) } ?? "never"
                     let state = e.inUse ? "in use" : (e.complete ? "idle" : "incomplete")
-                    print("\(e.record.name):\(e.record.version)".padding(toLength: 28, withPad: " ", startingAt: 0)
-                          + String(e.record.digest.dropFirst(7).prefix(12)) + "  "
-                          + CacheCommand.size(e.bytes).padding(toLength: 11, withPad: " ", startingAt: 0)
-                          + used.padding(toLength: 22, withPad: " ", startingAt: 0) + state)
+                    print(
+                        "\(e.record.name):\(e.record.version)".padding(toLength: 28, withPad: " ", startingAt: 0)
+                            + String(e.record.digest.dropFirst(7).prefix(12)) + "  "
+                            + CacheCommand.size(e.bytes).padding(toLength: 11, withPad: " ", startingAt: 0)
+                            + used.padding(toLength: 22, withPad: " ", startingAt: 0) + state)
                 }
                 print("total \(CacheCommand.size(c.totalBytes()))" + (c.quota.map { " of \(CacheCommand.size($0))" } ?? " (no quota)"))
             }
@@ -76,11 +84,16 @@ struct CacheCommand: ParsableCommand {
                 let c = try location.open()
                 let es = c.entries()
                 for ref in images {
-                    let hits = es.filter { "\($0.record.name):\($0.record.version)" == ref || $0.record.digest == ref
-                        || (ref.hasPrefix("sha256:") && ref.count >= 15 && $0.record.digest.hasPrefix(ref)) }
+                    let hits = es.filter {
+                        "\($0.record.name):\($0.record.version)" == ref || $0.record.digest == ref
+                            || (ref.hasPrefix("sha256:") && ref.count >= 15 && $0.record.digest.hasPrefix(ref))
+                    }
                     let digests = Set(hits.map(\.record.digest))
                     guard digests.count == 1, let d = digests.first else {
-                        throw ValidationError(digests.isEmpty ? "no cached image matches '\(ref)' (see slurm-vm cache ls)" : "'\(ref)' matches \(digests.count) images; give more of the digest")
+                        throw ValidationError(
+                            digests.isEmpty
+                                ? "no cached image matches '\(ref)' (see slurm-vm cache ls)"
+                                : "'\(ref)' matches \(digests.count) images; give more of the digest")
                     }
                     let freed = try c.remove(image: d)
                     print("removed \(ref) (\(CacheCommand.size(freed)) freed)")
@@ -90,9 +103,11 @@ struct CacheCommand: ParsableCommand {
     }
 
     struct Prune: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "prune", abstract: "Evict least recently used images not in use until the cache fits.")
+        static let configuration = CommandConfiguration(
+            commandName: "prune", abstract: "Evict least recently used images not in use until the cache fits.")
         @OptionGroup var location: Where
-        @Option(help: ArgumentHelp("Target size (e.g. 10G; default: the configured quota, or 0 to keep only images in use).", valueName: "size")) var to: String?
+        @Option(help: ArgumentHelp("Target size (e.g. 10G; default: the configured quota, or 0 to keep only images in use).", valueName: "size"))
+        var to: String?
 
         func run() throws {
             try reporting {

@@ -14,10 +14,10 @@ struct ClassAdCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Evaluate an expression, or a stream of JSON requests with --jsonl.",
             discussion: """
-            --jsonl reads one JSON object per line on stdin and writes one result per line:
-              {"id":"x","kind":"expr","expr":"…","my":"[…]","target":"[…]"}   (my/target optional)
-              {"id":"m","kind":"match","left":"[…]","right":"[…]"}
-            """)
+                --jsonl reads one JSON object per line on stdin and writes one result per line:
+                  {"id":"x","kind":"expr","expr":"…","my":"[…]","target":"[…]"}   (my/target optional)
+                  {"id":"m","kind":"match","left":"[…]","right":"[…]"}
+                """)
         @Argument(help: "The expression.") var expression: String?
         @Option(help: "Evaluate as an attribute of this ad (a file, or the ad itself in [ ] syntax).") var my: String?
         @Option(help: "The match partner of --my.") var target: String?
@@ -106,7 +106,9 @@ func loadAds(_ path: String) throws -> [ClassAd] {
         throw ValidationError("cannot read \(path)")
     }
     let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
-    if lines.count > 1 && lines.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).hasPrefix("[") || $0.trimmingCharacters(in: .whitespaces).isEmpty }) {
+    if lines.count > 1
+        && lines.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).hasPrefix("[") || $0.trimmingCharacters(in: .whitespaces).isEmpty })
+    {
         var ads: [ClassAd] = []
         for (i, l) in lines.enumerated() {
             ads.append(try parseText(l, what: "ad on line \(i + 1) of \(path)") { try Parser.parseClassAd($0) })
@@ -170,7 +172,8 @@ enum JSONLines {
             return JSONWriter.encode(["id": id, "result": result])
         case "match":
             guard let ls = obj["left"] as? String, let rs = obj["right"] as? String,
-                  let left = try? Parser.parseClassAd(ls), let right = try? Parser.parseClassAd(rs) else {
+                let left = try? Parser.parseClassAd(ls), let right = try? Parser.parseClassAd(rs)
+            else {
                 return JSONWriter.encode(["id": id, "error": "parse_error"])
             }
             let ctx = MatchContext(left: left, right: right)
@@ -182,8 +185,10 @@ enum JSONLines {
                 let st = EvalState(scope: ad)
                 return typed(ctx.evaluate(attribute: "Rank", of: ad), st)
             }
-            return JSONWriter.encode(["id": id, "left_matches_right": lmr, "right_matches_left": rml,
-                                      "symmetric_match": lmr && rml, "left_rank": rank(left), "right_rank": rank(right)])
+            return JSONWriter.encode([
+                "id": id, "left_matches_right": lmr, "right_matches_left": rml,
+                "symmetric_match": lmr && rml, "left_rank": rank(left), "right_rank": rank(right),
+            ])
         default:
             return JSONWriter.encode(["id": id, "error": "unknown kind \(kind)"])
         }

@@ -12,7 +12,9 @@ import Glibc
 #endif
 
 struct CatalogOption: ParsableArguments {
-    @Option(name: .customLong("catalog"), help: ArgumentHelp("The catalog directory (default: $SLURM_VM_CATALOG or /var/lib/slurm-vm).", valueName: "dir"))
+    @Option(
+        name: .customLong("catalog"), help: ArgumentHelp("The catalog directory (default: $SLURM_VM_CATALOG or /var/lib/slurm-vm).", valueName: "dir")
+    )
     var path: String?
 
     func open() throws -> Catalog { try Catalog(root: path ?? Catalog.defaultRoot) }
@@ -22,31 +24,27 @@ func warn(_ s: String) { FileHandle.standardError.write(Data("slurm-vm: \(s)\n".
 
 /// Runs a command body; known errors become one message on stderr and an exit code.
 func reporting<T>(_ body: () throws -> T) throws -> T {
-    do { return try body() }
-    catch where Teardown.interrupted {
+    do { return try body() } catch  where Teardown.interrupted {
         // Ctrl-C (or SIGTERM) is tearing the guests down on another thread; what failed here failed
         // because of it. That thread ends the process with 128 + the signal once everything is gone.
         while true { pause() }
-    }
-    catch let e as ExitCode { throw e }
-    catch let e as CleanExit { throw e }
-    catch let e as ValidationError { throw e }
-    catch let e as VMRequest.Invalid { warn("error: \(e)"); throw ExitCode(2) }
-    catch let e as JobShape.Invalid { warn("error: \(e)"); throw ExitCode(2) }
-    catch let e as CPUList.Invalid { warn("error: \(e)"); throw ExitCode(2) }
-    catch let e as CatalogError {
+    } catch let e as ExitCode { throw e } catch let e as CleanExit { throw e } catch let e as ValidationError { throw e } catch let e
+        as VMRequest.Invalid
+    { warn("error: \(e)"); throw ExitCode(2) } catch let e as JobShape.Invalid { warn("error: \(e)"); throw ExitCode(2) } catch let e
+        as CPUList.Invalid
+    { warn("error: \(e)"); throw ExitCode(2) } catch let e as CatalogError {
         warn("error: \(e)")
-        switch e { case .invalidName, .invalidAttribute, .protectedAttribute: throw ExitCode(2); default: throw ExitCode(1) }
-    }
-    catch let e as RunnerError {
+        switch e {
+        case .invalidName, .invalidAttribute, .protectedAttribute: throw ExitCode(2);
+        default: throw ExitCode(1)
+        }
+    } catch let e as RunnerError {
         warn("error: \(e)")
         if case .invalidRequest = e { throw ExitCode(2) }
         throw ExitCode(1)
-    }
-    catch let e as BuildError { warn("error: \(e)"); throw ExitCode(1) }
-    catch let e as FileError { warn("error: \(e)"); throw ExitCode(1) }
-    catch let e as AgentError { warn("error: \(e)"); throw ExitCode(1) }
-    catch { warn("error: \(error)"); throw ExitCode(1) }
+    } catch let e as BuildError { warn("error: \(e)"); throw ExitCode(1) } catch let e as FileError {
+        warn("error: \(e)"); throw ExitCode(1)
+    } catch let e as AgentError { warn("error: \(e)"); throw ExitCode(1) } catch { warn("error: \(error)"); throw ExitCode(1) }
 }
 
 /// Build progress: an updating line on a terminal, plain lines otherwise.

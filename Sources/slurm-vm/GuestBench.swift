@@ -18,7 +18,8 @@ import Glibc
 #endif
 
 struct GuestBench: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "guest", abstract: "Image build time, vm run wall time against a bare QEMU boot, VMM memory.")
+    static let configuration = CommandConfiguration(
+        commandName: "guest", abstract: "Image build time, vm run wall time against a bare QEMU boot, VMM memory.")
     @OptionGroup var catalog: CatalogOption
     @Option(help: "The image to boot.") var image = "minimal"
     @Option(help: "The recipe to build (default: Images/IMAGE.toml next to the current directory).") var recipe: String?
@@ -48,7 +49,8 @@ struct GuestBench: ParsableCommand {
                     times.append(t)
                 }
                 results["build_s"] = median(times)
-                lines.append(String(format: "image build %@           median %.2f s  (min %.2f, max %.2f)", r, median(times), times.min()!, times.max()!))
+                lines.append(
+                    String(format: "image build %@           median %.2f s  (min %.2f, max %.2f)", r, median(times), times.min()!, times.max()!))
             }
 
             // The run, and its bare-QEMU baseline, interleaved so both see the same machine.
@@ -65,9 +67,10 @@ struct GuestBench: ParsableCommand {
                 let dir = records.dir("bench-bare-\(getpid())-\(i)")
                 try Files.mkdirs(dir)
                 defer { Files.remove(dir) }
-                let spec = GuestSpec(id: "bench-bare", kernel: cat.blobs.path(of: rec.artefact("kernel")!.digest), kernelDigest: rec.artefact("kernel")!.digest,
-                                     initrd: rec.artefact("initrd").map { cat.blobs.path(of: $0.digest) }, cmdline: rec.cmdline + " slurmvm.bootonly=1",
-                                     vcpus: 1, memoryMB: mem, cpus: [allowed[0]], housekeeping: [allowed.last!], agent: false, runDir: dir)
+                let spec = GuestSpec(
+                    id: "bench-bare", kernel: cat.blobs.path(of: rec.artefact("kernel")!.digest), kernelDigest: rec.artefact("kernel")!.digest,
+                    initrd: rec.artefact("initrd").map { cat.blobs.path(of: $0.digest) }, cmdline: rec.cmdline + " slurmvm.bootonly=1",
+                    vcpus: 1, memoryMB: mem, cpus: [allowed[0]], housekeeping: [allowed.last!], agent: false, runDir: dir)
                 let cmd = hv.unmanagedCommand(spec)
                 let (bt, bst, berr) = timed(cmd[0], Array(cmd.dropFirst()), env: env)
                 guard bst == 0 else { throw RunnerError.invalidRequest("bare QEMU boot failed: \(berr)") }
@@ -77,8 +80,14 @@ struct GuestBench: ParsableCommand {
             results["vm_run_true_s"] = median(runTimes)
             results["bare_qemu_boot_s"] = median(bareTimes)
             results["run_over_bare"] = ratio
-            lines.append(String(format: "vm run --image %@ -- true   median %.2f s  (min %.2f, max %.2f)", image, median(runTimes), runTimes.min()!, runTimes.max()!))
-            lines.append(String(format: "bare QEMU boot, same image     median %.2f s  (min %.2f, max %.2f)", median(bareTimes), bareTimes.min()!, bareTimes.max()!))
+            lines.append(
+                String(
+                    format: "vm run --image %@ -- true   median %.2f s  (min %.2f, max %.2f)", image, median(runTimes), runTimes.min()!,
+                    runTimes.max()!))
+            lines.append(
+                String(
+                    format: "bare QEMU boot, same image     median %.2f s  (min %.2f, max %.2f)", median(bareTimes), bareTimes.min()!,
+                    bareTimes.max()!))
             lines.append(String(format: "ratio run / bare boot          %.2f×  (accelerator %@)", ratio, hv.accelerator.rawValue))
 
             // Memory of a kept guest's VMM beyond its guest RAM.
@@ -97,7 +106,10 @@ struct GuestBench: ParsableCommand {
                 results["vmm_rss_beyond_guest_mib"] = median(beyond)
                 results["vmm_anon_mib"] = median(anon)
                 results["vmm_file_mib"] = median(file)
-                lines.append(String(format: "VMM memory beyond guest RAM    median %.1f MiB RSS (%.1f anonymous, %.1f file-backed); guest RAM %d MiB", median(beyond), median(anon), median(file), mem))
+                lines.append(
+                    String(
+                        format: "VMM memory beyond guest RAM    median %.1f MiB RSS (%.1f anonymous, %.1f file-backed); guest RAM %d MiB",
+                        median(beyond), median(anon), median(file), mem))
             }
             if json { print(jsonString(results)) } else { print(lines.joined(separator: "\n")) }
         }

@@ -33,13 +33,18 @@ struct ImageCommand: ParsableCommand {
                 let res = try b.build(r)
                 progress.finish()
                 if json {
-                    print(jsonString(["name": res.record.name, "version": res.record.version, "digest": res.record.digest,
-                                      "added": res.added, "packages": res.packages, "kernel_bytes": res.kernelBytes,
-                                      "initrd_bytes": res.initrdBytes, "phases": Dictionary(uniqueKeysWithValues: res.phases.map { ($0.0, $0.1) })]))
+                    print(
+                        jsonString([
+                            "name": res.record.name, "version": res.record.version, "digest": res.record.digest,
+                            "added": res.added, "packages": res.packages, "kernel_bytes": res.kernelBytes,
+                            "initrd_bytes": res.initrdBytes, "phases": Dictionary(uniqueKeysWithValues: res.phases.map { ($0.0, $0.1) }),
+                        ]))
                 } else {
                     let verb = res.added ? "added" : "already in the catalog (identical contents):"
                     print("\(verb) \(res.record.label)  \(res.record.digest)")
-                    print("  kernel \(humanBytes(res.kernelBytes)), initramfs \(humanBytes(res.initrdBytes)), \(res.packages) packages, total \(humanBytes(res.record.totalSize))")
+                    print(
+                        "  kernel \(humanBytes(res.kernelBytes)), initramfs \(humanBytes(res.initrdBytes)), \(res.packages) packages, total \(humanBytes(res.record.totalSize))"
+                    )
                 }
             }
         }
@@ -53,7 +58,9 @@ struct ImageCommand: ParsableCommand {
         @Option(help: "An initramfs (cpio, optionally compressed).") var initrd: String?
         @Option(help: "A raw root disk (attached read-only as virtio-blk).") var disk: String?
         @Option(help: "The kernel command line the image needs.") var cmdline: String = ""
-        @Option(name: .customLong("attr"), help: ArgumentHelp("An attribute of the image's ad, NAME=EXPRESSION (repeatable), e.g. OS=\"debian\".", valueName: "name=expr"))
+        @Option(
+            name: .customLong("attr"),
+            help: ArgumentHelp("An attribute of the image's ad, NAME=EXPRESSION (repeatable), e.g. OS=\"debian\".", valueName: "name=expr"))
         var attrs: [String] = []
 
         func run() throws {
@@ -62,8 +69,10 @@ struct ImageCommand: ParsableCommand {
                     throw ValidationError("give the new image as NAME:VERSION")
                 }
                 let cat = try catalog.open()
-                var derived: [Attribute] = [Attribute("Arch", "\"x86_64\""), Attribute("MaxVCPUs", "64"), Attribute("MinMemoryMB", "256"),
-                                            Attribute("Libraries", "{ }")]
+                var derived: [Attribute] = [
+                    Attribute("Arch", "\"x86_64\""), Attribute("MaxVCPUs", "64"), Attribute("MinMemoryMB", "256"),
+                    Attribute("Libraries", "{ }"),
+                ]
                 var admin: [Attribute] = []
                 for a in attrs {
                     guard let eq = a.firstIndex(of: "=") else { throw ValidationError("--attr \(a): write NAME=EXPRESSION") }
@@ -92,8 +101,9 @@ struct ImageCommand: ParsableCommand {
                         let (d, s) = try cat.blobs.ingest(f)
                         artefacts.append(Artefact(role: role, digest: d, size: s))
                     }
-                    let r = ImageRecord(name: name, version: version, artefacts: artefacts, cmdline: cmdline,
-                                        derived: derived, admin: admin, source: "add")
+                    let r = ImageRecord(
+                        name: name, version: version, artefacts: artefacts, cmdline: cmdline,
+                        derived: derived, admin: admin, source: "add")
                     if !(try cat.add(r)) { print("already in the catalog (identical contents): \(r.label)") }
                     return r
                 }
@@ -118,10 +128,16 @@ struct ImageCommand: ParsableCommand {
                 let rows = try recs.map { r -> [String] in
                     let ad = try r.ad()
                     func s(_ n: String) -> String {
-                        switch ad.evaluate(n) { case .string(let b): return b.description; case .integer(let i): return String(i); default: return "-" }
+                        switch ad.evaluate(n) {
+                        case .string(let b): return b.description;
+                        case .integer(let i): return String(i);
+                        default: return "-"
+                        }
                     }
-                    return [r.name, r.version, r.shortDigest, humanBytes(r.totalSize), s("OS") + " " + s("OSVersion"), s("KernelVersion"),
-                            s("MaxVCPUs"), s("MinMemoryMB"), r.tags.joined(separator: ","), Self.date(r.created)]
+                    return [
+                        r.name, r.version, r.shortDigest, humanBytes(r.totalSize), s("OS") + " " + s("OSVersion"), s("KernelVersion"),
+                        s("MaxVCPUs"), s("MinMemoryMB"), r.tags.joined(separator: ","), Self.date(r.created),
+                    ]
                 }
                 print(table(["NAME", "VERSION", "DIGEST", "SIZE", "OS", "KERNEL", "MAXVCPUS", "MINMEM(MB)", "TAGS", "CREATED"], rows))
             }
@@ -169,7 +185,8 @@ struct ImageCommand: ParsableCommand {
     }
 
     struct Tag: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Point NAME:TAG at an image (e.g. `image tag mpich:1.2 stable`); --delete removes a tag.")
+        static let configuration = CommandConfiguration(
+            abstract: "Point NAME:TAG at an image (e.g. `image tag mpich:1.2 stable`); --delete removes a tag.")
         @OptionGroup var catalog: CatalogOption
         @Argument(help: "The image (or NAME:TAG with --delete).") var image: String
         @Argument(help: "The tag.") var tag: String?
@@ -179,7 +196,9 @@ struct ImageCommand: ParsableCommand {
             try reporting {
                 let cat = try catalog.open()
                 if delete {
-                    guard case .nameVersion(let n, let t) = try ImageReference(image), tag == nil else { throw ValidationError("give NAME:TAG to delete") }
+                    guard case .nameVersion(let n, let t) = try ImageReference(image), tag == nil else {
+                        throw ValidationError("give NAME:TAG to delete")
+                    }
                     try cat.untag(n, t)
                     print("removed tag \(n):\(t)")
                     return
@@ -195,10 +214,10 @@ struct ImageCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "set", abstract: "Set admin attributes of an image's ad, e.g. Requirements (who may use it) and Rank.",
             discussion: """
-            Each assignment is NAME=EXPRESSION, checked by the ClassAd parser. The image sees the job as TARGET:
-              slurm-vm image set mpich 'Requirements=member(TARGET.Account, {"physics", "chem"})'
-              slurm-vm image set mpich Rank=10 --unset Site
-            """)
+                Each assignment is NAME=EXPRESSION, checked by the ClassAd parser. The image sees the job as TARGET:
+                  slurm-vm image set mpich 'Requirements=member(TARGET.Account, {"physics", "chem"})'
+                  slurm-vm image set mpich Rank=10 --unset Site
+                """)
         @OptionGroup var catalog: CatalogOption
         @Argument var image: String
         @Argument(help: "NAME=EXPRESSION assignments.") var assignments: [String] = []
@@ -210,7 +229,8 @@ struct ImageCommand: ParsableCommand {
                 var attrs: [Attribute] = []
                 for a in assignments {
                     guard let eq = a.firstIndex(of: "=") else { throw ValidationError("'\(a)': write NAME=EXPRESSION") }
-                    attrs.append(try ImageRecord.adminAttribute(String(a[..<eq]).trimmingCharacters(in: .whitespaces), String(a[a.index(after: eq)...])))
+                    attrs.append(
+                        try ImageRecord.adminAttribute(String(a[..<eq]).trimmingCharacters(in: .whitespaces), String(a[a.index(after: eq)...])))
                 }
                 let r = try catalog.open().setAttributes(try ImageReference(image), set: attrs, unset: unset)
                 print("updated \(r.label)")
@@ -231,8 +251,9 @@ struct ImageCommand: ParsableCommand {
                 var bad = 0
                 for r in recs {
                     for a in r.artefacts {
-                        do { try cat.blobs.verify(a.digest); print("ok      \(r.label) \(a.role) \(a.digest)") }
-                        catch { bad += 1; print("FAILED  \(r.label) \(a.role): \(error)") }
+                        do { try cat.blobs.verify(a.digest); print("ok      \(r.label) \(a.role) \(a.digest)") } catch {
+                            bad += 1; print("FAILED  \(r.label) \(a.role): \(error)")
+                        }
                     }
                 }
                 if bad > 0 { throw ExitCode(1) }

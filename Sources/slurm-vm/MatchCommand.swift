@@ -27,8 +27,10 @@ struct VMOptions: ParsableArguments {
     @Option(name: .customLong("vm-rank"), help: help("rank")) var rank: String?
 
     func request() throws -> VMRequest {
-        let given: [(String, String?)] = [("count", count), ("vcpus", vcpus), ("mem", mem), ("os", os), ("kernel", kernel),
-                                           ("libs", libs), ("image", image), ("requirements", requirements), ("rank", rank)]
+        let given: [(String, String?)] = [
+            ("count", count), ("vcpus", vcpus), ("mem", mem), ("os", os), ("kernel", kernel),
+            ("libs", libs), ("image", image), ("requirements", requirements), ("rank", rank),
+        ]
         return try VMRequest.fromOptions(Dictionary(uniqueKeysWithValues: given.compactMap { k, v in v.map { (k, $0) } }))
     }
 }
@@ -74,7 +76,9 @@ struct MatchCommand: ParsableCommand {
                 print(jsonString(o))
             } else if let a = m.accepted {
                 print("\(a.imageLabel)  \(a.image)")
-                print("  \(a.sizing.guests) guest\(a.sizing.guests == 1 ? "" : "s"), \(a.sizing.vcpusGiven ? "\(a.sizing.vcpus) vCPU(s) each" : a.sizing.vcpusOrigin), \(a.memoryMB) MiB each")
+                print(
+                    "  \(a.sizing.guests) guest\(a.sizing.guests == 1 ? "" : "s"), \(a.sizing.vcpusGiven ? "\(a.sizing.vcpus) vCPU(s) each" : a.sizing.vcpusOrigin), \(a.memoryMB) MiB each"
+                )
                 if m.matches.count > 1 { print("  (also matching: \(m.matches.dropFirst().map(\.label).joined(separator: ", ")))") }
                 if let e = m.explanation { print(""); print(e) }
             } else {

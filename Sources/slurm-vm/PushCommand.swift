@@ -14,7 +14,9 @@ extension ImageCommand {
     struct Push: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Send an image to nodes' caches now, in one broadcast, with a progress bar.",
-            discussion: "Each node's slurm-vmd must have node.listen set; the order is signed with MUNGE, so run this as root or SlurmUser on a host of the cluster.")
+            discussion:
+                "Each node's slurm-vmd must have node.listen set; the order is signed with MUNGE, so run this as root or SlurmUser on a host of the cluster."
+        )
         @OptionGroup var catalog: CatalogOption
         @Argument(help: "NAME, NAME:VERSION, NAME:TAG or sha256:DIGEST.") var image: String
         @Option(help: ArgumentHelp("The nodes: HOST[:PORT],… or a Slurm host list such as node[1-8].", valueName: "list")) var nodes: String
@@ -40,8 +42,14 @@ extension ImageCommand {
                         do {
                             try PushClient.push(order, to: t, timeout: timeout) { e in
                                 switch e {
-                                case .progress(let a, let b): state.update(i) { $0.bytes = a; $0.total = b }
-                                case .done(let o): state.update(i) { $0.outcome = o; $0.bytes = $0.total }
+                                case .progress(let a, let b):
+                                    state.update(i) {
+                                        $0.bytes = a; $0.total = b
+                                    }
+                                case .done(let o):
+                                    state.update(i) {
+                                        $0.outcome = o; $0.bytes = $0.total
+                                    }
                                 }
                             }
                         } catch {
@@ -53,16 +61,23 @@ extension ImageCommand {
                 bar.stop()
                 let nodes = state.snapshot()
                 if json {
-                    print(jsonString(["image": rec.label, "digest": rec.digest, "transfer": transfer, "nodes": zip(targets, nodes).map { t, n -> [String: Any] in
-                        var o: [String: Any] = ["node": t, "ok": n.error == nil]
-                        if let e = n.error { o["error"] = e }
-                        if let r = n.outcome { o["held"] = r.held; o["seconds"] = r.seconds }
-                        return o
-                    }]))
+                    print(
+                        jsonString([
+                            "image": rec.label, "digest": rec.digest, "transfer": transfer,
+                            "nodes": zip(targets, nodes).map { t, n -> [String: Any] in
+                                var o: [String: Any] = ["node": t, "ok": n.error == nil]
+                                if let e = n.error { o["error"] = e }
+                                if let r = n.outcome { o["held"] = r.held; o["seconds"] = r.seconds }
+                                return o
+                            },
+                        ]))
                 } else {
                     for (t, n) in zip(targets, nodes) {
-                        if let e = n.error { print("\(t): FAILED: \(e)") }
-                        else if let o = n.outcome { print("\(t): \(o.held ? "already held" : "received") (\(String(format: "%.1f", o.seconds)) s)") }
+                        if let e = n.error {
+                            print("\(t): FAILED: \(e)")
+                        } else if let o = n.outcome {
+                            print("\(t): \(o.held ? "already held" : "received") (\(String(format: "%.1f", o.seconds)) s)")
+                        }
                     }
                 }
                 let failed = nodes.filter { $0.error != nil }.count
@@ -84,7 +99,9 @@ extension ImageCommand {
                 let o = Pipe()
                 p.standardOutput = o
                 p.standardError = FileHandle.nullDevice
-                do { try p.run() } catch { throw ValidationError("--nodes '\(list)' is a Slurm host list, and scontrol could not be started to expand it") }
+                do { try p.run() } catch {
+                    throw ValidationError("--nodes '\(list)' is a Slurm host list, and scontrol could not be started to expand it")
+                }
                 let out = o.fileHandleForReading.readDataToEndOfFile()
                 p.waitUntilExit()
                 guard p.terminationStatus == 0 else { throw ValidationError("--nodes: scontrol cannot expand the host list '\(list)'") }
@@ -96,7 +113,8 @@ extension ImageCommand {
             for n in names {
                 let parts = n.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
                 guard parts.count <= 2, let host = parts.first, !host.isEmpty, host.count <= 255,
-                      host.allSatisfy({ $0.isLetter || $0.isNumber || ".-_".contains($0) }) else {
+                    host.allSatisfy({ $0.isLetter || $0.isNumber || ".-_".contains($0) })
+                else {
                     throw ValidationError("--nodes: '\(n)' is not HOST or HOST:PORT")
                 }
                 var p = port
@@ -149,8 +167,9 @@ final class PushBar: @unchecked Sendable {
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
         let pct = total > 0 ? Int(100 * done / total) : 100
         let failed = s.filter { $0.error != nil }.count
-        return String(format: "[%5.1fs] push %@ [%@] %3d%% %@ of %@, %d/%d nodes done%@", Date().timeIntervalSince(began), label, bar, pct,
-                      humanBytes(done), humanBytes(total), finished, s.count, failed > 0 ? ", \(failed) failed" : "")
+        return String(
+            format: "[%5.1fs] push %@ [%@] %3d%% %@ of %@, %d/%d nodes done%@", Date().timeIntervalSince(began), label, bar, pct,
+            humanBytes(done), humanBytes(total), finished, s.count, failed > 0 ? ", \(failed) failed" : "")
     }
 
     func start() {
@@ -158,8 +177,11 @@ final class PushBar: @unchecked Sendable {
             defer { ended.signal() }
             var last = Date.distantPast
             while lock.withLock({ running }) {
-                if tty { FileHandle.standardError.write(Data("\r\u{1b}[2K\(line())".utf8)) }
-                else if Date().timeIntervalSince(last) >= 5 { FileHandle.standardError.write(Data("\(line())\n".utf8)); last = Date() }
+                if tty {
+                    FileHandle.standardError.write(Data("\r\u{1b}[2K\(line())".utf8))
+                } else if Date().timeIntervalSince(last) >= 5 {
+                    FileHandle.standardError.write(Data("\(line())\n".utf8)); last = Date()
+                }
                 usleep(200_000)
             }
         }

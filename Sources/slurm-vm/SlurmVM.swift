@@ -10,7 +10,9 @@ struct SlurmVM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "slurm-vm",
         abstract: "VM-on-demand jobs for Slurm: image matching, catalog and guests.",
-        subcommands: [ImageCommand.self, MatchCommand.self, VMCommand.self, ClassAdCommand.self, BenchCommand.self, BroadcastCommand.self, CacheCommand.self])
+        subcommands: [
+            ImageCommand.self, MatchCommand.self, VMCommand.self, ClassAdCommand.self, BenchCommand.self, BroadcastCommand.self, CacheCommand.self,
+        ])
 
     /// Writes to a pipe or socket whose reader is gone must fail with EPIPE, never kill the CLI
     /// halfway through tearing guests down.

@@ -28,7 +28,9 @@ enum TaskWrapper {
         SignalRelay.block()
         let env = ProcessInfo.processInfo.environment
         let argv0 = env[argv0Variable]!
-        guard let socket = env[socketVariable], !socket.isEmpty else { fail("\(socketVariable) is not set: the plugin did not say where this node's slurm-vmd listens") }
+        guard let socket = env[socketVariable], !socket.isEmpty else {
+            fail("\(socketVariable) is not set: the plugin did not say where this node's slurm-vmd listens")
+        }
         guard let job = env["SLURM_JOB_ID"].flatMap(UInt32.init) else { fail("SLURM_JOB_ID is not set: not a Slurm task") }
         let args = [argv0] + CommandLine.arguments.dropFirst()
         let taskEnv = env.filter { k, _ in !hostOnly.contains { p in p.hasSuffix("_") || p.hasSuffix("=") ? (k + "=").hasPrefix(p) : k == p } }

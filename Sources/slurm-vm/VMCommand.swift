@@ -44,12 +44,12 @@ struct VMCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Boot guests, run a command in each, tear them down.",
             discussion: """
-            With --image: K guests of the image, each vCPU pinned to its own CPU from --cpus; the command runs
-            in every guest (output prefixed by guest when K > 1) and its exit code is returned.
-              slurm-vm vm run --image mpich --vcpus 2 --cpus 0,1 -- mpiexec -n 2 hostname
-            With --kernel (raw mode): boot a kernel without an agent, copy its console to stdout, and exit
-            when it powers off, resets or halts.
-            """)
+                With --image: K guests of the image, each vCPU pinned to its own CPU from --cpus; the command runs
+                in every guest (output prefixed by guest when K > 1) and its exit code is returned.
+                  slurm-vm vm run --image mpich --vcpus 2 --cpus 0,1 -- mpiexec -n 2 hostname
+                With --kernel (raw mode): boot a kernel without an agent, copy its console to stdout, and exit
+                when it powers off, resets or halts.
+                """)
         @OptionGroup var catalog: CatalogOption
         @OptionGroup var be: BackendOptions
         @Option(help: "The image (NAME, NAME:VERSION, NAME:TAG, sha256:…).") var image: String?
@@ -109,14 +109,19 @@ struct VMCommand: ParsableCommand {
             for a in rec.artefacts { try cat.blobs.verify(a.digest) }
             let records = try GuestRecords()
             let (hv, accelerator) = try be.make(records: records)
-            let names = (0..<count).map { _ in let id = records.newID(prefix: rec.name); return (id: id, hostname: id) }
-            let set = ImageGuests(image: image, names: names, vcpus: vcpus, memoryMB: memMB, plan: p, hugepages: huge,
-                                  extraCmdline: append, keep: keep, owner: getuid())
+            let names = (0..<count).map { _ in
+                let id = records.newID(prefix: rec.name); return (id: id, hostname: id)
+            }
+            let set = ImageGuests(
+                image: image, names: names, vcpus: vcpus, memoryMB: memMB, plan: p, hugepages: huge,
+                extraCmdline: append, keep: keep, owner: getuid())
             let teardown = Teardown(catalog: cat)
             teardown.install()
             let clock = PhaseClock(enabled: be.verbose)
             let guests = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: bootTimeout) { g in
-                clock.mark("VMM started, vCPUs pinned (\(g.spec.id): threads \(g.vcpuThreads.map(String.init).joined(separator: ",")) on CPUs \(CPUList(g.spec.cpus)))")
+                clock.mark(
+                    "VMM started, vCPUs pinned (\(g.spec.id): threads \(g.vcpuThreads.map(String.init).joined(separator: ",")) on CPUs \(CPUList(g.spec.cpus)))"
+                )
                 teardown.add(g)
                 try? cat.lease(rec, holder: g.spec.id, pid: g.pid)
             }
@@ -124,8 +129,9 @@ struct VMCommand: ParsableCommand {
             var code: Int32 = 0
             if !command.isEmpty {
                 let req = ExecRequest(argv: command, env: environment(), cwd: cwd, uid: getuid(), gid: getgid())
-                let results = GuestLauncher.run(req, in: guests, stdin: count == 1 ? 0 : nil, prefix: count > 1,
-                                                out: OutputSink(fd: 1), err: OutputSink(fd: 2))
+                let results = GuestLauncher.run(
+                    req, in: guests, stdin: count == 1 ? 0 : nil, prefix: count > 1,
+                    out: OutputSink(fd: 1), err: OutputSink(fd: 2))
                 for (g, r) in zip(guests, results) {
                     switch r {
                     case .success(let st):
@@ -150,8 +156,10 @@ struct VMCommand: ParsableCommand {
         }
 
         func environment() -> [String] {
-            var e = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=\(getuid() == 0 ? "/root" : "/tmp")",
-                     "TERM=\(ProcessInfo.processInfo.environment["TERM"] ?? "dumb")"]
+            var e = [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=\(getuid() == 0 ? "/root" : "/tmp")",
+                "TERM=\(ProcessInfo.processInfo.environment["TERM"] ?? "dumb")",
+            ]
             if let u = getpwuid(getuid()) { e.append("USER=\(String(cString: u.pointee.pw_name))") }
             e += env
             return e
@@ -167,9 +175,11 @@ struct VMCommand: ParsableCommand {
             let records = try GuestRecords()
             let (hv, accelerator) = try be.make(records: records)
             let id = records.newID(prefix: "raw")
-            let spec = GuestSpec(id: id, kernel: kernel, initrd: initrd, cmdline: append ?? "", vcpus: vcpus,
-                                 memoryMB: try memoryMB(default: 256), cpus: p.perGuest[0], housekeeping: p.housekeeping,
-                                 agent: false, hugepages: try HugepagePolicy(parsing: hugepages).use(forMB: try memoryMB(default: 256)), runDir: records.dir(id), keep: false, accelerator: accelerator)
+            let spec = GuestSpec(
+                id: id, kernel: kernel, initrd: initrd, cmdline: append ?? "", vcpus: vcpus,
+                memoryMB: try memoryMB(default: 256), cpus: p.perGuest[0], housekeeping: p.housekeeping,
+                agent: false, hugepages: try HugepagePolicy(parsing: hugepages).use(forMB: try memoryMB(default: 256)), runDir: records.dir(id),
+                keep: false, accelerator: accelerator)
             let teardown = Teardown(catalog: nil)
             teardown.install()
             let g = try hv.boot(spec)
@@ -193,19 +203,28 @@ struct VMCommand: ParsableCommand {
             try reporting {
                 let live = try GuestRecords().live()
                 if json {
-                    print(jsonString(live.map { r -> [String: Any] in
-                        ["id": r.spec.id, "image": r.image ?? "", "pid": r.pid, "vcpus": r.spec.vcpus, "cpus": r.spec.cpus,
-                         "housekeeping": r.spec.housekeeping, "memory_mb": r.spec.memoryMB, "vcpu_threads": r.vcpuThreads,
-                         "keep": r.spec.keep, "backend": r.backend, "accelerator": r.spec.accelerator?.rawValue ?? "",
-                         "started": ISO8601DateFormatter().string(from: r.started), "run_dir": r.spec.runDir]
-                    }))
+                    print(
+                        jsonString(
+                            live.map { r -> [String: Any] in
+                                [
+                                    "id": r.spec.id, "image": r.image ?? "", "pid": r.pid, "vcpus": r.spec.vcpus, "cpus": r.spec.cpus,
+                                    "housekeeping": r.spec.housekeeping, "memory_mb": r.spec.memoryMB, "vcpu_threads": r.vcpuThreads,
+                                    "keep": r.spec.keep, "backend": r.backend, "accelerator": r.spec.accelerator?.rawValue ?? "",
+                                    "started": ISO8601DateFormatter().string(from: r.started), "run_dir": r.spec.runDir,
+                                ]
+                            }))
                     return
                 }
                 if live.isEmpty { print("no guests running"); return }
-                print(table(["ID", "IMAGE", "PID", "VCPUS", "CPUS", "MEM", "UP", "KEPT"], live.map { r in
-                    [r.spec.id, r.image ?? "-", String(r.pid), String(r.spec.vcpus), CPUList(r.spec.cpus).description,
-                     "\(r.spec.memoryMB)M", "\(Int(Date().timeIntervalSince(r.started)))s", r.spec.keep ? "yes" : "no"]
-                }))
+                print(
+                    table(
+                        ["ID", "IMAGE", "PID", "VCPUS", "CPUS", "MEM", "UP", "KEPT"],
+                        live.map { r in
+                            [
+                                r.spec.id, r.image ?? "-", String(r.pid), String(r.spec.vcpus), CPUList(r.spec.cpus).description,
+                                "\(r.spec.memoryMB)M", "\(Int(Date().timeIntervalSince(r.started)))s", r.spec.keep ? "yes" : "no",
+                            ]
+                        }))
             }
         }
     }
@@ -234,8 +253,9 @@ struct VMCommand: ParsableCommand {
                 e.append("SLURM_VM_GUEST=\(guest)")
                 let sinkOut = OutputSink(fd: 1), sinkErr = OutputSink(fd: 2)
                 let o = sinkOut.stream(tag: nil), er = sinkErr.stream(tag: nil)
-                let cmd = try agent.start(ExecRequest(argv: command, env: e, cwd: cwd, uid: getuid(), gid: getgid()),
-                                          stdin: 0, stdout: { o.write($0) }, stderr: { er.write($0) })
+                let cmd = try agent.start(
+                    ExecRequest(argv: command, env: e, cwd: cwd, uid: getuid(), gid: getgid()),
+                    stdin: 0, stdout: { o.write($0) }, stderr: { er.write($0) })
                 let forward = SignalForwarder { cmd.signal($0) }
                 defer { _ = forward }
                 let (st, errs) = try cmd.wait()
@@ -257,7 +277,9 @@ struct VMCommand: ParsableCommand {
                 let records = try GuestRecords()
                 var targets = guests
                 if all { targets = records.live().filter { getuid() == 0 || $0.owner == getuid() }.map(\.spec.id) }
-                guard !targets.isEmpty else { if all { print("no guests running") }; if !all { throw ValidationError("give guest ids or --all") }; return }
+                guard !targets.isEmpty else {
+                    if all { print("no guests running") }; if !all { throw ValidationError("give guest ids or --all") }; return
+                }
                 let cat = try? catalog.open()
                 for id in targets {
                     guard let r = records.load(id), r.alive else { throw RunnerError.noSuchGuest(id) }

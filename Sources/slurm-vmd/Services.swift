@@ -28,9 +28,9 @@ final class AcceptLoop: @unchecked Sendable {
                 if c < 0 {
                     if errno == EINTR || errno == ECONNABORTED { continue }
                     if errno == EMFILE || errno == ENFILE { logger.error("\(name): out of descriptors"); usleep(100_000); continue }
-                    return   // the socket was shut down
+                    return  // the socket was shut down
                 }
-                _ = fcntl(c, F_SETFD, FD_CLOEXEC)   // never inherited by the VMMs we start
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)  // never inherited by the VMMs we start
                 let w = Thread { [handle] in handle(c) }
                 w.stackSize = 1 << 20
                 w.start()
@@ -53,20 +53,23 @@ struct ListenerService: Service {
 
     /// The Unix-socket API.
     static func control(api: API, path: String, logger: Logger) -> ListenerService {
-        ListenerService(name: "api on \(path)", logger: logger, open: { try LineConnection.listen(path) },
-                        handle: { api.serve(LineConnection(fd: $0)) }, onStop: { unlink(path) })
+        ListenerService(
+            name: "api on \(path)", logger: logger, open: { try LineConnection.listen(path) },
+            handle: { api.serve(LineConnection(fd: $0)) }, onStop: { unlink(path) })
     }
 
     /// The catalog role's blob service over TCP.
     static func blobs(api: API, listen: String, logger: Logger) -> ListenerService {
-        ListenerService(name: "blob service on \(listen)", logger: logger, open: { try TCPListener.open(listen) },
-                        handle: { api.serveBlobs($0) })
+        ListenerService(
+            name: "blob service on \(listen)", logger: logger, open: { try TCPListener.open(listen) },
+            handle: { api.serveBlobs($0) })
     }
 
     /// The node role's push listener over TCP (`slurm-vm image push`).
     static func push(api: API, listen: String, logger: Logger) -> ListenerService {
-        ListenerService(name: "push listener on \(listen)", logger: logger, open: { try TCPListener.open(listen) },
-                        handle: { api.servePush($0) })
+        ListenerService(
+            name: "push listener on \(listen)", logger: logger, open: { try TCPListener.open(listen) },
+            handle: { api.servePush($0) })
     }
 
     func run() async throws {
@@ -96,7 +99,9 @@ enum TCPListener {
         guard inet_pton(AF_INET, host.isEmpty ? "0.0.0.0" : host, &a.sin_addr) == 1 else {
             close(fd); throw DaemonError.config("listen address: '\(host)' is not an IPv4 address")
         }
-        let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let r = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
         guard r == 0, Glibc.listen(fd, 128) == 0 else {
             let e = String(cString: strerror(errno)); close(fd)
             throw DaemonError.connection("cannot listen on \(address): \(e)")

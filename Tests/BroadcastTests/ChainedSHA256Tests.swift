@@ -71,7 +71,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let chunk = 64 << 10
         let path = dir + "/image"
-        let data = try Self.bytes(5 * chunk + 1234, at: path)   // a short last chunk
+        let data = try Self.bytes(5 * chunk + 1234, at: path)  // a short last chunk
         let m = try Manifest.compute(path: path, chunkSize: chunk)
         #expect(m.count == 6)
         #expect(m.digest == "sha256:" + reference(data).map { String(format: "%02x", $0) }.joined())
@@ -98,8 +98,12 @@ import Testing
         }
         var end = m.chunks
         end[5][31] ^= 1
-        #expect { try Manifest(digest: m.digest, size: m.size, chunkSize: chunk, chunks: end).validate() } throws: { if case BroadcastError.corrupt = $0 { true } else { false } }
-        #expect { try Manifest(digest: m.digest, size: m.size, chunkSize: chunk, chunks: Array(m.chunks.dropLast())).validate() } throws: { if case BroadcastError.corrupt = $0 { true } else { false } }
+        #expect { try Manifest(digest: m.digest, size: m.size, chunkSize: chunk, chunks: end).validate() } throws: {
+            if case BroadcastError.corrupt = $0 { true } else { false }
+        }
+        #expect { try Manifest(digest: m.digest, size: m.size, chunkSize: chunk, chunks: Array(m.chunks.dropLast())).validate() } throws: {
+            if case BroadcastError.corrupt = $0 { true } else { false }
+        }
         #expect { try Manifest.compute(path: path, chunkSize: chunk + 1) } throws: { if case BroadcastError.config = $0 { true } else { false } }
     }
 }

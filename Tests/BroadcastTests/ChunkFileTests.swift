@@ -18,7 +18,7 @@ import Testing
         let chunk = 64 << 10, count = 3
         let good = (0..<(chunk * count)).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 7) }
         var bad = good
-        for i in stride(from: chunk, to: 2 * chunk, by: 997) { bad[i] ^= 0x5a }     // chunk 1, corrupted
+        for i in stride(from: chunk, to: 2 * chunk, by: 997) { bad[i] ^= 0x5a }  // chunk 1, corrupted
         try Data(good).write(to: URL(fileURLWithPath: "\(dir)/image"))
         let manifest = try Manifest.compute(path: "\(dir)/image", chunkSize: chunk)
         // Orders of events for chunk 1: pieces of the bad (B) and good (G) copies, then who finishes first.
@@ -36,10 +36,10 @@ import Testing
             let first = try #require(f.writer(for: 1, length: chunk))
             let second = try #require(f.writer(for: 1, length: chunk))
             let (b, g) = round < 2 ? (first, second) : (second, first)
-            for (n, off) in stride(from: 0, to: chunk, by: piece).enumerated() {   // interleaved pieces, the
+            for (n, off) in stride(from: 0, to: chunk, by: piece).enumerated() {  // interleaved pieces, the
                 let badPiece = { try bad[(chunk + off)..<(chunk + off + piece)].withUnsafeBytes { try b.append($0) } }
                 let goodPiece = { try good[(chunk + off)..<(chunk + off + piece)].withUnsafeBytes { try g.append($0) } }
-                if n % 2 == 0 { try goodPiece(); try badPiece() } else { try badPiece(); try goodPiece() }   // bad one last half the time
+                if n % 2 == 0 { try goodPiece(); try badPiece() } else { try badPiece(); try goodPiece() }  // bad one last half the time
             }
             if goodFirst { #expect(try g.finish()); #expect(try !b.finish()) } else { #expect(try !b.finish()); #expect(try g.finish()) }
             try f.finish()
@@ -54,9 +54,10 @@ import Testing
         let dir = NSTemporaryDirectory() + "svmb-cf-probe-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         guard (try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)) != nil,
-              (try? Data(count: 128 << 10).write(to: URL(fileURLWithPath: "\(dir)/image"))) != nil,
-              let m = try? Manifest.compute(path: "\(dir)/image", chunkSize: 64 << 10),
-              let f = try? ChunkFile(destination: "\(dir)/copy", manifest: m, keepInMemory: 0) else { return false }
+            (try? Data(count: 128 << 10).write(to: URL(fileURLWithPath: "\(dir)/image"))) != nil,
+            let m = try? Manifest.compute(path: "\(dir)/image", chunkSize: 64 << 10),
+            let f = try? ChunkFile(destination: "\(dir)/copy", manifest: m, keepInMemory: 0)
+        else { return false }
         return f.bypassesPageCache
     }()
 
@@ -71,7 +72,7 @@ import Testing
         let manifest = try Manifest.compute(path: "\(dir)/image", chunkSize: chunk)
         let f = try ChunkFile(destination: "\(dir)/copy", manifest: manifest, keepInMemory: 4 * chunk)
         #expect(f.bypassesPageCache)
-        for i in (0..<count).reversed() {   // the tail chunk first, the first chunk last
+        for i in (0..<count).reversed() {  // the tail chunk first, the first chunk last
             let (off, len) = manifest.range(i)
             let w = try #require(f.writer(for: i, length: len))
             try image[Int(off)..<(Int(off) + len)].withUnsafeBytes { try w.append($0) }
@@ -79,8 +80,11 @@ import Testing
         }
         for i in 0..<count {
             let (off, len) = manifest.range(i)
-            if i < 4 { #expect(f.held(i).map { Array($0) } == Array(image[Int(off)..<(Int(off) + len)]), "chunk \(i)") }
-            else { #expect(f.held(i) == nil, "chunk \(i) should have left memory") }
+            if i < 4 {
+                #expect(f.held(i).map { Array($0) } == Array(image[Int(off)..<(Int(off) + len)]), "chunk \(i)")
+            } else {
+                #expect(f.held(i) == nil, "chunk \(i) should have left memory")
+            }
         }
         try f.finish()
         #expect(FileManager.default.contents(atPath: "\(dir)/copy") == Data(image))

@@ -15,7 +15,7 @@ final class Network {
     var rate: [Double]
     var dead = Set<Int>()
     var stalled = Set<Int>()
-    var corrupt: Set<Int> = []              // chunk indices whose first delivery is corrupted
+    var corrupt: Set<Int> = []  // chunk indices whose first delivery is corrupted
     var corruptedOnce = Set<Int>()
     var doneAt: [Double?]
     var failed: [String?]
@@ -35,10 +35,12 @@ final class Network {
         failed = Array(repeating: nil, count: n)
         downloadFree = Array(repeating: 0, count: n)
         doneAt[0] = 0
-        for r in 0..<n { for p in machines[r].dialed {
-            post(0, r, .connected(peer: p, complete: p == 0))
-            post(0, p, .connected(peer: r, complete: false))
-        } }
+        for r in 0..<n {
+            for p in machines[r].dialed {
+                post(0, r, .connected(peer: p, complete: p == 0))
+                post(0, p, .connected(peer: r, complete: false))
+            }
+        }
     }
 
     func post(_ delay: Double, _ to: Int, _ e: TransferMachine.Event) {
@@ -176,7 +178,7 @@ final class Network {
 
     @Test func aStalledSenderIsWorkedAround() {
         let net = Network(.pipeline, ranks: 8, chunks: 32)
-        net.stalled = [3]   // connected, but nothing it sends ever arrives
+        net.stalled = [3]  // connected, but nothing it sends ever arrives
         net.run()
         for r in 0..<8 { #expect(net.doneAt[r] != nil, "rank \(r)") }
     }
@@ -196,4 +198,3 @@ final class Network {
         #expect(net.failed[1]?.contains("no chunk arrived") == true)
     }
 }
-

@@ -27,8 +27,10 @@ import Testing
     }
 
     /// Runs one transfer of `size` bytes to n ranks; returns each receiving rank's result.
-    static func transfer(n: Int, size: Int, kind: ScheduleKind = .pipeline, corrupt: [Int: Set<Int>] = [:],
-                         digestOverride: String? = nil) throws -> (String, String, [Result<ParticipantReport, Error>]) {
+    static func transfer(
+        n: Int, size: Int, kind: ScheduleKind = .pipeline, corrupt: [Int: Set<Int>] = [:],
+        digestOverride: String? = nil
+    ) throws -> (String, String, [Result<ParticipantReport, Error>]) {
         let dir = scratch()
         let want = randomFile(dir + "/src", size)
         let base = Int.random(in: 20000...40000)
@@ -98,9 +100,9 @@ import Testing
         c.giveUpSeconds = 60
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         _ = try Participant(c, group: group).start()
-        Thread.sleep(forTimeInterval: 0.2)   // rank 1 never comes; rank 0 waits with its file open
+        Thread.sleep(forTimeInterval: 0.2)  // rank 1 never comes; rank 0 waits with its file open
         #expect(Self.openDescriptors(of: dir + "/src") > 0)
-        try group.syncShutdownGracefully()   // (its future can no longer complete: its loop is gone)
+        try group.syncShutdownGracefully()  // (its future can no longer complete: its loop is gone)
         #expect(Self.openDescriptors(of: dir + "/src") == 0, "the dropped rank closed its copy of the image")
     }
 

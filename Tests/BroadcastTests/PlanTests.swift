@@ -15,7 +15,7 @@ import Testing
             var moves: [(Int, Int)] = []
             while i < all.count && all[i].1.step == step {
                 let (r, e) = all[i]
-                if !have[r][e.chunk] { return (false, 0, 0) }   // sent before it was held
+                if !have[r][e.chunk] { return (false, 0, 0) }  // sent before it was held
                 moves.append((e.to, e.chunk))
                 sendsPer[step, default: [:]][r, default: 0] += 1
                 recvsPer[step, default: [:]][e.to, default: 0] += 1

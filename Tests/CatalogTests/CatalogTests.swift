@@ -19,17 +19,26 @@ func tempDir(_ tag: String) -> String {
 func writeFile(_ path: String, _ s: String) { try! Data(s.utf8).write(to: URL(fileURLWithPath: path)) }
 
 /// An image whose kernel and initrd are small text files, with some derived attributes.
-func addImage(_ c: Catalog, _ name: String, _ version: String, content: String = "", attrs: [Attribute] = [], admin: [Attribute] = []) throws -> ImageRecord {
+func addImage(
+    _ c: Catalog, _ name: String, _ version: String, content: String = "", attrs: [Attribute] = [], admin: [Attribute] = []
+) throws -> ImageRecord {
     let dir = tempDir("src")
     writeFile(dir + "/k", "kernel \(name) \(version) \(content)")
     writeFile(dir + "/i", "initrd \(name) \(version) \(content)")
     let k = try c.blobs.ingest(dir + "/k"), i = try c.blobs.ingest(dir + "/i")
-    let derived = [Attribute("OS", "\"debian\""), Attribute("OSVersion", "\"12\""), Attribute("Arch", "\"x86_64\""),
-                   Attribute("KernelVersion", "\"6.1.192\""), Attribute("MaxVCPUs", "8"), Attribute("MinMemoryMB", "128"),
-                   Attribute("Libraries", "{ \"busybox\" }")] + attrs
-    let r = ImageRecord(name: name, version: version, artefacts: [Artefact(role: "kernel", digest: k.digest, size: k.size),
-                                                                 Artefact(role: "initrd", digest: i.digest, size: i.size)],
-                        cmdline: "quiet", derived: derived, admin: admin, source: "test")
+    let derived =
+        [
+            Attribute("OS", "\"debian\""), Attribute("OSVersion", "\"12\""), Attribute("Arch", "\"x86_64\""),
+            Attribute("KernelVersion", "\"6.1.192\""), Attribute("MaxVCPUs", "8"), Attribute("MinMemoryMB", "128"),
+            Attribute("Libraries", "{ \"busybox\" }"),
+        ] + attrs
+    let r = ImageRecord(
+        name: name, version: version,
+        artefacts: [
+            Artefact(role: "kernel", digest: k.digest, size: k.size),
+            Artefact(role: "initrd", digest: i.digest, size: i.size),
+        ],
+        cmdline: "quiet", derived: derived, admin: admin, source: "test")
     try c.add(r)
     return r
 }
@@ -42,7 +51,7 @@ func addImage(_ c: Catalog, _ name: String, _ version: String, content: String =
         let (d, size) = try c.blobs.ingest(src)
         #expect(d == "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
         #expect(size == 5)
-        #expect(try c.blobs.ingest(src).digest == d)      // stored once
+        #expect(try c.blobs.ingest(src).digest == d)  // stored once
         try c.blobs.verify(d)
         // Damage it: verification names the blob and refuses.
         let p = c.blobs.path(of: d)
@@ -60,15 +69,15 @@ func addImage(_ c: Catalog, _ name: String, _ version: String, content: String =
         _ = try addImage(c, "mpich", "1.9")
         let newest = try addImage(c, "mpich", "1.10")
         _ = try addImage(c, "minimal", "1.0")
-        #expect(try c.resolve(.name("mpich")).version == "1.10")          // natural version order, not text order
+        #expect(try c.resolve(.name("mpich")).version == "1.10")  // natural version order, not text order
         #expect(try c.resolve(.nameVersion("mpich", "1.9")).version == "1.9")
         _ = try c.tag(.nameVersion("mpich", "1.9"), "stable")
         #expect(try c.resolve(try ImageReference("mpich:stable")).version == "1.9")
-        _ = try c.tag(.nameVersion("mpich", "1.10"), "stable")           // a tag moves
+        _ = try c.tag(.nameVersion("mpich", "1.10"), "stable")  // a tag moves
         #expect(try c.resolve(try ImageReference("mpich:stable")).version == "1.10")
         #expect(try c.resolve(try ImageReference("sha256:" + newest.digest.dropFirst(7).prefix(12))).label == "mpich:1.10")
         #expect(throws: CatalogError.self) { try c.resolve(.name("nope")) }
-        #expect(throws: CatalogError.self) { try c.tag(.name("mpich"), "1.9") }   // a tag may not hide a version
+        #expect(throws: CatalogError.self) { try c.tag(.name("mpich"), "1.9") }  // a tag may not hide a version
         #expect(try c.resolve(.name("mpich")).tags == ["stable"])
     }
 
@@ -92,8 +101,12 @@ func addImage(_ c: Catalog, _ name: String, _ version: String, content: String =
         _ = try addImage(c, "mpich", "1.0")
         #expect(throws: CatalogError.self) { try ImageRecord.adminAttribute("Requirements", "TARGET.Owner ==") }
         #expect(throws: CatalogError.self) { try ImageRecord.adminAttribute("OSVersion", "\"13\"") }
-        let r = try c.setAttributes(.name("mpich"), set: [try ImageRecord.adminAttribute("Requirements", "TARGET.Owner == \"alice\""),
-                                                          try ImageRecord.adminAttribute("Site", "\"hpc\"")], unset: [])
+        let r = try c.setAttributes(
+            .name("mpich"),
+            set: [
+                try ImageRecord.adminAttribute("Requirements", "TARGET.Owner == \"alice\""),
+                try ImageRecord.adminAttribute("Site", "\"hpc\""),
+            ], unset: [])
         let ad = try r.ad()
         #expect(Unparser.unparse(ad.lookup("Requirements")!) == "TARGET.Owner == \"alice\"")
         let r2 = try c.setAttributes(.name("mpich"), set: [], unset: ["site"])
@@ -137,7 +150,7 @@ func addImage(_ c: Catalog, _ name: String, _ version: String, content: String =
         let errs = Errs()
         DispatchQueue.concurrentPerform(iterations: 4) { w in
             do {
-                let c = try Catalog(root: root)     // its own connection, as a second CLI would have
+                let c = try Catalog(root: root)  // its own connection, as a second CLI would have
                 for i in 0..<10 { _ = try addImage(c, "img\(w)", "\(i)") }
             } catch { errs.l.lock(); errs.e.append("\(error)"); errs.l.unlock() }
         }

@@ -35,8 +35,10 @@ import Testing
         #expect(try VMRequest.parseMemory("512") == 512)
         #expect(try VMRequest.parseMemory("1.5g") == 1536)
         // Empty values and empty list items are mistakes, not nothing (sbatch --vm-libs=,,, was queued).
-        for (opts, opt) in [(["libs": ",,,"], "--vm-libs"), (["libs": "mpich,"], "--vm-libs"), (["libs": "a,,b"], "--vm-libs"),
-                            (["os": " "], "--vm-os"), (["count": ""], "--vm-count")] {
+        for (opts, opt) in [
+            (["libs": ",,,"], "--vm-libs"), (["libs": "mpich,"], "--vm-libs"), (["libs": "a,,b"], "--vm-libs"),
+            (["os": " "], "--vm-os"), (["count": ""], "--vm-count"),
+        ] {
             #expect { try VMRequest.fromOptions(opts) } throws: { ($0 as? VMRequest.Invalid)?.option == opt }
         }
         #expect(try VMRequest.fromOptions(["libs": "mpich, fftw3"]).libs == ["mpich", "fftw3"])
@@ -58,7 +60,7 @@ import Testing
 
     @Test func eachOptionConstrainsTheImage() throws {
         #expect(try names(VMRequest(libs: ["mpich", "fftw3"]), alice) == ["mpich"])
-        #expect(try names(VMRequest(os: "debian:12"), alice).sorted() == ["minimal", "mpich"])    // 12 is a prefix of 12.5, not of 120
+        #expect(try names(VMRequest(os: "debian:12"), alice).sorted() == ["minimal", "mpich"])  // 12 is a prefix of 12.5, not of 120
         #expect(try names(VMRequest(kernel: ">=6.1"), alice).sorted() == ["minimal", "mpich"])
         #expect(try names(VMRequest(kernel: "5.10"), alice) == ["old"])
         #expect(try names(VMRequest(vcpus: 4, libs: ["mpich"]), alice) == ["mpich"])
@@ -117,7 +119,7 @@ import Testing
         #expect(try shape("--nodes=2-4 --ntasks 3 --cpus-per-task=4") == JobShape(nodes: 2, tasks: 3, cpusPerTask: 4))
         #expect(try shape("-vN3 --exclusive") == JobShape(nodes: 3, exclusive: true))
         #expect(try shape("--exclusive=user -N1") == JobShape(nodes: 1))
-        #expect(try shape("--ntasks-per-n=2") == JobShape(tasksPerNode: 2))             // getopt's unique abbreviation
+        #expect(try shape("--ntasks-per-n=2") == JobShape(tasksPerNode: 2))  // getopt's unique abbreviation
         // Values of other options are skipped, so they are never read as options.
         #expect(try shape("-J -n9 --comment -N7 -N1") == JobShape(nodes: 1))
         #expect(try shape("--job-name=-n9 -p vm -n2") == JobShape(tasks: 2))
@@ -132,7 +134,8 @@ import Testing
         #expect(try shape("job.sh", directives: d) == JobShape(nodes: 2, tasksPerNode: 4, cpusPerTask: 2))
         #expect(try shape("-N1 job.sh", directives: d) == JobShape(nodes: 1, tasksPerNode: 4, cpusPerTask: 2))
         #expect(try shape("job.sh", directives: d, env: ["SBATCH_EXCLUSIVE": "1"]).exclusive)
-        #expect(try shape("-n2", tool: "srun", env: ["SLURM_CPUS_PER_TASK": "3", "SLURM_NNODES": "2"]) == JobShape(nodes: 2, tasks: 2, cpusPerTask: 3))
+        #expect(
+            try shape("-n2", tool: "srun", env: ["SLURM_CPUS_PER_TASK": "3", "SLURM_NNODES": "2"]) == JobShape(nodes: 2, tasks: 2, cpusPerTask: 3))
         // Directives count for sbatch only; the environment is read by each tool under its own names.
         #expect(try shape("", tool: "srun", directives: d, env: ["SBATCH_EXCLUSIVE": "1"]) == JobShape())
     }
@@ -153,10 +156,14 @@ import Testing
     @Test func vcpusDeriveFromTheJobsCoresWhenNotGiven() throws {
         #expect(try sizing(VMRequest(), JobShape(nodes: 1, tasksPerNode: 2)).vcpus == 2)
         #expect(try sizing(VMRequest(count: 2), JobShape(nodes: 1, tasksPerNode: 2)).vcpus == 1)
-        #expect(try sizing(VMRequest(count: 4), JobShape(nodes: 2, tasksPerNode: 2)) == Sizing(guests: 4, vcpus: 1, vcpusGiven: false, nodes: 2, coresPerNode: 2))
-        #expect(try sizing(VMRequest(), JobShape(nodes: 2, tasks: 8, cpusPerTask: 2), cpus: nil) == Sizing(guests: 2, vcpus: 8, vcpusGiven: false, nodes: 2, coresPerNode: 8))
+        #expect(
+            try sizing(VMRequest(count: 4), JobShape(nodes: 2, tasksPerNode: 2))
+                == Sizing(guests: 4, vcpus: 1, vcpusGiven: false, nodes: 2, coresPerNode: 2))
+        #expect(
+            try sizing(VMRequest(), JobShape(nodes: 2, tasks: 8, cpusPerTask: 2), cpus: nil)
+                == Sizing(guests: 2, vcpus: 8, vcpusGiven: false, nodes: 2, coresPerNode: 8))
         #expect(try sizing(VMRequest(), JobShape(exclusive: true), cpus: NodeCPUs(smallest: 16, largest: 64)).vcpus == 16)
-        #expect(try sizing(VMRequest(), JobShape()).vcpus == 1)                                   // one task, one core
+        #expect(try sizing(VMRequest(), JobShape()).vcpus == 1)  // one task, one core
         #expect(try sizing(VMRequest(vcpus: 2), JobShape(nodes: 1)).vcpusGiven)
         // -n without -N: as many nodes as the tasks need on the largest node.
         #expect(try sizing(VMRequest(), JobShape(tasks: 8), cpus: NodeCPUs(smallest: 4, largest: 4)).nodes == 2)
@@ -185,7 +192,7 @@ import Testing
         // --vm-count=2 on the same allocation: a guest per core.
         let ok = try c.match(Submission(request: VMRequest(count: 2, image: "tiny1"), shape: two, requester: alice))
         #expect(ok.accepted?.sizing == Sizing(guests: 2, vcpus: 1, vcpusGiven: false, nodes: 1, coresPerNode: 2))
-        #expect(ok.accepted?.memoryMB == 128)                                           // the image's MinMemoryMB
+        #expect(ok.accepted?.memoryMB == 128)  // the image's MinMemoryMB
         #expect(ok.accepted?.imageLabel == "tiny1:1")
     }
 
@@ -200,10 +207,12 @@ import Testing
     }
 
     @Test func acceptedRequestsTravelAsJSON() throws {
-        let r = AcceptedRequest(request: VMRequest(count: 4, vcpus: 2, memoryMB: 1024, os: "debian:12", kernel: ">=6.1", libs: ["mpich"],
-                                                   image: "mpich", requirements: "true", rank: "0"),
-                                sizing: Sizing(guests: 4, vcpus: 2, vcpusGiven: true, nodes: 2, coresPerNode: 4),
-                                memoryMB: 1024, image: "sha256:" + String(repeating: "a", count: 64), imageLabel: "mpich:1")
+        let r = AcceptedRequest(
+            request: VMRequest(
+                count: 4, vcpus: 2, memoryMB: 1024, os: "debian:12", kernel: ">=6.1", libs: ["mpich"],
+                image: "mpich", requirements: "true", rank: "0"),
+            sizing: Sizing(guests: 4, vcpus: 2, vcpusGiven: true, nodes: 2, coresPerNode: 4),
+            memoryMB: 1024, image: "sha256:" + String(repeating: "a", count: 64), imageLabel: "mpich:1")
         #expect(try JSONDecoder().decode(AcceptedRequest.self, from: try JSONEncoder().encode(r)) == r)
     }
 }
@@ -214,7 +223,8 @@ import Testing
         let src = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Plugin/src/options.c").standardized
         let text = try String(contentsOf: src, encoding: .utf8)
         // [SVM_COUNT] = {"count", "SLURM_VM_COUNT", "N", "usage", NULL},
-        let rx = try NSRegularExpression(pattern: #"\[SVM_([A-Z]+)\] = \{"([^"]*)", "([^"]*)", "([^"]*)", "((?:[^"\\]|\\.)*)", NULL\}"#)
+        let field = #""((?:[^"\\]|\\.)*)",\s*"#
+        let rx = try NSRegularExpression(pattern: #"\[SVM_([A-Z]+)\]\s*=\s*\{\s*"# + String(repeating: field, count: 4) + #"NULL\s*\}"#)
         let rows = rx.matches(in: text, range: NSRange(text.startIndex..., in: text)).map { m in
             (1...5).map { String(text[Range(m.range(at: $0), in: text)!]) }
         }

@@ -16,9 +16,11 @@ import Testing
     }
 
     static let alphabet = Array("abcxyzMYTARGET0123456789.eE+-*/%<>=!?:&|^~()[]{},; \"'\\\n\t_".utf8)
-    static let tokens = ["1", "2.5", "\"s\"", "x", "MY.x", "TARGET.y", "true", "undefined", "error", "{", "}", "[", "]", "(", ")",
-                         "+", "-", "*", "/", "==", "=?=", "&&", "||", "?", ":", "?:", ",", ";", "=", "a", "member(", "regexp(",
-                         "strcat(", "eval(", ".", "[a = 1; b = a]", "{1, 2}", "real(\"INF\")", "9223372036854775807"]
+    static let tokens = [
+        "1", "2.5", "\"s\"", "x", "MY.x", "TARGET.y", "true", "undefined", "error", "{", "}", "[", "]", "(", ")",
+        "+", "-", "*", "/", "==", "=?=", "&&", "||", "?", ":", "?:", ",", ";", "=", "a", "member(", "regexp(",
+        "strcat(", "eval(", ".", "[a = 1; b = a]", "{1, 2}", "real(\"INF\")", "9223372036854775807",
+    ]
 
     func exercise(_ text: [UInt8]) {
         if let e = try? Parser.parseExpression(text) {

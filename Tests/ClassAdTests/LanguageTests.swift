@@ -37,9 +37,9 @@ private func same(_ a: Value, _ b: Value) -> Bool {
     @Test func recordsAndParents() throws {
         #expect(same(try eval("[a = 1; b = a + 1; c = [d = b]].c.d"), .integer(2)))
         #expect(same(try eval("[x = 1; r = [x = 2; y = parent.x]].r.y"), .integer(1)))
-        #expect(same(try eval("[a = b; b = a].a"), .undefined))          // a cycle is UNDEFINED
-        #expect(same(try eval("[r = [x = 5; l = {x}]; x = 1; v = r.l[0]].v"), .integer(5)))     // subscript: lexical
-        #expect(same(try eval("[r = [x = 5; l = {x}]; x = 1; v = member(5, r.l)].v"), .boolean(false))) // member: caller's scope
+        #expect(same(try eval("[a = b; b = a].a"), .undefined))  // a cycle is UNDEFINED
+        #expect(same(try eval("[r = [x = 5; l = {x}]; x = 1; v = r.l[0]].v"), .integer(5)))  // subscript: lexical
+        #expect(same(try eval("[r = [x = 5; l = {x}]; x = 1; v = member(5, r.l)].v"), .boolean(false)))  // member: caller's scope
     }
 
     @Test func matchContext() throws {
@@ -48,14 +48,14 @@ private func same(_ a: Value, _ b: Value) -> Bool {
         let ctx = MatchContext(left: job, right: image)
         defer { ctx.release() }
         #expect(ctx.requirementsHold(of: job))
-        #expect(ctx.requirementsHold(of: image))   // unscoped Owner falls back to the other ad
+        #expect(ctx.requirementsHold(of: image))  // unscoped Owner falls back to the other ad
     }
 
     @Test func attributeDepthLimit() throws {
         let ok = "[" + (0..<399).map { "a\($0) = a\($0 + 1)" }.joined(separator: ";") + "; a399 = 7].a0"
         let bad = "[" + (0..<400).map { "a\($0) = a\($0 + 1)" }.joined(separator: ";") + "; a400 = 7].a0"
         #expect(same(try eval(ok), .integer(7)))
-        #expect(same(try eval(bad), .error))    // HTCondor fails the 401st nested reference
+        #expect(same(try eval(bad), .error))  // HTCondor fails the 401st nested reference
     }
 }
 
@@ -69,10 +69,12 @@ private func same(_ a: Value, _ b: Value) -> Bool {
         ("versioncmp(\"1.10\", \"1.9\")", .integer(1)), ("versionGT(\"6.1.0\", \"6.1\")", .boolean(true)),
         ("version_in_range(\"1.5\", \"1.0\", \"2.0\")", .boolean(true)), ("stringListMember(\"a\", \"b, a ,c\")", .boolean(true)),
         ("stringListSize(\"a,,b\")", .integer(2)), ("stringListSum(\"1,2.5\")", .real(3.5)), ("stringListMax(\"-3,-5\")", .integer(0)),
-        ("int(\"0x10\")", .integer(16)), ("int(-3.9)", .integer(-3)), ("real(\"INF\")", .real(.infinity)), ("string(1.5)", .string("1.500000000000000E+00")),
+        ("int(\"0x10\")", .integer(16)), ("int(-3.9)", .integer(-3)), ("real(\"INF\")", .real(.infinity)),
+        ("string(1.5)", .string("1.500000000000000E+00")),
         ("round(2.5)", .integer(2)), ("pow(2, 10)", .integer(1024)), ("pow(-2, 3)", .integer(-7)), ("quantize(5, {2, 4, 8})", .integer(8)),
         ("quantize(9, {2, 4, 8})", .integer(16)), ("sum({1, true, undefined})", .integer(2)), ("avg({})", .integer(0)),
-        ("min({3, 1, 2.0})", .real(1)), ("anyCompare(\"<\", {1, 2, 3}, 2)", .boolean(true)), ("allCompare(\"<\", {1, undefined}, 4)", .boolean(false)),
+        ("min({3, 1, 2.0})", .real(1)), ("anyCompare(\"<\", {1, 2, 3}, 2)", .boolean(true)),
+        ("allCompare(\"<\", {1, undefined}, 4)", .boolean(false)),
         ("ifThenElse(undefined, 1, 2)", .undefined), ("eval(\"1 + 2\")", .integer(3)), ("interval(3725)", .string("1:02:05")),
         ("bool(\"TRUE\")", .boolean(true)), ("splitSlotName(\"s\")[1]", .string("s")), ("split(\"a, b,,c\")[2]", .string("")),
         ("unknownFunction(1)", .error), ("isUndefined(x)", .boolean(true)),
@@ -106,8 +108,10 @@ private func same(_ a: Value, _ b: Value) -> Bool {
     }
 
     @Test func canonicalUnparseReadsBack() throws {
-        let texts = ["a + b * c", "(a + b) * c", "x ?: y ?: z", "a ? b : c ? d : e", "-1 - - 1", "[a = 1; b = {1, 2.5, \"x\\ty\"}]",
-                     "TARGET.x[1].y", ".abs", "'odd name' + 'true'", "f(1, g(2))", "1.0e-300 + 0.1 + 123456789.123", "-9223372036854775807 - 1"]
+        let texts = [
+            "a + b * c", "(a + b) * c", "x ?: y ?: z", "a ? b : c ? d : e", "-1 - - 1", "[a = 1; b = {1, 2.5, \"x\\ty\"}]",
+            "TARGET.x[1].y", ".abs", "'odd name' + 'true'", "f(1, g(2))", "1.0e-300 + 0.1 + 123456789.123", "-9223372036854775807 - 1",
+        ]
         for t in texts {
             let e = try Parser.parseExpression(t)
             let printed = Unparser.unparse(e)

@@ -4,20 +4,24 @@ import Testing
 @Suite struct Matchmaking {
     @Test func ordersByJobRankThenImageRankThenVersionThenName() throws {
         let job = try Parser.parseClassAd("[VCPUs = 2; Requirements = TARGET.MaxVCPUs >= MY.VCPUs; Rank = TARGET.Speed]")
-        let images = try ["[Name = \"b\"; Version = \"1.10\"; MaxVCPUs = 4; Speed = 1; Requirements = true]",
-                          "[Name = \"a\"; Version = \"1.9\"; MaxVCPUs = 4; Speed = 1; Requirements = true]",
-                          "[Name = \"c\"; Version = \"1.0\"; MaxVCPUs = 4; Speed = 1; Requirements = true; Rank = 5]",
-                          "[Name = \"d\"; Version = \"9.0\"; MaxVCPUs = 1; Speed = 9; Requirements = true]",
-                          "[Name = \"e\"; Version = \"0.1\"; MaxVCPUs = 8; Speed = 2; Requirements = TARGET.VCPUs > 4]",
-                          "[Name = \"f\"; Version = \"0.1\"; MaxVCPUs = 8; Speed = 3]"].map(Parser.parseClassAd)
+        let images = try [
+            "[Name = \"b\"; Version = \"1.10\"; MaxVCPUs = 4; Speed = 1; Requirements = true]",
+            "[Name = \"a\"; Version = \"1.9\"; MaxVCPUs = 4; Speed = 1; Requirements = true]",
+            "[Name = \"c\"; Version = \"1.0\"; MaxVCPUs = 4; Speed = 1; Requirements = true; Rank = 5]",
+            "[Name = \"d\"; Version = \"9.0\"; MaxVCPUs = 1; Speed = 9; Requirements = true]",
+            "[Name = \"e\"; Version = \"0.1\"; MaxVCPUs = 8; Speed = 2; Requirements = TARGET.VCPUs > 4]",
+            "[Name = \"f\"; Version = \"0.1\"; MaxVCPUs = 8; Speed = 3]",
+        ].map(Parser.parseClassAd)
         let r = Matchmaker(images: images).match(job)
         #expect(r.matches.map(\.imageName) == ["c", "b", "a"])
     }
 
     @Test func explainsAnUnsatisfiableJob() throws {
         let job = try Parser.parseClassAd("[VCPUs = 128; Requirements = TARGET.MaxVCPUs >= MY.VCPUs && TARGET.OS == \"debian\"]")
-        let images = try ["[Name = \"a\"; OS = \"debian\"; MaxVCPUs = 64; Requirements = true]",
-                          "[Name = \"b\"; OS = \"rocky\"; MaxVCPUs = 256; Requirements = true]"].map(Parser.parseClassAd)
+        let images = try [
+            "[Name = \"a\"; OS = \"debian\"; MaxVCPUs = 64; Requirements = true]",
+            "[Name = \"b\"; OS = \"rocky\"; MaxVCPUs = 256; Requirements = true]",
+        ].map(Parser.parseClassAd)
         let e = Explainer(images: images).explain(job)
         #expect(e.matchCount == 0)
         #expect(e.clauses.first { $0.text.contains("MaxVCPUs") }?.rulesOut == 1)
@@ -31,7 +35,9 @@ import Testing
         for (j, job) in jobs.enumerated() {
             let r = exact.match(job)
             pairs += r.matches.count
-            #expect(batch.best[j] == r.best?.imageIndex, "job \(j): batch \(String(describing: batch.best[j])) exact \(String(describing: r.best?.imageIndex))\n\(job)")
+            #expect(
+                batch.best[j] == r.best?.imageIndex,
+                "job \(j): batch \(String(describing: batch.best[j])) exact \(String(describing: r.best?.imageIndex))\n\(job)")
         }
         #expect(batch.matchingPairs == pairs)
     }

@@ -16,8 +16,9 @@ import Testing
         }
         #expect(listed == VMRequest.optionNames)
         for o in VMRequest.options {
-            #expect(r.out.replacingOccurrences(of: "\n", with: " ").split(separator: " ").joined(separator: " ")
-                .contains(o.usage), "match --help lacks '\(o.usage)'")
+            #expect(
+                r.out.replacingOccurrences(of: "\n", with: " ").split(separator: " ").joined(separator: " ")
+                    .contains(o.usage), "match --help lacks '\(o.usage)'")
         }
     }
 }

@@ -33,7 +33,10 @@ enum Harness {
         let flags = info.split(separator: "\n").first { $0.hasPrefix("flags") }.map { $0.split(separator: " ") } ?? []
         let has = flags.contains("vmx") || flags.contains("svm")
         if !has {
-            FileHandle.standardError.write(Data("\n*** SKIPPED: this host has no vmx/svm (its KVM is PVM or absent): the embedded VMM cannot boot Linux images here; theEmbeddedVMMBootsTheMinimalImage runs on hosts with hardware virtualization ***\n\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "\n*** SKIPPED: this host has no vmx/svm (its KVM is PVM or absent): the embedded VMM cannot boot Linux images here; theEmbeddedVMMBootsTheMinimalImage runs on hosts with hardware virtualization ***\n\n"
+                        .utf8))
         }
         return has
     }()
@@ -44,8 +47,10 @@ enum Harness {
     @discardableResult
     /// A command still running after `timeout` seconds is killed (SIGTERM: it tears its guests down), so
     /// a hang fails the test with exit code 143 instead of stalling the suite.
-    static func run(_ args: [String], env: [String: String] = [:], stdin: Data? = nil, catalog: String? = nil,
-                    timeout: TimeInterval = 300) -> Result {
+    static func run(
+        _ args: [String], env: [String: String] = [:], stdin: Data? = nil, catalog: String? = nil,
+        timeout: TimeInterval = 300
+    ) -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args

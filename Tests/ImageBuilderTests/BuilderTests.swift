@@ -36,13 +36,13 @@ func sh(_ cmd: String) -> (Int32, String) {
     }
 
     let good = """
-    name = "t"
-    version = "1.0"
-    [kernel]
-    modules = ["virtio_console"]
-    [packages]
-    include = ["busybox-static"]
-    """
+        name = "t"
+        version = "1.0"
+        [kernel]
+        modules = ["virtio_console"]
+        [packages]
+        include = ["busybox-static"]
+        """
 
     @Test func theShippedRecipesLoad() throws {
         for r in ["minimal", "mpich"] {
@@ -64,7 +64,10 @@ func sh(_ cmd: String) -> (Int32, String) {
         let cases: [(String, String)] = [
             ("nmae = \"x\"\n" + good, "unknown key nmae"),
             (good.replacingOccurrences(of: "[kernel]", with: "[kernel]\nflavor = \"cloud\""), "unknown key kernel.flavor"),
-            (good.replacingOccurrences(of: "include = [\"busybox-static\"]", with: "include = \"busybox-static\""), "packages.include must be a list of strings"),
+            (
+                good.replacingOccurrences(of: "include = [\"busybox-static\"]", with: "include = \"busybox-static\""),
+                "packages.include must be a list of strings"
+            ),
             (good.replacingOccurrences(of: "version = \"1.0\"", with: "version = 1"), "version must be a string"),
             (good.replacingOccurrences(of: "name = \"t\"", with: "name = \"../t\""), "invalid name"),
             (good + "\n[image]\ncompression = \"zstd\"", "compression must be"),
@@ -110,7 +113,7 @@ func sh(_ cmd: String) -> (Int32, String) {
 
     @Test func lz4LegacyIsReadableByLz4AndTheRunner() throws {
         var input = Data()
-        for i in 0..<(9 << 20) / 64 { input.append(contentsOf: Array(String(format: "%063d\n", i % 1000).utf8)) }   // > one 8 MiB block
+        for i in 0..<(9 << 20) / 64 { input.append(contentsOf: Array(String(format: "%063d\n", i % 1000).utf8)) }  // > one 8 MiB block
         let c = LZ4Legacy.compress(input)
         #expect(c.count < input.count / 4)
         let f = tmp("lz4") + "/x.lz4"
@@ -126,16 +129,16 @@ func sh(_ cmd: String) -> (Int32, String) {
 @Suite struct PackagingTests {
     @Test func alternativesFromMaintainerScripts() {
         let script = """
-        #!/bin/sh
-        set -e
-        update-alternatives \\
-        \t--install /usr/bin/mpicc mpi /usr/bin/mpicc.mpich 40 \\
-        \t--slave /usr/bin/mpicxx mpicxx /usr/bin/mpicxx.mpich \\
+            #!/bin/sh
+            set -e
+            update-alternatives \\
+            \t--install /usr/bin/mpicc mpi /usr/bin/mpicc.mpich 40 \\
+            \t--slave /usr/bin/mpicxx mpicxx /usr/bin/mpicxx.mpich \\
 
-        #\t--slave /usr/share/man/man1/mpicc.1.gz mpicc.1.gz /usr/share/man/man1/mpicc.mpich.1.gz \\
-        update-alternatives --install /usr/bin/mpirun mpirun /usr/bin/mpirun.mpich 50 --slave /usr/bin/mpiexec mpiexec /usr/bin/mpiexec.mpich
-        update-alternatives --install /usr/lib/$DEB_HOST_MULTIARCH/libblas.so.3 libblas /usr/lib/x/libblas.so.3 10
-        """
+            #\t--slave /usr/share/man/man1/mpicc.1.gz mpicc.1.gz /usr/share/man/man1/mpicc.mpich.1.gz \\
+            update-alternatives --install /usr/bin/mpirun mpirun /usr/bin/mpirun.mpich 50 --slave /usr/bin/mpiexec mpiexec /usr/bin/mpiexec.mpich
+            update-alternatives --install /usr/lib/$DEB_HOST_MULTIARCH/libblas.so.3 libblas /usr/lib/x/libblas.so.3 10
+            """
         let g = ImageBuilder.parseAlternatives(script)
         #expect(g.count == 2)
         #expect(g[0].name == "mpi" && g[0].priority == 40)
@@ -144,8 +147,10 @@ func sh(_ cmd: String) -> (Int32, String) {
     }
 
     @Test func dependsFieldsAndPruning() {
-        #expect(Apt.parseDepends("libc6 (>= 2.34), libgcc-s1 | libgcc1, debconf (>= 0.5) | debconf-2.0") ==
-                [["libc6"], ["libgcc-s1", "libgcc1"], ["debconf", "debconf-2.0"]])
+        #expect(
+            Apt.parseDepends("libc6 (>= 2.34), libgcc-s1 | libgcc1, debconf (>= 0.5) | debconf-2.0") == [
+                ["libc6"], ["libgcc-s1", "libgcc1"], ["debconf", "debconf-2.0"],
+            ])
         let all = [
             DebPackage(name: "app", version: "1", arch: "amd64", depends: [["libc6"], ["adduser"], ["libfoo-virtual"]]),
             DebPackage(name: "adduser", version: "1", arch: "all", depends: [["passwd"]]),
@@ -160,7 +165,7 @@ func sh(_ cmd: String) -> (Int32, String) {
     @Test func moduleSignaturesAreStripped() {
         let body: [UInt8] = Array(repeating: 0x41, count: 100)
         let sig: [UInt8] = Array(repeating: 0x5a, count: 37)
-        let info: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 37]   // struct module_signature, sig_len big-endian
+        let info: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 37]  // struct module_signature, sig_len big-endian
         let signed = body + sig + info + KernelModules.signatureMagic
         #expect(KernelModules.stripSignature(signed) == body)
         #expect(KernelModules.stripSignature(body) == body)

@@ -26,21 +26,24 @@ import Testing
 
     @Test func eachVCPUGetsItsOwnCoreOfTheJob() throws {
         let all = CPUList(Array(0..<64))
-        let p = try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(2), jobCPUs: [4, 5, 6, 7, 8],
-                                    node: "n1", allowed: all)
+        let p = try Placement.place(
+            share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(2), jobCPUs: [4, 5, 6, 7, 8],
+            node: "n1", allowed: all)
         #expect(p.perGuest == [[4, 5], [6, 7]])
         #expect(p.housekeeping == [8])
         #expect(Set(p.perGuest.flatMap { $0 }).count == 4)
         // The vCPUs decided at submission are placed as they are, whatever else the job has here.
-        let q = try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(1, given: false), jobCPUs: [0, 1, 2, 3],
-                                    node: "n1", allowed: all)
+        let q = try Placement.place(
+            share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(1, given: false), jobCPUs: [0, 1, 2, 3],
+            node: "n1", allowed: all)
         #expect(q.vcpus == 1 && q.perGuest == [[0], [1]])
     }
 
     @Test func aRequestThatDoesNotFitSaysWhatToAskFor() {
         #expect {
-            try Placement.place(share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(2), jobCPUs: [0, 1], node: "n1",
-                                allowed: CPUList(Array(0..<8)))
+            try Placement.place(
+                share: NodeShare(guests: 2, firstIndex: 0), sizing: sizing(2), jobCPUs: [0, 1], node: "n1",
+                allowed: CPUList(Array(0..<8)))
         } throws: { "\($0)".contains("need 4, one core per vCPU") && "\($0)".contains("--ntasks-per-node=4") && "\($0)".contains("--vm-vcpus=2") }
     }
 
@@ -58,25 +61,37 @@ import Testing
     }
 
     @Test func bothRolesFromOneFile() throws {
-        let c = try DaemonConfig.load(try write("""
-            socket = "/tmp/x.sock"
-            slurm_user = "slurm"
-            [catalog]
-            path = "/tmp/cat"
-            listen = "127.0.0.1:7000"
-            [node]
-            name = "n7"
-            boot_timeout = 30
-            hugepages = "off"
-            """))
+        let c = try DaemonConfig.load(
+            try write(
+                """
+                socket = "/tmp/x.sock"
+                slurm_user = "slurm"
+                [catalog]
+                path = "/tmp/cat"
+                listen = "127.0.0.1:7000"
+                [node]
+                name = "n7"
+                boot_timeout = 30
+                hugepages = "off"
+                backend = "auto"
+                """))
         #expect(c.socket == "/tmp/x.sock" && c.slurmUser == "slurm")
         #expect(c.catalog?.listen == "127.0.0.1:7000")
         #expect(c.node?.name == "n7" && c.node?.catalogAddress == "127.0.0.1:7000" && c.node?.bootTimeout == 30)
+        #expect(c.node?.hugepages == .off && c.node?.backend == .auto)
+        #expect(try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n")).node?.backend == .qemu)
     }
 
     @Test func unknownKeysAndBadValuesAreErrorsNamingThem() throws {
-        #expect { try DaemonConfig.load(try write("sokcet = \"/x\"\n[node]\ncatalog = \"h:1\"\n")) } throws: { "\($0)".contains("unknown key sokcet") }
-        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\nhugepages = \"maybe\"\n")) } throws: { "\($0)".contains("node.hugepages") }
+        #expect { try DaemonConfig.load(try write("sokcet = \"/x\"\n[node]\ncatalog = \"h:1\"\n")) } throws: {
+            "\($0)".contains("unknown key sokcet")
+        }
+        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\nhugepages = \"maybe\"\n")) } throws: {
+            "\($0)".contains("node.hugepages")
+        }
+        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\nbackend = \"xen\"\n")) } throws: {
+            "\($0)".contains("node.backend must be")
+        }
         #expect { try DaemonConfig.load(try write("[node]\ncatalog = 7\n")) } throws: { "\($0)".contains("node.catalog must be a string") }
         #expect { try DaemonConfig.load(try write("socket = \"/x\"\n")) } throws: { "\($0)".contains("needs at least one role") }
         #expect { try DaemonConfig.load(try write("[node]\n")) } throws: { "\($0)".contains("node.catalog is missing") }
@@ -88,9 +103,11 @@ import Testing
         let dir = NSTemporaryDirectory() + "jobstore-\(UUID().uuidString)"
         let s = try JobStore(stateDir: dir)
         for j in [3, 1, 2] as [UInt32] {
-            try s.save(JobState(job: j, uid: 1000, gid: 1000, node: "n1", phase: .ready, error: nil, image: "sha256:00",
-                                imageLabel: "minimal:1", placement: nil, guests: ["job\(j)-vm0"], workdir: "/home/u",
-                                created: Date(), prepareSeconds: 1.5))
+            try s.save(
+                JobState(
+                    job: j, uid: 1000, gid: 1000, node: "n1", phase: .ready, error: nil, image: "sha256:00",
+                    imageLabel: "minimal:1", placement: nil, guests: ["job\(j)-vm0"], workdir: "/home/u",
+                    created: Date(), prepareSeconds: 1.5))
         }
         #expect(s.all().map(\.job) == [1, 2, 3])
         #expect(s.load(2)?.guests == ["job2-vm0"])
@@ -112,11 +129,14 @@ import Testing
         try FileManager.default.createDirectory(atPath: root + "/src", withIntermediateDirectories: true)
         try Data("kernel".utf8).write(to: URL(fileURLWithPath: root + "/src/k"))
         let k = try cat.blobs.ingest(root + "/src/k")
-        try cat.add(ImageRecord(name: "tiny1", version: "1", artefacts: [Artefact(role: "kernel", digest: k.digest, size: k.size)],
-                                cmdline: "", derived: [Attribute("Arch", "\"x86_64\""), Attribute("MaxVCPUs", "1"), Attribute("MinMemoryMB", "96")],
-                                source: "test"))
+        try cat.add(
+            ImageRecord(
+                name: "tiny1", version: "1", artefacts: [Artefact(role: "kernel", digest: k.digest, size: k.size)],
+                cmdline: "", derived: [Attribute("Arch", "\"x86_64\""), Attribute("MaxVCPUs", "1"), Attribute("MinMemoryMB", "96")],
+                source: "test"))
         let conf = root + "/vmd.toml"
-        try "socket = \"\(root)/vmd.sock\"\n[catalog]\npath = \"\(root)/catalog\"\nlisten = \"127.0.0.1:0\"\n".write(toFile: conf, atomically: true, encoding: .utf8)
+        try "socket = \"\(root)/vmd.sock\"\n[catalog]\npath = \"\(root)/catalog\"\nlisten = \"127.0.0.1:0\"\n".write(
+            toFile: conf, atomically: true, encoding: .utf8)
         let api = try API(config: DaemonConfig.load(conf), logger: Logger(label: "test"))
 
         func call(_ line: String) throws -> [String: Any] {
@@ -131,7 +151,8 @@ import Testing
             return try #require(try JSONSerialization.jsonObject(with: Data(reply.utf8)) as? [String: Any])
         }
         // sbatch -N1 --ntasks-per-node=2 --vm-image=tiny1: one guest with 2 cores, more than tiny1 holds.
-        let cmd = #""command": {"tool": "sbatch", "arguments": ["-N1", "--ntasks-per-node=2", "--vm-image=tiny1", "--wrap", "srun nproc"], "directives": [], "environment": {"SLURM_CONF": "/etc/slurm/slurm.conf"}}, "node_cpus": {"smallest": 2, "largest": 2}"#
+        let cmd =
+            #""command": {"tool": "sbatch", "arguments": ["-N1", "--ntasks-per-node=2", "--vm-image=tiny1", "--wrap", "srun nproc"], "directives": [], "environment": {"SLURM_CONF": "/etc/slurm/slurm.conf"}}, "node_cpus": {"smallest": 2, "largest": 2}"#
         let refused = try call(#"{"op": "match", "options": {"image": "tiny1"}, "# + cmd + "}")
         #expect(refused["ok"] as? Bool == false)
         #expect((refused["error"] as? String)?.contains("MaxVCPUs") == true, "\(refused)")
@@ -140,7 +161,8 @@ import Testing
         #expect(ok["image"] as? String == "tiny1:1")
         // VM_REQUEST travels as the JSON text of "request"; the prolog nests it in its prepare call.
         let vmRequest = try JSONSerialization.data(withJSONObject: try #require(ok["request"]))
-        let prepare = #"{"job": 7, "uid": 1000, "gid": 1000, "request": "# + String(decoding: vmRequest, as: UTF8.self)
+        let prepare =
+            #"{"job": 7, "uid": 1000, "gid": 1000, "request": "# + String(decoding: vmRequest, as: UTF8.self)
             + #", "node": "node1", "nodeIndex": 0, "nodeCount": 1, "cpus": "0-1", "workdir": "/tmp"}"#
         let p = try JSONDecoder().decode(PrepareRequest.self, from: Data(prepare.utf8))
         #expect(p.request.sizing == Sizing(guests: 2, vcpus: 1, vcpusGiven: false, nodes: 1, coresPerNode: 2))
@@ -160,13 +182,17 @@ import Testing
     }
 
     @Test func everyCallRoundTripsWithItsOp() throws {
-        let accepted = AcceptedRequest(request: VMRequest(count: 2), sizing: Sizing(guests: 2, vcpus: 1, vcpusGiven: false, nodes: 1, coresPerNode: 2),
-                                       memoryMB: 256, image: "sha256:" + String(repeating: "b", count: 64), imageLabel: "minimal:1")
+        let accepted = AcceptedRequest(
+            request: VMRequest(count: 2), sizing: Sizing(guests: 2, vcpus: 1, vcpusGiven: false, nodes: 1, coresPerNode: 2),
+            memoryMB: 256, image: "sha256:" + String(repeating: "b", count: 64), imageLabel: "minimal:1")
         let calls: [Call] = [
             .ping, .jobs, .teardown(job: 5),
-            .match(MatchCall(options: ["image": "x"], command: SubmitCommand(tool: "sbatch", arguments: ["-N1"]), nodeCPUs: NodeCPUs(smallest: 2, largest: 4))),
+            .match(
+                MatchCall(
+                    options: ["image": "x"], command: SubmitCommand(tool: "sbatch", arguments: ["-N1"]), nodeCPUs: NodeCPUs(smallest: 2, largest: 4))),
             .exec(ExecCall(job: 3, argv: ["true"], env: ["A=1"], cwd: "/", localid: 1)),
-            .prepare(PrepareRequest(job: 9, uid: 1000, gid: 1000, request: accepted, node: "n1", nodeIndex: 0, nodeCount: 1, cpus: "0-1", workdir: nil)),
+            .prepare(
+                PrepareRequest(job: 9, uid: 1000, gid: 1000, request: accepted, node: "n1", nodeIndex: 0, nodeCount: 1, cpus: "0-1", workdir: nil)),
         ]
         for c in calls {
             let text = try json(c)
@@ -174,15 +200,18 @@ import Testing
         }
         // What prolog.c and the Slurm test write by hand.
         #expect(try json(Call.teardown(job: 5)) == #"{"job":5,"op":"teardown"}"#)
-        #expect(try json(Call.match(MatchCall(options: ["count": "2"], nodeCPUs: NodeCPUs(smallest: 1, largest: 2))))
+        #expect(
+            try json(Call.match(MatchCall(options: ["count": "2"], nodeCPUs: NodeCPUs(smallest: 1, largest: 2))))
                 == #"{"node_cpus":{"largest":2,"smallest":1},"op":"match","options":{"count":"2"}}"#)
         #expect(try json(ExecEnd(exit: 3, signal: nil)) == #"{"exit":3,"signal":null}"#)
     }
 
     @Test func aBadCallSaysWhatIsWrong() {
-        for (text, says) in [(#"{"op": "reboot"}"#, "unknown operation 'reboot'"), (#"{"job": 1}"#, "unknown operation ''"),
-                             (#"{"op": "exec", "job": 1, "argv": [], "env": [], "cwd": "/", "localid": 0}"#, "non-empty \"argv\""),
-                             (#"{"op": "teardown"}"#, "job")] {
+        for (text, says) in [
+            (#"{"op": "reboot"}"#, "unknown operation 'reboot'"), (#"{"job": 1}"#, "unknown operation ''"),
+            (#"{"op": "exec", "job": 1, "argv": [], "env": [], "cwd": "/", "localid": 0}"#, "non-empty \"argv\""),
+            (#"{"op": "teardown"}"#, "job"),
+        ] {
             #expect { try JSONDecoder().decode(Call.self, from: Data(text.utf8)) } throws: { "\($0)".contains(says) }
         }
     }
@@ -193,9 +222,11 @@ import Testing
     let d = "sha256:" + String(repeating: "ab", count: 32)
 
     @Test func requestsAndRepliesRoundTrip() throws {
-        for r in [BlobRequest.get(digest: d), .record(digest: d, label: "minimal:1.1"), .record(digest: d, label: nil),
-                  .broadcast(digest: d, job: "42", jobNodes: 3, node: "node1", address: "10.0.0.1:7000"),
-                  .broadcast(digest: d, job: "push-x", jobNodes: 1, node: "n", address: nil)] {
+        for r in [
+            BlobRequest.get(digest: d), .record(digest: d, label: "minimal:1.1"), .record(digest: d, label: nil),
+            .broadcast(digest: d, job: "42", jobNodes: 3, node: "node1", address: "10.0.0.1:7000"),
+            .broadcast(digest: d, job: "push-x", jobNodes: 1, node: "n", address: nil),
+        ] {
             #expect(try BlobRequest.parse(r.line) == r, "\(r.line)")
         }
         for r in [BlobReply.ok(size: 123), .error("no blob"), .held, .plan(transfer: "t1", rank: 2, chunkSize: 1 << 20, addresses: ["a:1", "b:2"])] {

@@ -45,9 +45,14 @@ final class LocalAgent: @unchecked Sendable {
 
     func run(_ argv: [String], env: [String] = ["PATH=/usr/bin:/bin"], cwd: String = "/", stdin: Int32? = nil) throws -> (CommandStatus, Collected) {
         let c = Collected()
-        let cmd = try conn.start(ExecRequest(argv: argv, env: env, cwd: cwd, uid: getuid(), gid: getgid()), stdin: stdin,
-                                 stdout: { b in c.lock.lock(); c.out += b; c.lock.unlock() },
-                                 stderr: { b in c.lock.lock(); c.err += b; c.lock.unlock() })
+        let cmd = try conn.start(
+            ExecRequest(argv: argv, env: env, cwd: cwd, uid: getuid(), gid: getgid()), stdin: stdin,
+            stdout: { b in
+                c.lock.lock(); c.out += b; c.lock.unlock()
+            },
+            stderr: { b in
+                c.lock.lock(); c.err += b; c.lock.unlock()
+            })
         return (try cmd.wait().status, c)
     }
 }
@@ -104,7 +109,9 @@ final class LocalAgent: @unchecked Sendable {
         let p = fds
         let data = [UInt8]((0..<(3 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
         let writer = Thread {
-            data.withUnsafeBytes { b in var off = 0; while off < b.count { let n = write(p[1], b.baseAddress! + off, b.count - off); if n <= 0 { break }; off += n } }
+            data.withUnsafeBytes { b in
+                var off = 0; while off < b.count { let n = write(p[1], b.baseAddress! + off, b.count - off); if n <= 0 { break }; off += n }
+            }
             close(p[1])
         }
         writer.start()
@@ -117,8 +124,9 @@ final class LocalAgent: @unchecked Sendable {
     @Test func signalsReachTheWholeProcessGroup() throws {
         let a = try LocalAgent()
         let c = LocalAgent.Collected()
-        let cmd = try a.conn.start(ExecRequest(argv: ["sh", "-c", "sleep 30 & wait"], env: ["PATH=/usr/bin:/bin"], uid: getuid(), gid: getgid()),
-                                   stdout: { b in c.out += b }, stderr: { _ in })
+        let cmd = try a.conn.start(
+            ExecRequest(argv: ["sh", "-c", "sleep 30 & wait"], env: ["PATH=/usr/bin:/bin"], uid: getuid(), gid: getgid()),
+            stdout: { b in c.out += b }, stderr: { _ in })
         usleep(300_000)
         cmd.signal(SIGTERM)
         let (st, _) = try cmd.wait()

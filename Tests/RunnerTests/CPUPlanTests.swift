@@ -26,12 +26,15 @@ import Testing
     }
 
     @Test func refusesOversubscriptionAndForeignCPUs() {
-        #expect { try CPUPlanner.plan(count: 1, vcpus: 3, cpus: CPUList([0, 1]), housekeeping: nil, allowed: CPUList([0, 1])) }
-            throws: { "\($0)".contains("need 3 CPUs, but --cpus gives 2") }
-        #expect { try CPUPlanner.plan(count: 1, vcpus: 1, cpus: CPUList([5]), housekeeping: nil, allowed: CPUList([0, 1])) }
-            throws: { "\($0)".contains("outside this process's CPU affinity") }
-        #expect { try CPUPlanner.plan(count: 1, vcpus: 1, cpus: CPUList([0, 1]), housekeeping: CPUList([0]), allowed: CPUList([0, 1])) }
-            throws: { "\($0)".contains("also vCPU CPUs") }
+        #expect { try CPUPlanner.plan(count: 1, vcpus: 3, cpus: CPUList([0, 1]), housekeeping: nil, allowed: CPUList([0, 1])) } throws: {
+            "\($0)".contains("need 3 CPUs, but --cpus gives 2")
+        }
+        #expect { try CPUPlanner.plan(count: 1, vcpus: 1, cpus: CPUList([5]), housekeeping: nil, allowed: CPUList([0, 1])) } throws: {
+            "\($0)".contains("outside this process's CPU affinity")
+        }
+        #expect { try CPUPlanner.plan(count: 1, vcpus: 1, cpus: CPUList([0, 1]), housekeeping: CPUList([0]), allowed: CPUList([0, 1])) } throws: {
+            "\($0)".contains("also vCPU CPUs")
+        }
     }
 
     @Test func outputSinkPrefixesWholeLines() throws {

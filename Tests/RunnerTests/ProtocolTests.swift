@@ -49,7 +49,8 @@ import Testing
         p.appendLE(UInt64(42)); p.appendLE(UInt64(1500)); p.appendLE(UInt32(4)); p.appendLE(UInt64(262_144))
         p.appendString("guest-1"); p.appendString("6.1.0"); p.appendString("1")
         let info = AgentCodec.ready(AgentFrame(.ready, payload: p))
-        #expect(info == GuestInfo(nonce: 42, uptimeMs: 1500, cpus: 4, memoryKB: 262_144, hostname: "guest-1", kernelRelease: "6.1.0", agentVersion: "1"))
+        #expect(
+            info == GuestInfo(nonce: 42, uptimeMs: 1500, cpus: 4, memoryKB: 262_144, hostname: "guest-1", kernelRelease: "6.1.0", agentVersion: "1"))
         #expect(AgentCodec.ready(AgentFrame(.ready, payload: Array(p.prefix(20)))) == nil)
         var e = [UInt8](); e.appendLE(UInt32(bitPattern: -1)); e.appendLE(UInt32(9))
         #expect(AgentCodec.exit(AgentFrame(.exit, payload: e)) == CommandStatus(exitCode: nil, signal: 9))

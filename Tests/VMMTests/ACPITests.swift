@@ -67,9 +67,11 @@ import Testing
         #expect(text["APIC"]?.contains("Address : FEC00000") == true)
         #expect(text["APIC"]?.components(separatedBy: "Trigger Mode : 3").count == 3, "the two PCI lines are level-triggered")
         let dsdt = text["DSDT"] ?? ""
-        for want in ["Device (PCI0)", "EisaId (\"PNP0A03\")", "Device (COM1)", "EisaId (\"PNP0501\")", "Device (RTC)",
-                     "EisaId (\"PNP0B00\")", "Name (_PRT", "0x0001FFFF", "0x0002FFFF", "IRQNoFlags", "0x03F8", "0x0CF8",
-                     "WordBusNumber"] {
+        for want in [
+            "Device (PCI0)", "EisaId (\"PNP0A03\")", "Device (COM1)", "EisaId (\"PNP0501\")", "Device (RTC)",
+            "EisaId (\"PNP0B00\")", "Name (_PRT", "0x0001FFFF", "0x0002FFFF", "IRQNoFlags", "0x03F8", "0x0CF8",
+            "WordBusNumber",
+        ] {
             #expect(dsdt.contains(want), "the DSDT has \(want):\n\(dsdt)")
         }
     }

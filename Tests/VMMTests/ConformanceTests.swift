@@ -22,7 +22,8 @@ enum Guests {
     static let kvmMissing: String? = {
         let fd = open("/dev/kvm", O_RDWR | O_CLOEXEC)
         if fd >= 0 { close(fd); return nil }
-        let msg = "SKIPPED: /dev/kvm cannot be opened (\(String(cString: strerror(errno)))); the embedded VMM's conformance guests need KVM (run as root on a host with /dev/kvm)"
+        let msg =
+            "SKIPPED: /dev/kvm cannot be opened (\(String(cString: strerror(errno)))); the embedded VMM's conformance guests need KVM (run as root on a host with /dev/kvm)"
         FileHandle.standardError.write(Data("\n*** \(msg) ***\n\n".utf8))
         return msg
     }()
@@ -34,9 +35,11 @@ enum Guests {
         if FileManager.default.fileExists(atPath: elf) { return elf }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["cc", "-O1", "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie", "-mno-red-zone", "-mgeneral-regs-only",
-                       "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-Wl,-T,\(dir)/guest.ld", "-Wl,--build-id=none",
-                       "-Wl,--no-warn-rwx-segments", "-o", elf + ".tmp", "\(dir)/\(name).c"]
+        p.arguments = [
+            "cc", "-O1", "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie", "-mno-red-zone", "-mgeneral-regs-only",
+            "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-Wl,-T,\(dir)/guest.ld", "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments", "-o", elf + ".tmp", "\(dir)/\(name).c",
+        ]
         let err = Pipe()
         p.standardError = err
         try p.run()
@@ -55,14 +58,17 @@ enum Guests {
     }
 
     /// Boots a guest in this process; returns how it ended and its console.
-    static func run(_ name: String, cmdline: String = "console=ttyS0", vcpus: Int = 1, memoryMB: Int = 64,
-                    cpus: [Int] = [], running: (@Sendable ([Int32]) -> Void)? = nil,
-                    configure: (inout MachineConfig) -> Void = { _ in },
-                    beforeRun: (Machine) throws -> Void = { _ in }) throws -> (MachineEnd, String, Machine) {
+    static func run(
+        _ name: String, cmdline: String = "console=ttyS0", vcpus: Int = 1, memoryMB: Int = 64,
+        cpus: [Int] = [], running: (@Sendable ([Int32]) -> Void)? = nil,
+        configure: (inout MachineConfig) -> Void = { _ in },
+        beforeRun: (Machine) throws -> Void = { _ in }
+    ) throws -> (MachineEnd, String, Machine) {
         let elf = try build(name)
         let console = Console()
-        var c = MachineConfig(kernel: [UInt8](try Data(contentsOf: URL(fileURLWithPath: elf))), commandLine: cmdline, vcpus: vcpus,
-                              memoryMB: memoryMB, cpus: cpus, console: { console.append($0) })
+        var c = MachineConfig(
+            kernel: [UInt8](try Data(contentsOf: URL(fileURLWithPath: elf))), commandLine: cmdline, vcpus: vcpus,
+            memoryMB: memoryMB, cpus: cpus, console: { console.append($0) })
         c.running = running
         configure(&c)
         let m = try Machine(c)
@@ -128,13 +134,15 @@ enum Guests {
         // Read each vCPU thread's affinity from /proc while it runs (the callback comes just before entry).
         let seen = Guests.Console()
         // The smp guest: every vCPU runs guest code (the APs after INIT/SIPI), each on its own CPU.
-        let (end, console, m) = try Guests.run("smp", vcpus: cpus.count, cpus: cpus, running: { tids in
-            for t in tids {
-                let status = (try? String(contentsOfFile: "/proc/self/task/\(t)/status", encoding: .utf8)) ?? ""
-                let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") } ?? ""
-                seen.append(Array("\(t)=\(line.split(separator: "\t").last ?? "")\n".utf8))
-            }
-        })
+        let (end, console, m) = try Guests.run(
+            "smp", vcpus: cpus.count, cpus: cpus,
+            running: { tids in
+                for t in tids {
+                    let status = (try? String(contentsOfFile: "/proc/self/task/\(t)/status", encoding: .utf8)) ?? ""
+                    let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") } ?? ""
+                    seen.append(Array("\(t)=\(line.split(separator: "\t").last ?? "")\n".utf8))
+                }
+            })
         #expect(end == .exited(0), "\(console)")
         #expect(console.contains("smp: \(cpus.count - 1) application processors checked in"), "\(console)")
         let tids = m.vcpuThreadIDs
@@ -189,26 +197,33 @@ enum Guests {
         _ = FileManager.default.createFile(atPath: dir + "/disk", contents: Data(disk))
         let sock = dir + "/agent.sock"
         let host = AgentHost(sock)
-        let (end, console, _) = try Guests.run("virtio", configure: { c in
-            c.agentSocket = sock
-            c.disk = dir + "/disk"
-            c.diskWritable = true
-        }, beforeRun: { m in
-            // The machine listens from its creation, though no thread serves the socket until run().
-            // A host side that gives up (30 s without a frame) stops the guest too, so a lost frame
-            // fails the test in seconds instead of leaving the guest to spin out its own long wait.
-            let stopIfStuck = { @Sendable in
-                if !host.log.text.contains("intact") { m.finish(.failed("the host side gave up: \(host.log.text)")) }
-            }
-            if helloFirst {
-                let fd = AgentHost.connect(sock)
-                try #require(fd >= 0, "connect to the listening agent socket")
-                Thread { host.converse(fd); stopIfStuck() }.start()
-                host.helloSent.wait()
-            } else {
-                Thread { host.converse(); stopIfStuck() }.start()
-            }
-        })
+        let (end, console, _) = try Guests.run(
+            "virtio",
+            configure: { c in
+                c.agentSocket = sock
+                c.disk = dir + "/disk"
+                c.diskWritable = true
+            },
+            beforeRun: { m in
+                // The machine listens from its creation, though no thread serves the socket until run().
+                // A host side that gives up (30 s without a frame) stops the guest too, so a lost frame
+                // fails the test in seconds instead of leaving the guest to spin out its own long wait.
+                let stopIfStuck = { @Sendable in
+                    if !host.log.text.contains("intact") { m.finish(.failed("the host side gave up: \(host.log.text)")) }
+                }
+                if helloFirst {
+                    let fd = AgentHost.connect(sock)
+                    try #require(fd >= 0, "connect to the listening agent socket")
+                    Thread {
+                        host.converse(fd); stopIfStuck()
+                    }.start()
+                    host.helloSent.wait()
+                } else {
+                    Thread {
+                        host.converse(); stopIfStuck()
+                    }.start()
+                }
+            })
         host.done.wait()
         #expect(end == .exited(0), "\(console)")
         #expect(console.contains("virtio: ok"), "\(console)")
@@ -249,7 +264,9 @@ enum Guests {
         #expect(error(MachineConfig(kernel: [1, 2, 3], console: { _ in })).contains("neither an ELF vmlinux nor a bzImage"))
         #expect(error(MachineConfig(kernel: elf, memoryMB: 16, console: { _ in })).contains("does not fit in 16 MiB of guest memory"))
         #expect(error(MachineConfig(kernel: elf, memoryMB: 32, console: { _ in })).isEmpty)
-        #expect(error(MachineConfig(kernel: elf, initrd: [UInt8](repeating: 0, count: 20 << 20), memoryMB: 32, console: { _ in })).contains("does not fit"))
+        #expect(
+            error(MachineConfig(kernel: elf, initrd: [UInt8](repeating: 0, count: 20 << 20), memoryMB: 32, console: { _ in })).contains(
+                "does not fit"))
     }
 }
 
@@ -273,7 +290,7 @@ final class AgentHost: @unchecked Sendable {
             usleep(10_000)
         }
         guard fd >= 0 else {
-            say("could not connect to \(path)")   // before the signal, so the test reads it
+            say("could not connect to \(path)")  // before the signal, so the test reads it
             done.signal()
             return
         }
@@ -304,7 +321,9 @@ final class AgentHost: @unchecked Sendable {
         let payload = (0..<20000).map { UInt8(truncatingIfNeeded: $0 * 7 + 3) }
         send(AgentFrame(.stdin, session: 7, payload: payload))
         guard let e = next() else { return say("no echo") }
-        say("echo \(e.payload.count) bytes \(e.type == AgentFrameType.stdout.rawValue && e.session == 7 && e.payload == payload ? "intact" : "wrong")")
+        say(
+            "echo \(e.payload.count) bytes \(e.type == AgentFrameType.stdout.rawValue && e.session == 7 && e.payload == payload ? "intact" : "wrong")"
+        )
     }
 
     static func connect(_ path: String) -> Int32 {
@@ -312,7 +331,9 @@ final class AgentHost: @unchecked Sendable {
         var a = sockaddr_un()
         a.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &a.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-        let r = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let r = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
         if r != 0 { close(s); return -1 }
         return s
     }

@@ -74,9 +74,11 @@ struct SplitMix: RandomNumberGenerator {
         try bus.attach(ExitPort(exit: { _ in exits.add() }), base: ExitPort.port, count: 4)
         var expectedResets = 0, expectedExits = 0, reads = 0, unclaimedReads = 0
         for _ in 0..<200_000 {
-            let port = [UInt16(0x3f8), 0x70, 0x60, ExitPort.port, 0x1000][Int.random(in: 0..<5, using: &rng)] &+ UInt16.random(in: 0..<9, using: &rng)
+            let port =
+                [UInt16(0x3f8), 0x70, 0x60, ExitPort.port, 0x1000][Int.random(in: 0..<5, using: &rng)] &+ UInt16.random(in: 0..<9, using: &rng)
             let size = [1, 2, 4][Int.random(in: 0..<3, using: &rng)]
-            let claimed = (0x3f8..<0x400).contains(port) || (0x70..<0x72).contains(port) || (0x60..<0x65).contains(port)
+            let claimed =
+                (0x3f8..<0x400).contains(port) || (0x70..<0x72).contains(port) || (0x60..<0x65).contains(port)
                 || (ExitPort.port..<ExitPort.port + 4).contains(port)
             if Bool.random(using: &rng) {
                 let v = bus.read(port, size: size)
@@ -93,7 +95,8 @@ struct SplitMix: RandomNumberGenerator {
         #expect(resets.n == expectedResets && expectedResets > 0)
         #expect(exits.n == expectedExits && expectedExits > 0)
         #expect(reads > 50_000 && unclaimedReads > 5_000)
-        #expect { try bus.attach(Sink(), base: 0x3f9, count: 1) } throws: { if case VMMError.device = $0 { true } else { false } }   // overlapping claims are refused
+        // Overlapping claims are refused.
+        #expect { try bus.attach(Sink(), base: 0x3f9, count: 1) } throws: { if case VMMError.device = $0 { true } else { false } }
     }
 
     @Test func guestAddressesOutsideRAMAreRefused() throws {
@@ -204,11 +207,11 @@ final class Counter: @unchecked Sendable {
         for round in 0..<3000 {
             let t = transports[round % 2]
             if round % 50 == 0 {
-                t.ioWrite(offset: 18, size: 1, value: 0)                           // reset
+                t.ioWrite(offset: 18, size: 1, value: 0)  // reset
                 t.ioWrite(offset: 4, size: 4, value: t.device.features)
                 for q in 0..<t.queues.count {
                     t.ioWrite(offset: 14, size: 2, value: UInt32(q))
-                    t.ioWrite(offset: 8, size: 4, value: UInt32(16 + 8 * q))       // rings from 64 KiB, 32 KiB apart
+                    t.ioWrite(offset: 8, size: 4, value: UInt32(16 + 8 * q))  // rings from 64 KiB, 32 KiB apart
                 }
                 t.ioWrite(offset: 18, size: 1, value: 7)
             }
@@ -224,18 +227,30 @@ final class Counter: @unchecked Sendable {
                     try m.write(UInt32.random(in: 0...(Bool.random(using: &rng) ? 4096 : UInt32.max), using: &rng), at: d + 8)
                     try m.write(UInt16.random(in: 0...7, using: &rng), at: d + 12)
                     try m.write(UInt16.random(in: 0..<UInt16(size + 2), using: &rng), at: d + 14)
-                case 2: try m.write(UInt16.random(in: 0..<UInt16(size + 2), using: &rng), at: base + 16 * size + 4 + 2 * UInt64.random(in: 0..<size, using: &rng))
-                default: try m.write(UInt16.random(in: 0...UInt16(Bool.random(using: &rng) ? 3 : 0xffff), using: &rng) &+ (try m.slice(base + 16 * size + 2, 2).loadUnaligned(as: UInt16.self)), at: base + 16 * size + 2)
+                case 2:
+                    try m.write(
+                        UInt16.random(in: 0..<UInt16(size + 2), using: &rng), at: base + 16 * size + 4 + 2 * UInt64.random(in: 0..<size, using: &rng))
+                default:
+                    try m.write(
+                        UInt16.random(in: 0...UInt16(Bool.random(using: &rng) ? 3 : 0xffff), using: &rng)
+                            &+ (try m.slice(base + 16 * size + 2, 2).loadUnaligned(as: UInt16.self)), at: base + 16 * size + 2)
                 }
-                t.ioWrite(offset: 16, size: 2, value: UInt32(q))                   // notify
+                t.ioWrite(offset: 16, size: 2, value: UInt32(q))  // notify
             }
             // Random register traffic, including the device configuration.
             let off = UInt16.random(in: 0..<64, using: &rng), size = [1, 2, 4][Int.random(in: 0..<3, using: &rng)]
-            if Bool.random(using: &rng) { _ = t.ioRead(offset: off, size: size) } else if off != 18 && off != 8 { t.ioWrite(offset: off, size: size, value: UInt32.random(in: 0...UInt32.max, using: &rng)) }
+            if Bool.random(using: &rng) {
+                _ = t.ioRead(offset: off, size: size)
+            } else if off != 18 && off != 8 {
+                t.ioWrite(offset: off, size: size, value: UInt32.random(in: 0...UInt32.max, using: &rng))
+            }
             // Host traffic on the console.
             if round % 2 == 0 {
                 let bytes = [UInt8](repeating: 0x5a, count: Int.random(in: 0..<9000, using: &rng))
-                do { try bytes.withUnsafeBytes { _ = try console.deliver($0) }; _ = try console.takeOutbound(); try console.hostConnected(Bool.random(using: &rng)) } catch { t.broke("\(error)") }
+                do {
+                    try bytes.withUnsafeBytes { _ = try console.deliver($0) }; _ = try console.takeOutbound();
+                    try console.hostConnected(Bool.random(using: &rng))
+                } catch { t.broke("\(error)") }
             }
         }
         #expect(faults.n > 0, "random rings were refused at least once")
@@ -269,9 +284,15 @@ final class Counter: @unchecked Sendable {
         #expect(bus.read(base, size: 4) == 0xffff_ffff)
         var rng = SplitMix(state: 5)
         for _ in 0..<100_000 {
-            let port = [UInt16(0xcf8), 0xcfc, PCIBus.ioWindow, PCIBus.ioWindow + 0x800][Int.random(in: 0..<4, using: &rng)] &+ UInt16.random(in: 0..<8, using: &rng)
+            let port =
+                [UInt16(0xcf8), 0xcfc, PCIBus.ioWindow, PCIBus.ioWindow + 0x800][Int.random(in: 0..<4, using: &rng)]
+                &+ UInt16.random(in: 0..<8, using: &rng)
             let size = [1, 2, 4][Int.random(in: 0..<3, using: &rng)]
-            if Bool.random(using: &rng) { _ = bus.read(port, size: size) } else { bus.write(port, size: size, value: UInt32.random(in: 0...UInt32.max, using: &rng)) }
+            if Bool.random(using: &rng) {
+                _ = bus.read(port, size: size)
+            } else {
+                bus.write(port, size: size, value: UInt32.random(in: 0...UInt32.max, using: &rng))
+            }
         }
     }
 }

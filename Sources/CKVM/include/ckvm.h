@@ -46,8 +46,8 @@ int ckvm_get_mp_state(int vcpu, uint32_t *state);
 typedef struct {
     uint32_t reason;
     // KVM_EXIT_IO
-    uint8_t io_direction;   // KVM_EXIT_IO_IN / _OUT
-    uint8_t io_size;        // 1, 2 or 4
+    uint8_t io_direction; // KVM_EXIT_IO_IN / _OUT
+    uint8_t io_size;      // 1, 2 or 4
     uint16_t io_port;
     uint32_t io_count;
     uint64_t io_data_offset;

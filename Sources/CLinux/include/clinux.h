@@ -7,14 +7,15 @@
 
 /// Options for clinux_spawn. `cpus` is a list of host CPU ids the child starts on (0 entries: inherit).
 typedef struct {
-    const char *path;            // executable (absolute)
-    char *const *argv;           // NULL-terminated
-    char *const *envp;           // NULL-terminated; NULL inherits environ
-    int stdin_fd, stdout_fd, stderr_fd;   // -1: /dev/null
-    int new_session;             // setsid() in the child, so it survives our terminal's signals
-    int death_signal;            // 0: none; else the child gets it when we exit (PR_SET_PDEATHSIG)
-    const int *cpus; int ncpus;  // initial affinity of the child
-    const char *cwd;             // NULL: inherit
+    const char *path;                   // executable (absolute)
+    char *const *argv;                  // NULL-terminated
+    char *const *envp;                  // NULL-terminated; NULL inherits environ
+    int stdin_fd, stdout_fd, stderr_fd; // -1: /dev/null
+    int new_session;                    // setsid() in the child, so it survives our terminal's signals
+    int death_signal;                   // 0: none; else the child gets it when we exit (PR_SET_PDEATHSIG)
+    const int *cpus;
+    int ncpus;       // initial affinity of the child
+    const char *cwd; // NULL: inherit
 } clinux_spawn_opts;
 
 /// Starts a child; returns its pid, or -errno. An exec failure in the child is reported as -errno too

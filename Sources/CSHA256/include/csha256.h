@@ -9,9 +9,9 @@
 
 typedef struct {
     uint32_t h[8];
-    uint64_t length;     // bytes hashed so far
+    uint64_t length; // bytes hashed so far
     uint8_t buf[64];
-    uint32_t used;       // bytes waiting in buf
+    uint32_t used; // bytes waiting in buf
 } csha256_ctx;
 
 void csha256_init(csha256_ctx *c);

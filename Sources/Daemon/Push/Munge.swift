@@ -36,7 +36,9 @@ public enum Munge {
     /// A credential carrying `payload`, as one line of text.
     public static func encode(_ payload: Data) throws -> String {
         guard let munge = find("munge") else {
-            throw DaemonError.munge("munge(1) is not installed: image push authenticates to the nodes with MUNGE (apt-get install munge, and run munged with the cluster's key)")
+            throw DaemonError.munge(
+                "munge(1) is not installed: image push authenticates to the nodes with MUNGE (apt-get install munge, and run munged with the cluster's key)"
+            )
         }
         let (st, out, err) = try run(munge, [], input: payload)
         guard st == 0 else { throw DaemonError.munge("munge could not make a credential: \(err.isEmpty ? "exit \(st)" : err) (is munged running?)") }
@@ -66,7 +68,8 @@ public enum Munge {
         let dir = NSTemporaryDirectory() + "slurm-vm-unmunge-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (st, _, err) = try run(unmunge, ["--numeric", "--keys=UID,GID", "--metadata=\(dir)/meta", "--output=\(dir)/payload"], input: Data(cred.utf8))
+        let (st, _, err) = try run(
+            unmunge, ["--numeric", "--keys=UID,GID", "--metadata=\(dir)/meta", "--output=\(dir)/payload"], input: Data(cred.utf8))
         guard st == 0 else { throw DaemonError.munge("the credential was refused by munged: \(err.isEmpty ? reason(st) : err)") }
         let meta = (try? String(contentsOfFile: dir + "/meta", encoding: .utf8)) ?? ""
         var fields: [String: String] = [:]

@@ -72,8 +72,9 @@ extension API {
             defer { done.signal() }
             let start = Date()
             do {
-                let held = try node.push(digest: order.digest, label: order.label, transfer: order.transfer, nodes: order.nodes,
-                                         progress: { latest.set($0, $1) })
+                let held = try node.push(
+                    digest: order.digest, label: order.label, transfer: order.transfer, nodes: order.nodes,
+                    progress: { latest.set($0, $1) })
                 result.set(.success(PushOutcome(held: held, seconds: Date().timeIntervalSince(start))))
             } catch {
                 result.set(.failure(error))
@@ -86,7 +87,7 @@ extension API {
         var pusherGone = false
         while done.wait(timeout: .now() + 0.25) == .timedOut {
             if let p = latest.get(), sent.map({ $0 != p }) ?? true, !pusherGone {
-                pusherGone = !BlobWire.writeAll(fd, "PROGRESS \(p.0) \(p.1)\n")   // the push goes on: the others count on us
+                pusherGone = !BlobWire.writeAll(fd, "PROGRESS \(p.0) \(p.1)\n")  // the push goes on: the others count on us
                 sent = p
             }
         }
@@ -132,14 +133,19 @@ public enum PushClient {
     public static func push(_ order: PushOrder, to address: String, timeout: TimeInterval, _ event: (Event) -> Void) throws {
         let fd: Int32
         do { fd = try BlobWire.connect(address, timeout: timeout) } catch {
-            throw DaemonError.unreachable("cannot reach slurm-vmd's push listener at \(address): \("\(error)".replacingOccurrences(of: "cannot connect to the catalog at \(address): ", with: "")) (is node.listen set in its slurm-vmd.toml?)")
+            throw DaemonError.unreachable(
+                "cannot reach slurm-vmd's push listener at \(address): \("\(error)".replacingOccurrences(of: "cannot connect to the catalog at \(address): ", with: "")) (is node.listen set in its slurm-vmd.toml?)"
+            )
         }
         defer { close(fd) }
         let cred = try Munge.encode(try JSONEncoder().encode(order))
-        guard BlobWire.writeAll(fd, "PUSH \(cred)\n") else { throw DaemonError.unreachable("cannot send to \(address): \(String(cString: strerror(errno)))") }
+        guard BlobWire.writeAll(fd, "PUSH \(cred)\n") else {
+            throw DaemonError.unreachable("cannot send to \(address): \(String(cString: strerror(errno)))")
+        }
         while true {
             guard let line = BlobWire.readLine(fd) else {
-                throw DaemonError.unreachable("\(address) closed the connection (did its slurm-vmd stop? see its log) or sent nothing for \(Int(timeout)) s")
+                throw DaemonError.unreachable(
+                    "\(address) closed the connection (did its slurm-vmd stop? see its log) or sent nothing for \(Int(timeout)) s")
             }
             let f = line.split(separator: " ").map(String.init)
             if f.first == "ERR" { throw DaemonError.refused(String(line.dropFirst(4))) }

@@ -40,7 +40,8 @@ public enum DaemonError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .connection(let s), .unreachable(let s), .malformed(let s), .forbidden(let s), .noRole(let s), .munge(let s), .config(let s), .refused(let s):
+        case .connection(let s), .unreachable(let s), .malformed(let s), .forbidden(let s), .noRole(let s), .munge(let s), .config(let s),
+            .refused(let s):
             return s
         }
     }

@@ -31,7 +31,8 @@ public struct MatchCall: Codable, Sendable, Equatable {
     public var partition: String?
     enum CodingKeys: String, CodingKey { case options, command, nodeCPUs = "node_cpus", account, partition }
 
-    public init(options: [String: String], command: SubmitCommand? = nil, nodeCPUs: NodeCPUs? = nil, account: String? = nil, partition: String? = nil) {
+    public init(options: [String: String], command: SubmitCommand? = nil, nodeCPUs: NodeCPUs? = nil, account: String? = nil, partition: String? = nil)
+    {
         self.options = options; self.command = command; self.nodeCPUs = nodeCPUs; self.account = account; self.partition = partition
     }
 }
@@ -151,9 +152,9 @@ extension LineConnection {
         guard let line = try readLine() else { return nil }
         let d = JSONDecoder()
         d.dateDecodingStrategy = .iso8601
-        do { return try d.decode(T.self, from: Data(line.utf8)) }
-        catch let e as DaemonError { throw e }
-        catch { throw DaemonError.malformed("malformed \(T.self) (\(Self.explain(error))): \(line.prefix(120))") }
+        do { return try d.decode(T.self, from: Data(line.utf8)) } catch let e as DaemonError { throw e } catch {
+            throw DaemonError.malformed("malformed \(T.self) (\(Self.explain(error))): \(line.prefix(120))")
+        }
     }
 
     static func explain(_ error: Error) -> String {

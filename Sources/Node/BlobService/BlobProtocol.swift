@@ -32,7 +32,8 @@ public enum BlobRequest: Equatable, Sendable {
     public static func parse(_ line: String) throws(NodeError) -> BlobRequest {
         let f = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         guard let verb = f.first, f.count >= 2, Digests.isSHA256(f[1]) else {
-            throw .protocolViolation("expected GET|RECORD sha256:<64 hex digits> [NAME:VERSION] or BROADCAST sha256:<64 hex digits> JOB JOB-NODES NODE HOST:PORT|HAVE")
+            throw .protocolViolation(
+                "expected GET|RECORD sha256:<64 hex digits> [NAME:VERSION] or BROADCAST sha256:<64 hex digits> JOB JOB-NODES NODE HOST:PORT|HAVE")
         }
         switch verb {
         case "GET" where f.count == 2: return .get(digest: f[1])

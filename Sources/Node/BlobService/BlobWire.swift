@@ -43,9 +43,11 @@ public enum BlobWire {
         let ok = withUnsafeMutablePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } } == 0
         guard ok else { return nil }
         var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-        let rc = withUnsafePointer(to: &ss) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            getnameinfo($0, len, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST)
-        } }
+        let rc = withUnsafePointer(to: &ss) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getnameinfo($0, len, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST)
+            }
+        }
         guard rc == 0 else { return nil }
         let h = String(cString: host)
         return h.contains(":") ? "[\(h)]" : h
@@ -88,7 +90,9 @@ public enum BlobWire {
 
     /// Sends a request and reads the reply's header: the size that follows.
     static func request(_ req: BlobRequest, _ fd: Int32, from: String) throws -> Int64 {
-        guard writeAll(fd, req.line + "\n") else { throw NodeError.catalog("cannot send to the catalog at \(from): \(String(cString: strerror(errno)))") }
+        guard writeAll(fd, req.line + "\n") else {
+            throw NodeError.catalog("cannot send to the catalog at \(from): \(String(cString: strerror(errno)))")
+        }
         guard let head = readLine(fd) else { throw NodeError.catalog("the catalog at \(from) closed the connection or timed out") }
         switch try BlobReply.parse(head) {
         case .ok(let size): return size
@@ -123,7 +127,9 @@ public enum BlobWire {
         let fd = try connect(from, timeout: timeout)
         defer { close(fd) }
         let size = try request(req, fd, from: from)
-        guard size == expect || expect < 0 else { throw NodeError.protocolViolation("the catalog at \(from) offers \(size) bytes for '\(req.line)', the record says \(expect)") }
+        guard size == expect || expect < 0 else {
+            throw NodeError.protocolViolation("the catalog at \(from) offers \(size) bytes for '\(req.line)', the record says \(expect)")
+        }
         let out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard out >= 0 else { throw NodeError.io("cannot create \(path): \(String(cString: strerror(errno)))") }
         defer { close(out) }

@@ -31,9 +31,11 @@ extension ImageCache {
         guard BlobWire.writeAll(fd, request.line + "\n") else {
             throw NodeError.catalog("cannot send to the catalog at \(source): \(String(cString: strerror(errno)))")
         }
-        guard let line = BlobWire.readLine(fd) else { throw NodeError.catalog("the catalog at \(source) closed the connection or timed out planning the broadcast of \(digest)") }
+        guard let line = BlobWire.readLine(fd) else {
+            throw NodeError.catalog("the catalog at \(source) closed the connection or timed out planning the broadcast of \(digest)")
+        }
         switch try BlobReply.parse(line) {
-        case .error(let e) where e.hasPrefix("unknown request") && !held: return try fetchBlob(digest, size: -1)   // an older catalog
+        case .error(let e) where e.hasPrefix("unknown request") && !held: return try fetchBlob(digest, size: -1)  // an older catalog
         case .error(let e): throw NodeError.catalog("the catalog at \(source): \(e)")
         case .held: return
         case .ok: throw NodeError.protocolViolation("the catalog at \(source) sent '\(line.prefix(80))', not a broadcast plan")

@@ -26,8 +26,10 @@ public struct ImageCache: Sendable {
     /// Image digests in use by this node's jobs.
     public let inUse: @Sendable () -> Set<String>
 
-    public init(root: String, source: String, timeout: TimeInterval = 60, quota: Int64? = nil,
-                inUse: @escaping @Sendable () -> Set<String> = { [] }) throws {
+    public init(
+        root: String, source: String, timeout: TimeInterval = 60, quota: Int64? = nil,
+        inUse: @escaping @Sendable () -> Set<String> = { [] }
+    ) throws {
         self.root = root
         self.source = source
         self.timeout = timeout
@@ -39,7 +41,10 @@ public struct ImageCache: Sendable {
         let dir = root + "/blobs/sha256"
         for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where n.hasPrefix(".partial-") {
             if let a = try? FileManager.default.attributesOfItem(atPath: dir + "/" + n), let m = a[.modificationDate] as? Date,
-               Date().timeIntervalSince(m) > 600 { unlink(dir + "/" + n) }
+                Date().timeIntervalSince(m) > 600
+            {
+                unlink(dir + "/" + n)
+            }
         }
     }
 
@@ -61,11 +66,15 @@ public struct ImageCache: Sendable {
         var seen = Set<String>()
         var out: [Entry] = []
         for n in ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).sorted() where n.hasSuffix(".json") {
-            guard let d = FileManager.default.contents(atPath: dir + "/" + n), let r = try? JSONDecoder.iso.decode(ImageRecord.self, from: d) else { continue }
+            guard let d = FileManager.default.contents(atPath: dir + "/" + n), let r = try? JSONDecoder.iso.decode(ImageRecord.self, from: d) else {
+                continue
+            }
             let key = r.digest + " " + r.name + ":" + r.version
             guard seen.insert(key).inserted else { continue }
-            out.append(Entry(record: r, bytes: r.artefacts.reduce(0) { $0 + (blobs.has($1.digest) ? $1.size : 0) },
-                             lastUsed: used[r.digest], inUse: busy.contains(r.digest), complete: r.artefacts.allSatisfy { blobs.has($0.digest) }))
+            out.append(
+                Entry(
+                    record: r, bytes: r.artefacts.reduce(0) { $0 + (blobs.has($1.digest) ? $1.size : 0) },
+                    lastUsed: used[r.digest], inUse: busy.contains(r.digest), complete: r.artefacts.allSatisfy { blobs.has($0.digest) }))
         }
         return out.sorted { ($0.lastUsed ?? .distantPast) < ($1.lastUsed ?? .distantPast) }
     }
@@ -75,9 +84,13 @@ public struct ImageCache: Sendable {
 
     /// Removes an image record and every blob no other cached record needs; refuses one in use.
     public func remove(image digest: String) throws -> Int64 {
-        guard !inUse().contains(digest) else { throw NodeError.cache("image \(digest) is in use by a job on this node; it can be removed once the job ends") }
+        guard !inUse().contains(digest) else {
+            throw NodeError.cache("image \(digest) is in use by a job on this node; it can be removed once the job ends")
+        }
         let all = entries()
-        guard let e = all.first(where: { $0.record.digest == digest }) else { throw NodeError.cache("image \(digest) is not in the node cache at \(root)") }
+        guard let e = all.first(where: { $0.record.digest == digest }) else {
+            throw NodeError.cache("image \(digest) is not in the node cache at \(root)")
+        }
         let others = Set(all.filter { $0.record.digest != digest }.flatMap { $0.record.artefacts.map(\.digest) })
         var freed: Int64 = 0
         for a in e.record.artefacts where !others.contains(a.digest) && blobs.has(a.digest) {
@@ -85,7 +98,8 @@ public struct ImageCache: Sendable {
             blobs.remove(a.digest)
         }
         let dir = root + "/images"
-        for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where n.hasPrefix(digest.replacingOccurrences(of: ":", with: "-")) {
+        for n in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where n.hasPrefix(digest.replacingOccurrences(of: ":", with: "-"))
+        {
             unlink(dir + "/" + n)
         }
         var u = usage(); u[digest] = nil; saveUsage(u)
@@ -103,7 +117,9 @@ public struct ImageCache: Sendable {
         var reclaimable: Int64 = 0
         for c in candidates { for a in c.record.artefacts where !pinned.contains(a.digest) && blobs.has(a.digest) { reclaimable += a.size } }
         guard total - reclaimable + needed <= limit else {
-            throw NodeError.cache("the node cache at \(root) is limited to \(Self.bytes(limit)) and holds \(Self.bytes(total)), of which \(Self.bytes(total - reclaimable)) belongs to images in use; \(Self.bytes(needed)) more do not fit. Raise node.cache_quota, or wait for the jobs using the other images to end")
+            throw NodeError.cache(
+                "the node cache at \(root) is limited to \(Self.bytes(limit)) and holds \(Self.bytes(total)), of which \(Self.bytes(total - reclaimable)) belongs to images in use; \(Self.bytes(needed)) more do not fit. Raise node.cache_quota, or wait for the jobs using the other images to end"
+            )
         }
         var evicted: [String] = []
         for c in candidates where total + needed > limit {
@@ -117,7 +133,8 @@ public struct ImageCache: Sendable {
 
     func usage() -> [String: Date] {
         guard let d = FileManager.default.contents(atPath: root + "/used.json"),
-              let m = try? JSONDecoder.iso.decode([String: Date].self, from: d) else { return [:] }
+            let m = try? JSONDecoder.iso.decode([String: Date].self, from: d)
+        else { return [:] }
         return m
     }
 
@@ -148,8 +165,10 @@ public struct ImageCache: Sendable {
 
     /// As `ensure`; `progress` hears (bytes held, bytes of all artefacts) as chunks arrive, and
     /// `received` says whether any artefact had to come over the network.
-    public func obtain(image digest: String, label: String? = nil, job: JobKey? = nil,
-                       progress: (@Sendable (Int64, Int64) -> Void)? = nil) throws -> (record: ImageRecord, received: Bool) {
+    public func obtain(
+        image digest: String, label: String? = nil, job: JobKey? = nil,
+        progress: (@Sendable (Int64, Int64) -> Void)? = nil
+    ) throws -> (record: ImageRecord, received: Bool) {
         var received = false
         let rec = try record(digest, label: label)
         if let quota {
@@ -162,7 +181,7 @@ public struct ImageCache: Sendable {
         for a in rec.artefacts {
             var held = false
             if blobs.has(a.digest) {
-                do { try blobs.verify(a.digest); held = true } catch { blobs.remove(a.digest) }   // damaged: fetch again
+                do { try blobs.verify(a.digest); held = true } catch { blobs.remove(a.digest) }  // damaged: fetch again
             }
             if !held { received = true }
             let before = done

@@ -14,7 +14,7 @@ public struct AgentError: Error, CustomStringConvertible {
 
 public final class AgentConnection: @unchecked Sendable {
     let fd: Int32
-    let cond = NSCondition()          // guards everything below, and signals every change
+    let cond = NSCondition()  // guards everything below, and signals every change
     let writeLock = NSLock()
     var decoder = AgentFrameDecoder()
     var sessions: [UInt32: Session] = [:]
@@ -103,9 +103,11 @@ public final class AgentConnection: @unchecked Sendable {
     /// `stdin`: a descriptor to copy to the command (until its end), or nil for empty input. With
     /// `ownsStdin` the copying thread closes it when done — the only safe moment, since closing a
     /// descriptor another thread is blocked reading would let a reused number be read by mistake.
-    public func start(_ req: ExecRequest, stdin: Int32? = nil, ownsStdin: Bool = false,
-                      stdout: @escaping @Sendable ([UInt8]) -> Void,
-                      stderr: @escaping @Sendable ([UInt8]) -> Void) throws -> Command {
+    public func start(
+        _ req: ExecRequest, stdin: Int32? = nil, ownsStdin: Bool = false,
+        stdout: @escaping @Sendable ([UInt8]) -> Void,
+        stderr: @escaping @Sendable ([UInt8]) -> Void
+    ) throws -> Command {
         cond.lock()
         if let f = failure { cond.unlock(); throw AgentError("agent channel is closed: \(f)") }
         let id = nextSession

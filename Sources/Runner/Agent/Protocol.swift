@@ -49,8 +49,9 @@ public struct AgentFrameDecoder: Sendable {
             let len = Int(buffer.readLE32(at: h + 8))
             if magic != AgentFrame.magic || len > AgentFrame.maxPayload { start += 1; skipped += 1; continue }
             guard buffer.count - start >= AgentFrame.headerSize + len else { break }
-            let f = AgentFrame(rawType: buffer[h + 2], session: buffer.readLE32(at: h + 4),
-                               payload: Array(buffer[(h + AgentFrame.headerSize)..<(h + AgentFrame.headerSize + len)]))
+            let f = AgentFrame(
+                rawType: buffer[h + 2], session: buffer.readLE32(at: h + 4),
+                payload: Array(buffer[(h + AgentFrame.headerSize)..<(h + AgentFrame.headerSize + len)]))
             start += AgentFrame.headerSize + len
             compact()
             return f
@@ -128,7 +129,8 @@ public enum AgentCodec {
     public static func ready(_ f: AgentFrame) -> GuestInfo? {
         var r = ByteReader(f.payload)
         guard let nonce = r.u64(), let up = r.u64(), let cpus = r.u32(), let mem = r.u64(),
-              let host = r.string(), let rel = r.string(), let ver = r.string() else { return nil }
+            let host = r.string(), let rel = r.string(), let ver = r.string()
+        else { return nil }
         return GuestInfo(nonce: nonce, uptimeMs: up, cpus: cpus, memoryKB: mem, hostname: host, kernelRelease: rel, agentVersion: ver)
     }
 

@@ -22,9 +22,11 @@ public struct EmbeddedBackend: Hypervisor {
         if let binary { self.binary = binary; return }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let beside = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("slurm-vm-vmm").path
-        let candidates = [ProcessInfo.processInfo.environment["SLURM_VM_VMM"], beside, "/usr/local/bin/slurm-vm-vmm", "/usr/bin/slurm-vm-vmm"].compactMap { $0 }
+        let candidates = [ProcessInfo.processInfo.environment["SLURM_VM_VMM"], beside, "/usr/local/bin/slurm-vm-vmm", "/usr/bin/slurm-vm-vmm"]
+            .compactMap { $0 }
         guard let b = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            throw RunnerError.vmmMissing("slurm-vm-vmm is not installed (looked in \(candidates.joined(separator: ", "))); build it with swift build, or use --backend qemu")
+            throw RunnerError.vmmMissing(
+                "slurm-vm-vmm is not installed (looked in \(candidates.joined(separator: ", "))); build it with swift build, or use --backend qemu")
         }
         self.binary = b
     }
@@ -32,13 +34,16 @@ public struct EmbeddedBackend: Hypervisor {
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
         guard (spec.shares ?? []).isEmpty else {
-            throw RunnerError.unsupported("the embedded VMM cannot share host directories (it has no virtio-fs); guests that share a directory run with --backend qemu")
+            throw RunnerError.unsupported(
+                "the embedded VMM cannot share host directories (it has no virtio-fs); guests that share a directory run with --backend qemu")
         }
         try Files.mkdirs(spec.runDir, mode: 0o700)
         let cmdline = [platformCmdline(spec), spec.cmdline].filter { !$0.isEmpty }.joined(separator: " ")
-        var args = ["--kernel", spec.kernel, "--append", cmdline, "--vcpus", String(spec.vcpus), "--mem", String(spec.memoryMB),
-                    "--cpus", spec.cpus.map(String.init).joined(separator: ","),
-                    "--console", spec.consolePath, "--report", spec.runDir + "/report", "--ready", spec.runDir + "/vcpus"]
+        var args = [
+            "--kernel", spec.kernel, "--append", cmdline, "--vcpus", String(spec.vcpus), "--mem", String(spec.memoryMB),
+            "--cpus", spec.cpus.map(String.init).joined(separator: ","),
+            "--console", spec.consolePath, "--report", spec.runDir + "/report", "--ready", spec.runDir + "/vcpus",
+        ]
         if let rd = spec.initrd { args += ["--initrd", rd] }
         if let h = spec.housekeeping.first { args += ["--housekeeping", String(h)] }
         if spec.hugepages { args.append("--hugepages") }
@@ -69,7 +74,8 @@ public struct EmbeddedBackend: Hypervisor {
             usleep(2_000)
         }
         g.destroy()
-        throw RunnerError.bootFailed("the embedded VMM did not start guest \(spec.id)'s vCPUs within 20 s", consoleTail: Console.tail(spec.runDir + "/vmm.log", lines: 10))
+        throw RunnerError.bootFailed(
+            "the embedded VMM did not start guest \(spec.id)'s vCPUs within 20 s", consoleTail: Console.tail(spec.runDir + "/vmm.log", lines: 10))
     }
 }
 

@@ -26,12 +26,14 @@ public enum CPUPlanner {
         guard vcpus >= 1 else { throw RunnerError.invalidRequest("--vcpus must be at least 1") }
         let outside = (cpus.cpus + (housekeeping?.cpus ?? [])).filter { !allowed.cpus.contains($0) }
         if !outside.isEmpty {
-            throw RunnerError.invalidRequest("CPUs \(CPUList(outside)) are outside this process's CPU affinity (\(allowed)); give CPUs from \(allowed)")
+            throw RunnerError.invalidRequest(
+                "CPUs \(CPUList(outside)) are outside this process's CPU affinity (\(allowed)); give CPUs from \(allowed)")
         }
         let need = count * vcpus
         guard need <= cpus.count else {
             let what = count == 1 ? "\(vcpus) vCPUs" : "\(count) guests × \(vcpus) vCPUs"
-            throw RunnerError.invalidRequest("\(what) need \(need) CPUs, but --cpus gives \(cpus.count) (\(cpus)); each vCPU gets a CPU of its own, never shared")
+            throw RunnerError.invalidRequest(
+                "\(what) need \(need) CPUs, but --cpus gives \(cpus.count) (\(cpus)); each vCPU gets a CPU of its own, never shared")
         }
         let per = (0..<count).map { Array(cpus.cpus[($0 * vcpus)..<(($0 + 1) * vcpus)]) }
         var warnings: [String] = []
@@ -44,7 +46,9 @@ public enum CPUPlanner {
             hk = Array(cpus.cpus[need...])
         } else {
             hk = Array(cpus.cpus.prefix(need))
-            warnings.append("no spare CPU in --cpus for the VMM's housekeeping threads, so they share the guests' CPUs; give one more CPU to keep the guests' CPUs to their vCPUs alone")
+            warnings.append(
+                "no spare CPU in --cpus for the VMM's housekeeping threads, so they share the guests' CPUs; give one more CPU to keep the guests' CPUs to their vCPUs alone"
+            )
         }
         return CPUPlan(perGuest: per, housekeeping: hk, warnings: warnings)
     }
@@ -62,8 +66,10 @@ public final class ReadyGuest: @unchecked Sendable {
 public enum GuestLauncher {
     /// Boots every spec in parallel and waits for each agent; if any guest fails, all are destroyed
     /// and the first failure is thrown.
-    public static func bootAll(_ specs: [GuestSpec], on hv: Hypervisor, bootTimeout: TimeInterval,
-                               onBooted: @escaping @Sendable (RunningGuest) -> Void = { _ in }) throws -> [ReadyGuest] {
+    public static func bootAll(
+        _ specs: [GuestSpec], on hv: Hypervisor, bootTimeout: TimeInterval,
+        onBooted: @escaping @Sendable (RunningGuest) -> Void = { _ in }
+    ) throws -> [ReadyGuest] {
         final class Slot: @unchecked Sendable { var ready: ReadyGuest?; var guest: RunningGuest?; var error: Error? }
         let slots = specs.map { _ in Slot() }
         DispatchQueue.concurrentPerform(iterations: specs.count) { i in
@@ -100,7 +106,9 @@ public enum GuestLauncher {
                 }
                 if Date() >= deadline {
                     agent.close()
-                    throw RunnerError.notReady("guest \(g.spec.id) did not become ready within \(Int(timeout)) s (its agent never answered)", consoleTail: Console.tail(g.spec.consolePath))
+                    throw RunnerError.notReady(
+                        "guest \(g.spec.id) did not become ready within \(Int(timeout)) s (its agent never answered)",
+                        consoleTail: Console.tail(g.spec.consolePath))
                 }
             }
         }
@@ -108,8 +116,10 @@ public enum GuestLauncher {
 
     /// Runs one command in every guest at once. With several guests each output line is prefixed by the
     /// guest's id; stdin goes to the first guest only (as srun sends it to task 0).
-    public static func run(_ req: ExecRequest, in guests: [ReadyGuest], stdin: Int32?, prefix: Bool,
-                           out: OutputSink, err: OutputSink) -> [Result<CommandStatus, Error>] {
+    public static func run(
+        _ req: ExecRequest, in guests: [ReadyGuest], stdin: Int32?, prefix: Bool,
+        out: OutputSink, err: OutputSink
+    ) -> [Result<CommandStatus, Error>] {
         final class Box: @unchecked Sendable { var r: Result<CommandStatus, Error> = .failure(AgentError("not run")) }
         let boxes = guests.map { _ in Box() }
         DispatchQueue.concurrentPerform(iterations: guests.count) { i in

@@ -20,8 +20,10 @@ public struct GuestRecord: Codable, Sendable {
     public var owner: UInt32
     public var ready: GuestInfo?
 
-    public init(spec: GuestSpec, backend: String, pid: Int32, pidStart: Int64, vcpuThreads: [Int32], image: String?,
-                imageDigest: String?, started: Date, owner: UInt32, ready: GuestInfo?) {
+    public init(
+        spec: GuestSpec, backend: String, pid: Int32, pidStart: Int64, vcpuThreads: [Int32], image: String?,
+        imageDigest: String?, started: Date, owner: UInt32, ready: GuestInfo?
+    ) {
         self.spec = spec; self.backend = backend; self.pid = pid; self.pidStart = pidStart; self.vcpuThreads = vcpuThreads
         self.image = image; self.imageDigest = imageDigest; self.started = started; self.owner = owner; self.ready = ready
     }
@@ -79,8 +81,9 @@ public struct GuestRecords: Sendable {
             if let r = load(id) {
                 if r.alive { out.append(r) } else { Files.remove(dir(id)) }
             } else if let a = try? FileManager.default.attributesOfItem(atPath: dir(id)),
-                      let m = a[.modificationDate] as? Date, Date().timeIntervalSince(m) > 60 {
-                Files.remove(dir(id))   // a guest that never got as far as its record
+                let m = a[.modificationDate] as? Date, Date().timeIntervalSince(m) > 60
+            {
+                Files.remove(dir(id))  // a guest that never got as far as its record
             }
         }
         return out

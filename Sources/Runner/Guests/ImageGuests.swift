@@ -21,8 +21,10 @@ public struct BootImage: Sendable, Equatable {
     public var minMemoryMB: Int
     public var maxVCPUs: Int
 
-    public init(name: String, label: String, digest: String, kernel: String, kernelDigest: String, initrd: String?,
-                disk: String?, cmdline: String, minMemoryMB: Int, maxVCPUs: Int) {
+    public init(
+        name: String, label: String, digest: String, kernel: String, kernelDigest: String, initrd: String?,
+        disk: String?, cmdline: String, minMemoryMB: Int, maxVCPUs: Int
+    ) {
         self.name = name; self.label = label; self.digest = digest; self.kernel = kernel; self.kernelDigest = kernelDigest
         self.initrd = initrd; self.disk = disk; self.cmdline = cmdline; self.minMemoryMB = minMemoryMB; self.maxVCPUs = maxVCPUs
     }
@@ -45,8 +47,10 @@ public struct ImageGuests: Sendable {
     /// Who owns the guests (their records say so; `vm ls` and the node's job state use it).
     public var owner: UInt32
 
-    public init(image: BootImage, names: [(id: String, hostname: String)], vcpus: Int, memoryMB: Int, plan: CPUPlan,
-                hugepages: Bool, extraCmdline: String? = nil, shares: [String] = [], keep: Bool, owner: UInt32) {
+    public init(
+        image: BootImage, names: [(id: String, hostname: String)], vcpus: Int, memoryMB: Int, plan: CPUPlan,
+        hugepages: Bool, extraCmdline: String? = nil, shares: [String] = [], keep: Bool, owner: UInt32
+    ) {
         self.image = image; self.names = names; self.vcpus = vcpus; self.memoryMB = memoryMB; self.plan = plan
         self.hugepages = hugepages; self.extraCmdline = extraCmdline; self.shares = shares; self.keep = keep; self.owner = owner
     }
@@ -55,7 +59,9 @@ public struct ImageGuests: Sendable {
     /// `TARGET.MaxVCPUs >= MY.VCPUs`, `TARGET.MinMemoryMB <= MY.MemoryMB`); `vm run` meets them here.
     public static func check(_ image: BootImage, vcpus: Int, memoryMB: Int) throws {
         if memoryMB < image.minMemoryMB {
-            throw RunnerError.invalidRequest("\(memoryMB) MiB per guest is below image \(image.label)'s minimum of \(image.minMemoryMB) MiB (MinMemoryMB); give at least \(image.minMemoryMB)M")
+            throw RunnerError.invalidRequest(
+                "\(memoryMB) MiB per guest is below image \(image.label)'s minimum of \(image.minMemoryMB) MiB (MinMemoryMB); give at least \(image.minMemoryMB)M"
+            )
         }
         if vcpus > image.maxVCPUs {
             throw RunnerError.invalidRequest("\(vcpus) vCPUs per guest is more than image \(image.label) supports (MaxVCPUs = \(image.maxVCPUs))")
@@ -65,27 +71,32 @@ public struct ImageGuests: Sendable {
     public func specs(records: GuestRecords, accelerator: Accelerator) -> [GuestSpec] {
         let cmdline = [image.cmdline, extraCmdline ?? ""].filter { !$0.isEmpty }.joined(separator: " ")
         return names.enumerated().map { i, n in
-            GuestSpec(id: n.id, hostname: n.hostname, kernel: image.kernel, kernelDigest: image.kernelDigest, initrd: image.initrd,
-                      disk: image.disk, cmdline: cmdline, vcpus: vcpus, memoryMB: memoryMB, cpus: plan.perGuest[i],
-                      housekeeping: plan.housekeeping, agent: true, hugepages: hugepages, runDir: records.dir(n.id), keep: keep,
-                      accelerator: accelerator, shares: shares)
+            GuestSpec(
+                id: n.id, hostname: n.hostname, kernel: image.kernel, kernelDigest: image.kernelDigest, initrd: image.initrd,
+                disk: image.disk, cmdline: cmdline, vcpus: vcpus, memoryMB: memoryMB, cpus: plan.perGuest[i],
+                housekeeping: plan.housekeeping, agent: true, hugepages: hugepages, runDir: records.dir(n.id), keep: keep,
+                accelerator: accelerator, shares: shares)
         }
     }
 
     /// Boots every guest on `hv`, records each on disk as soon as its VMM runs (so a crash leaves
     /// nothing unaccounted for), and returns them once every agent is ready; if any fails, all are
     /// destroyed and the first failure is thrown. `onBooted` runs for each guest as its VMM starts.
-    public func boot(on hv: any Hypervisor, accelerator: Accelerator, records: GuestRecords, bootTimeout: TimeInterval,
-                     onBooted: @escaping @Sendable (RunningGuest) -> Void = { _ in }) throws -> [ReadyGuest] {
+    public func boot(
+        on hv: any Hypervisor, accelerator: Accelerator, records: GuestRecords, bootTimeout: TimeInterval,
+        onBooted: @escaping @Sendable (RunningGuest) -> Void = { _ in }
+    ) throws -> [ReadyGuest] {
         try Self.check(image, vcpus: vcpus, memoryMB: memoryMB)
         guard plan.perGuest.count == names.count else {
             throw RunnerError.invalidRequest("\(names.count) guests but CPUs planned for \(plan.perGuest.count)")
         }
         let image = image, owner = owner, backend = hv.name
         let ready = try GuestLauncher.bootAll(specs(records: records, accelerator: accelerator), on: hv, bootTimeout: bootTimeout) { g in
-            try? records.save(GuestRecord(spec: g.spec, backend: backend, pid: g.pid, pidStart: ProcessIdentity.startTime(of: g.pid) ?? 0,
-                                          vcpuThreads: g.vcpuThreads, image: image.label, imageDigest: image.digest, started: Date(),
-                                          owner: owner, ready: nil))
+            try? records.save(
+                GuestRecord(
+                    spec: g.spec, backend: backend, pid: g.pid, pidStart: ProcessIdentity.startTime(of: g.pid) ?? 0,
+                    vcpuThreads: g.vcpuThreads, image: image.label, imageDigest: image.digest, started: Date(),
+                    owner: owner, ready: nil))
             onBooted(g)
         }
         for g in ready { if var r = records.load(g.id) { r.ready = g.info; try? records.save(r) } }

@@ -55,7 +55,8 @@ public struct CPUList: Equatable, Sendable, CustomStringConvertible {
     /// Affinity of any thread (from /proc, so it works for other processes' threads too).
     public static func affinity(ofThread tid: Int32, in pid: Int32) -> CPUList? {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/status", encoding: .utf8),
-              let line = s.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }) else { return nil }
+            let line = s.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") })
+        else { return nil }
         return try? CPUList(parsing: String(line.dropFirst("Cpus_allowed_list:".count)))
     }
 

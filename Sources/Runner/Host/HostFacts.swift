@@ -15,7 +15,8 @@ public enum HostFacts {
     /// stock Linux guest cannot reach user space there, so they use TCG.)
     public static var hasHardwareVirtualization: Bool {
         guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-              let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
+            let flags = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") })
+        else { return false }
         let set = Set(flags.split(separator: " "))
         return set.contains("vmx") || set.contains("svm")
     }
@@ -32,14 +33,17 @@ public enum HostFacts {
 
     /// The TSC rate in kHz, measured against CLOCK_MONOTONIC_RAW over 50 ms (cached per boot of the host).
     public static func tscKHz(cacheDir: String?) -> UInt64 {
-        let bootID = (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
+        let bootID =
+            (try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8))?
             .trimmingCharacters(in: .whitespacesAndNewlines) ?? "unknown"
         let cache = cacheDir.map { "\($0)/tsc-khz" }
         if let cache, let s = try? String(contentsOfFile: cache, encoding: .utf8) {
             let parts = s.split(separator: " ")
             if parts.count == 2, parts[0] == bootID, let v = UInt64(parts[1].trimmingCharacters(in: .whitespacesAndNewlines)) { return v }
         }
-        func now() -> UInt64 { var ts = timespec(); clock_gettime(CLOCK_MONOTONIC_RAW, &ts); return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec) }
+        func now() -> UInt64 {
+            var ts = timespec(); clock_gettime(CLOCK_MONOTONIC_RAW, &ts); return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+        }
         let t0 = now(), c0 = clinux_rdtsc()
         usleep(50_000)
         let t1 = now(), c1 = clinux_rdtsc()

@@ -70,7 +70,7 @@ public enum Processes {
         var st: Int32 = 0
         let r = waitpid(pid, &st, WNOHANG)
         if r == pid { return st }
-        if r < 0 && errno == ECHILD { return -1 }   // not ours, or already reaped
+        if r < 0 && errno == ECHILD { return -1 }  // not ours, or already reaped
         return nil
     }
 
@@ -97,7 +97,8 @@ public enum Processes {
 
     static func isChild(_ pid: Int32) -> Bool {
         guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = s.lastIndex(of: ")") else { return false }
+            let close = s.lastIndex(of: ")")
+        else { return false }
         let f = s[s.index(after: close)...].split(separator: " ")
         return f.count > 1 && Int32(f[1]) == getpid()
     }

@@ -25,7 +25,8 @@ enum DirectKernel {
             return path
         }
         guard let data = FileManager.default.contents(atPath: kernel), let elf = unpack(bzImage: [UInt8](data)),
-              hasPVHNote(elf) else { return nil }
+            hasPVHNote(elf)
+        else { return nil }
         do {
             try Files.mkdirs(cacheDir)
             let d = Data(elf)
@@ -92,7 +93,7 @@ enum DirectKernel {
         let phoff = u64(0x20), phentsize = u16(0x36), phnum = u16(0x38)
         for k in 0..<phnum {
             let ph = phoff + k * phentsize
-            guard ph + 56 <= e.count, e.readLE32(at: ph) == 4 else { continue }   // PT_NOTE
+            guard ph + 56 <= e.count, e.readLE32(at: ph) == 4 else { continue }  // PT_NOTE
             var o = u64(ph + 8)
             let end = o + u64(ph + 32)
             while o + 12 <= end && end <= e.count {

@@ -23,7 +23,9 @@ public struct QEMUBackend: Hypervisor {
     public init(binary: String? = nil, kernelCache: String?, accelerator forced: Accelerator? = nil, stateDir: String?) throws {
         let want = binary ?? ProcessInfo.processInfo.environment["SLURM_VM_QEMU"] ?? "qemu-system-x86_64"
         guard let found = HostFacts.which(want) else {
-            throw RunnerError.vmmMissing("QEMU (\(want)) is not installed or not on PATH; install Debian's qemu-system-x86 package (apt-get install qemu-system-x86), or set SLURM_VM_QEMU")
+            throw RunnerError.vmmMissing(
+                "QEMU (\(want)) is not installed or not on PATH; install Debian's qemu-system-x86 package (apt-get install qemu-system-x86), or set SLURM_VM_QEMU"
+            )
         }
         self.binary = found
         self.kernelCache = kernelCache
@@ -65,9 +67,11 @@ public struct QEMUBackend: Hypervisor {
         a += ["-chardev", "file,id=con,path=\(spec.consolePath)", "-serial", "chardev:con"]
         if managed { a += ["-chardev", "socket,id=qmp,path=\(spec.runDir)/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"] }
         if spec.agent {
-            a += ["-device", "virtio-serial-device",
-                  "-chardev", "socket,id=agent,path=\(spec.agentSocket),server=on,wait=off",
-                  "-device", "virtserialport,chardev=agent,name=org.slurm-vm.agent"]
+            a += [
+                "-device", "virtio-serial-device",
+                "-chardev", "socket,id=agent,path=\(spec.agentSocket),server=on,wait=off",
+                "-device", "virtserialport,chardev=agent,name=org.slurm-vm.agent",
+            ]
         }
         // vhost-user devices need modern virtio; microvm's virtio-mmio defaults to legacy.
         if !(spec.shares ?? []).isEmpty { a += ["-global", "virtio-mmio.force-legacy=false"] }
@@ -99,15 +103,20 @@ public struct QEMUBackend: Hypervisor {
         }
         for (i, dir) in shares.enumerated() {
             let sock = "\(spec.runDir)/fs\(i).sock"
-            let pid = try spawnVMMProcess(Self.virtiofsd, ["-f", "--socket-path=\(sock)", "-o", "source=\(dir)", "-o", "cache=auto",
-                                                           "-o", "sandbox=namespace", "-o", "log_level=warn"],
-                                          log: "virtiofsd\(i).log", for: spec)
+            let pid = try spawnVMMProcess(
+                Self.virtiofsd,
+                [
+                    "-f", "--socket-path=\(sock)", "-o", "source=\(dir)", "-o", "cache=auto",
+                    "-o", "sandbox=namespace", "-o", "log_level=warn",
+                ],
+                log: "virtiofsd\(i).log", for: spec)
             try? String(pid).write(toFile: "\(spec.runDir)/virtiofsd\(i).pid", atomically: true, encoding: .utf8)
             let deadline = Date(timeIntervalSinceNow: 5)
             while !Files.exists(sock) {
                 if Processes.poll(pid) != nil || Date() > deadline {
                     kill(pid, SIGKILL); _ = Processes.wait(pid, timeout: 1)
-                    throw RunnerError.bootFailed("virtiofsd for \(dir) did not start", consoleTail: Console.tail(spec.runDir + "/virtiofsd\(i).log", lines: 5))
+                    throw RunnerError.bootFailed(
+                        "virtiofsd for \(dir) did not start", consoleTail: Console.tail(spec.runDir + "/virtiofsd\(i).log", lines: 5))
                 }
                 usleep(5_000)
             }
@@ -222,8 +231,11 @@ public final class QEMUGuest: RunningGuest, @unchecked Sendable {
     /// SIGKILL if QEMU does not go; then the run directory goes.
     public func destroy() {
         if reapedEnd() == nil {
-            if let q = qmp { _ = try? q.execute("quit", timeout: 2) }
-            else if let q = try? QMPClient(path: spec.runDir + "/qmp.sock", timeout: 1, alive: { true }) { _ = try? q.execute("quit", timeout: 2) }
+            if let q = qmp {
+                _ = try? q.execute("quit", timeout: 2)
+            } else if let q = try? QMPClient(path: spec.runDir + "/qmp.sock", timeout: 1, alive: { true }) {
+                _ = try? q.execute("quit", timeout: 2)
+            }
             if !Processes.wait(pid, timeout: 3) { kill(pid, SIGKILL); _ = Processes.wait(pid, timeout: 5) }
         }
         qmp?.close()
@@ -231,11 +243,12 @@ public final class QEMUGuest: RunningGuest, @unchecked Sendable {
         for i in 0..<(spec.shares?.count ?? 0) {
             guard let t = try? String(contentsOfFile: "\(spec.runDir)/virtiofsd\(i).pid", encoding: .utf8), let p = Int32(t) else { continue }
             if Processes.isChild(p) {
-                kill(p, SIGKILL)                 // ours: also reaps it if it already ended
+                kill(p, SIGKILL)  // ours: also reaps it if it already ended
                 _ = Processes.wait(p, timeout: 2)
             } else if let cmd = FileManager.default.contents(atPath: "/proc/\(p)/cmdline"),
-                      String(decoding: cmd, as: UTF8.self).contains("\(spec.runDir)/fs\(i).sock") {
-                kill(p, SIGKILL)                 // an adopted guest's: not ours to reap
+                String(decoding: cmd, as: UTF8.self).contains("\(spec.runDir)/fs\(i).sock")
+            {
+                kill(p, SIGKILL)  // an adopted guest's: not ours to reap
                 _ = Processes.wait(p, timeout: 2)
             }
         }

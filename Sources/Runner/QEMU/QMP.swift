@@ -27,7 +27,7 @@ public final class QMPClient: @unchecked Sendable {
         let t = Thread { [unowned self] in self.readLoop() }
         t.name = "qmp-reader"
         t.start()
-        _ = try waitReply(timeout: timeout)          // the greeting
+        _ = try waitReply(timeout: timeout)  // the greeting
         _ = try execute("qmp_capabilities")
     }
 

@@ -8,8 +8,8 @@
 // for the RSDP; the zero page points at it too.
 
 public enum ACPI {
-    static let oemID = Array("SLURMV".utf8)          // 6 bytes
-    static let oemTableID = Array("EMBEDVMM".utf8)   // 8 bytes
+    static let oemID = Array("SLURMV".utf8)  // 6 bytes
+    static let oemTableID = Array("EMBEDVMM".utf8)  // 8 bytes
     static let creatorID = Array("SVMM".utf8)
 
     /// FADT flags: HW_REDUCED_ACPI (bit 20).
@@ -17,7 +17,6 @@ public enum ACPI {
     /// IA-PC boot architecture flags: no VGA (bit 2), no MSI (bit 3); no 8042 bit, so Linux does not
     /// probe a keyboard controller whose only function here is the reset line.
     static let bootArch: UInt16 = (1 << 2) | (1 << 3)
-
 
     /// A system description table: the 36-byte header, then `body`; length and checksum filled in.
     static func table(_ signature: String, revision: UInt8, _ body: [UInt8]) -> [UInt8] {
@@ -34,13 +33,13 @@ public enum ACPI {
     /// KVM's IOAPIC does not model polarity, so the _PRT's PCI default (level, active low) and these
     /// overrides describe the same wire.
     static func madt(cpus: Int, pciLines: [UInt8]) -> [UInt8] {
-        var b = le(Layout.localAPIC) + le(UInt32(1))          // PCAT_COMPAT: the 8259s are present
-        for i in 0..<cpus { b += [0, 8, UInt8(i), UInt8(i)] + le(UInt32(1)) }   // processor local APIC, enabled
+        var b = le(Layout.localAPIC) + le(UInt32(1))  // PCAT_COMPAT: the 8259s are present
+        for i in 0..<cpus { b += [0, 8, UInt8(i), UInt8(i)] + le(UInt32(1)) }  // processor local APIC, enabled
         b += [1, 12, UInt8(cpus), 0] + le(Layout.ioapic) + le(UInt32(0))
-        for line in pciLines {                                // source override: level (3 << 2), active high (1)
+        for line in pciLines {  // source override: level (3 << 2), active high (1)
             b += [2, 10, 0, line] + le(UInt32(line)) + le(UInt16((3 << 2) | 1))
         }
-        b += [4, 6, 0xff] + le(UInt16(0)) + [1]               // local APIC NMI: all processors, LINT1
+        b += [4, 6, 0xff] + le(UInt16(0)) + [1]  // local APIC NMI: all processors, LINT1
         return table("APIC", revision: 5, b)
     }
 
@@ -48,12 +47,12 @@ public enum ACPI {
     static func fadt(dsdt: UInt64) -> [UInt8] {
         var b = [UInt8](repeating: 0, count: 276 - 36)
         func put(_ bytes: [UInt8], _ offset: Int) { for (i, x) in bytes.enumerated() { b[offset - 36 + i] = x } }
-        put(le(UInt32(truncatingIfNeeded: dsdt)), 40)         // DSDT
-        put(le(bootArch), 109)                                // IAPC_BOOT_ARCH
-        put(le(hardwareReduced), 112)                         // Flags
-        b[131 - 36] = 5                                       // FADT minor version (6.5)
-        put(le(dsdt), 140)                                    // X_DSDT
-        put(Array("SLURMVM\0".utf8), 268)                     // hypervisor vendor identity
+        put(le(UInt32(truncatingIfNeeded: dsdt)), 40)  // DSDT
+        put(le(bootArch), 109)  // IAPC_BOOT_ARCH
+        put(le(hardwareReduced), 112)  // Flags
+        b[131 - 36] = 5  // FADT minor version (6.5)
+        put(le(dsdt), 140)  // X_DSDT
+        put(Array("SLURMVM\0".utf8), 268)  // hypervisor vendor identity
         return table("FACP", revision: 6, b)
     }
 
@@ -61,23 +60,29 @@ public enum ACPI {
     /// a _PRT sending INTA# of each slot in `pci` to the GSI of its line), \\_SB.COM1 (PNP0501, 0x3f8,
     /// IRQ 4) and \\_SB.RTC (PNP0B00, ports 0x70–0x71, no interrupt: the VMM's RTC raises none).
     static func dsdt(pci: [(slot: Int, line: UInt8)]) -> [UInt8] {
-        let prt = AML.package(pci.map { p in
-            AML.package([AML.integer(UInt64(p.slot) << 16 | 0xffff), AML.integer(0), AML.integer(0), AML.integer(UInt64(p.line))])
-        })
-        let pci0 = AML.device("PCI0",
+        let prt = AML.package(
+            pci.map { p in
+                AML.package([AML.integer(UInt64(p.slot) << 16 | 0xffff), AML.integer(0), AML.integer(0), AML.integer(UInt64(p.line))])
+            })
+        let pci0 = AML.device(
+            "PCI0",
             AML.name("_HID", AML.eisaID("PNP0A03")) + AML.name("_UID", AML.integer(0))
-            + AML.name("_SEG", AML.integer(0)) + AML.name("_BBN", AML.integer(0))
-            + AML.name("_CRS", AML.resources([
-                AML.wordSpace(type: 2, 0, 0),                              // bus numbers 0–0
-                AML.io(0xcf8, 8),                                          // configuration mechanism #1
-                AML.wordSpace(type: 1, 0x0000, 0x0cf7, typeFlags: 3),      // I/O below and above it
-                AML.wordSpace(type: 1, 0x0d00, 0xffff, typeFlags: 3),
-            ]))
-            + AML.name("_PRT", prt))
-        let com1 = AML.device("COM1",
+                + AML.name("_SEG", AML.integer(0)) + AML.name("_BBN", AML.integer(0))
+                + AML.name(
+                    "_CRS",
+                    AML.resources([
+                        AML.wordSpace(type: 2, 0, 0),  // bus numbers 0–0
+                        AML.io(0xcf8, 8),  // configuration mechanism #1
+                        AML.wordSpace(type: 1, 0x0000, 0x0cf7, typeFlags: 3),  // I/O below and above it
+                        AML.wordSpace(type: 1, 0x0d00, 0xffff, typeFlags: 3),
+                    ]))
+                + AML.name("_PRT", prt))
+        let com1 = AML.device(
+            "COM1",
             AML.name("_HID", AML.eisaID("PNP0501")) + AML.name("_UID", AML.integer(1))
-            + AML.name("_CRS", AML.resources([AML.io(0x3f8, 8), AML.irq(4)])))
-        let rtc = AML.device("RTC",
+                + AML.name("_CRS", AML.resources([AML.io(0x3f8, 8), AML.irq(4)])))
+        let rtc = AML.device(
+            "RTC",
             AML.name("_HID", AML.eisaID("PNP0B00")) + AML.name("_CRS", AML.resources([AML.io(0x70, 2)])))
         return table("DSDT", revision: 2, AML.scope([0x5c] + AML.seg("_SB"), pci0 + com1 + rtc))
     }
@@ -87,7 +92,7 @@ public enum ACPI {
     public static func build(cpus: Int, pci: [(slot: Int, line: UInt8)] = [], at base: UInt64 = Layout.acpi) throws -> [UInt8] {
         let pciLines = pci.map(\.line)
         guard cpus >= 1, cpus <= 254 else { throw VMMError.config("the ACPI tables describe 1 to 254 processors, not \(cpus)") }
-        var out = [UInt8](repeating: 0, count: 36)            // the RSDP, written last
+        var out = [UInt8](repeating: 0, count: 36)  // the RSDP, written last
         func place(_ t: [UInt8]) -> UInt64 {
             while out.count % 16 != 0 { out.append(0) }
             let at = base + UInt64(out.count)
@@ -102,7 +107,9 @@ public enum ACPI {
         rsdp[8] = checksum(rsdp[0..<20])
         rsdp[32] = checksum(rsdp[...])
         out.replaceSubrange(0..<36, with: rsdp)
-        guard base + UInt64(out.count) <= Layout.acpiEnd else { throw VMMError.config("the ACPI tables for \(cpus) processors do not fit below \(hex(Layout.acpiEnd))") }
+        guard base + UInt64(out.count) <= Layout.acpiEnd else {
+            throw VMMError.config("the ACPI tables for \(cpus) processors do not fit below \(hex(Layout.acpiEnd))")
+        }
         return out
     }
 }

@@ -26,8 +26,8 @@ enum AML {
 
     static func integer(_ v: UInt64) -> [UInt8] {
         switch v {
-        case 0: return [0x00]                                 // ZeroOp
-        case 1: return [0x01]                                 // OneOp
+        case 0: return [0x00]  // ZeroOp
+        case 1: return [0x01]  // OneOp
         case ...0xff: return [0x0a, UInt8(v)]
         case ...0xffff: return [0x0b] + le(UInt16(v))
         case ...0xffff_ffff: return [0x0c] + le(UInt32(v))

@@ -4,7 +4,7 @@
 public struct E820Entry: Equatable, Sendable {
     public var address: UInt64
     public var size: UInt64
-    public var type: UInt32   // 1 RAM, 2 reserved
+    public var type: UInt32  // 1 RAM, 2 reserved
     public static let ram: UInt32 = 1, reserved: UInt32 = 2
 }
 
@@ -28,9 +28,11 @@ public struct BootParams {
 
     /// The memory map of a guest with `ram` bytes below the 32-bit hole.
     public static func e820(ram: UInt64) -> [E820Entry] {
-        [E820Entry(address: 0, size: Layout.ebdaStart, type: E820Entry.ram),
-         E820Entry(address: Layout.ebdaStart, size: Layout.highMemory - Layout.ebdaStart, type: E820Entry.reserved),
-         E820Entry(address: Layout.highMemory, size: ram - Layout.highMemory, type: E820Entry.ram)]
+        [
+            E820Entry(address: 0, size: Layout.ebdaStart, type: E820Entry.ram),
+            E820Entry(address: Layout.ebdaStart, size: Layout.highMemory - Layout.ebdaStart, type: E820Entry.reserved),
+            E820Entry(address: Layout.highMemory, size: ram - Layout.highMemory, type: E820Entry.ram),
+        ]
     }
 
     mutating func put<T: FixedWidthInteger>(_ v: T, _ off: Int) {
@@ -49,12 +51,12 @@ public struct BootParams {
             for (i, b) in h.enumerated() where Offset.setupHeader + i < 4096 { page[Offset.setupHeader + i] = b }
         } else {
             put(UInt16(0xaa55), Offset.bootFlag)
-            put(UInt32(0x5372_6448), Offset.header)     // "HdrS"
+            put(UInt32(0x5372_6448), Offset.header)  // "HdrS"
             put(UInt16(0x020f), Offset.version)
             put(UInt32(0x0100_0000), Offset.kernelAlignment)
         }
-        page[Offset.typeOfLoader] = 0xff                 // undefined loader
-        page[Offset.loadflags] |= 0x01 | 0x80            // LOADED_HIGH | CAN_USE_HEAP
+        page[Offset.typeOfLoader] = 0xff  // undefined loader
+        page[Offset.loadflags] |= 0x01 | 0x80  // LOADED_HIGH | CAN_USE_HEAP
         put(UInt16(0xfe00), Offset.heapEndPtr)
         put(UInt32(truncatingIfNeeded: commandLine), Offset.cmdLinePtr)
         put(UInt32(truncatingIfNeeded: commandLine >> 32), Offset.extCmdLinePtr)
@@ -65,7 +67,7 @@ public struct BootParams {
             put(UInt32(truncatingIfNeeded: addr >> 32), Offset.extRamdiskImage)
             put(UInt32(truncatingIfNeeded: size >> 32), Offset.extRamdiskSize)
         }
-        put(Layout.acpi, Offset.acpiRSDP)                // where the RSDP is (Linux also scans for it)
+        put(Layout.acpi, Offset.acpiRSDP)  // where the RSDP is (Linux also scans for it)
         let map = Self.e820(ram: ram)
         page[Offset.e820Entries] = UInt8(map.count)
         for (i, e) in map.enumerated() {

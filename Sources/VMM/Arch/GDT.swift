@@ -38,7 +38,7 @@ public enum GDT {
         let code = segment(entries[2], selector: codeSelector)
         let data = segment(entries[3], selector: dataSelector)
         var tss = segment(entries[4], selector: tssSelector)
-        tss.type = 0xb   // busy 64-bit TSS, as KVM requires of TR
+        tss.type = 0xb  // busy 64-bit TSS, as KVM requires of TR
         s.cs = code
         s.ds = data; s.es = data; s.fs = data; s.gs = data; s.ss = data
         s.tr = tss
@@ -46,23 +46,23 @@ public enum GDT {
         s.gdt.limit = UInt16(entries.count * 8 - 1)
         s.idt.base = Layout.idt
         s.idt.limit = 7
-        s.cr0 = 0x8005_0033          // PG, AM, WP, NE, ET, MP, PE
+        s.cr0 = 0x8005_0033  // PG, AM, WP, NE, ET, MP, PE
         s.cr3 = Layout.pml4
-        s.cr4 = 0x20                 // PAE
-        s.efer = 0x500               // LME | LMA
+        s.cr4 = 0x20  // PAE
+        s.efer = 0x500  // LME | LMA
     }
 }
 
 public enum PageTables {
     /// The first 4 GiB mapped 1:1 with 2 MiB pages.
     static func identityMap(_ memory: GuestMemory) throws {
-        try memory.write(Layout.pdpt | 0x3, at: Layout.pml4)                       // present, writable
+        try memory.write(Layout.pdpt | 0x3, at: Layout.pml4)  // present, writable
         for i in 0..<4 {
             let pd = Layout.pageDirectories + UInt64(i) * 0x1000
             try memory.write(pd | 0x3, at: Layout.pdpt + UInt64(i * 8))
             for j in 0..<512 {
                 let phys = (UInt64(i) << 30) | (UInt64(j) << 21)
-                try memory.write(phys | 0x83, at: pd + UInt64(j * 8))            // present, writable, 2 MiB
+                try memory.write(phys | 0x83, at: pd + UInt64(j * 8))  // present, writable, 2 MiB
             }
         }
     }

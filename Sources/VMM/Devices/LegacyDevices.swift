@@ -14,9 +14,9 @@ public final class CMOS: PortDevice, @unchecked Sendable {
 
     public init(now: @escaping () -> time_t = { time(nil) }) {
         self.now = now
-        nvram[0x0a] = 0x26   // 32.768 kHz base, 1024 Hz rate; UIP clear
-        nvram[0x0b] = 0x02   // 24-hour, BCD
-        nvram[0x0d] = 0x80   // valid RAM and time
+        nvram[0x0a] = 0x26  // 32.768 kHz base, 1024 Hz rate; UIP clear
+        nvram[0x0b] = 0x02  // 24-hour, BCD
+        nvram[0x0d] = 0x80  // valid RAM and time
     }
 
     static func bcd(_ v: Int32) -> UInt8 { UInt8(((v / 10) << 4) | (v % 10)) }
@@ -44,7 +44,7 @@ public final class CMOS: PortDevice, @unchecked Sendable {
     public func write(offset: UInt16, size: Int, value: UInt32) {
         if offset == 0 { index = UInt8(truncatingIfNeeded: value); return }
         let i = Int(index & 0x7f)
-        if i > 0x0d { nvram[i] = UInt8(truncatingIfNeeded: value) }   // the clock itself is read-only
+        if i > 0x0d { nvram[i] = UInt8(truncatingIfNeeded: value) }  // the clock itself is read-only
     }
 }
 
@@ -52,7 +52,7 @@ public final class CMOS: PortDevice, @unchecked Sendable {
 public final class I8042: PortDevice, @unchecked Sendable {
     let reset: @Sendable () -> Void
     public init(reset: @escaping @Sendable () -> Void) { self.reset = reset }
-    public func read(offset: UInt16, size: Int) -> UInt32 { offset == 4 ? 0x1c : 0 }   // status: system flag, input buffer empty
+    public func read(offset: UInt16, size: Int) -> UInt32 { offset == 4 ? 0x1c : 0 }  // status: system flag, input buffer empty
     public func write(offset: UInt16, size: Int, value: UInt32) {
         if offset == 4 && value & 0xff == 0xfe { reset() }
     }
@@ -71,7 +71,7 @@ public final class ExitPort: PortDevice, @unchecked Sendable {
     public static let port: UInt16 = 0x501
     let exit: @Sendable (UInt32) -> Void
     public init(exit: @escaping @Sendable (UInt32) -> Void) { self.exit = exit }
-    public func read(offset: UInt16, size: Int) -> UInt32 { 0x534c_564d }   // "SLVM": a guest can probe for it
+    public func read(offset: UInt16, size: Int) -> UInt32 { 0x534c_564d }  // "SLVM": a guest can probe for it
     public func write(offset: UInt16, size: Int, value: UInt32) {
         if offset == 0 && size == 4 { exit(value) }
     }

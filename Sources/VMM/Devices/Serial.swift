@@ -43,17 +43,17 @@ public final class Serial: PortDevice, @unchecked Sendable {
         case 1: return UInt32(dlab ? dlm : ier)
         case 2:
             let v = iir()
-            if v & 0x0f == 0x02 { thrEmptyPending = false }   // reading IIR acknowledges THR empty
+            if v & 0x0f == 0x02 { thrEmptyPending = false }  // reading IIR acknowledges THR empty
             return UInt32(v)
         case 3: return UInt32(lcr)
         case 4: return UInt32(mcr)
-        case 5: return UInt32(0x60 | (rx.isEmpty ? 0 : 0x01))   // THR and transmitter empty (+ data ready)
+        case 5: return UInt32(0x60 | (rx.isEmpty ? 0 : 0x01))  // THR and transmitter empty (+ data ready)
         case 6:
             if loopback {
                 // CTS←RTS, DSR←DTR, RI←OUT1, DCD←OUT2
                 return UInt32(((mcr & 0x02) << 3) | ((mcr & 0x01) << 5) | ((mcr & 0x04) << 4) | ((mcr & 0x08) << 4))
             }
-            return 0xb0                                          // DCD, DSR, CTS
+            return 0xb0  // DCD, DSR, CTS
         case 7: return UInt32(scr)
         default: return 0xff
         }
@@ -71,7 +71,7 @@ public final class Serial: PortDevice, @unchecked Sendable {
             if dlab { dlm = v; return }
             let was = ier
             ier = v & 0x0f
-            if ier & 0x02 != 0 && was & 0x02 == 0 { thrEmptyPending = true }   // enabling THRE interrupts fires one
+            if ier & 0x02 != 0 && was & 0x02 == 0 { thrEmptyPending = true }  // enabling THRE interrupts fires one
             update()
         case 2: fifoEnabled = v & 0x01 != 0; if v & 0x02 != 0 { rx.removeAll() }
         case 3: lcr = v

@@ -16,7 +16,7 @@ public final class GuestMemory: @unchecked Sendable {
     public private(set) var populateSeconds = 0.0
 
     static let MADV_POPULATE_WRITE: Int32 = 23
-    static let MAP_HUGE_2MB: Int32 = 21 << 26   // MAP_HUGE_SHIFT 26, log2(2 MiB)
+    static let MAP_HUGE_2MB: Int32 = 21 << 26  // MAP_HUGE_SHIFT 26, log2(2 MiB)
 
     /// Maps `size` bytes (a multiple of 2 MiB).
     public init(size: UInt64, hugetlb: Bool) throws {
@@ -30,8 +30,10 @@ public final class GuestMemory: @unchecked Sendable {
         let extra = hugetlb ? 0 : align
         let raw = mmap(nil, Int(size) + extra, PROT_READ | PROT_WRITE, flags, -1, 0)
         guard let raw, raw != MAP_FAILED else {
-            throw VMMError.memory(hugetlb ? "cannot map \(size >> 20) MiB of 2 MiB hugepages: \(String(cString: strerror(errno))) (is vm.nr_hugepages large enough?)"
-                                   : "cannot map \(size >> 20) MiB of guest memory: \(String(cString: strerror(errno)))")
+            throw VMMError.memory(
+                hugetlb
+                    ? "cannot map \(size >> 20) MiB of 2 MiB hugepages: \(String(cString: strerror(errno))) (is vm.nr_hugepages large enough?)"
+                    : "cannot map \(size >> 20) MiB of guest memory: \(String(cString: strerror(errno)))")
         }
         var p = raw
         if extra > 0 {
@@ -43,7 +45,7 @@ public final class GuestMemory: @unchecked Sendable {
             p = raw + head
         }
         base = p
-        if !hugetlb { _ = madvise(p, Int(size), MADV_HUGEPAGE) }   // before populating, or the pages come as 4 KiB
+        if !hugetlb { _ = madvise(p, Int(size), MADV_HUGEPAGE) }  // before populating, or the pages come as 4 KiB
         _ = madvise(p, Int(size), MADV_DONTDUMP)
     }
 
@@ -65,22 +67,25 @@ public final class GuestMemory: @unchecked Sendable {
                 let p = base + Int(start)
                 let hugetlb = self.hugetlb
                 let cpu = cpus.isEmpty ? nil : cpus[i]
-                threads.append(try PinnedThread(cpu: cpu) {
-                    var r = madvise(p, Int(len), GuestMemory.MADV_POPULATE_WRITE)
-                    if r != 0 && errno == EINVAL && !hugetlb {
-                        // A kernel before 5.14: touch each page.
-                        var off = 0
-                        while off < Int(len) { p.storeBytes(of: 0, toByteOffset: off, as: UInt8.self); off += 4096 }
-                        r = 0
-                    }
-                    results[i] = r == 0 ? 0 : errno
-                })
+                threads.append(
+                    try PinnedThread(cpu: cpu) {
+                        var r = madvise(p, Int(len), GuestMemory.MADV_POPULATE_WRITE)
+                        if r != 0 && errno == EINVAL && !hugetlb {
+                            // A kernel before 5.14: touch each page.
+                            var off = 0
+                            while off < Int(len) { p.storeBytes(of: 0, toByteOffset: off, as: UInt8.self); off += 4096 }
+                            r = 0
+                        }
+                        results[i] = r == 0 ? 0 : errno
+                    })
             }
             for t in threads { t.join() }
         }
         populateSeconds = Clock.now() - t0
         if let e = failures.first(where: { $0 != 0 }) {
-            throw VMMError.memory("cannot preallocate \(size >> 20) MiB of guest memory: \(String(cString: strerror(e)))\(hugetlb ? " (too few hugepages reserved?)" : "")")
+            throw VMMError.memory(
+                "cannot preallocate \(size >> 20) MiB of guest memory: \(String(cString: strerror(e)))\(hugetlb ? " (too few hugepages reserved?)" : "")"
+            )
         }
     }
 

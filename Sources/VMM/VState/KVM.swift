@@ -54,8 +54,10 @@ public final class KVM: @unchecked Sendable {
     public init() throws {
         let f = ckvm_open()
         guard f >= 0 else {
-            throw VMMError.kvm(f == -ENOENT ? "/dev/kvm does not exist: this host offers no KVM (use --backend qemu)"
-                           : "cannot open /dev/kvm: \(String(cString: strerror(-f))) (run as root or a member of group kvm)")
+            throw VMMError.kvm(
+                f == -ENOENT
+                    ? "/dev/kvm does not exist: this host offers no KVM (use --backend qemu)"
+                    : "cannot open /dev/kvm: \(String(cString: strerror(-f))) (run as root or a member of group kvm)")
         }
         fd = f
         let v = ckvm_api_version(f)
@@ -63,9 +65,13 @@ public final class KVM: @unchecked Sendable {
         let s = ckvm_vcpu_mmap_size(f)
         guard s > 0 else { close(f); throw VMMError.errno("KVM_GET_VCPU_MMAP_SIZE", s) }
         runSize = Int(s)
-        for (cap, name) in [(KVM_CAP_IRQCHIP, "IRQCHIP"), (KVM_CAP_USER_MEMORY, "USER_MEMORY"), (KVM_CAP_SET_TSS_ADDR, "SET_TSS_ADDR"),
-                            (KVM_CAP_EXT_CPUID, "EXT_CPUID"), (KVM_CAP_PIT2, "PIT2"), (KVM_CAP_IMMEDIATE_EXIT, "IMMEDIATE_EXIT")] {
-            guard ckvm_check_extension(f, Int32(cap)) > 0 else { close(f); throw VMMError.kvm("this KVM lacks KVM_CAP_\(name), which the embedded VMM needs") }
+        for (cap, name) in [
+            (KVM_CAP_IRQCHIP, "IRQCHIP"), (KVM_CAP_USER_MEMORY, "USER_MEMORY"), (KVM_CAP_SET_TSS_ADDR, "SET_TSS_ADDR"),
+            (KVM_CAP_EXT_CPUID, "EXT_CPUID"), (KVM_CAP_PIT2, "PIT2"), (KVM_CAP_IMMEDIATE_EXIT, "IMMEDIATE_EXIT"),
+        ] {
+            guard ckvm_check_extension(f, Int32(cap)) > 0 else {
+                close(f); throw VMMError.kvm("this KVM lacks KVM_CAP_\(name), which the embedded VMM needs")
+            }
         }
     }
 

@@ -7,8 +7,10 @@ import Glibc
 #endif
 
 public final class PinnedThread: @unchecked Sendable {
-    final class Box { let body: () -> Void; let cpu: Int?
-        init(_ b: @escaping () -> Void, _ c: Int?) { body = b; cpu = c } }
+    final class Box {
+        let body: () -> Void; let cpu: Int?
+        init(_ b: @escaping () -> Void, _ c: Int?) { body = b; cpu = c }
+    }
     private var thread = pthread_t()
     private let box: Box
     private var joined = false
@@ -22,15 +24,17 @@ public final class PinnedThread: @unchecked Sendable {
         defer { pthread_attr_destroy(&attr) }
         pthread_attr_setstacksize(&attr, stackSize)
         let arg = Unmanaged.passRetained(box).toOpaque()
-        let r = pthread_create(&thread, &attr, { p in
-            let b = Unmanaged<Box>.fromOpaque(p!).takeRetainedValue()
-            if let c = b.cpu {
-                var cpu = Int32(c)
-                _ = clinux_set_affinity(0, &cpu, 1)
-            }
-            b.body()
-            return nil
-        }, arg)
+        let r = pthread_create(
+            &thread, &attr,
+            { p in
+                let b = Unmanaged<Box>.fromOpaque(p!).takeRetainedValue()
+                if let c = b.cpu {
+                    var cpu = Int32(c)
+                    _ = clinux_set_affinity(0, &cpu, 1)
+                }
+                b.body()
+                return nil
+            }, arg)
         guard r == 0 else {
             Unmanaged<Box>.fromOpaque(arg).release()
             throw VMMError.host("cannot start a thread: \(String(cString: strerror(r)))")

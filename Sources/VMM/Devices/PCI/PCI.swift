@@ -20,17 +20,17 @@ public struct PCIConfig: Sendable {
     public let ioSize: UInt32
 
     public static let commandIO: UInt16 = 0x1, commandMemory: UInt16 = 0x2, commandBusMaster: UInt16 = 0x4
-    static let commandWritable: UInt16 = 0x0407   // I/O, memory, bus master, INTx disable
+    static let commandWritable: UInt16 = 0x0407  // I/O, memory, bus master, INTx disable
 
     public init(_ id: PCIIdentity, ioSize: UInt32 = 0, ioBase: UInt16 = 0, interruptLine: UInt8? = nil) {
         precondition(ioSize == 0 || (ioSize >= 4 && ioSize & (ioSize - 1) == 0))
         self.ioSize = ioSize
         put16(0x00, id.vendor); put16(0x02, id.device)
-        put32(0x08, id.classCode << 8)                 // revision 0
-        bytes[0x0e] = 0                                // header type 0, single function
+        put32(0x08, id.classCode << 8)  // revision 0
+        bytes[0x0e] = 0  // header type 0, single function
         put16(0x2c, id.subsystemVendor); put16(0x2e, id.subsystem)
         if ioSize > 0 { put32(0x10, (UInt32(ioBase) & ~(ioSize - 1)) | 1) }
-        if let line = interruptLine { bytes[0x3c] = line; bytes[0x3d] = 1 }   // INTA#
+        if let line = interruptLine { bytes[0x3c] = line; bytes[0x3d] = 1 }  // INTA#
     }
 
     mutating func put16(_ o: Int, _ v: UInt16) { bytes[o] = UInt8(v & 0xff); bytes[o + 1] = UInt8(v >> 8) }
@@ -62,7 +62,7 @@ public struct PCIConfig: Sendable {
             merged = (merged & ~(0xff << shift)) | (UInt32(UInt8(truncatingIfNeeded: value >> (8 * UInt32(i)))) << shift)
         }
         switch reg {
-        case 0x04:   // command (status is read-only here: nothing sets its bits)
+        case 0x04:  // command (status is read-only here: nothing sets its bits)
             let cmd = UInt16(truncatingIfNeeded: merged) & Self.commandWritable
             put16(0x04, cmd)
         case 0x10 where ioSize > 0:
@@ -70,9 +70,9 @@ public struct PCIConfig: Sendable {
             // I/O decoding is 16 bits wide, so the upper half reads as zero.
             put32(0x10, (merged & ~(ioSize - 1) & 0xffff) | 1)
         case 0x3c:
-            bytes[0x3c] = UInt8(truncatingIfNeeded: merged)   // interrupt line: firmware's scratch
+            bytes[0x3c] = UInt8(truncatingIfNeeded: merged)  // interrupt line: firmware's scratch
         default:
-            break        // identity, other BARs, expansion ROM: read-only (zero where absent)
+            break  // identity, other BARs, expansion ROM: read-only (zero where absent)
         }
     }
 }

@@ -17,7 +17,7 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
 
     public let pciDevice: UInt16 = 0x1001
     public let deviceType: UInt16 = 2
-    public let pciClass: UInt32 = 0x01_80_00          // mass storage, other
+    public let pciClass: UInt32 = 0x01_80_00  // mass storage, other
     public let features: UInt32
     public let queueSizes: [UInt16] = [128]
     public let configSize = 24
@@ -51,11 +51,11 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     public func readConfig(_ offset: Int) -> UInt8 {
         func byte(_ v: UInt64, _ at: Int) -> UInt8 { UInt8(truncatingIfNeeded: v >> (8 * UInt64(offset - at))) }
         switch offset {
-        case 0..<8: return byte(sectors, 0)                            // capacity
-        case 8..<12: return 0                                           // size_max: not offered
-        case 12..<16: return byte(UInt64(Self.segMax), 12)             // seg_max
-        case 16..<20: return 0                                          // geometry: not offered
-        case 20..<24: return byte(UInt64(Self.sectorSize), 20)         // blk_size
+        case 0..<8: return byte(sectors, 0)  // capacity
+        case 8..<12: return 0  // size_max: not offered
+        case 12..<16: return byte(UInt64(Self.segMax), 12)  // seg_max
+        case 16..<20: return 0  // geometry: not offered
+        case 20..<24: return byte(UInt64(Self.sectorSize), 20)  // blk_size
         default: return 0
         }
     }

@@ -23,7 +23,7 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
 
     public let pciDevice: UInt16 = 0x1003
     public let deviceType: UInt16 = 3
-    public let pciClass: UInt32 = 0x07_80_00          // communication controller, other
+    public let pciClass: UInt32 = 0x07_80_00  // communication controller, other
     public let features: UInt32 = VirtioConsole.multiport
     public let queueSizes: [UInt16] = [64, 64, 32, 32, 128, 128]
     public let configSize = 12
@@ -66,7 +66,9 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
         case Self.portTX: try pumpOutbound()
         default:
             // Port 0 is never added; whatever a driver puts there is returned unused.
-            while let c = try transport.queues[queue].pop(transport.memory) { try transport.queues[queue].push(transport.memory, head: c.head, written: 0) }
+            while let c = try transport.queues[queue].pop(transport.memory) {
+                try transport.queues[queue].push(transport.memory, head: c.head, written: 0)
+            }
             transport.interrupt(queue: queue)
         }
     }
@@ -89,7 +91,7 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
         while let c = try transport.queues[Self.controlTX].pop(m) {
             let b = try m.gather(c, limit: 64)
             try transport.queues[Self.controlTX].push(m, head: c.head, written: 0)
-            guard b.count >= 8 else { continue }   // a short message is ignored
+            guard b.count >= 8 else { continue }  // a short message is ignored
             let id = UInt32(b[0]) | UInt32(b[1]) << 8 | UInt32(b[2]) << 16 | UInt32(b[3]) << 24
             let event = UInt16(b[4]) | UInt16(b[5]) << 8, value = UInt16(b[6]) | UInt16(b[7]) << 8
             switch Event(rawValue: event) {
@@ -107,7 +109,7 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
                 try pumpInbound()
                 wake()
             default:
-                break   // unknown events and other ports: ignored, as a newer driver may send them
+                break  // unknown events and other ports: ignored, as a newer driver may send them
             }
         }
         transport.interrupt(queue: Self.controlTX)
@@ -132,7 +134,7 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
     public func hostConnected(_ open: Bool) throws {
         guard open != hostOpen else { return }
         hostOpen = open
-        if !open { outbound = [] }   // nobody will read it: the guest's next writes wait for a host
+        if !open { outbound = [] }  // nobody will read it: the guest's next writes wait for a host
         if portReady && transport.driverOK {
             control(.portOpen, value: open ? 1 : 0)
             try sendControl()
@@ -168,8 +170,11 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
             try transport.queues[Self.portRX].push(m, head: c.head, written: n)
             filled = true
         }
-        if inboundStart == inbound.count { inbound.removeAll(keepingCapacity: true); inboundStart = 0 }
-        else if inboundStart > Self.bufferLimit / 2 { inbound.removeFirst(inboundStart); inboundStart = 0 }
+        if inboundStart == inbound.count {
+            inbound.removeAll(keepingCapacity: true); inboundStart = 0
+        } else if inboundStart > Self.bufferLimit / 2 {
+            inbound.removeFirst(inboundStart); inboundStart = 0
+        }
         if filled { transport.interrupt(queue: Self.portRX); wake() }
     }
 
@@ -177,7 +182,7 @@ public final class VirtioConsole: VirtioDevice, @unchecked Sendable {
     public func takeOutbound() throws -> [UInt8] {
         let out = outbound
         outbound = []
-        if !out.isEmpty && transport.driverOK { try pumpOutbound() }   // writes that waited for room
+        if !out.isEmpty && transport.driverOK { try pumpOutbound() }  // writes that waited for room
         return out
     }
 

@@ -35,7 +35,9 @@ public final class HostChannel: @unchecked Sendable {
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard s >= 0 else { throw VMMError.device("cannot create the agent socket: \(String(cString: strerror(errno)))") }
         unlink(path)
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        let r = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
         guard r == 0, listen(s, 4) == 0 else {
             let e = errno
             close(s)
@@ -131,16 +133,18 @@ public final class HostChannel: @unchecked Sendable {
                     hangUp()
                     continue
                 }
-            } else if ev & Int16(POLLERR) != 0 {     // (with room > 0 the read above met these)
+            } else if ev & Int16(POLLERR) != 0 {  // (with room > 0 the read above met these)
                 hangUp()
                 continue
             } else if ev & Int16(POLLHUP) != 0 {
-                peerClosed = true      // read the rest once the guest makes room; then EOF hangs up
+                peerClosed = true  // read the rest once the guest makes room; then EOF hangs up
                 continue
             }
             if ev & Int16(POLLOUT) != 0 && pendingStart < pending.count {
                 // send(MSG_NOSIGNAL): a runner that went away is a hang-up, not a SIGPIPE that ends the VMM.
-                let n = pending.withUnsafeBytes { send(connection, $0.baseAddress! + pendingStart, pending.count - pendingStart, Int32(MSG_NOSIGNAL)) }
+                let n = pending.withUnsafeBytes {
+                    send(connection, $0.baseAddress! + pendingStart, pending.count - pendingStart, Int32(MSG_NOSIGNAL))
+                }
                 if n > 0 { pendingStart += n } else if n < 0 && errno != EAGAIN && errno != EINTR { hangUp() }
             }
         }

@@ -77,7 +77,7 @@ public struct Virtqueue: Sendable {
         guard pending <= size else {
             throw VMMError.virtqueue("the driver made \(pending) buffers available in a ring of \(size)")
         }
-        atomicMemoryFence(ordering: .acquiring)   // the ring entry after the index that published it
+        atomicMemoryFence(ordering: .acquiring)  // the ring entry after the index that published it
         let head = try load16(m, availRing + 4 + 2 * UInt64(lastAvail % size))
         lastAvail &+= 1
         return try walk(m, head: head)
@@ -97,7 +97,9 @@ public struct Virtqueue: Sendable {
             let next = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
             guard flags & Self.indirect == 0 else { throw VMMError.virtqueue("descriptor \(i) is indirect, a feature never offered") }
             total += len
-            guard total <= Self.maxChainBytes else { throw VMMError.virtqueue("the chain from \(head) describes more than \(Self.maxChainBytes >> 20) MiB") }
+            guard total <= Self.maxChainBytes else {
+                throw VMMError.virtqueue("the chain from \(head) describes more than \(Self.maxChainBytes >> 20) MiB")
+            }
             _ = try checked(m, addr, len, "buffer of descriptor \(i)")
             if flags & Self.write != 0 {
                 chain.writable.append((addr, len))
@@ -119,7 +121,7 @@ public struct Virtqueue: Sendable {
         e.storeBytes(of: UInt32(head).littleEndian, toByteOffset: 0, as: UInt32.self)
         e.storeBytes(of: UInt32(truncatingIfNeeded: written).littleEndian, toByteOffset: 4, as: UInt32.self)
         usedIdx &+= 1
-        atomicMemoryFence(ordering: .releasing)    // the entry before the index that publishes it
+        atomicMemoryFence(ordering: .releasing)  // the entry before the index that publishes it
         try checked(m, usedRing + 2, 2, "the used index").storeBytes(of: usedIdx.littleEndian, as: UInt16.self)
     }
 }

@@ -46,11 +46,15 @@ public final class VirtioTransport: PCIFunction, @unchecked Sendable {
     public private(set) var broken: String?
 
     /// `line(irq, level)` drives the function's interrupt; `fault` ends the VM.
-    public init(_ device: VirtioDevice, memory: GuestMemory, ioBase: UInt16, irq: UInt32,
-                line: @escaping @Sendable (UInt32, Bool) -> Void, fault: @escaping @Sendable (String) -> Void) {
-        config = PCIConfig(PCIIdentity(vendor: Self.vendor, device: device.pciDevice, classCode: device.pciClass,
-                                       subsystemVendor: Self.vendor, subsystem: device.deviceType),
-                           ioSize: Self.ioSize(for: device), ioBase: ioBase, interruptLine: UInt8(truncatingIfNeeded: irq))
+    public init(
+        _ device: VirtioDevice, memory: GuestMemory, ioBase: UInt16, irq: UInt32,
+        line: @escaping @Sendable (UInt32, Bool) -> Void, fault: @escaping @Sendable (String) -> Void
+    ) {
+        config = PCIConfig(
+            PCIIdentity(
+                vendor: Self.vendor, device: device.pciDevice, classCode: device.pciClass,
+                subsystemVendor: Self.vendor, subsystem: device.deviceType),
+            ioSize: Self.ioSize(for: device), ioBase: ioBase, interruptLine: UInt8(truncatingIfNeeded: irq))
         self.device = device
         self.memory = memory
         self.queues = device.queueSizes.map { Virtqueue(size: $0) }
@@ -104,7 +108,9 @@ public final class VirtioTransport: PCIFunction, @unchecked Sendable {
             line(irq, false)
             return UInt32(v)
         default:
-            guard o >= Self.headerSize, o - Self.headerSize + size <= device.configSize else { return size >= 4 ? 0xffff_ffff : (1 << (8 * UInt32(size))) - 1 }
+            guard o >= Self.headerSize, o - Self.headerSize + size <= device.configSize else {
+                return size >= 4 ? 0xffff_ffff : (1 << (8 * UInt32(size))) - 1
+            }
             var v: UInt32 = 0
             for i in 0..<size { v |= UInt32(device.readConfig(o - Self.headerSize + i)) << (8 * UInt32(i)) }
             return v
