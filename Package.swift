@@ -57,6 +57,9 @@ let package = Package(
         .target(name: "Sizes"),
         // Files as every on-disk structure uses them: atomic writes (temp + fsync + rename), hashing, locks.
         .target(name: "Support", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // A job's private network across its nodes: the plan (names, VNI, addresses, MTU) and iproute2's
+        // bridge, VXLAN and taps.
+        .target(name: "Network"),
         // The ClassAd language (HTCondor "new ClassAd" semantics) and the matchmaker.
         .target(name: "ClassAd", dependencies: ["CPCRE2"]),
         // Image records and their ads, the SQLite store, content-addressed blobs, the job ad of a request.
@@ -78,7 +81,8 @@ let package = Package(
         // A node's share of a job's guests: core placement, per-job guest sets booted in the prolog and torn
         // down in the epilog, tasks run in them, state on disk and its recovery after a restart.
         .target(
-            name: "Node", dependencies: ["Catalog", "Support", "Sizes", "Runner", "Broadcast", .product(name: "NIOPosix", package: "swift-nio")]),
+            name: "Node",
+            dependencies: ["Catalog", "Support", "Sizes", "Runner", "Broadcast", "Network", .product(name: "NIOPosix", package: "swift-nio")]),
         // Images to many nodes at link speed: the binomial pipeline plan, chunk verification, the transfer
         // state machine and its SwiftNIO driver, the coordinator that plans and coalesces transfers.
         .target(
@@ -93,7 +97,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "Catalog", "ClassAd", "Node", "Runner", "CLinux", "StrictTOML", "Broadcast", "Sizes", "Support",
+                "Catalog", "ClassAd", "Node", "Runner", "CLinux", "StrictTOML", "Broadcast", "Sizes", "Support", "Network",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]),
@@ -108,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "slurm-vm",
             dependencies: [
-                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner", "Broadcast", "Node", "Sizes", "Support",
+                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner", "Broadcast", "Node", "Sizes", "Support", "Network",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
@@ -125,8 +129,10 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "Runner"], exclude: ["Guests"]),
+        .testTarget(name: "NetworkTests", dependencies: ["Network"]),
         .testTarget(
-            name: "NodeTests", dependencies: ["Node", "Daemon", "Runner", "Catalog", "Support", .product(name: "Logging", package: "swift-log")]),
+            name: "NodeTests",
+            dependencies: ["Node", "Daemon", "Runner", "Catalog", "Support", "Network", .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -20,6 +20,29 @@ static int node_position(const char *nodelist, const char *node, int *index, int
     return *index < 0 ? -1 : 0;
 }
 
+/* The addresses of the job's nodes, in node-list order, as slurmctld knows them (NodeAddr, else the
+ * name): the job network's tunnels run between them. */
+static json_t *node_addresses(const char *nodelist)
+{
+    json_t *out = json_array();
+    node_info_msg_t *msg = NULL;
+    hostlist_t hl = slurm_hostlist_create(nodelist);
+    if (!hl) return out;
+    if (slurm_load_node((time_t)0, &msg, SHOW_ALL) != 0) msg = NULL;
+    char *name;
+    while ((name = slurm_hostlist_shift(hl))) {
+        const char *addr = name;
+        for (uint32_t i = 0; msg && i < msg->record_count; i++)
+            if (msg->node_array[i].name && !strcmp(msg->node_array[i].name, name) && msg->node_array[i].node_addr)
+                addr = msg->node_array[i].node_addr;
+        json_array_append_new(out, json_string(addr));
+        free(name);
+    }
+    if (msg) slurm_free_node_info_msg(msg);
+    slurm_hostlist_destroy(hl);
+    return out;
+}
+
 /* The job's CPU ids on this node and its working directory, from slurmctld. */
 static int job_details(uint32_t job, const char *node, char *cpus, size_t cpulen, char **workdir)
 {
@@ -66,6 +89,7 @@ int svm_job_prolog(spank_t sp)
                             (json_int_t)job, "uid", (json_int_t)uid, "gid", (json_int_t)gid, "request", accepted,
                             "node", node, "nodeIndex", index, "nodeCount", count, "cpus", cpus);
     if (workdir) json_object_set_new(json_object_get(req, "prepare"), "workdir", json_string(workdir));
+    json_object_set_new(json_object_get(req, "prepare"), "nodeAddresses", node_addresses(nodelist));
     free(workdir);
     char *sock = svm_node_socket(node), err[1024];
     json_t *rep = svm_call(sock, req, svm_config.prepare_timeout, err, sizeof err);

@@ -14,8 +14,11 @@
 //   backend = "qemu"                           # or "embedded", or "auto" (embedded where vmx/svm exist)
 //   cache_quota = "20G"                        # least recently used images are evicted beyond it
 //   listen = "0.0.0.0:7421"                    # push listener for `slurm-vm image push` (MUNGE-authenticated)
+//   [network]                                  # the jobs' private networks (node role; docs/network.md)
+//   enabled = true  pool = "10.254.0.0/16"  vxlan_port = 4789  underlay_mtu = 1500
 
 import Foundation
+import Network
 import Node
 import Runner
 import Sizes
@@ -98,6 +101,26 @@ public struct DaemonConfig: Sendable {
             }
             try nt.done()
             c.node = n
+        }
+        if let nt = try t.optionalTable("network") {
+            var net = NetworkConfig()
+            if let p = try nt.optionalString("pool") {
+                do { net.pool = try IPv4Subnet(p) } catch { throw TOMLConfigError("\(path): network.pool: \(error)") }
+            }
+            if let port = try nt.optionalInt("vxlan_port") {
+                guard (1...65535).contains(port) else { throw TOMLConfigError("\(path): network.vxlan_port must be 1 to 65535") }
+                net.vxlanPort = UInt16(port)
+            }
+            if let mtu = try nt.optionalInt("underlay_mtu") {
+                guard (626...65535).contains(mtu) else {
+                    throw TOMLConfigError("\(path): network.underlay_mtu must be 626 to 65535 (guests get 50 bytes less, and IPv4 needs 576)")
+                }
+                net.underlayMTU = mtu
+            }
+            let enabled = try nt.optionalBool("enabled") ?? true
+            try nt.done()
+            if c.node == nil { throw TOMLConfigError("\(path): [network] configures the node role's job networks; add [node] or drop it") }
+            c.node?.network = enabled ? net : nil
         }
         try t.done()
         guard c.catalog != nil || c.node != nil else {

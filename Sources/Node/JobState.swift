@@ -23,6 +23,8 @@ public struct PrepareRequest: Codable, Sendable, Equatable {
     public var cpus: String
     /// The job's working directory (shared into the guests).
     public var workdir: String?
+    /// The job's nodes' addresses in node-list order (slurmctld's NodeAddr): its network's tunnels.
+    public var nodeAddresses: [String]?
 
     public init(
         job: UInt32, uid: UInt32, gid: UInt32, request: AcceptedRequest, node: String, nodeIndex: Int,
@@ -51,6 +53,8 @@ public struct JobState: Codable, Sendable, Equatable {
     public var created: Date
     /// Seconds from the prolog's request to every agent ready.
     public var prepareSeconds: Double?
+    /// This node's taps on the job's network (removed with the job; the bridge goes with the last).
+    public var networkTaps: [String]?
 
     public init(
         job: UInt32, uid: UInt32, gid: UInt32, node: String, phase: Phase, error: String?, image: String,

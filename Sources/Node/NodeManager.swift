@@ -5,6 +5,7 @@
 
 import Catalog
 import Foundation
+import Network
 import Runner
 import Support
 #if canImport(Glibc)
@@ -21,6 +22,8 @@ public struct NodeConfig: Sendable {
     public var bootTimeout: TimeInterval = 120
     public var qemu: String? = nil
     public var accelerator: Accelerator? = nil
+    /// The jobs' private networks ([network] in slurm-vmd.toml); nil: guests have no network but lo.
+    public var network: NetworkConfig? = NetworkConfig()
     /// Which backend boots the jobs' guests. QEMU until the embedded VMM shares the working directory
     /// (virtio-fs) too.
     public var backend: BackendChoice = .qemu
@@ -164,15 +167,57 @@ public final class NodeManager: @unchecked Sendable {
             }
         }
         let names = (0..<share.guests).map { i in (id: "job\(r.job)-vm\(share.firstIndex + i)", hostname: "vm\(share.firstIndex + i)-job\(r.job)") }
-        let set = ImageGuests(
+        var set = ImageGuests(
             image: image, names: names, vcpus: placement.vcpus, memoryMB: accepted.memoryMB,
             plan: CPUPlan(perGuest: placement.perGuest, housekeeping: placement.housekeeping, warnings: placement.warnings),
             hugepages: huge, shares: shares, keep: true, owner: r.uid)
         state.guests = names.map(\.id)
+        // The job's private network: this node's taps on the job's bridge, tunnelled to its other nodes.
+        if let net = config.network {
+            let plan = try JobNetworkPlan.make(
+                job: r.job, config: net, nodes: try Self.resolve(r.nodeAddresses ?? [], nodes: r.nodeCount), index: r.nodeIndex,
+                first: share.firstIndex, count: share.guests, total: accepted.request.count ?? r.nodeCount)
+            state.networkTaps = plan.guests.map(\.tap)
+            try store.save(state)
+            try LinkDriver().attach(plan)
+            set.networks = plan.guests.map {
+                GuestNetwork(
+                    network: r.job, tap: $0.tap, mac: $0.mac, mtu: plan.guestMTU, address: "\($0.address)/\(plan.subnet.prefix)",
+                    hosts: plan.hostsFile)
+            }
+        }
         try store.save(state)
-        let ready = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: config.bootTimeout)
+        let ready: [ReadyGuest]
+        do {
+            ready = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: config.bootTimeout)
+        } catch {
+            if let taps = state.networkTaps { LinkDriver().detach(job: r.job, taps: taps) }
+            throw error
+        }
         job.guests = ready.map { $0.guest }
         job.agents = ready.map { $0.agent }
+    }
+
+    /// The job's node addresses as IPv4 (names resolved); one per node of the job.
+    static func resolve(_ addresses: [String], nodes: Int) throws -> [String] {
+        guard addresses.count == nodes else {
+            throw NetworkError.config("the prolog gave \(addresses.count) node addresses for the job's \(nodes) nodes; update the SPANK plugin")
+        }
+        return try addresses.map { a in
+            if IPv4Subnet.address(a) != nil { return a }
+            var hints = addrinfo()
+            hints.ai_family = AF_INET
+            var res: UnsafeMutablePointer<addrinfo>?
+            guard getaddrinfo(a, nil, &hints, &res) == 0, let r = res else {
+                throw NetworkError.config("cannot resolve node address '\(a)' to IPv4 for the job's network")
+            }
+            defer { freeaddrinfo(res) }
+            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+            guard getnameinfo(r.pointee.ai_addr, r.pointee.ai_addrlen, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else {
+                throw NetworkError.config("cannot resolve node address '\(a)' to IPv4 for the job's network")
+            }
+            return String(cString: host)
+        }
     }
 
     // MARK: epilog
@@ -188,6 +233,7 @@ public final class NodeManager: @unchecked Sendable {
             var n = 0
             for g in job?.guests ?? [] { g.destroy(); ids.remove(g.spec.id); n += 1 }
             for gid in ids { if destroyRecorded(gid) { n += 1 } }
+            if let taps = job?.state.networkTaps ?? store.load(id)?.networkTaps { LinkDriver().detach(job: id, taps: taps) }
             store.remove(id)
             if job != nil || n > 0 { log("job \(id): \(n) guest(s) torn down") }
             return n

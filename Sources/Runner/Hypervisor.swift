@@ -34,17 +34,21 @@ public struct GuestSpec: Sendable, Codable {
     public var accelerator: Accelerator?
     /// Host directories exported into the guest over virtio-fs, mounted at the same path there.
     public var shares: [String]?
+    /// The guest's port on its job's network (a virtio-net NIC on a tap); nil: no network but lo.
+    public var network: GuestNetwork?
 
     public init(
         id: String, hostname: String? = nil, kernel: String, kernelDigest: String? = nil, initrd: String?, disk: String? = nil,
         cmdline: String, vcpus: Int, memoryMB: Int, cpus: [Int], housekeeping: [Int], agent: Bool,
-        hugepages: Bool = false, runDir: String, keep: Bool = false, accelerator: Accelerator? = nil, shares: [String] = []
+        hugepages: Bool = false, runDir: String, keep: Bool = false, accelerator: Accelerator? = nil, shares: [String] = [],
+        network: GuestNetwork? = nil
     ) {
         self.id = id; self.hostname = hostname ?? id; self.kernel = kernel; self.kernelDigest = kernelDigest
         self.initrd = initrd; self.disk = disk; self.cmdline = cmdline; self.vcpus = vcpus; self.memoryMB = memoryMB
         self.cpus = cpus; self.housekeeping = housekeeping; self.agent = agent; self.hugepages = hugepages
         self.runDir = runDir; self.keep = keep; self.accelerator = accelerator
         self.shares = shares.isEmpty ? nil : shares
+        self.network = network
     }
 
     public var consolePath: String { runDir + "/console.log" }
@@ -65,6 +69,35 @@ public struct GuestSpec: Sendable, Codable {
             }
             guard Files.isDirectory(d) else { throw RunnerError.invalidRequest("cannot share \(d) into guest \(id): not a directory") }
         }
+    }
+}
+
+/// A guest's port on its job's network, made by the Network module: the tap its VMM attaches the
+/// guest's virtio-net to, and what the guest is told (MAC, MTU, address, the other guests' names).
+public struct GuestNetwork: Sendable, Codable, Equatable {
+    /// The network's id (a Slurm job id, or a `vm run --network` id): its devices carry it.
+    public var network: UInt32
+    public var tap: String
+    public var mac: String
+    public var mtu: Int
+    /// ADDRESS/PREFIX.
+    public var address: String
+    /// The guest's /etc/hosts: every guest of the network.
+    public var hosts: String
+    public init(network: UInt32, tap: String, mac: String, mtu: Int, address: String, hosts: String) {
+        self.network = network; self.tap = tap; self.mac = mac; self.mtu = mtu; self.address = address; self.hosts = hosts
+    }
+
+    /// The shell command (busybox's sh and ip) that configures the NIC with this MAC inside the guest
+    /// and writes /etc/hosts. The values are ours (names, addresses, MACs we generated), never a user's.
+    public var setupCommand: [String] {
+        let lines = hosts.split(separator: "\n").map { "'\($0)'" }.joined(separator: " ")
+        let script = """
+            set -e; d=; for i in /sys/class/net/*; do [ "$(cat $i/address)" = \(mac) ] && d=${i##*/}; done; \
+            [ -n "$d" ] || { echo "no network interface with MAC \(mac): is virtio_net in the image?" >&2; exit 1; }; \
+            ip link set "$d" mtu \(mtu) up; ip addr add \(address) dev "$d"; printf '%s\\n' \(lines) > /etc/hosts
+            """
+        return ["/bin/sh", "-c", script]
     }
 }
 

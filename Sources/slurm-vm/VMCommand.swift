@@ -5,6 +5,7 @@ import ArgumentParser
 import Catalog
 import Dispatch
 import Foundation
+import Network
 import Node
 import Runner
 import Support
@@ -66,6 +67,11 @@ struct VMCommand: ParsableCommand {
         @Option(help: "Working directory in the guest.") var cwd: String = "/"
         @Option(help: "Back guest memory with 2 MiB hugepages: auto (when the reserved pool has room), on, off.") var hugepages: String = "auto"
         @Flag(help: "Keep the guests running after the command (see vm ls, vm exec, vm stop).") var keep = false
+        @Flag(
+            help:
+                "Put the guests on one private network: a bridge on this host, addresses from 10.254.0.0/16, each guest's /etc/hosts naming the others (root only)."
+        )
+        var network = false
         @Argument(parsing: .postTerminator, help: "The command to run in each guest.") var command: [String] = []
 
         func run() throws {
@@ -112,10 +118,11 @@ struct VMCommand: ParsableCommand {
             let names = (0..<count).map { _ in
                 let id = records.newID(prefix: rec.name); return (id: id, hostname: id)
             }
+            let teardown = Teardown(catalog: cat)
+            let ports = try network ? LocalNetwork.create(hostnames: names.map(\.hostname), teardown: teardown) : nil
             let set = ImageGuests(
                 image: image, names: names, vcpus: vcpus, memoryMB: memMB, plan: p, hugepages: huge,
-                extraCmdline: append, keep: keep, owner: getuid())
-            let teardown = Teardown(catalog: cat)
+                extraCmdline: append, keep: keep, owner: getuid(), networks: ports)
             teardown.install()
             let clock = PhaseClock(enabled: be.verbose)
             let guests = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: bootTimeout) { g in
@@ -288,6 +295,7 @@ struct VMCommand: ParsableCommand {
                     cat?.release(holder: id)
                     print("stopped \(id)")
                 }
+                LocalNetwork.removeUnused(records)
             }
         }
     }
@@ -340,15 +348,21 @@ final class Teardown: @unchecked Sendable {
 
     func disarm() { lock.lock(); armed = false; lock.unlock() }
 
+    /// A `vm run --network` network to remove once its guests are gone.
+    var network: UInt32?
+
     func run() {
         lock.lock()
         let gs = armed ? guests : []
+        let net = armed ? network : nil
         guests = []
+        network = nil
         lock.unlock()
         DispatchQueue.concurrentPerform(iterations: gs.count) { i in
             gs[i].destroy()
             catalog?.release(holder: gs[i].spec.id)
         }
+        if let net { LinkDriver().destroy(job: net) }
     }
 
     deinit { if armed { run() } }
@@ -400,5 +414,37 @@ enum ConsoleFollower {
                 usleep(20_000)
             }
         }
+    }
+}
+
+/// `vm run --network`: the guests of one run on a private segment of this host (a bridge and a tap per
+/// guest, no tunnel), made and removed by the Network module as a job's network is. Its id lies above
+/// Slurm's job ids, so it never collides with a job's network on a node.
+enum LocalNetwork {
+    static func create(hostnames: [String], teardown: Teardown) throws -> [GuestNetwork] {
+        guard getuid() == 0 else { throw ValidationError("--network makes a bridge and taps on this host: run it as root") }
+        let driver = LinkDriver()
+        let used = driver.jobs()
+        guard let id = (0..<64).lazy.map({ _ in UInt32.random(in: JobNetworkPlan.localIDs) }).first(where: { !used.contains($0) }) else {
+            throw RunnerError.invalidRequest("no free network id for --network")
+        }
+        let plan = try JobNetworkPlan.make(
+            job: id, config: NetworkConfig(), nodes: ["127.0.0.1"], index: 0, first: 0,
+            count: hostnames.count, total: hostnames.count, hostnames: hostnames)
+        teardown.lock.withLock { teardown.network = id }
+        try driver.create(plan)
+        return plan.guests.map {
+            GuestNetwork(
+                network: id, tap: $0.tap, mac: $0.mac, mtu: plan.guestMTU, address: "\($0.address)/\(plan.subnet.prefix)",
+                hosts: plan.hostsFile)
+        }
+    }
+
+    /// Removes the `vm run --network` networks no live guest is on any more (after `vm stop` of kept guests).
+    static func removeUnused(_ records: GuestRecords) {
+        guard getuid() == 0 else { return }
+        let driver = LinkDriver()
+        let inUse = Set(records.live().compactMap { $0.spec.network?.network })
+        for id in driver.jobs() where JobNetworkPlan.localIDs.contains(id) && !inUse.contains(id) { driver.destroy(job: id) }
     }
 }

@@ -5,6 +5,7 @@ import Catalog
 import Daemon
 import Foundation
 import Logging
+import Network
 import Node
 import Runner
 import Support
@@ -79,6 +80,13 @@ import Testing
         #expect(c.catalog?.listen == "127.0.0.1:7000")
         #expect(c.node?.name == "n7" && c.node?.catalogAddress == "127.0.0.1:7000" && c.node?.bootTimeout == 30)
         #expect(c.node?.hugepages == .off && c.node?.backend == .auto)
+        // The job network is on by default; [network] tunes it or turns it off.
+        #expect(c.node?.network == NetworkConfig())
+        let net = try DaemonConfig.load(
+            try write("[node]\ncatalog = \"h:1\"\n[network]\npool = \"10.9.0.0/24\"\nvxlan_port = 8472\nunderlay_mtu = 9000\n"))
+        #expect(
+            net.node?.network?.pool.description == "10.9.0.0/24" && net.node?.network?.vxlanPort == 8472 && net.node?.network?.underlayMTU == 9000)
+        #expect(try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\nenabled = false\n")).node?.network == nil)
         #expect(try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n")).node?.backend == .qemu)
     }
 
@@ -91,6 +99,13 @@ import Testing
         }
         #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\nbackend = \"xen\"\n")) } throws: {
             "\($0)".contains("node.backend must be")
+        }
+        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\npool = \"10.0.0.1/8\"\n")) } throws: {
+            "\($0)".contains("network.pool") && "\($0)".contains("host bits")
+        }
+        #expect { try DaemonConfig.load(try write("[catalog]\n[network]\n")) } throws: { "\($0)".contains("add [node]") }
+        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\nmtu = 9000\n")) } throws: {
+            "\($0)".contains("unknown key")
         }
         #expect { try DaemonConfig.load(try write("[node]\ncatalog = 7\n")) } throws: { "\($0)".contains("node.catalog must be a string") }
         #expect { try DaemonConfig.load(try write("socket = \"/x\"\n")) } throws: { "\($0)".contains("needs at least one role") }
@@ -223,7 +238,7 @@ import Testing
 
     @Test func requestsAndRepliesRoundTrip() throws {
         for r in [
-            BlobRequest.get(digest: d), .record(digest: d, label: "minimal:1.1"), .record(digest: d, label: nil),
+            BlobRequest.get(digest: d), .record(digest: d, label: "minimal:1.2"), .record(digest: d, label: nil),
             .broadcast(digest: d, job: "42", jobNodes: 3, node: "node1", address: "10.0.0.1:7000"),
             .broadcast(digest: d, job: "push-x", jobNodes: 1, node: "n", address: nil),
         ] {

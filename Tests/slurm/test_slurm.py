@@ -87,6 +87,15 @@ class Cluster:
             wait_until(f"{n}'s job state to be removed", lambda: not os.listdir(state), timeout=timeout)
         states = self.sh("sinfo -h -N -o '%N %t'").stdout
         assert "drain" not in states and "down" not in states, states
+        # No job's network is left: bridge, tunnel or tap (svm{b,x,t}<job id in hex>).
+        wait_until("the jobs' networks to be removed", lambda: not job_devices(), timeout=timeout)
+
+
+def job_devices():
+    """Network devices of Slurm jobs' networks on this host (ids below 2^26; `vm run --network` uses higher)."""
+    out = run(["ip", "-o", "link", "show"]).stdout
+    names = [l.split(": ")[1].split("@")[0] for l in out.splitlines() if ": " in l]
+    return [n for n in names if re.fullmatch(r"svm[bxt][0-9a-f]{1,7}(\.[0-9a-f]+)?", n) and int(n[4:].split(".")[0], 16) < 1 << 26]
 
 
 def new_cluster(prefix):
@@ -227,6 +236,7 @@ srun -n4 hostname > hosts.txt
 srun false; echo "false-rc=$?"
 srun -n1 sh -c 'head -c 10000000 /dev/urandom > data.bin; cat data.bin' > stream.bin
 srun -n1 sh -c 'echo input was $(cat)' < job.sh > stdin.txt
+srun -n4 sh -c 'for h in $(grep -v localhost /etc/hosts | cut -d" " -f2); do ping -c1 -W5 $h >/dev/null && echo "net $(hostname) -> $h"; done' > net.txt
 echo done
 """
 
@@ -251,6 +261,10 @@ def test_a_vm_job_runs_every_step_in_its_guests(cluster):
     stream = open(os.path.join(w, "stream.bin"), "rb").read()
     assert len(data) == 10_000_000 and hashlib.sha256(stream).digest() == hashlib.sha256(data).digest()
     assert "input was #!/bin/sh" in open(os.path.join(w, "stdin.txt")).read()
+    # The job's private network: each of its 4 guests, on both nodes, reaches all 4 by name.
+    net = sorted(open(os.path.join(w, "net.txt")).read().splitlines())
+    names = sorted(set(hosts))
+    assert net == sorted(f"net {a} -> {b}" for a in names for b in names), net
     assert out.rstrip().endswith("done")
     cluster.expect_clean()
 

@@ -33,6 +33,9 @@ public struct EmbeddedBackend: Hypervisor {
 
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
+        guard spec.network == nil else {
+            throw RunnerError.unsupported("the embedded VMM has no virtio-net yet; guests on a job network run with --backend qemu")
+        }
         guard (spec.shares ?? []).isEmpty else {
             throw RunnerError.unsupported(
                 "the embedded VMM cannot share host directories (it has no virtio-fs); guests that share a directory run with --backend qemu")

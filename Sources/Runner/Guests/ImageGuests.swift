@@ -46,13 +46,17 @@ public struct ImageGuests: Sendable {
     public var keep: Bool
     /// Who owns the guests (their records say so; `vm ls` and the node's job state use it).
     public var owner: UInt32
+    /// Each guest's port on the job network, by index (nil: no network).
+    public var networks: [GuestNetwork]?
 
     public init(
         image: BootImage, names: [(id: String, hostname: String)], vcpus: Int, memoryMB: Int, plan: CPUPlan,
-        hugepages: Bool, extraCmdline: String? = nil, shares: [String] = [], keep: Bool, owner: UInt32
+        hugepages: Bool, extraCmdline: String? = nil, shares: [String] = [], keep: Bool, owner: UInt32,
+        networks: [GuestNetwork]? = nil
     ) {
         self.image = image; self.names = names; self.vcpus = vcpus; self.memoryMB = memoryMB; self.plan = plan
         self.hugepages = hugepages; self.extraCmdline = extraCmdline; self.shares = shares; self.keep = keep; self.owner = owner
+        self.networks = networks
     }
 
     /// The image's own limits. A job's request already passed them at matching (the job ad's
@@ -75,7 +79,7 @@ public struct ImageGuests: Sendable {
                 id: n.id, hostname: n.hostname, kernel: image.kernel, kernelDigest: image.kernelDigest, initrd: image.initrd,
                 disk: image.disk, cmdline: cmdline, vcpus: vcpus, memoryMB: memoryMB, cpus: plan.perGuest[i],
                 housekeeping: plan.housekeeping, agent: true, hugepages: hugepages, runDir: records.dir(n.id), keep: keep,
-                accelerator: accelerator, shares: shares)
+                accelerator: accelerator, shares: shares, network: networks?[i])
         }
     }
 
@@ -90,6 +94,9 @@ public struct ImageGuests: Sendable {
         guard plan.perGuest.count == names.count else {
             throw RunnerError.invalidRequest("\(names.count) guests but CPUs planned for \(plan.perGuest.count)")
         }
+        if let networks, networks.count != names.count {
+            throw RunnerError.invalidRequest("\(names.count) guests but network ports for \(networks.count)")
+        }
         let image = image, owner = owner, backend = hv.name
         let ready = try GuestLauncher.bootAll(specs(records: records, accelerator: accelerator), on: hv, bootTimeout: bootTimeout) { g in
             try? records.save(
@@ -100,6 +107,35 @@ public struct ImageGuests: Sendable {
             onBooted(g)
         }
         for g in ready { if var r = records.load(g.id) { r.ready = g.info; try? records.save(r) } }
+        do { try Self.configureNetworks(ready) } catch {
+            for g in ready { g.agent.close(); g.guest.destroy() }
+            throw error
+        }
         return ready
+    }
+
+    /// Inside each guest with a job network: its NIC up with its address and MTU, and /etc/hosts naming
+    /// every guest of the network (through the agent, as root in the guest).
+    static func configureNetworks(_ guests: [ReadyGuest]) throws {
+        final class Failure: @unchecked Sendable { var error: Error?; let lock = NSLock() }
+        let failure = Failure()
+        DispatchQueue.concurrentPerform(iterations: guests.count) { i in
+            let g = guests[i]
+            guard let n = g.guest.spec.network else { return }
+            final class Err: @unchecked Sendable { var text: [UInt8] = [] }
+            let err = Err()
+            do {
+                let cmd = try g.agent.start(
+                    ExecRequest(argv: n.setupCommand, env: ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]), stdin: nil,
+                    stdout: { _ in }, stderr: { err.text += $0 })
+                let (status, _) = try cmd.wait()
+                guard status.code == 0 else {
+                    throw RunnerError.bootFailed(
+                        "guest \(g.id): its network could not be configured (\(status)): \(String(decoding: err.text, as: UTF8.self))",
+                        consoleTail: "")
+                }
+            } catch { failure.lock.withLock { if failure.error == nil { failure.error = error } } }
+        }
+        if let e = failure.error { throw e }
     }
 }

@@ -81,6 +81,14 @@ public struct QEMUBackend: Hypervisor {
         if let d = spec.disk {
             a += ["-drive", "file=\(d),if=none,id=root,format=raw,readonly=on", "-device", "virtio-blk-device,drive=root"]
         }
+        // The job network: virtio-net on the tap the node made (QEMU attaches to it by name; no vhost-net
+        // on these hosts). host_mtu tells the guest's driver the segment's MTU.
+        if let n = spec.network {
+            a += [
+                "-netdev", "tap,id=net0,ifname=\(n.tap),script=no,downscript=no",
+                "-device", "virtio-net-device,netdev=net0,mac=\(n.mac),host_mtu=\(n.mtu)",
+            ]
+        }
         return a
     }
 
