@@ -55,6 +55,8 @@ public struct JobState: Codable, Sendable, Equatable {
     public var prepareSeconds: Double?
     /// This node's taps on the job's network (removed with the job; the bridge goes with the last).
     public var networkTaps: [String]?
+    /// Every guest of the job on its network, in job-wide order (the tasks' SLURM_VM_HOSTS).
+    public var networkHosts: [String]?
 
     public init(
         job: UInt32, uid: UInt32, gid: UInt32, node: String, phase: Phase, error: String?, image: String,

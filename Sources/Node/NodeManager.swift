@@ -178,6 +178,7 @@ public final class NodeManager: @unchecked Sendable {
                 job: r.job, config: net, nodes: try Self.resolve(r.nodeAddresses ?? [], nodes: r.nodeCount), index: r.nodeIndex,
                 first: share.firstIndex, count: share.guests, total: accepted.request.count ?? r.nodeCount)
             state.networkTaps = plan.guests.map(\.tap)
+            state.networkHosts = plan.hosts.map(\.hostname)
             try store.save(state)
             try LinkDriver().attach(plan)
             set.networks = plan.guests.map {
@@ -296,6 +297,8 @@ public final class NodeManager: @unchecked Sendable {
         req.uid = job.state.uid
         req.gid = job.state.gid
         req.env.append("SLURM_VM_GUEST=\(job.guests[i].spec.hostname)")
+        // For users who start MPI themselves: every guest of the job, as /etc/slurm-vm/hostfile has them.
+        if let hosts = job.state.networkHosts { req.env.append("SLURM_VM_HOSTS=" + hosts.joined(separator: ",")) }
         let cmd = try job.agents[i].start(req, stdin: stdin, ownsStdin: true, stdout: stdout, stderr: stderr)
         return (cmd, job.guests[i].spec.id)
     }

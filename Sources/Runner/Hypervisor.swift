@@ -88,14 +88,19 @@ public struct GuestNetwork: Sendable, Codable, Equatable {
         self.network = network; self.tap = tap; self.mac = mac; self.mtu = mtu; self.address = address; self.hosts = hosts
     }
 
-    /// The shell command (busybox's sh and ip) that configures the NIC with this MAC inside the guest
-    /// and writes /etc/hosts. The values are ours (names, addresses, MACs we generated), never a user's.
+    /// The shell command (busybox's sh and ip) that configures the NIC with this MAC inside the guest,
+    /// writes /etc/hosts, and /etc/slurm-vm/hostfile (the guests' names, one a line, for users who
+    /// start MPI themselves). The values are ours (names, addresses, MACs we generated), never a user's.
     public var setupCommand: [String] {
-        let lines = hosts.split(separator: "\n").map { "'\($0)'" }.joined(separator: " ")
+        let entries = hosts.split(separator: "\n")
+        let lines = entries.map { "'\($0)'" }.joined(separator: " ")
+        let names = entries.compactMap { $0.split(separator: " ").dropFirst().first }.filter { $0 != "localhost" }
+            .map { "'\($0)'" }.joined(separator: " ")
         let script = """
             set -e; d=; for i in /sys/class/net/*; do [ "$(cat $i/address)" = \(mac) ] && d=${i##*/}; done; \
             [ -n "$d" ] || { echo "no network interface with MAC \(mac): is virtio_net in the image?" >&2; exit 1; }; \
-            ip link set "$d" mtu \(mtu) up; ip addr add \(address) dev "$d"; printf '%s\\n' \(lines) > /etc/hosts
+            ip link set "$d" mtu \(mtu) up; ip addr add \(address) dev "$d"; printf '%s\\n' \(lines) > /etc/hosts; \
+            mkdir -p /etc/slurm-vm; printf '%s\\n' \(names) > /etc/slurm-vm/hostfile
             """
         return ["/bin/sh", "-c", script]
     }

@@ -108,13 +108,14 @@ struct Guests {
         @Test(.enabled(if: getuid() == 0, "SKIPPED: --network makes a bridge and taps: needs root"))
         func guestsOnAPrivateNetworkReachEachOtherByName() throws {
             let probe =
-                "ip -o link | grep -o 'mtu [0-9]*' | sort -u | tr '\\n' ' '; echo; for h in $(grep -v localhost /etc/hosts | cut -d' ' -f2); do ping -c1 -W5 $h >/dev/null && echo \"reached $h\"; done"
+                "ip -o link | grep -o 'mtu [0-9]*' | sort -u | tr '\\n' ' '; echo; for h in $(grep -v localhost /etc/hosts | cut -d' ' -f2); do ping -c1 -W5 $h >/dev/null && echo \"reached $h\"; done; echo hostfile $(wc -l < /etc/slurm-vm/hostfile)"
             let r = Harness.run(["vm", "run", "--image", "minimal", "--count", "2", "--network", "--", "sh", "-c", probe])
             #expect(r.code == 0, "\(r.err)")
             let names = Set(r.out.split(separator: "\n").compactMap { $0.split(separator: ":").first.map(String.init) })
             #expect(names.count == 2, "\(r.out)")
             for a in names { for b in names { #expect(r.out.contains("\(a): reached \(b)"), "\(r.out)") } }
             #expect(r.out.contains("mtu 1450"), "\(r.out)")
+            for a in names { #expect(r.out.contains("\(a): hostfile 2"), "\(r.out)") }
             #expect(!Harness.sh("ip -o link").1.contains(": svm"), "the run's bridge or taps outlived it")
             // Kept guests keep their network until the last of them stops.
             let keep = Harness.run(["vm", "run", "--image", "minimal", "--count", "2", "--network", "--keep"])

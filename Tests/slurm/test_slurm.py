@@ -237,6 +237,7 @@ srun false; echo "false-rc=$?"
 srun -n1 sh -c 'head -c 10000000 /dev/urandom > data.bin; cat data.bin' > stream.bin
 srun -n1 sh -c 'echo input was $(cat)' < job.sh > stdin.txt
 srun -n4 sh -c 'for h in $(grep -v localhost /etc/hosts | cut -d" " -f2); do ping -c1 -W5 $h >/dev/null && echo "net $(hostname) -> $h"; done' > net.txt
+srun -n1 sh -c 'echo "hosts=$SLURM_VM_HOSTS"; echo "hostfile=$(tr "\\n" , < /etc/slurm-vm/hostfile)"' > hostlist.txt
 echo done
 """
 
@@ -265,6 +266,10 @@ def test_a_vm_job_runs_every_step_in_its_guests(cluster):
     net = sorted(open(os.path.join(w, "net.txt")).read().splitlines())
     names = sorted(set(hosts))
     assert net == sorted(f"net {a} -> {b}" for a in names for b in names), net
+    # The job's guest list, in the environment and as a hostfile, in job-wide order.
+    job = re.search(r"job(\d+)", names[0]).group(1)
+    listed = ",".join(f"vm{k}-job{job}" for k in range(4))
+    assert open(os.path.join(w, "hostlist.txt")).read().split() == [f"hosts={listed}", f"hostfile={listed},"]
     assert out.rstrip().endswith("done")
     cluster.expect_clean()
 
