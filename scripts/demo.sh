@@ -35,8 +35,10 @@ echo "batch script on the host: $(hostname)"
 srun -l sh -c 'echo "in guest $(hostname): kernel $(uname -r), $(nproc) vCPU, cwd $(pwd)"'
 srun -n4 sh -c 'echo "task $SLURM_PROCID was here" > task-$SLURM_PROCID.txt'
 cat task-*.txt
+# The job's private network: every guest reaches every other by name (SLURM_VM_HOSTS lists them).
+srun -n4 sh -c 'for h in $(echo $SLURM_VM_HOSTS | tr , " "); do ping -c1 -W5 $h >/dev/null && r="$r $h"; done; echo "$(hostname) reaches$r"'
 JOB
-echo; echo "== sbatch a VM job: 4 guests, 2 per node, each vCPU on its own core; its srun steps run inside"
+echo; echo "== sbatch a VM job: 4 guests, 2 per node, each vCPU on its own core, on one private network; its srun steps run inside"
 cat vmjob.sh
 sbatch -W vmjob.sh
 cat vmjob.out
