@@ -5,6 +5,9 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -68,14 +71,25 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
         }
         for (int i = 0; i < 3; i++)
             if (dup2(fds[i], i) < 0) child_fail(p[1], errno);
+        // Passed descriptors go to 3, 4, …: first every source (and the error pipe) above the targets,
+        // so no dup2 clobbers a source still needed.
+        int floor = 3 + (o->npass_fds > 0 ? o->npass_fds : 0);
+        int err_fd = p[1];
+        if (err_fd < floor && (err_fd = fcntl(p[1], F_DUPFD_CLOEXEC, floor)) < 0) child_fail(p[1], errno);
+        int moved[64];
+        if (o->npass_fds > 64) child_fail(err_fd, EINVAL);
+        for (int i = 0; i < o->npass_fds; i++)
+            if ((moved[i] = fcntl(o->pass_fds[i], F_DUPFD_CLOEXEC, floor)) < 0) child_fail(err_fd, errno);
+        for (int i = 0; i < o->npass_fds; i++)
+            if (dup2(moved[i], 3 + i) < 0) child_fail(err_fd, errno);
         // Everything else is closed: the child must not hold our sockets or pipes open.
         long maxfd = sysconf(_SC_OPEN_MAX);
         if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
-        for (int fd = 3; fd < maxfd; fd++)
-            if (fd != p[1]) close(fd);
-        if (o->cwd && chdir(o->cwd) != 0) child_fail(p[1], errno);
+        for (int fd = floor; fd < maxfd; fd++)
+            if (fd != err_fd) close(fd);
+        if (o->cwd && chdir(o->cwd) != 0) child_fail(err_fd, errno);
         execve(o->path, o->argv, o->envp ? o->envp : environ);
-        child_fail(p[1], errno);
+        child_fail(err_fd, errno);
     }
     close(p[1]);
     int err = 0;
@@ -192,4 +206,24 @@ long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int ma
         }
     }
     return r;
+}
+
+int clinux_open_tap(const char *name)
+{
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    if (strlen(name) >= sizeof ifr.ifr_name) {
+        close(fd);
+        return -ENAMETOOLONG;
+    }
+    strcpy(ifr.ifr_name, name);
+    if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
 }

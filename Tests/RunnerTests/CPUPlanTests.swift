@@ -53,3 +53,33 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// The VMM spawner hands descriptors to the child as 3, 4, … (QEMU's `-netdev tap,fd=3`), whatever
+/// numbers they have here, and nothing else of ours leaks into the child.
+@Suite struct SpawnTests {
+    @Test func passedDescriptorsArriveAsThreeFourAndOthersDoNot() throws {
+        var a: [Int32] = [0, 0], b: [Int32] = [0, 0], out: [Int32] = [0, 0]
+        #expect(pipe(&a) == 0 && pipe(&b) == 0 && pipe(&out) == 0)
+        _ = "first\n".withCString { write(a[1], $0, 6) }
+        _ = "second\n".withCString { write(b[1], $0, 7) }
+        close(a[1]); close(b[1])
+        var o = SpawnOptions()
+        o.stdout = out[1]
+        o.passFDs = [b[0], a[0]]  // b's read end becomes 3, a's 4
+        let pid = try Processes.spawn("/bin/sh", ["-c", "cat <&3; cat <&4; ls /proc/self/fd | wc -l"], o)
+        close(out[1]); close(a[0]); close(b[0])
+        var text = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 256)
+        while true {
+            let n = read(out[0], &buf, buf.count)
+            if n <= 0 { break }
+            text += buf[0..<n]
+        }
+        close(out[0])
+        _ = Processes.wait(pid, timeout: 10)
+        let lines = String(decoding: text, as: UTF8.self).split(separator: "\n")
+        #expect(lines.prefix(2) == ["second", "first"])
+        // ls sees 0-4 and its own directory handle: 6 entries, nothing else inherited.
+        #expect(lines.last.map(String.init) == "6", "\(lines)")
+    }
+}

@@ -16,11 +16,17 @@ typedef struct {
     const int *cpus;
     int ncpus;       // initial affinity of the child
     const char *cwd; // NULL: inherit
+    const int *pass_fds;
+    int npass_fds; // the child gets pass_fds[i] as descriptor 3 + i (a tap for QEMU's -netdev tap,fd=3)
 } clinux_spawn_opts;
 
 /// Starts a child; returns its pid, or -errno. An exec failure in the child is reported as -errno too
 /// (through a close-on-exec pipe), so the caller never mistakes a missing binary for a started one.
 pid_t clinux_spawn(const clinux_spawn_opts *o);
+
+/// Opens the existing tap device `name` (IFF_TAP, no packet info, with virtio-net headers so QEMU can
+/// offload): the descriptor a VMM's virtio-net uses. Returns the descriptor (close-on-exec) or -errno.
+int clinux_open_tap(const char *name);
 
 /// sched_setaffinity / sched_getaffinity for any thread id (0: the caller). Return 0 or -errno.
 int clinux_set_affinity(pid_t tid, const int *cpus, int ncpus);

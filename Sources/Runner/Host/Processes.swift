@@ -16,6 +16,8 @@ public struct SpawnOptions: Sendable {
     public var dieWithParent = true
     public var cpus: [Int] = []
     public var env: [String]? = nil
+    /// Descriptors the child gets as 3, 4, … (a tap for QEMU's `-netdev tap,fd=3`).
+    public var passFDs: [Int32] = []
     public init() {}
 }
 
@@ -28,18 +30,22 @@ public enum Processes {
         let cpus = o.cpus.map(Int32.init)
         let pathC = strdup(path)
         defer { free(pathC) }
+        let pass = o.passFDs
         let pid: Int32 = argv.withUnsafeBufferPointer { av in
             cpus.withUnsafeBufferPointer { cp in
-                func go(_ ep: UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-                    var opts = clinux_spawn_opts(
-                        path: pathC, argv: av.baseAddress, envp: ep,
-                        stdin_fd: o.stdin, stdout_fd: o.stdout, stderr_fd: o.stderr,
-                        new_session: o.newSession ? 1 : 0, death_signal: o.dieWithParent ? SIGKILL : 0,
-                        cpus: cp.baseAddress, ncpus: Int32(cp.count), cwd: nil)
-                    return clinux_spawn(&opts)
+                pass.withUnsafeBufferPointer { pf in
+                    func go(_ ep: UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+                        var opts = clinux_spawn_opts(
+                            path: pathC, argv: av.baseAddress, envp: ep,
+                            stdin_fd: o.stdin, stdout_fd: o.stdout, stderr_fd: o.stderr,
+                            new_session: o.newSession ? 1 : 0, death_signal: o.dieWithParent ? SIGKILL : 0,
+                            cpus: cp.baseAddress, ncpus: Int32(cp.count), cwd: nil,
+                            pass_fds: pf.baseAddress, npass_fds: Int32(pf.count))
+                        return clinux_spawn(&opts)
+                    }
+                    if let envp { return envp.withUnsafeBufferPointer { go($0.baseAddress) } }
+                    return go(nil)
                 }
-                if let envp { return envp.withUnsafeBufferPointer { go($0.baseAddress) } }
-                return go(nil)
             }
         }
         if pid < 0 { throw RunnerError.spawn("cannot start \(path): \(String(cString: strerror(-pid)))") }

@@ -4,6 +4,7 @@
 // each vCPU thread (query-cpus-fast) is pinned to its own CPU, the agent channel is connected, and the
 // guest is let run.
 
+import CLinux
 import Foundation
 import Support
 #if canImport(Glibc)
@@ -47,7 +48,9 @@ public struct QEMUBackend: Hypervisor {
         return o.joined(separator: " ")
     }
 
-    func arguments(_ spec: GuestSpec, kernel: String, managed: Bool = true) -> [String] {
+    /// `tapFD`: the descriptor number QEMU gets the guest's tap as (managed boots); nil: QEMU opens the
+    /// tap by name itself (the benchmark's unmanaged command line, which has no network).
+    func arguments(_ spec: GuestSpec, kernel: String, managed: Bool = true, tapFD: Int? = nil) -> [String] {
         var a = ["-name", "\(spec.id),debug-threads=on", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
         if managed { a.append("-S") }
         a += ["-M", "microvm,rtc=on,memory-backend=ram"]
@@ -81,11 +84,12 @@ public struct QEMUBackend: Hypervisor {
         if let d = spec.disk {
             a += ["-drive", "file=\(d),if=none,id=root,format=raw,readonly=on", "-device", "virtio-blk-device,drive=root"]
         }
-        // The job network: virtio-net on the tap the node made (QEMU attaches to it by name; no vhost-net
-        // on these hosts). host_mtu tells the guest's driver the segment's MTU.
+        // The job network: virtio-net on the tap the node made, handed to QEMU as an open descriptor (so
+        // QEMU needs no right to open it; no vhost-net on these hosts). host_mtu tells the guest's
+        // driver the segment's MTU.
         if let n = spec.network {
             a += [
-                "-netdev", "tap,id=net0,ifname=\(n.tap),script=no,downscript=no",
+                "-netdev", tapFD.map { "tap,id=net0,fd=\($0)" } ?? "tap,id=net0,ifname=\(n.tap),script=no,downscript=no",
                 "-device", "virtio-net-device,netdev=net0,mac=\(n.mac),host_mtu=\(n.mtu)",
             ]
         }
@@ -133,10 +137,11 @@ public struct QEMUBackend: Hypervisor {
 
     /// A process of the guest's VMM (QEMU, a file server): output to a log in the run directory, started
     /// on the housekeeping CPUs, ending with us unless the guest is kept.
-    func spawnVMMProcess(_ path: String, _ args: [String], log name: String, for spec: GuestSpec) throws -> Int32 {
+    func spawnVMMProcess(_ path: String, _ args: [String], log name: String, for spec: GuestSpec, passFDs: [Int32] = []) throws -> Int32 {
         let log = open(spec.runDir + "/" + name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { if log >= 0 { close(log) } }
         var o = SpawnOptions()
+        o.passFDs = passFDs
         o.stdout = log; o.stderr = log
         o.dieWithParent = !spec.keep
         o.cpus = spec.housekeeping
@@ -148,9 +153,18 @@ public struct QEMUBackend: Hypervisor {
         try Files.mkdirs(spec.runDir, mode: 0o700)
         let kernel = DirectKernel.vmlinux(for: spec.kernel, digest: spec.kernelDigest, cacheDir: kernelCache) ?? spec.kernel
         try startFileServers(spec)
-        let args = arguments(spec, kernel: kernel)
+        // The guest's tap, opened here and passed as descriptor 3.
+        var tap: Int32 = -1
+        if let n = spec.network {
+            tap = clinux_open_tap(n.tap)
+            guard tap >= 0 else {
+                throw RunnerError.bootFailed("cannot open guest \(spec.id)'s tap \(n.tap): \(String(cString: strerror(-tap)))", consoleTail: "")
+            }
+        }
+        defer { if tap >= 0 { close(tap) } }
+        let args = arguments(spec, kernel: kernel, tapFD: tap >= 0 ? 3 : nil)
         try? Data(([binary] + args).map { "'\($0)'" }.joined(separator: " ").utf8).write(to: URL(fileURLWithPath: spec.runDir + "/qemu.cmdline"))
-        let pid = try spawnVMMProcess(binary, args, log: "qemu.log", for: spec)
+        let pid = try spawnVMMProcess(binary, args, log: "qemu.log", for: spec, passFDs: tap >= 0 ? [tap] : [])
         let guest = QEMUGuest(spec: spec, pid: pid)
         do {
             try guest.attach(alive: { Processes.poll(pid) == nil })
