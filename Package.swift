@@ -59,7 +59,7 @@ let package = Package(
         .target(name: "Support", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         // A job's private network across its nodes: the plan (names, VNI, addresses, MTU) and iproute2's
         // bridge, VXLAN and taps.
-        .target(name: "Network"),
+        .target(name: "Network", dependencies: ["Support"]),
         // The ClassAd language (HTCondor "new ClassAd" semantics) and the matchmaker.
         .target(name: "ClassAd", dependencies: ["CPCRE2"]),
         // Image records and their ads, the SQLite store, content-addressed blobs, the job ad of a request.
@@ -104,7 +104,7 @@ let package = Package(
         .executableTarget(
             name: "slurm-vmd",
             dependencies: [
-                "Daemon", "Node",
+                "Daemon", "Node", "Support",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -86,14 +86,17 @@ public struct ImageRecord: Codable, Sendable, Equatable {
     }
 
     /// The guest sizes the image allows, read from its ad (admin attributes override derived ones);
-    /// an image that does not say gets these defaults. The one place they are read.
+    /// an image that does not say gets these defaults. The one place they are read: from an ad already
+    /// built (matching has every image's), or from the record, which builds it.
     public static let defaultMinMemoryMB = 256
-    public var minMemoryMB: Int { integerAttribute("MinMemoryMB") ?? Self.defaultMinMemoryMB }
+    public static func minMemoryMB(in ad: ClassAd) -> Int { integer("MinMemoryMB", in: ad) ?? defaultMinMemoryMB }
     /// At most the request's own ceiling (VMRequest.maxVCPUs).
-    public var maxVCPUs: Int { min(integerAttribute("MaxVCPUs") ?? VMRequest.maxVCPUs, VMRequest.maxVCPUs) }
+    public static func maxVCPUs(in ad: ClassAd) -> Int { min(integer("MaxVCPUs", in: ad) ?? VMRequest.maxVCPUs, VMRequest.maxVCPUs) }
+    public var minMemoryMB: Int { (try? ad()).map(Self.minMemoryMB(in:)) ?? Self.defaultMinMemoryMB }
+    public var maxVCPUs: Int { (try? ad()).map(Self.maxVCPUs(in:)) ?? VMRequest.maxVCPUs }
 
-    func integerAttribute(_ name: String) -> Int? {
-        guard let ad = try? ad(), case .integer(let i) = ad.evaluate(name) else { return nil }
+    static func integer(_ name: String, in ad: ClassAd) -> Int? {
+        guard case .integer(let i) = ad.evaluate(name) else { return nil }
         return Int(clamping: i)
     }
 

@@ -18,6 +18,17 @@ public struct Submission: Sendable {
     public init(request: VMRequest, shape: JobShape = JobShape(), nodeCPUs: NodeCPUs? = nil, requester: Requester) {
         self.request = request; self.shape = shape; self.nodeCPUs = nodeCPUs; self.requester = requester
     }
+
+    /// A submission from what a front end received: the raw --vm-* strings (by name without "--vm-")
+    /// and the submitting command. The plugin's match call and `slurm-vm match` both come here.
+    public static func parse(
+        options: [String: String], command: SubmitCommand?, nodeCPUs: NodeCPUs?,
+        requester: Requester
+    ) throws -> Submission {
+        Submission(
+            request: try VMRequest.fromOptions(options), shape: try command.map { try JobShape.of($0) } ?? JobShape(),
+            nodeCPUs: nodeCPUs, requester: requester)
+    }
 }
 
 /// A request as matched at submission: travels with the job to every node (the plugin's VM_REQUEST),
@@ -61,22 +72,25 @@ extension Catalog {
             sizing = try s.request.sizing(shape: s.shape, nodeCPUs: s.nodeCPUs)
             job = try s.request.jobAd(for: s.requester, sizing: sizing)
         } catch { return refuse(error.description) }
-        // An image asked for by name that the catalog does not hold: say so directly, with what exists.
-        if let name = s.request.image, let ref = try? ImageReference(name) {
-            do { _ = try resolve(ref) } catch let e as CatalogError {
-                if case .noSuchImage = e { return refuse("--vm-image: \(e)", ad: job) }
-            }
-        }
         let records = try list()
         let ads = try records.map { try $0.ad() }
-        let matches = Matchmaker(images: ads).match(job).matches.map { records[$0.imageIndex] }
-        let why = (explain || matches.isEmpty) ? Explainer(images: ads).explain(job).text : nil
-        guard let best = matches.first else {
-            return refuse("no guest image matches this request" + (why.map { $0.isEmpty ? "" : "\n" + $0 } ?? ""), ad: job, explanation: why)
+        let ranked = Matchmaker(images: ads).match(job).matches
+        let matches = ranked.map { records[$0.imageIndex] }
+        guard let best = ranked.first else {
+            // An image asked for by name that the catalog does not hold: say so directly, with what exists.
+            if let name = s.request.image, let ref = try? ImageReference(name) {
+                do { _ = try resolve(ref) } catch let e as CatalogError {
+                    if case .noSuchImage = e { return refuse("--vm-image: \(e)", ad: job) }
+                }
+            }
+            let why = Explainer(images: ads).explain(job).text
+            return refuse("no guest image matches this request" + (why.isEmpty ? "" : "\n" + why), ad: job, explanation: why)
         }
+        let why = explain ? Explainer(images: ads).explain(job).text : nil
+        let image = records[best.imageIndex]
         let accepted = AcceptedRequest(
-            request: s.request, sizing: sizing, memoryMB: s.request.memoryMB ?? best.minMemoryMB,
-            image: best.digest, imageLabel: best.label)
+            request: s.request, sizing: sizing, memoryMB: s.request.memoryMB ?? ImageRecord.minMemoryMB(in: ads[best.imageIndex]),
+            image: image.digest, imageLabel: image.label)
         return CatalogMatch(jobAd: job, matches: matches, accepted: accepted, refusal: nil, explanation: why)
     }
 }

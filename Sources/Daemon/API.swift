@@ -81,14 +81,13 @@ public final class API: @unchecked Sendable {
 
     func match(_ call: MatchCall, _ peer: Peer) throws -> Reply {
         guard let catalog else { return .failure("this slurm-vmd has no catalog role; point the plugin's submit_socket at one that has") }
-        let req: VMRequest, shape: JobShape
-        do {
-            req = try VMRequest.fromOptions(call.options)
-            shape = try call.command.map { try JobShape.of($0) } ?? JobShape()
-        } catch { return .failure("\(error)") }
         let name = getpwuid(peer.uid).map { String(cString: $0.pointee.pw_name) } ?? String(peer.uid)
         let who = Requester(user: name, uid: Int(peer.uid), gid: Int(peer.gid), account: call.account, partition: call.partition)
-        let result = try catalog.match(Submission(request: req, shape: shape, nodeCPUs: call.nodeCPUs, requester: who))
+        let submission: Submission
+        do { submission = try Submission.parse(options: call.options, command: call.command, nodeCPUs: call.nodeCPUs, requester: who) } catch {
+            return .failure("\(error)")
+        }
+        let result = try catalog.match(submission)
         guard let accepted = result.accepted else { return .failure(result.refusal ?? "refused") }
         logger.info(
             "match for \(name) (uid \(peer.uid)): \(accepted.imageLabel), \(accepted.sizing.guests) guest(s) × \(accepted.sizing.vcpus) vCPU(s)")

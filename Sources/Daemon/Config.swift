@@ -38,9 +38,6 @@ public struct DaemonConfig: Sendable {
 
     public static let defaultPath = "/etc/slurm-vm/slurm-vmd.toml"
 
-    /// "512M", "20G", "1T" or plain bytes.
-    public static func bytes(_ s: String) -> Int64? { try? ByteSize.parse(s, bare: .bytes) }
-
     public static func load(_ path: String) throws -> DaemonConfig {
         let t = try StrictTable.load(path, hint: "docs/slurm.md")
         var c = DaemonConfig(
@@ -88,7 +85,7 @@ public struct DaemonConfig: Sendable {
                 n.backend = choice
             }
             if let q = try nt.optionalString("cache_quota") {
-                guard let b = Self.bytes(q), b > 0 else {
+                guard let b = try? ByteSize.parse(q, bare: .bytes), b > 0 else {
                     throw TOMLConfigError("\(path): node.cache_quota must be a size like \"20G\" or \"512M\", not \"\(q)\"")
                 }
                 n.cacheQuota = b

@@ -116,12 +116,15 @@ public struct JobNetworkPlan: Sendable, Equatable, Codable {
         return UInt32(rest.prefix { $0 != "." }, radix: 16)
     }
 
+    /// Guest k's hostname: the node's guest names and every guest's /etc/hosts use it.
+    public static func hostname(job: UInt32, guest k: Int) -> String { "vm\(k)-job\(job)" }
+
     /// Guest k of the job (job-wide index): its hostname, address, MAC and tap.
     public static func guest(job: UInt32, k: Int, subnet: IPv4Subnet) -> GuestNIC {
         // Locally administered, unicast (02:…), the guest's index in the low 24 bits: unique on the segment.
         let m = [0x02, 0x73, 0x76, (k >> 16) & 255, (k >> 8) & 255, k & 255].map { String($0, radix: 16) }
             .map { $0.count == 1 ? "0" + $0 : $0 }.joined(separator: ":")
-        return GuestNIC(tap: tapName(job, guest: k), mac: m, address: subnet.host(k), hostname: "vm\(k)-job\(job)")
+        return GuestNIC(tap: tapName(job, guest: k), mac: m, address: subnet.host(k), hostname: hostname(job: job, guest: k))
     }
 
     /// Network ids from 2^26 on are never Slurm job ids: `vm run --network` takes its local networks there.

@@ -3,6 +3,7 @@
 // The bridge has no address and no IPv6: the host is not on the job's segment.
 
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -97,7 +98,8 @@ public struct LinkDriver: Sendable {
     public func destroy(job: UInt32) {
         let mine = devices().filter { JobNetworkPlan.job(ofDevice: $0) == job }
         // Taps and the tunnel first, then the bridge they hang from.
-        for d in mine.sorted(by: { a, _ in !a.hasPrefix(JobNetworkPlan.prefix + "b") }) {
+        let bridge = JobNetworkPlan.bridgeName(job)
+        for d in mine.filter({ $0 != bridge }) + mine.filter({ $0 == bridge }) {
             _ = try? run(["link", "del", d])
         }
     }
@@ -132,22 +134,12 @@ public struct LinkDriver: Sendable {
     var bridgeTool: String { (ip as NSString).deletingLastPathComponent + "/bridge" }
 
     func exec(_ argv: [String]) throws(NetworkError) -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        do { try p.run() } catch { throw .setup("cannot run \(argv[0]): \(error)") }
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            let why = String(decoding: e, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw .setup(
-                "\(argv.map { ($0 as NSString).lastPathComponent }.prefix(1).joined()) \(argv.dropFirst().joined(separator: " ")) failed: \(why)")
+        let r: SubprocessResult
+        do { r = try Subprocess.run(argv) } catch { throw .setup("cannot run \(argv[0]): \(error)") }
+        guard r.status == 0 else {
+            throw .setup("\((argv[0] as NSString).lastPathComponent) \(argv.dropFirst().joined(separator: " ")) failed: \(r.error)")
         }
-        return String(decoding: o, as: UTF8.self)
+        return r.text
     }
 
     func sysctl(_ key: String, _ value: String) throws(NetworkError) {

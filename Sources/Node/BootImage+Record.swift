@@ -9,10 +9,11 @@ extension BootImage {
         guard let kernel = rec.artefact("kernel") else {
             throw RunnerError.invalidRequest("image \(rec.label) has no kernel; re-import it with one")
         }
+        let ad = try rec.ad()  // once, for both sizes
         self.init(
             name: rec.name, label: rec.label, digest: rec.digest, kernel: blobs.path(of: kernel.digest), kernelDigest: kernel.digest,
             initrd: rec.artefact("initrd").map { blobs.path(of: $0.digest) },
             disk: rec.artefact("disk").map { blobs.path(of: $0.digest) },
-            cmdline: rec.cmdline, minMemoryMB: rec.minMemoryMB, maxVCPUs: rec.maxVCPUs)
+            cmdline: rec.cmdline, minMemoryMB: ImageRecord.minMemoryMB(in: ad), maxVCPUs: ImageRecord.maxVCPUs(in: ad))
     }
 }

@@ -4,6 +4,7 @@
 
 import Catalog
 import Foundation
+import Network
 import Support
 #if canImport(Glibc)
 import Glibc
@@ -53,10 +54,9 @@ public struct JobState: Codable, Sendable, Equatable {
     public var created: Date
     /// Seconds from the prolog's request to every agent ready.
     public var prepareSeconds: Double?
-    /// This node's taps on the job's network (removed with the job; the bridge goes with the last).
-    public var networkTaps: [String]?
-    /// Every guest of the job on its network, in job-wide order (the tasks' SLURM_VM_HOSTS).
-    public var networkHosts: [String]?
+    /// How many guests the job's network holds (all nodes); nil: the job has no network. Its devices
+    /// and names follow from the job id (JobNetworkPlan).
+    public var networkGuests: Int?
 
     public init(
         job: UInt32, uid: UInt32, gid: UInt32, node: String, phase: Phase, error: String?, image: String,
@@ -102,4 +102,15 @@ public struct JobStore: Sendable {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
         return names.compactMap { n in n.hasSuffix(".json") ? UInt32(n.dropLast(5)).flatMap(load) : nil }.sorted { $0.job < $1.job }
     }
+}
+
+extension JobState {
+    /// This node's taps on the job's network (removed with the job; the bridge goes with the last).
+    public var networkTaps: [String] {
+        guard networkGuests != nil, let s = placement?.share else { return [] }
+        return (s.firstIndex..<(s.firstIndex + s.guests)).map { JobNetworkPlan.tapName(job, guest: $0) }
+    }
+
+    /// Every guest of the job on its network, in job-wide order (the tasks' SLURM_VM_HOSTS).
+    public var networkHosts: [String] { (0..<(networkGuests ?? 0)).map { JobNetworkPlan.hostname(job: job, guest: $0) } }
 }

@@ -73,7 +73,7 @@ public final class NodeManager: @unchecked Sendable {
             inUse: { Set(jobs.all().map(\.image)) })
         var chosen = ""
         (hv, accelerator) = try c.backend.make(forced: c.accelerator, qemuBinary: c.qemu, records: records) {
-            chosen += (chosen.isEmpty ? "" : "; ") + $0
+            chosen += (chosen.isEmpty ? "" : "; ") + "\($0)"
         }
         acceleratorReport = chosen
         self.log = log
@@ -158,7 +158,7 @@ public final class NodeManager: @unchecked Sendable {
         // The job's working directory, read-write at the same path in every guest.
         var shares: [String] = []
         if let w = r.workdir, w != "/" {
-            if w.hasPrefix("/"), !w.contains(where: { $0 == "," || $0 == ":" || $0.isWhitespace }), Files.isDirectory(w) {
+            if GuestSpec.isShareablePath(w), Files.isDirectory(w) {
                 shares = [w]
             } else {
                 log(
@@ -166,20 +166,23 @@ public final class NodeManager: @unchecked Sendable {
                 )
             }
         }
-        let names = (0..<share.guests).map { i in (id: "job\(r.job)-vm\(share.firstIndex + i)", hostname: "vm\(share.firstIndex + i)-job\(r.job)") }
+        let names = (share.firstIndex..<(share.firstIndex + share.guests)).map { k in
+            (id: "job\(r.job)-vm\(k)", hostname: JobNetworkPlan.hostname(job: r.job, guest: k))
+        }
         var set = ImageGuests(
             image: image, names: names, vcpus: placement.vcpus, memoryMB: accepted.memoryMB,
-            plan: CPUPlan(perGuest: placement.perGuest, housekeeping: placement.housekeeping, warnings: placement.warnings),
+            plan: placement.plan,
             hugepages: huge, shares: shares, keep: true, owner: r.uid)
         state.guests = names.map(\.id)
         // The job's private network: this node's taps on the job's bridge, tunnelled to its other nodes.
-        if let net = config.network {
-            let plan = try JobNetworkPlan.make(
+        let network = try config.network.map { net in
+            try JobNetworkPlan.make(
                 job: r.job, config: net, nodes: try Self.resolve(r.nodeAddresses ?? [], nodes: r.nodeCount), index: r.nodeIndex,
                 first: share.firstIndex, count: share.guests, total: accepted.request.count ?? r.nodeCount)
-            state.networkTaps = plan.guests.map(\.tap)
-            state.networkHosts = plan.hosts.map(\.hostname)
-            try store.save(state)
+        }
+        state.networkGuests = network?.hosts.count
+        try store.save(state)  // before anything is made: a crash from here on leaves a record of it
+        if let plan = network {
             try LinkDriver().attach(plan)
             set.networks = plan.guests.map {
                 GuestNetwork(
@@ -187,12 +190,11 @@ public final class NodeManager: @unchecked Sendable {
                     hosts: plan.hostsFile)
             }
         }
-        try store.save(state)
         let ready: [ReadyGuest]
         do {
             ready = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: config.bootTimeout)
         } catch {
-            if let taps = state.networkTaps { LinkDriver().detach(job: r.job, taps: taps) }
+            if network != nil { LinkDriver().detach(job: r.job, taps: state.networkTaps) }
             throw error
         }
         job.guests = ready.map { $0.guest }
@@ -234,7 +236,7 @@ public final class NodeManager: @unchecked Sendable {
             var n = 0
             for g in job?.guests ?? [] { g.destroy(); ids.remove(g.spec.id); n += 1 }
             for gid in ids { if destroyRecorded(gid) { n += 1 } }
-            if let taps = job?.state.networkTaps ?? store.load(id)?.networkTaps { LinkDriver().detach(job: id, taps: taps) }
+            if let s = job?.state ?? store.load(id), s.networkGuests != nil { LinkDriver().detach(job: id, taps: s.networkTaps) }
             store.remove(id)
             if job != nil || n > 0 { log("job \(id): \(n) guest(s) torn down") }
             return n
@@ -298,7 +300,7 @@ public final class NodeManager: @unchecked Sendable {
         req.gid = job.state.gid
         req.env.append("SLURM_VM_GUEST=\(job.guests[i].spec.hostname)")
         // For users who start MPI themselves: every guest of the job, as /etc/slurm-vm/hostfile has them.
-        if let hosts = job.state.networkHosts { req.env.append("SLURM_VM_HOSTS=" + hosts.joined(separator: ",")) }
+        if job.state.networkGuests != nil { req.env.append("SLURM_VM_HOSTS=" + job.state.networkHosts.joined(separator: ",")) }
         let cmd = try job.agents[i].start(req, stdin: stdin, ownsStdin: true, stdout: stdout, stderr: stderr)
         return (cmd, job.guests[i].spec.id)
     }

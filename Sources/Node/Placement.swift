@@ -15,11 +15,12 @@ public struct NodeShare: Sendable, Equatable, Codable {
 public struct GuestPlacement: Sendable, Equatable, Codable {
     public var share: NodeShare
     public var vcpus: Int
-    /// Host CPUs of each guest's vCPUs, one CPU per vCPU, disjoint.
-    public var perGuest: [[Int]]
-    /// Host CPUs for the VMMs' other threads: the job's spare cores, else the guests' own.
-    public var housekeeping: [Int]
-    public var warnings: [String]
+    /// The runner's plan: each guest's host CPUs (one per vCPU, disjoint) and the housekeeping CPUs
+    /// for the VMMs' other threads (the job's spare cores, else the guests' own).
+    public var plan: CPUPlan
+    public var perGuest: [[Int]] { plan.perGuest }
+    public var housekeeping: [Int] { plan.housekeeping }
+    public var warnings: [String] { plan.warnings }
 }
 
 public enum Placement {
@@ -58,7 +59,7 @@ public enum Placement {
         }
         do {
             let p = try CPUPlanner.plan(count: share.guests, vcpus: vcpus, cpus: CPUList(jobCPUs), housekeeping: nil, allowed: allowed)
-            return GuestPlacement(share: share, vcpus: vcpus, perGuest: p.perGuest, housekeeping: p.housekeeping, warnings: p.warnings)
+            return GuestPlacement(share: share, vcpus: vcpus, plan: p)
         } catch let e as RunnerError {
             throw NodeError.placement("\(e)")
         }

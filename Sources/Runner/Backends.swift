@@ -3,6 +3,19 @@
 
 import Foundation
 
+/// What choosing a backend has to say: which one and why (for verbose output and logs), or a caution
+/// the user should always see.
+public enum BackendNote: Sendable, CustomStringConvertible {
+    case chosen(String)
+    case caution(String)
+    public var description: String {
+        switch self {
+        case .chosen(let s): return s
+        case .caution(let s): return "note: " + s
+        }
+    }
+}
+
 public enum BackendChoice: String, Sendable, CaseIterable, Codable {
     /// The embedded VMM where KVM has hardware virtualization (and slurm-vm-vmm is installed), QEMU
     /// otherwise (TCG without vmx/svm).
@@ -21,12 +34,12 @@ public enum BackendChoice: String, Sendable, CaseIterable, Codable {
     /// `note` hears what was chosen and why (verbose output, the daemon's log).
     public func make(
         forced: Accelerator? = nil, qemuBinary: String? = nil, records: GuestRecords,
-        note: (String) -> Void = { _ in }
+        note: (BackendNote) -> Void = { _ in }
     ) throws -> (any Hypervisor, Accelerator) {
         switch self {
         case .qemu:
             let q = try QEMUBackend(binary: qemuBinary, kernelCache: records.cacheDir, accelerator: forced, stateDir: records.root)
-            note("backend qemu (\(q.binary)), accelerator \(q.acceleratorReason)")
+            note(.chosen("backend qemu (\(q.binary)), accelerator \(q.acceleratorReason)"))
             return (q, q.accelerator)
         case .embedded:
             guard forced == nil || forced == .kvm else {
@@ -35,14 +48,16 @@ public enum BackendChoice: String, Sendable, CaseIterable, Codable {
             let e = try EmbeddedBackend()
             if !HostFacts.hasHardwareVirtualization {
                 note(
-                    "note: this host's KVM has no vmx/svm (PVM or nested): guest ring 0 is emulated, so a Linux kernel crawls and never reaches user space; small freestanding guests run"
+                    .caution(
+                        "this host's KVM has no vmx/svm (PVM or nested): guest ring 0 is emulated, so a Linux kernel crawls and never reaches user space; small freestanding guests run"
+                    )
                 )
             }
-            note("backend embedded (\(e.binary)), KVM \(HostFacts.hasHardwareVirtualization ? "with" : "without") hardware virtualization")
+            note(.chosen("backend embedded (\(e.binary)), KVM \(HostFacts.hasHardwareVirtualization ? "with" : "without") hardware virtualization"))
             return (e, .kvm)
         case .auto:
             if forced == nil && HostFacts.hasHardwareVirtualization && HostFacts.kvmUsable, let e = try? EmbeddedBackend() {
-                note("backend embedded (\(e.binary)): KVM with hardware virtualization")
+                note(.chosen("backend embedded (\(e.binary)): KVM with hardware virtualization"))
                 return (e, .kvm)
             }
             return try BackendChoice.qemu.make(forced: forced, qemuBinary: qemuBinary, records: records, note: note)

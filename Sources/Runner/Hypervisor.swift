@@ -54,6 +54,11 @@ public struct GuestSpec: Sendable, Codable {
     public var consolePath: String { runDir + "/console.log" }
     public var agentSocket: String { runDir + "/agent.sock" }
 
+    /// A share's path travels on the kernel command line: absolute, no blanks, no list separators.
+    public static func isShareablePath(_ p: String) -> Bool {
+        p.hasPrefix("/") && !p.contains(where: { $0 == "," || $0 == ":" || $0.isWhitespace })
+    }
+
     /// The space-sharing invariants: one dedicated CPU per vCPU, never shared within the guest.
     public func validate() throws {
         guard vcpus >= 1 else { throw RunnerError.invalidRequest("a guest needs at least one vCPU") }
@@ -64,7 +69,7 @@ public struct GuestSpec: Sendable, Codable {
         guard memoryMB >= 16 else { throw RunnerError.invalidRequest("guest \(id): \(memoryMB) MiB is too little memory") }
         for d in shares ?? [] {
             // The path travels on the kernel command line: no blanks, no list separators.
-            guard d.hasPrefix("/"), !d.contains(where: { $0 == "," || $0 == ":" || $0.isWhitespace }) else {
+            guard Self.isShareablePath(d) else {
                 throw RunnerError.invalidRequest("cannot share \(d) into guest \(id): the path must be absolute and contain no blanks, ',' or ':'")
             }
             guard Files.isDirectory(d) else { throw RunnerError.invalidRequest("cannot share \(d) into guest \(id): not a directory") }

@@ -35,8 +35,6 @@ struct CacheCommand: ParsableCommand {
         }
     }
 
-    static func size(_ n: Int64) -> String { ByteSize.describe(n) }
-
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "ls", abstract: "List cached images, least recently used first.")
         @OptionGroup var location: Where
@@ -66,10 +64,10 @@ struct CacheCommand: ParsableCommand {
                     print(
                         "\(e.record.name):\(e.record.version)".padding(toLength: 28, withPad: " ", startingAt: 0)
                             + String(e.record.digest.dropFirst(7).prefix(12)) + "  "
-                            + CacheCommand.size(e.bytes).padding(toLength: 11, withPad: " ", startingAt: 0)
+                            + ByteSize.describe(e.bytes).padding(toLength: 11, withPad: " ", startingAt: 0)
                             + used.padding(toLength: 22, withPad: " ", startingAt: 0) + state)
                 }
-                print("total \(CacheCommand.size(c.totalBytes()))" + (c.quota.map { " of \(CacheCommand.size($0))" } ?? " (no quota)"))
+                print("total \(ByteSize.describe(c.totalBytes()))" + (c.quota.map { " of \(ByteSize.describe($0))" } ?? " (no quota)"))
             }
         }
     }
@@ -96,7 +94,7 @@ struct CacheCommand: ParsableCommand {
                                 : "'\(ref)' matches \(digests.count) images; give more of the digest")
                     }
                     let freed = try c.remove(image: d)
-                    print("removed \(ref) (\(CacheCommand.size(freed)) freed)")
+                    print("removed \(ref) (\(ByteSize.describe(freed)) freed)")
                 }
             }
         }
@@ -114,7 +112,7 @@ struct CacheCommand: ParsableCommand {
                 let c = try location.open()
                 var limit = c.quota ?? 0
                 if let t = to {
-                    guard let b = DaemonConfig.bytes(t), b >= 0 else { throw ValidationError("--to '\(t)' is not a size like 10G or 512M") }
+                    guard let b = try? ByteSize.parse(t, bare: .bytes) else { throw ValidationError("--to '\(t)' is not a size like 10G or 512M") }
                     limit = b
                 }
                 let before = c.totalBytes()
@@ -125,7 +123,7 @@ struct CacheCommand: ParsableCommand {
                 }
                 let after = c.totalBytes()
                 print(evicted.isEmpty ? "nothing to evict" : "evicted \(evicted.joined(separator: ", "))")
-                print("\(CacheCommand.size(before)) → \(CacheCommand.size(after))" + (after > limit ? " (the rest is in use)" : ""))
+                print("\(ByteSize.describe(before)) → \(ByteSize.describe(after))" + (after > limit ? " (the rest is in use)" : ""))
             }
         }
     }

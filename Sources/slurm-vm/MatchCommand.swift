@@ -5,6 +5,7 @@ import ArgumentParser
 import Catalog
 import ClassAd
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -26,12 +27,13 @@ struct VMOptions: ParsableArguments {
     @Option(name: .customLong("vm-requirements"), help: help("requirements")) var requirements: String?
     @Option(name: .customLong("vm-rank"), help: help("rank")) var rank: String?
 
-    func request() throws -> VMRequest {
-        let given: [(String, String?)] = [
+    /// The given options by name without "--vm-", as the plugin sends them.
+    var given: [String: String] {
+        let all: [(String, String?)] = [
             ("count", count), ("vcpus", vcpus), ("mem", mem), ("os", os), ("kernel", kernel),
             ("libs", libs), ("image", image), ("requirements", requirements), ("rank", rank),
         ]
-        return try VMRequest.fromOptions(Dictionary(uniqueKeysWithValues: given.compactMap { k, v in v.map { (k, $0) } }))
+        return Dictionary(uniqueKeysWithValues: all.compactMap { k, v in v.map { (k, $0) } })
     }
 }
 
@@ -58,12 +60,11 @@ struct MatchCommand: ParsableCommand {
 
     func run() throws {
         try reporting {
-            let req = try vm.request()
-            let shape = try JobShape.of(SubmitCommand(tool: "sbatch", arguments: jobOptions))
             let who = try Self.requester(user: user, account: account, partition: partition)
             let cpus = try nodeCPUs.map(Self.parseNodeCPUs) ?? Self.slurmNodeCPUs()
-            let cat = try catalog.open()
-            let m = try cat.match(Submission(request: req, shape: shape, nodeCPUs: cpus, requester: who), explain: explain)
+            let submission = try Submission.parse(
+                options: vm.given, command: SubmitCommand(tool: "sbatch", arguments: jobOptions), nodeCPUs: cpus, requester: who)
+            let m = try catalog.open().match(submission, explain: explain)
             if showAd, let ad = m.jobAd { print(Unparser.unparseOld(ad)); print("") }
             if json {
                 var o: [String: Any] = ["matches": m.matches.map { ["name": $0.name, "version": $0.version, "digest": $0.digest] }]
@@ -101,17 +102,8 @@ struct MatchCommand: ParsableCommand {
     static func slurmNodeCPUs() -> NodeCPUs? {
         let conf = ProcessInfo.processInfo.environment["SLURM_CONF"] ?? "/etc/slurm/slurm.conf"
         guard FileManager.default.fileExists(atPath: conf) else { return nil }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["timeout", "10", "sinfo", "-h", "-N", "-o", "%c"]
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = FileHandle.nullDevice
-        guard (try? p.run()) != nil else { return nil }
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { return nil }
-        let out = String(decoding: data, as: UTF8.self)
+        guard let r = try? Subprocess.run(["timeout", "10", "sinfo", "-h", "-N", "-o", "%c"]), r.status == 0 else { return nil }
+        let out = r.text
         let counts = out.split(whereSeparator: \.isNewline).compactMap { Int($0.filter(\.isNumber)) }.filter { $0 > 0 }
         guard let lo = counts.min(), let hi = counts.max() else { return nil }
         return NodeCPUs(smallest: lo, largest: hi)

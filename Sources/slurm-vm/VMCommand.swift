@@ -36,7 +36,7 @@ struct VMCommand: ParsableCommand {
             if choice == .embedded && forced == .tcg { throw ValidationError("--accel tcg is QEMU's; the embedded VMM always runs on KVM") }
             let verbose = verbose
             return try choice.make(forced: forced, records: records) { msg in
-                if verbose || msg.hasPrefix("note:") { warn(msg) }
+                if case .caution = msg { warn("\(msg)") } else if verbose { warn("\(msg)") }
             }
         }
     }

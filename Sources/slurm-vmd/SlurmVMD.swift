@@ -7,6 +7,7 @@ import Daemon
 import Foundation
 import Logging
 import ServiceLifecycle
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -58,18 +59,11 @@ struct SlurmVMD: AsyncParsableCommand {
 /// Asks Slurm whether a job still runs (for reconciliation after a restart).
 enum SlurmQuery {
     static func isRunning(_ job: UInt32) -> Bool? {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["scontrol", "-o", "show", "job", String(job)]
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out; p.standardError = err
-        do { try p.run() } catch { return nil }
-        let o = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
+        guard let r = try? Subprocess.run(["scontrol", "-o", "show", "job", String(job)]) else { return nil }
+        let o = r.text, e = r.error
         if e.contains("Invalid job id") { return false }
-        guard p.terminationStatus == 0, let r = o.range(of: "JobState=") else { return nil }
-        let state = o[r.upperBound...].prefix { $0 != " " }
+        guard r.status == 0, let at = o.range(of: "JobState=") else { return nil }
+        let state = o[at.upperBound...].prefix { $0 != " " }
         // COMPLETING counts as ended: the epilog runs then, and if it could not reach us (we were
         // restarting) nothing else would ever tear the guests down.
         return ["RUNNING", "CONFIGURING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING"].contains(String(state))

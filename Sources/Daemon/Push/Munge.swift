@@ -4,6 +4,7 @@
 // We drive munge(1)/unmunge(1) rather than link libmunge: two short processes per push and node.
 
 import Foundation
+import Support
 
 public enum Munge {
     public struct Decoded: Sendable {
@@ -19,18 +20,8 @@ public enum Munge {
 
     /// Runs a tool with `input` on stdin; returns (status, stdout, stderr).
     static func run(_ path: String, _ args: [String], input: Data) throws -> (Int32, Data, String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = args
-        let i = Pipe(), o = Pipe(), e = Pipe()
-        p.standardInput = i; p.standardOutput = o; p.standardError = e
-        try p.run()
-        i.fileHandleForWriting.write(input)
-        try? i.fileHandleForWriting.close()
-        let out = o.fileHandleForReading.readDataToEndOfFile()
-        let err = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, out, String(decoding: err, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        let r = try Subprocess.run([path] + args, input: input)
+        return (r.status, r.output, r.error)
     }
 
     /// A credential carrying `payload`, as one line of text.

@@ -118,7 +118,7 @@ public struct ImageCache: Sendable {
         for c in candidates { for a in c.record.artefacts where !pinned.contains(a.digest) && blobs.has(a.digest) { reclaimable += a.size } }
         guard total - reclaimable + needed <= limit else {
             throw NodeError.cache(
-                "the node cache at \(root) is limited to \(Self.bytes(limit)) and holds \(Self.bytes(total)), of which \(Self.bytes(total - reclaimable)) belongs to images in use; \(Self.bytes(needed)) more do not fit. Raise node.cache_quota, or wait for the jobs using the other images to end"
+                "the node cache at \(root) is limited to \(ByteSize.describe(limit)) and holds \(ByteSize.describe(total)), of which \(ByteSize.describe(total - reclaimable)) belongs to images in use; \(ByteSize.describe(needed)) more do not fit. Raise node.cache_quota, or wait for the jobs using the other images to end"
             )
         }
         var evicted: [String] = []
@@ -128,8 +128,6 @@ public struct ImageCache: Sendable {
         }
         return evicted
     }
-
-    static func bytes(_ n: Int64) -> String { ByteSize.describe(n) }
 
     func usage() -> [String: Date] {
         guard let d = FileManager.default.contents(atPath: root + "/used.json"),

@@ -9,13 +9,10 @@ import Support
 import Glibc
 #endif
 
-public struct CPUPlan: Sendable, Equatable {
+public struct CPUPlan: Sendable, Equatable, Codable {
     public var perGuest: [[Int]]
     public var housekeeping: [Int]
     public var warnings: [String]
-    public init(perGuest: [[Int]], housekeeping: [Int], warnings: [String]) {
-        self.perGuest = perGuest; self.housekeeping = housekeeping; self.warnings = warnings
-    }
 }
 
 public enum CPUPlanner {
