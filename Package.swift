@@ -116,7 +116,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .testTarget(name: "ClassAdTests", dependencies: ["ClassAd"]),
+        .testTarget(name: "ClassAdTests", dependencies: ["ClassAd", "Support"]),
         .testTarget(name: "CatalogTests", dependencies: ["Catalog", "ClassAd", "Sizes", "Support"]),
         .testTarget(name: "ImageBuilderTests", dependencies: ["ImageBuilder", "Runner"]),
         .testTarget(name: "RunnerTests", dependencies: ["Runner", .product(name: "Crypto", package: "swift-crypto")]),
@@ -125,10 +125,11 @@ let package = Package(
         .testTarget(
             name: "BroadcastTests",
             dependencies: [
-                "Broadcast", "CSHA256", .product(name: "Crypto", package: "swift-crypto"), .product(name: "NIOPosix", package: "swift-nio"),
+                "Broadcast", "CSHA256", "Support", .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "Runner"], exclude: ["Guests"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "Runner", "Support"], exclude: ["Guests"]),
         .testTarget(name: "NetworkTests", dependencies: ["Network"]),
         .testTarget(
             name: "NodeTests",

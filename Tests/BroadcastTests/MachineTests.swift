@@ -4,6 +4,7 @@
 // one.
 
 import Testing
+import Support
 @testable import Broadcast
 
 final class Network {
@@ -77,7 +78,7 @@ final class Network {
         var order = machines[r].neighbors.sorted()
         if var seed = orderSeed {
             seed &+= UInt64(seq)
-            var g = SplitMix(state: seed)
+            var g = SeededRandom(seed: seed)
             order.shuffle(using: &g)
         }
         return order
@@ -109,17 +110,6 @@ final class Network {
                 failed[r] = why
             }
         }
-    }
-}
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -1,20 +1,10 @@
 import Foundation
 import Testing
+import Support
 @testable import ClassAd
 
 /// Whatever the input, the parser and evaluator return (a value or a ParseError): no crash, no hang.
 @Suite struct Fuzz {
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E3779B97F4A7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-            z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static let alphabet = Array("abcxyzMYTARGET0123456789.eE+-*/%<>=!?:&|^~()[]{},; \"'\\\n\t_".utf8)
     static let tokens = [
         "1", "2.5", "\"s\"", "x", "MY.x", "TARGET.y", "true", "undefined", "error", "{", "}", "[", "]", "(", ")",
@@ -41,7 +31,7 @@ import Testing
     }
 
     @Test func randomBytes() {
-        var rng = SplitMix(state: 42)
+        var rng = SeededRandom(seed: 42)
         for _ in 0..<20_000 {
             let n = Int.random(in: 0..<60, using: &rng)
             var bytes: [UInt8] = []
@@ -53,7 +43,7 @@ import Testing
     }
 
     @Test func randomTokenSoup() {
-        var rng = SplitMix(state: 7)
+        var rng = SeededRandom(seed: 7)
         for _ in 0..<20_000 {
             let n = Int.random(in: 1..<25, using: &rng)
             let text = (0..<n).map { _ in Fuzz.tokens.randomElement(using: &rng)! }.joined(separator: Bool.random(using: &rng) ? " " : "")

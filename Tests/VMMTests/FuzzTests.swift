@@ -4,18 +4,8 @@
 
 import Foundation
 import Testing
+import Support
 @testable import VMM
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
 
 @Suite struct FuzzTests {
     /// A valid one-segment ELF64 for x86-64 loading at 16 MiB.
@@ -41,7 +31,7 @@ struct SplitMix: RandomNumberGenerator {
 
     @Test func mutatedKernelImagesLoadInBoundsOrAreRefused() throws {
         let memory = try GuestMemory(size: 32 << 20, hugetlb: false)
-        var rng = SplitMix(state: 1)
+        var rng = SeededRandom(seed: 1)
         #expect(throws: Never.self) { try KernelLoader.load(Self.elf(), into: memory) }
         #expect(throws: Never.self) { try KernelLoader.load(Self.bzImage(), into: memory) }
         var loaded = 0, refused = 0
@@ -65,7 +55,7 @@ struct SplitMix: RandomNumberGenerator {
     /// never returns more bits than its width, an unclaimed port reads as all ones, the i8042 resets
     /// exactly on 0xfe written to its command port, and the exit port fires exactly on 32-bit writes to it.
     @Test func devicesTakeAnySequenceOfPortAccesses() throws {
-        var rng = SplitMix(state: 7)
+        var rng = SeededRandom(seed: 7)
         let bus = PortBus()
         let resets = Counter(), exits = Counter()
         try bus.attach(Serial(output: { _ in }, interrupt: {}), base: 0x3f8, count: 8)
@@ -196,7 +186,7 @@ final class Counter: @unchecked Sendable {
         let transports = [console as VirtioDevice, block].map {
             VirtioTransport($0, memory: m, ioBase: 0, irq: 10, line: { _, _ in }, fault: { _ in faults.add() })
         }
-        var rng = SplitMix(state: 11)
+        var rng = SeededRandom(seed: 11)
         func addr() -> UInt64 {
             switch Int.random(in: 0..<10, using: &rng) {
             case 0: return UInt64.random(in: 0...UInt64.max, using: &rng)
@@ -282,7 +272,7 @@ final class Counter: @unchecked Sendable {
         bus.write(0xcfc, size: 4, value: UInt32(PCIBus.ioWindow) + 0x800)
         #expect(bus.read(PCIBus.ioWindow + 0x800, size: 4) == VirtioConsole().features)
         #expect(bus.read(base, size: 4) == 0xffff_ffff)
-        var rng = SplitMix(state: 5)
+        var rng = SeededRandom(seed: 5)
         for _ in 0..<100_000 {
             let port =
                 [UInt16(0xcf8), 0xcfc, PCIBus.ioWindow, PCIBus.ioWindow + 0x800][Int.random(in: 0..<4, using: &rng)]
