@@ -206,7 +206,14 @@ typedef struct session {
     int out, err, in; /* our ends of the command's pipes; -1 once closed */
     uint8_t *inbuf;
     size_t inlen, incap;
-    int in_eof; /* the host ended stdin: close once the buffer drains */
+    int in_eof;        /* the host ended stdin: close once the buffer drains */
+    int relay;         /* our end of the command's relay socket (descriptor 3 in the command), or -1 */
+    uint8_t *relaybuf; /* RELAY bytes the command has not read yet */
+    size_t relaylen, relaycap;
+    int relay_eof;    /* the host ended the relay: shut our side once the buffer drains */
+    int pmi;          /* the relay is a PMI-1 channel: see pmi_filter */
+    uint8_t *pmiline; /* the command's PMI message being assembled */
+    size_t pmilen, pmicap;
     int reaped, status;
     struct session *next;
 } session;
@@ -246,12 +253,15 @@ static void finish(session *s)
     close_fd(&s->in);
     close_fd(&s->out);
     close_fd(&s->err);
+    close_fd(&s->relay);
     for (session **pp = &sessions; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
             break;
         }
     free(s->inbuf);
+    free(s->relaybuf);
+    free(s->pmiline);
     free(s);
 }
 
@@ -300,8 +310,33 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
     for (uint32_t i = 0; argv && i < argc && !r.bad; i++) argv[i] = r_str(&r);
     uint32_t envc = r_u32(&r);
     if (envc > 65536) r.bad = 1;
-    char **envp = r.bad ? NULL : calloc(envc + 1, sizeof *envp);
+    char **envp = r.bad ? NULL : calloc(envc + 2, sizeof *envp); /* + the relay's variable */
     for (uint32_t i = 0; envp && i < envc && !r.bad; i++) envp[i] = r_str(&r);
+    /* Optional, so hosts that predate relays still talk to this agent. */
+    char *relay_env = !r.bad && r.off < r.len ? r_str(&r) : NULL;
+    if (relay_env && (!relay_env[0] || strchr(relay_env, '='))) {
+        if (relay_env[0]) r.bad = 1; /* a variable name cannot hold '=' */
+        free(relay_env);
+        relay_env = NULL;
+    }
+    if (relay_env && envp && !r.bad) {
+        /* The command finds its end of the relay through this variable: drop the host's value of it. */
+        size_t k = strlen(relay_env), j = 0;
+        for (uint32_t i = 0; i < envc; i++) {
+            if (!strncmp(envp[i], relay_env, k) && envp[i][k] == '=')
+                free(envp[i]);
+            else
+                envp[j++] = envp[i];
+        }
+        char *v = malloc(k + 8);
+        if (v) snprintf(v, k + 8, "%s=%d", relay_env, SVA_RELAY_FD);
+        envp[j++] = v;
+        envp[j] = NULL;
+        if (!v) r.bad = 1;
+    }
+    int want_relay = relay_env != NULL;
+    int want_pmi = relay_env && !strcmp(relay_env, "PMI_FD");
+    free(relay_env);
     if (r.bad || !argv || !envp) {
         send_error(id, "malformed or oversized EXEC request");
         uint8_t q[8] = {SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0};
@@ -311,9 +346,10 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
         free_strv(envp);
         return;
     }
-    int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1};
+    int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1}, prel[2] = {-1, -1};
     session *s = calloc(1, sizeof *s);
-    if (!s || pipe2(pin, O_CLOEXEC) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)) {
+    if (!s || pipe2(pin, O_CLOEXEC) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC) ||
+        (want_relay && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, prel))) {
         send_error(id, "cannot start %s: %s", argv[0], strerror(errno));
         uint8_t q[8] = {SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0};
         send_frame(SVA_EXIT, id, q, 8);
@@ -322,6 +358,7 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
             if (pin[i] >= 0) close(pin[i]);
             if (pout[i] >= 0) close(pout[i]);
             if (perr[i] >= 0) close(perr[i]);
+            if (prel[i] >= 0) close(prel[i]);
         }
         free(cwd);
         free_strv(argv);
@@ -339,6 +376,11 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
         dup2(pin[0], 0);
         dup2(pout[1], 1);
         dup2(perr[1], 2);
+        /* dup2 clears close-on-exec on the copy; a descriptor already numbered 3 needs it cleared. */
+        if (prel[1] == SVA_RELAY_FD)
+            fcntl(SVA_RELAY_FD, F_SETFD, 0);
+        else if (prel[1] >= 0)
+            dup2(prel[1], SVA_RELAY_FD);
         if (ng > 0 || getuid() == 0) {
             if (setgroups(ng, groups) != 0 && getuid() == 0) child_fail("setgroups", errno);
         }
@@ -360,10 +402,12 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
     close(pin[0]);
     close(pout[1]);
     close(perr[1]);
+    if (prel[1] >= 0) close(prel[1]);
     if (pid < 0) {
         close(pin[1]);
         close(pout[0]);
         close(perr[0]);
+        if (prel[0] >= 0) close(prel[0]);
         send_error(id, "cannot fork: %s", strerror(fork_err));
         uint8_t q[8] = {SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0};
         send_frame(SVA_EXIT, id, q, 8);
@@ -378,7 +422,10 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
     s->in = pin[1];
     s->out = pout[0];
     s->err = perr[0];
+    s->relay = prel[0];
+    s->pmi = want_pmi;
     fcntl(s->in, F_SETFL, O_NONBLOCK);
+    if (s->relay >= 0) fcntl(s->relay, F_SETFL, O_NONBLOCK);
     s->next = sessions;
     sessions = s;
     uint8_t q[4] = {pid, pid >> 8, pid >> 16, pid >> 24};
@@ -445,6 +492,61 @@ static void on_stdin(session *s, const uint8_t *p, size_t len)
     memcpy(s->inbuf + s->inlen, p, len);
     s->inlen += len;
     flush_stdin(s);
+}
+
+/* Our end of the relay is shut for both directions once either side is done with it. */
+static void end_relay(session *s, int tell_host)
+{
+    if (s->relay < 0) return;
+    close_fd(&s->relay);
+    s->relaylen = 0;
+    if (tell_host) send_frame(SVA_RELAY_OUT, s->id, NULL, 0);
+}
+
+static void flush_relay(session *s)
+{
+    while (s->relay >= 0 && s->relaylen > 0) {
+        ssize_t w = send(s->relay, s->relaybuf, s->relaylen, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return;
+            end_relay(s, 1); /* the command closed its end */
+            return;
+        }
+        memmove(s->relaybuf, s->relaybuf + w, s->relaylen - (size_t)w);
+        s->relaylen -= (size_t)w;
+    }
+    if (s->relay >= 0 && s->relay_eof && s->relaylen == 0) shutdown(s->relay, SHUT_WR);
+}
+
+static void on_relay(session *s, const uint8_t *p, size_t len)
+{
+    if (s->relay < 0) return;
+    if (len == 0) {
+        s->relay_eof = 1;
+        flush_relay(s);
+        return;
+    }
+    if (s->relaylen + len > SVA_RELAY_BUFFER) {
+        send_error(s->id, "the command left %u bytes of its relay unread; relay closed", SVA_RELAY_BUFFER);
+        end_relay(s, 1);
+        return;
+    }
+    if (s->relaylen + len > s->relaycap) {
+        size_t cap = s->relaycap ? s->relaycap : 16384;
+        while (cap < s->relaylen + len) cap *= 2;
+        uint8_t *nb = realloc(s->relaybuf, cap);
+        if (!nb) {
+            send_error(s->id, "out of memory buffering the relay; relay closed");
+            end_relay(s, 1);
+            return;
+        }
+        s->relaybuf = nb;
+        s->relaycap = cap;
+    }
+    memcpy(s->relaybuf + s->relaylen, p, len);
+    s->relaylen += len;
+    flush_relay(s);
 }
 
 static void kill_all(int sig)
@@ -712,6 +814,9 @@ static void handle(uint8_t type, uint32_t id, const uint8_t *p, size_t len)
     case SVA_STDIN:
         if ((s = find(id))) on_stdin(s, p, len);
         break;
+    case SVA_RELAY:
+        if ((s = find(id))) on_relay(s, p, len);
+        break;
     case SVA_SIGNAL: {
         rd_t r = {p, len, 0, 0};
         uint32_t sig = r_u32(&r);
@@ -782,6 +887,92 @@ static void pump_output(session *s, int *fd, uint8_t type)
     close_fd(fd);
 }
 
+/* Slurm's PMI_process_mapping says which ranks share a Slurm node, but ranks of one node may sit in
+ * different guests, which share no memory: MPICH would attach to another guest's shared memory and
+ * fail. So the agent answers that one PMI-1 question itself, "not known", and MPICH falls back to
+ * comparing hostnames, which is exact per guest. Everything else passes unchanged, in whole
+ * messages (PMI-1 messages are lines of key=value words). What does not look like PMI-1 (a PMI-2
+ * length prefix, a line beyond 64 KiB) turns the filter off for the rest of the session. */
+#define PMI_LINE_MAX 65536
+
+static int pmi_word(const uint8_t *m, size_t n, const char *word)
+{
+    size_t k = strlen(word);
+    for (size_t i = 0; i + k <= n; i++)
+        if ((i == 0 || m[i - 1] == ' ') && !memcmp(m + i, word, k) &&
+            (i + k == n || m[i + k] == ' ' || m[i + k] == '\n'))
+            return 1;
+    return 0;
+}
+
+static void pmi_message(session *s, const uint8_t *m, size_t n)
+{
+    if (pmi_word(m, n, "cmd=get") && pmi_word(m, n, "key=PMI_process_mapping")) {
+        static const char answer[] = "cmd=get_result rc=-1 msg=PMI_process_mapping_is_per_node_not_per_guest\n";
+        on_relay(s, (const uint8_t *)answer, sizeof answer - 1);
+        return;
+    }
+    send_frame(SVA_RELAY_OUT, s->id, m, n);
+}
+
+static void pmi_filter(session *s, const uint8_t *p, size_t n)
+{
+    if (s->pmilen + n > s->pmicap) {
+        size_t cap = s->pmicap ? s->pmicap : 4096;
+        while (cap < s->pmilen + n) cap *= 2;
+        uint8_t *nb = realloc(s->pmiline, cap);
+        if (!nb) {
+            s->pmi = 0; /* pass through what we have: the command's own PMI client reports trouble */
+            send_frame(SVA_RELAY_OUT, s->id, s->pmiline, s->pmilen);
+            send_frame(SVA_RELAY_OUT, s->id, p, n);
+            s->pmilen = 0;
+            return;
+        }
+        s->pmiline = nb;
+        s->pmicap = cap;
+    }
+    memcpy(s->pmiline + s->pmilen, p, n);
+    s->pmilen += n;
+    size_t off = 0;
+    while (off < s->pmilen) {
+        const uint8_t *m = s->pmiline + off;
+        size_t left = s->pmilen - off;
+        if (left >= 4 && memcmp(m, "cmd=", 4) != 0) {
+            s->pmi = 0;
+            break;
+        }
+        const uint8_t *nl = memchr(m, '\n', left);
+        if (!nl) {
+            if (left > PMI_LINE_MAX) s->pmi = 0;
+            break;
+        }
+        pmi_message(s, m, (size_t)(nl - m) + 1);
+        if (s->relay < 0) return; /* answering ended the relay */
+        off += (size_t)(nl - m) + 1;
+    }
+    if (!s->pmi && off < s->pmilen) {
+        send_frame(SVA_RELAY_OUT, s->id, s->pmiline + off, s->pmilen - off);
+        off = s->pmilen;
+    }
+    memmove(s->pmiline, s->pmiline + off, s->pmilen - off);
+    s->pmilen -= off;
+}
+
+static void pump_relay(session *s)
+{
+    static uint8_t buf[65536];
+    ssize_t n = read(s->relay, buf, sizeof buf);
+    if (n > 0) {
+        if (s->pmi)
+            pmi_filter(s, buf, (size_t)n);
+        else
+            send_frame(SVA_RELAY_OUT, s->id, buf, (size_t)n);
+        return;
+    }
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    end_relay(s, 1);
+}
+
 static void reap(void)
 {
     int st;
@@ -829,9 +1020,9 @@ int main(int argc, char **argv)
     if (chan >= 0) send_ready(0);
 
     for (;;) {
-        struct pollfd pf[1 + 3 * 512];
-        session *owner[1 + 3 * 512];
-        int kind[1 + 3 * 512];
+        struct pollfd pf[1 + 4 * 512];
+        session *owner[1 + 4 * 512];
+        int kind[1 + 4 * 512];
         int n = 0;
         pf[n].fd = sfd;
         pf[n].events = POLLIN;
@@ -845,7 +1036,7 @@ int main(int argc, char **argv)
             owner[n] = NULL;
             kind[n++] = 0;
         }
-        for (session *s = sessions; s && n < (int)(sizeof pf / sizeof pf[0]) - 3; s = s->next) {
+        for (session *s = sessions; s && n < (int)(sizeof pf / sizeof pf[0]) - 4; s = s->next) {
             if (s->out >= 0) {
                 pf[n].fd = s->out;
                 pf[n].events = POLLIN;
@@ -863,6 +1054,12 @@ int main(int argc, char **argv)
                 pf[n].events = POLLOUT;
                 owner[n] = s;
                 kind[n++] = 3;
+            }
+            if (s->relay >= 0) {
+                pf[n].fd = s->relay;
+                pf[n].events = (short)(POLLIN | (s->relaylen > 0 ? POLLOUT : 0));
+                owner[n] = s;
+                kind[n++] = 4;
             }
         }
         /* While the host is away, look for it coming back every 100 ms. */
@@ -896,6 +1093,10 @@ int main(int argc, char **argv)
                 pump_output(s, &s->err, SVA_STDERR);
             else if (kind[i] == 3 && s->in == pf[i].fd)
                 flush_stdin(s);
+            else if (kind[i] == 4 && s->relay == pf[i].fd) {
+                if (pf[i].revents & POLLOUT) flush_relay(s);
+                if (s->relay == pf[i].fd && (pf[i].revents & (POLLIN | POLLHUP | POLLERR))) pump_relay(s);
+            }
         }
         for (session *s = sessions, *next; s; s = next) {
             next = s->next;

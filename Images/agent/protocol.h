@@ -14,8 +14,16 @@
  *   STDIN    bytes (empty: end of input)             STDOUT    bytes
  *   SIGNAL   u32 signal number                       STDERR    bytes
  *   SHUTDOWN u32 0 power off, 1 reboot               EXIT      i32 exit code (-1 if signalled), i32 signal
- *                                                    STDIN_ACK u32 bytes written to the command
+ *   RELAY    bytes (empty: end of stream)            STDIN_ACK u32 bytes written to the command
  *                                                    ERROR     str message (then EXIT, for a session)
+ *                                                    RELAY_OUT bytes (empty: the command closed it)
+ * EXEC may end with `str relay_env` (absent or empty: no relay). Then the command gets one end of a
+ * stream socket as descriptor 3 and relay_env=3 in its environment; what it writes there reaches the
+ * host as RELAY_OUT, RELAY payloads are written to it. This carries a task's PMI channel (PMI_FD)
+ * between slurmstepd and an MPI rank in the guest; for PMI_FD the agent answers the one PMI-1 query
+ * whose answer is wrong inside a guest (PMI_process_mapping, see agent.c). The agent buffers at most
+ * SVA_RELAY_BUFFER bytes of RELAY the command has not read; beyond that the relay is closed with an
+ * ERROR. The host keeps its end open until the task ends, whatever the guest does.
  * Flow control: the host keeps at most SVA_STDIN_WINDOW unacknowledged stdin bytes per session. Output
  * needs none: the host reads the channel continuously, and a full channel blocks the agent's write.
  */
@@ -26,7 +34,9 @@
 #define SVA_HEADER       12u
 #define SVA_MAX_PAYLOAD  (1u << 20)
 #define SVA_STDIN_WINDOW (256u << 10)
-#define SVA_VERSION      "1"
+#define SVA_RELAY_BUFFER (4u << 20)
+#define SVA_RELAY_FD     3
+#define SVA_VERSION      "2"
 
 enum sva_type {
     SVA_HELLO = 0x01,
@@ -34,6 +44,7 @@ enum sva_type {
     SVA_STDIN = 0x03,
     SVA_SIGNAL = 0x04,
     SVA_SHUTDOWN = 0x05,
+    SVA_RELAY = 0x06,
     SVA_READY = 0x81,
     SVA_STARTED = 0x82,
     SVA_STDOUT = 0x83,
@@ -41,6 +52,7 @@ enum sva_type {
     SVA_EXIT = 0x85,
     SVA_STDIN_ACK = 0x86,
     SVA_ERROR = 0x87,
+    SVA_RELAY_OUT = 0x88,
 };
 
 /* Exit codes of a command that could not be started, as a shell reports them. */

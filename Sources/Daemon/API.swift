@@ -134,18 +134,24 @@ public final class API: @unchecked Sendable {
         let fds = c.takeFDs()
         var owned = fds  // closed on the way out; stdin passes to the task once it runs
         defer { for f in owned { close(f) } }
-        guard fds.count == 3 else { try c.send(Reply.failure("exec needs stdin, stdout and stderr attached (got \(fds.count) descriptors)")); return }
+        guard fds.count == 3 || fds.count == 4 else {
+            try c.send(
+                Reply.failure("exec needs stdin, stdout and stderr attached, and the task's PMI channel if it has one (got \(fds.count) descriptors)")
+            )
+            return
+        }
+        let pmi = fds.count == 4 ? fds[3] : nil
         let out = fds[1], err = fds[2]
         let req = ExecRequest(argv: e.argv, env: e.env, cwd: e.cwd)
         let started: (command: AgentConnection.Command, guest: String)
         do {
             started = try node.startTask(
-                job: e.job, caller: peer.uid, localID: e.localid, exec: req, stdin: fds[0],
+                job: e.job, caller: peer.uid, localID: e.localid, exec: req, stdin: fds[0], pmi: pmi,
                 stdout: { Self.writeAll(out, $0) }, stderr: { Self.writeAll(err, $0) })
         } catch {
             try c.send(Reply.failure("\(error)")); return
         }
-        owned.removeAll { $0 == fds[0] }
+        owned.removeAll { $0 == fds[0] || $0 == pmi }
         var ok = Reply()
         ok.guest = started.guest
         try c.send(ok)

@@ -264,9 +264,10 @@ public final class NodeManager: @unchecked Sendable {
 
     /// Starts a task of `job` in one of its guests. `caller` is the connecting process's uid: only
     /// the job's owner (or root) may run in its guests. Once the task has started, `stdin` belongs to
-    /// it (closed when its input ends); the caller keeps it if this throws.
+    /// it (closed when its input ends) and so does `pmi`, the task's PMI channel (slurmstepd's PMI_FD),
+    /// carried to the command as its own PMI_FD; the caller keeps both if this throws.
     public func startTask(
-        job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, stdin: Int32?,
+        job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, stdin: Int32?, pmi: Int32? = nil,
         stdout: @escaping @Sendable ([UInt8]) -> Void, stderr: @escaping @Sendable ([UInt8]) -> Void
     )
         throws -> (command: AgentConnection.Command, guest: String)
@@ -301,7 +302,8 @@ public final class NodeManager: @unchecked Sendable {
         req.env.append("SLURM_VM_GUEST=\(job.guests[i].spec.hostname)")
         // For users who start MPI themselves: every guest of the job, as /etc/slurm-vm/hostfile has them.
         if job.state.networkGuests != nil { req.env.append("SLURM_VM_HOSTS=" + job.state.networkHosts.joined(separator: ",")) }
-        let cmd = try job.agents[i].start(req, stdin: stdin, ownsStdin: true, stdout: stdout, stderr: stderr)
+        if pmi != nil { req.relayVariable = "PMI_FD" }
+        let cmd = try job.agents[i].start(req, stdin: stdin, ownsStdin: true, relay: pmi, stdout: stdout, stderr: stderr)
         return (cmd, job.guests[i].spec.id)
     }
 

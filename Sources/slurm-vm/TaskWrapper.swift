@@ -3,6 +3,9 @@
 // apply to the process that runs. The wrapper hands its stdin/stdout/stderr to the node's slurm-vmd
 // (SCM_RIGHTS), which runs the task in one of the job's guests with the task's environment and
 // working directory; signals (scancel, the time limit) are forwarded; the exit status is the task's.
+// With `srun --mpi=pmi2` the task's PMI channel (PMI_FD, a socket to slurmstepd's PMI server) goes
+// along and is carried into the guest as the command's own PMI_FD, so MPI ranks in guests wire up
+// through Slurm. PMIx cannot be carried that way and is refused before anything starts.
 
 import Daemon
 import Foundation
@@ -24,6 +27,16 @@ enum TaskWrapper {
         exit(1)
     }
 
+    /// Why the task's MPI plugin cannot reach into a guest, or nil. Slurm's PMIx server listens on a
+    /// Unix socket in slurmstepd's temporary directory on the host; a guest has no way to it, and a
+    /// relay of that socket would need a PMIx-aware proxy in the agent.
+    static func refusedMPI(_ env: [String: String]) -> String? {
+        let type = env["SLURM_MPI_TYPE"] ?? ""
+        guard type.hasPrefix("pmix") || env.keys.contains(where: { $0.hasPrefix("PMIX_") }) else { return nil }
+        return
+            "srun --mpi=\(type.isEmpty ? "pmix" : type) cannot reach into slurm-vm guests: PMIx clients connect to slurmstepd's PMIx socket on the host, which a guest cannot open. Use srun --mpi=pmi2 with MPICH (the mpich image), or start MPI yourself with mpiexec -f /etc/slurm-vm/hostfile."
+    }
+
     static func main() -> Never {
         SignalRelay.block()
         let env = ProcessInfo.processInfo.environment
@@ -35,18 +48,21 @@ enum TaskWrapper {
         let args = [argv0] + CommandLine.arguments.dropFirst()
         let taskEnv = env.filter { k, _ in !hostOnly.contains { p in p.hasSuffix("_") || p.hasSuffix("=") ? (k + "=").hasPrefix(p) : k == p } }
             .map { "\($0.key)=\($0.value)" }.sorted()
+        if let why = refusedMPI(env) { fail(why) }
+        let pmi = env["PMI_FD"].flatMap(Int32.init).flatMap { fcntl($0, F_GETFD) >= 0 && $0 > 2 ? $0 : nil }
         let cwd = FileManager.default.currentDirectoryPath
         let conn: LineConnection
         do { conn = try LineConnection.connect(socket) } catch { fail("\(error)") }
         do {
             let call = ExecCall(job: job, argv: args, env: taskEnv, cwd: cwd, localid: Int(env["SLURM_LOCALID"] ?? "0") ?? 0)
-            try conn.send(Call.exec(call), fds: [0, 1, 2])
+            try conn.send(Call.exec(call), fds: [0, 1, 2] + (pmi.map { [$0] } ?? []))
             guard let first = try conn.read(Reply.self) else { fail("slurm-vmd closed the connection") }
             guard first.ok else { fail(first.error ?? "slurm-vmd refused to run the task") }
         } catch { fail("\(error)") }
         // Our own copies of the task's descriptors are no longer needed: the daemon holds them. Keeping
         // stdin open would steal input from the guest; stdout stays valid for our own last words.
         close(0)
+        // The PMI descriptor stays open until we exit: slurmstepd must not see its end before the task's.
         SignalRelay.start(conn)
         let end: ExecEnd?
         do { end = try conn.read(ExecEnd.self) } catch { fail("lost slurm-vmd while the task ran: \(error)") }

@@ -17,7 +17,7 @@ struct Guests {
         @Test func buildIsReproducibleSmallAndDescribed() throws {
             let again = Harness.run(["image", "build", Harness.repo + "/Images/minimal.toml", "--version", "repro", "--json"])
             #expect(again.code == 0, "\(again.err)")
-            let show = Harness.run(["image", "show", "minimal:1.2", "--json"])
+            let show = Harness.run(["image", "show", "minimal:1.3", "--json"])
             let a = try JSONSerialization.jsonObject(with: Data(show.out.utf8)) as! [String: Any]
             let b = try JSONSerialization.jsonObject(with: Data(again.out.utf8)) as! [String: Any]
             #expect(a["digest"] as? String == b["digest"] as? String, "same recipe, same packages: same bytes")
@@ -96,7 +96,7 @@ struct Guests {
             #expect(exec.code == 0 && exec.out == "2\n", "\(exec.err)")
             #expect(Harness.run(["vm", "exec", id, "--", "sh", "-c", "exit 5"]).code == 5)
             // An image in use cannot be removed.
-            let rm = Harness.run(["image", "rm", "minimal:1.2"])
+            let rm = Harness.run(["image", "rm", "minimal:1.3"])
             #expect(rm.code == 1 && rm.err.contains("in use by \(id)"), "\(rm.err)")
             #expect(Harness.run(["vm", "stop", id]).code == 0)
             Harness.expectClean()
@@ -174,7 +174,7 @@ struct Guests {
 
         @Test func rawModeCopiesTheConsoleAndEndsWithTheGuest() throws {
             let rec =
-                try JSONSerialization.jsonObject(with: Data(Harness.run(["image", "show", "minimal:1.2", "--json"]).out.utf8)) as! [String: Any]
+                try JSONSerialization.jsonObject(with: Data(Harness.run(["image", "show", "minimal:1.3", "--json"]).out.utf8)) as! [String: Any]
             func blob(_ role: String) -> String {
                 let d = (rec["artefacts"] as! [[String: Any]]).first { $0["role"] as? String == role }!["digest"] as! String
                 return Harness.catalog + "/blobs/sha256/" + d.dropFirst(7)
@@ -227,7 +227,7 @@ struct Guests {
             let (st, out) = Harness.sh(cmd)
             #expect(st == 0, "\(out)")
             let mine =
-                try JSONSerialization.jsonObject(with: Data(Harness.run(["image", "show", "minimal:1.2", "--json"]).out.utf8)) as! [String: Any]
+                try JSONSerialization.jsonObject(with: Data(Harness.run(["image", "show", "minimal:1.3", "--json"]).out.utf8)) as! [String: Any]
             #expect(out.contains(mine["digest"] as! String), "an unprivileged build gives the same image: \(out)")
         }
 
@@ -246,12 +246,12 @@ struct Guests {
                 #expect(r.err.contains(bad[0]), "\(bad): \(r.err)")
             }
             // An admin restricts the image to another account: this user no longer matches, with the reason.
-            #expect(Harness.run(["image", "set", "minimal:1.2", "Requirements=TARGET.Account == \"physics\""]).code == 0)
+            #expect(Harness.run(["image", "set", "minimal:1.3", "Requirements=TARGET.Account == \"physics\""]).code == 0)
             let denied = Harness.run(["match", "--vm-image", "minimal", "--account", "chemistry"])
             #expect(denied.code == 1 && denied.out.contains("TARGET.Account == \"physics\""), "\(denied.out)")
             #expect(Harness.run(["match", "--vm-image", "minimal", "--account", "physics"]).code == 0)
-            #expect(Harness.run(["image", "set", "minimal:1.2", "--unset", "Requirements"]).code == 0)
-            #expect(Harness.run(["image", "set", "minimal:1.2", "Requirements=TARGET.Owner =="]).code == 2)
+            #expect(Harness.run(["image", "set", "minimal:1.3", "--unset", "Requirements"]).code == 0)
+            #expect(Harness.run(["image", "set", "minimal:1.3", "Requirements=TARGET.Owner =="]).code == 2)
         }
     }
 
@@ -269,13 +269,13 @@ struct Guests {
         }
 
         @Test func eachMistakeGetsAClearMessageAndLeavesNothingRunning() {
-            expectFailure(["vm", "run", "--image", "nope", "--", "true"], says: "no image 'nope' in the catalog; known images: minimal:1.2")
+            expectFailure(["vm", "run", "--image", "nope", "--", "true"], says: "no image 'nope' in the catalog; known images: minimal:1.3")
             expectFailure(
                 ["vm", "run", "--image", "minimal", "--vcpus", "2", "--cpus", "0", "--", "true"], code: 2, says: "need 2 CPUs, but --cpus gives 1")
             expectFailure(
                 ["vm", "run", "--image", "minimal", "--cpus", String(Harness.cpuCount + 3), "--", "true"], code: 2,
                 says: "outside this process's CPU affinity")
-            expectFailure(["vm", "run", "--image", "minimal", "--mem", "64M", "--", "true"], code: 2, says: "below image minimal:1.2's minimum")
+            expectFailure(["vm", "run", "--image", "minimal", "--mem", "64M", "--", "true"], code: 2, says: "below image minimal:1.3's minimum")
             expectFailure(["vm", "run", "--image", "minimal", "--vcpus", "65", "--cpus", "0", "--", "true"], code: 2, says: "MaxVCPUs = 64")
             expectFailure(
                 ["vm", "run", "--image", "minimal", "--", "true"], says: "QEMU (/nonexistent/qemu) is not installed",
@@ -303,7 +303,7 @@ struct Guests {
             let copy = Harness.root + "/corrupt-catalog"
             try? FileManager.default.removeItem(atPath: copy)
             try FileManager.default.copyItem(atPath: Harness.catalog, toPath: copy)
-            let show = Harness.run(["image", "show", "minimal:1.2", "--json"], catalog: copy)
+            let show = Harness.run(["image", "show", "minimal:1.3", "--json"], catalog: copy)
             let rec = try JSONSerialization.jsonObject(with: Data(show.out.utf8)) as! [String: Any]
             let initrd = (rec["artefacts"] as! [[String: Any]]).first { $0["role"] as? String == "initrd" }!["digest"] as! String
             let blob = copy + "/blobs/sha256/" + initrd.dropFirst(7)
@@ -312,7 +312,7 @@ struct Guests {
             h.seek(toFileOffset: 1000); h.write(Data([0x42, 0x42])); try h.close()
             expectFailure(["vm", "run", "--image", "minimal", "--", "true"], says: "no longer matches its digest", catalog: copy)
             let v = Harness.run(["image", "verify"], catalog: copy)
-            #expect(v.code == 1 && v.out.contains("FAILED  minimal:1.2 initrd"))
+            #expect(v.code == 1 && v.out.contains("FAILED  minimal:1.3 initrd"))
         }
 
         @Test func aGuestThatNeverBecomesReadyTimesOutShowingItsConsole() throws {
@@ -322,7 +322,7 @@ struct Guests {
             try Data("int main(void){ for(;;) { extern int pause(void); pause(); } }\n".utf8).write(to: URL(fileURLWithPath: dir + "/init.c"))
             #expect(Harness.sh("cc -static -O1 -o \(dir)/root/init \(dir)/init.c").0 == 0)
             #expect(Harness.sh("cd \(dir)/root && echo init | cpio -o -H newc > ../initrd 2>/dev/null").0 == 0)
-            let show = Harness.run(["image", "show", "minimal:1.2", "--json"])
+            let show = Harness.run(["image", "show", "minimal:1.3", "--json"])
             let rec = try JSONSerialization.jsonObject(with: Data(show.out.utf8)) as! [String: Any]
             let kernel = (rec["artefacts"] as! [[String: Any]]).first { $0["role"] as? String == "kernel" }!["digest"] as! String
             let add = Harness.run([
@@ -352,7 +352,7 @@ struct Guests {
             let lines = r.out.split(separator: "\n")
             #expect(lines.count == 2 && Set(lines).count == 1 && lines[0].hasPrefix("mpich-"), "\(r.out)")
             let m = Harness.run(["match", "--vm-libs", "mpich,fftw3"])
-            #expect(m.code == 0 && m.out.hasPrefix("mpich:1.2"), "\(m.out)")
+            #expect(m.code == 0 && m.out.hasPrefix("mpich:1.3"), "\(m.out)")
             Harness.expectClean()
         }
     }

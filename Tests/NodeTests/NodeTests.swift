@@ -238,7 +238,7 @@ import Testing
 
     @Test func requestsAndRepliesRoundTrip() throws {
         for r in [
-            BlobRequest.get(digest: d), .record(digest: d, label: "minimal:1.2"), .record(digest: d, label: nil),
+            BlobRequest.get(digest: d), .record(digest: d, label: "minimal:1.3"), .record(digest: d, label: nil),
             .broadcast(digest: d, job: "42", jobNodes: 3, node: "node1", address: "10.0.0.1:7000"),
             .broadcast(digest: d, job: "push-x", jobNodes: 1, node: "n", address: nil),
         ] {

@@ -43,10 +43,16 @@ final class LocalAgent: @unchecked Sendable {
         var stderr: String { lock.lock(); defer { lock.unlock() }; return String(decoding: err, as: UTF8.self) }
     }
 
-    func run(_ argv: [String], env: [String] = ["PATH=/usr/bin:/bin"], cwd: String = "/", stdin: Int32? = nil) throws -> (CommandStatus, Collected) {
+    /// Runs a command to its end. `pmi`: a descriptor relayed to the command as its PMI_FD.
+    func run(
+        _ argv: [String], env: [String] = ["PATH=/usr/bin:/bin"], cwd: String = "/", stdin: Int32? = nil, pmi: Int32? = nil
+    ) throws -> (
+        CommandStatus, Collected
+    ) {
         let c = Collected()
+        let req = ExecRequest(argv: argv, env: env, cwd: cwd, uid: getuid(), gid: getgid(), relayVariable: pmi == nil ? nil : "PMI_FD")
         let cmd = try conn.start(
-            ExecRequest(argv: argv, env: env, cwd: cwd, uid: getuid(), gid: getgid()), stdin: stdin,
+            req, stdin: stdin, relay: pmi,
             stdout: { b in
                 c.lock.lock(); c.out += b; c.lock.unlock()
             },
@@ -61,7 +67,7 @@ final class LocalAgent: @unchecked Sendable {
     @Test func handshakeAnswersOurNonce() throws {
         let a = try LocalAgent()
         let info = try a.conn.handshake(timeout: 10)
-        #expect(info.agentVersion == "1")
+        #expect(info.agentVersion == "2")
         #expect(info.cpus >= 1)
         #expect(!info.hostname.isEmpty)
     }
@@ -142,6 +148,99 @@ final class LocalAgent: @unchecked Sendable {
             r.v[i] = c.stdout
         }
         for i in 0..<16 { #expect(r.v[i] == "\(i)\ndone\(i)\n") }
+    }
+
+    /// A task's PMI channel: the command finds its end of the relay through the named variable (the
+    /// host's value replaced), and bytes cross both ways until it exits; then the host end sees EOF.
+    @Test func theRelayCarriesAChannelBothWays() throws {
+        let a = try LocalAgent()
+        _ = try a.conn.handshake(timeout: 10)
+        var sv: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
+        let server = sv[0]
+        // The "PMI server": answers each line with its upper-case copy, twice.
+        let answered = Thread {
+            var seen = [UInt8]()
+            var buf = [UInt8](repeating: 0, count: 4096)
+            var lines = 0
+            while lines < 2 {
+                let n = read(server, &buf, buf.count)
+                if n <= 0 { return }
+                seen += buf[0..<n]
+                while let nl = seen.firstIndex(of: 10) {
+                    let line = String(decoding: seen[..<nl], as: UTF8.self).uppercased() + "\n"
+                    seen.removeSubrange(...nl)
+                    _ = line.withCString { write(server, $0, strlen($0)) }
+                    lines += 1
+                }
+            }
+        }
+        answered.start()
+        let (status, c) = try a.run(
+            [
+                "sh", "-c",
+                "echo \"fd $PMI_FD\" >&2; echo cmd=init >&$PMI_FD; read a <&$PMI_FD; echo barrier >&$PMI_FD; read b <&$PMI_FD; echo \"$a $b\"",
+            ], env: ["PATH=/usr/bin:/bin", "PMI_FD=17"], pmi: sv[1])
+        #expect(status.code == 0, "\(c.stderr)")
+        #expect(c.stdout == "CMD=INIT BARRIER\n")
+        #expect(c.stderr == "fd 3\n")
+        // The host end was closed with the command: the server reads end of file.
+        var pf = pollfd(fd: server, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&pf, 1, 5000) == 1)
+        var byte: UInt8 = 0
+        #expect(read(server, &byte, 1) == 0)
+        close(server)
+    }
+
+    /// Inside a guest Slurm's PMI_process_mapping is wrong (it maps ranks to Slurm nodes, not to
+    /// guests): the agent answers that query itself with "not known", and passes every other message.
+    @Test func thePMIRelayAnswersTheProcessMappingItself() throws {
+        let a = try LocalAgent()
+        _ = try a.conn.handshake(timeout: 10)
+        var sv: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
+        let server = sv[0]
+        final class Seen: @unchecked Sendable { var bytes = [UInt8]() }
+        let seen = Seen()
+        let done = DispatchSemaphore(value: 0)
+        let t = Thread {
+            defer { done.signal() }
+            var buf = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = read(server, &buf, buf.count)
+                if n <= 0 { return }
+                seen.bytes += buf[0..<n]
+                if seen.bytes.contains(10) {
+                    let answer = "cmd=get_result rc=0 value=42\n"
+                    _ = answer.withCString { write(server, $0, strlen($0)) }
+                    seen.bytes += [0]  // answered once
+                }
+            }
+        }
+        t.start()
+        let c = LocalAgent.Collected()
+        var req = ExecRequest(
+            argv: [
+                "sh", "-c",
+                "printf 'cmd=get kvsname=k key=PMI_process_mapping\\n' >&3; read a <&3; printf 'cmd=get kvsname=k key=mine\\n' >&3; read b <&3; echo \"$a\"; echo \"$b\"",
+            ],
+            env: ["PATH=/usr/bin:/bin"], uid: getuid(), gid: getgid())
+        req.relayVariable = "PMI_FD"
+        let cmd = try a.conn.start(
+            req, relay: sv[1],
+            stdout: { b in
+                c.lock.lock(); c.out += b; c.lock.unlock()
+            },
+            stderr: { b in
+                c.lock.lock(); c.err += b; c.lock.unlock()
+            })
+        #expect(try cmd.wait().status.code == 0, "\(c.stderr)")
+        let lines = c.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first?.hasPrefix("cmd=get_result rc=-1 ") == true, "\(c.stdout)")
+        #expect(lines.last == "cmd=get_result rc=0 value=42", "\(c.stdout)")
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        #expect(String(decoding: seen.bytes.filter { $0 != 0 }, as: UTF8.self) == "cmd=get kvsname=k key=mine\n")
+        close(server)
     }
 
     @Test func malformedFramesDoNotKillTheAgent() throws {

@@ -411,3 +411,45 @@ def test_a_job_whose_guests_cannot_be_prepared_fails_its_tasks_not_the_node(clus
     out = open(os.path.join(cluster.work, "nofit.out")).read()
     assert "could not be prepared" in out and "ask Slurm for more cores" in out and "srun-rc=1" in out, out
     cluster.expect_clean(timeout=30)
+
+
+MPI_JOB = """#SBATCH -o mpi.out
+srun --mpi=pmi2 -n4 ./mpi_check > ranks.txt
+# A program that never speaks PMI, under --mpi=pmi2: its channel ends with the task, as on the host.
+srun --mpi=pmi2 -n4 hostname > plain.txt
+echo done
+"""
+
+
+def test_mpi_ranks_in_guests_wire_up_through_srun_pmi2(cluster):
+    """srun --mpi=pmi2 -n4 across 2 nodes x 2 guests: the ranks reach slurmstepd's PMI server through
+    the agent's relay, exchange addresses and connect over the job network; MPI_Allreduce is right."""
+    if not shutil.which("mpicc"):
+        pytest.skip("SKIPPED: mpicc is missing (scripts/deps.sh installs mpich and libmpich-dev)")
+    r = run([VM, "image", "build", os.path.join(REPO, "Images", "mpich.toml")], env=cluster.env, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    run(["mpicc", "-O2", "-o", os.path.join(cluster.work, "mpi_check"), os.path.join(REPO, "Benchmarks", "mpi", "mpi_check.c")], check=True)
+    job = submit(cluster, "-N2 --ntasks-per-node=2 --vm-count=4 --vm-vcpus=1 --vm-libs=mpich", MPI_JOB)
+    wait_until(f"MPI job {job} to end", lambda: state(cluster, job) == "", timeout=300, step=1)
+    out = open(os.path.join(cluster.work, "mpi.out")).read()
+    assert out.rstrip().endswith("done"), out
+    ranks = open(os.path.join(cluster.work, "ranks.txt")).read().splitlines()
+    assert len(ranks) == 4, out + "\n".join(ranks)
+    seen = {}
+    for l in ranks:
+        m = re.fullmatch(r"rank (\d) of 4 on (vm\d-job\d+): allreduce 6 \(correct\)", l)
+        assert m, l
+        seen[int(m.group(1))] = m.group(2)
+    assert sorted(seen) == [0, 1, 2, 3] and len(set(seen.values())) == 4, seen
+    assert sorted(open(os.path.join(cluster.work, "plain.txt")).read().split()) == sorted(seen.values())
+    cluster.expect_clean()
+
+
+def test_pmix_is_refused_with_what_to_use_instead():
+    """Slurm's PMIx server is a socket on the host a guest cannot open: the task wrapper refuses a
+    PMIx task before anything starts (on this host srun itself refuses first: no PMIx library)."""
+    env = dict(os.environ, SLURM_VM_TASK_ARGV0="true", SLURM_VM_NODE_SOCKET="/nonexistent.sock", SLURM_JOB_ID="7",
+               SLURM_MPI_TYPE="pmix_v4", PMIX_NAMESPACE="slurm.pmix.7.0")
+    r = run([VM], env=env)
+    assert r.returncode == 1
+    assert "srun --mpi=pmix_v4 cannot reach into slurm-vm guests" in r.stderr and "--mpi=pmi2" in r.stderr, r.stderr

@@ -20,6 +20,8 @@ public final class AgentConnection: @unchecked Sendable {
     var sessions: [UInt32: Session] = [:]
     var nextSession: UInt32 = 1
     var ready: [UInt64: GuestInfo] = [:]
+    /// The agent's version, from the last handshake: what the protocol may use.
+    var agentVersion: String?
     var failure: String?
     var thread: Thread?
 
@@ -31,7 +33,67 @@ public final class AgentConnection: @unchecked Sendable {
         var unacked = 0
         let onStdout: @Sendable ([UInt8]) -> Void
         let onStderr: @Sendable ([UInt8]) -> Void
-        init(_ o: @escaping @Sendable ([UInt8]) -> Void, _ e: @escaping @Sendable ([UInt8]) -> Void) { onStdout = o; onStderr = e }
+        let relay: Relay?
+        init(_ o: @escaping @Sendable ([UInt8]) -> Void, _ e: @escaping @Sendable ([UInt8]) -> Void, relay: Relay?) {
+            onStdout = o; onStderr = e; self.relay = relay
+        }
+    }
+
+    /// The host end of a command's relay (its PMI channel). The pumping thread closes the descriptor;
+    /// the lock keeps that from happening while the reader thread writes to it, so a reused number is
+    /// never written by mistake. The socket itself is never shut down: slurmstepd's PMI server takes an
+    /// end of file before the task has ended for a protocol error and aborts the step, so the channel
+    /// ends only when the task wrapper, which holds its own copy, exits.
+    final class Relay: @unchecked Sendable {
+        let lock = NSLock()
+        var fd: Int32
+        let wake: (read: Int32, write: Int32)
+        init(_ fd: Int32) {
+            self.fd = fd
+            var p: [Int32] = [-1, -1]
+            _ = pipe(&p)
+            for f in p { _ = fcntl(f, F_SETFD, FD_CLOEXEC); _ = fcntl(f, F_SETFL, O_NONBLOCK) }
+            wake = (p[0], p[1])
+        }
+
+        /// Bytes from the guest. Blocking: the other end (slurmstepd's PMI server) always reads. An
+        /// empty payload (the command closed its end) is not passed on; see above.
+        func write(_ b: [UInt8]) {
+            lock.lock(); defer { lock.unlock() }
+            guard fd >= 0, !b.isEmpty else { return }
+            b.withUnsafeBytes { p in
+                var off = 0
+                while off < p.count {
+                    var n = Glibc.send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL))
+                    if n < 0 && errno == ENOTSOCK { n = Glibc.write(fd, p.baseAddress! + off, p.count - off) }
+                    if n < 0 && errno == EINTR { continue }
+                    if n <= 0 { return }
+                    off += n
+                }
+            }
+        }
+
+        /// Wakes the pumping thread (the command ended): it then closes the descriptor.
+        func end() {
+            var one: UInt8 = 1
+            _ = Glibc.write(wake.write, &one, 1)
+        }
+
+        /// Waits until the descriptor is readable (true) or `end` was called (false).
+        func waitReadable() -> Bool {
+            var pf = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
+            while true {
+                let r = poll(&pf, 2, -1)
+                if r < 0 && errno == EINTR { continue }
+                return r > 0 && pf[1].revents == 0
+            }
+        }
+
+        func close() {
+            lock.lock(); defer { lock.unlock() }
+            if fd >= 0 { Glibc.close(fd); fd = -1 }
+            Glibc.close(wake.read); Glibc.close(wake.write)
+        }
     }
 
     /// Takes ownership of a connected stream descriptor.
@@ -54,6 +116,7 @@ public final class AgentConnection: @unchecked Sendable {
     public func close() {
         cond.lock()
         if failure == nil { failure = "connection closed" }
+        for s in sessions.values { s.relay?.end() }
         cond.broadcast()
         cond.unlock()
         Glibc.shutdown(fd, Int32(SHUT_RDWR))
@@ -74,6 +137,7 @@ public final class AgentConnection: @unchecked Sendable {
                 throw AgentError("the guest agent did not answer within \(Int(timeout)) s")
             }
         }
+        agentVersion = ready[nonce]!.agentVersion
         return ready[nonce]!
     }
 
@@ -103,18 +167,41 @@ public final class AgentConnection: @unchecked Sendable {
     /// `stdin`: a descriptor to copy to the command (until its end), or nil for empty input. With
     /// `ownsStdin` the copying thread closes it when done — the only safe moment, since closing a
     /// descriptor another thread is blocked reading would let a reused number be read by mistake.
+    /// `relay` (with `req.relayVariable` set): a stream descriptor joined to the command's relay
+    /// socket both ways until the command ends; once started, this connection owns and closes it (the
+    /// caller keeps it if this throws).
     public func start(
-        _ req: ExecRequest, stdin: Int32? = nil, ownsStdin: Bool = false,
+        _ req: ExecRequest, stdin: Int32? = nil, ownsStdin: Bool = false, relay: Int32? = nil,
         stdout: @escaping @Sendable ([UInt8]) -> Void,
         stderr: @escaping @Sendable ([UInt8]) -> Void
     ) throws -> Command {
+        let relayEnd = relay.map(Relay.init)
         cond.lock()
         if let f = failure { cond.unlock(); throw AgentError("agent channel is closed: \(f)") }
+        if relayEnd != nil {
+            guard let v = req.relayVariable else {
+                cond.unlock(); throw AgentError("a relay descriptor needs the variable that names it in the guest")
+            }
+            guard let version = agentVersion.flatMap({ Int($0) }), version >= AgentCodec.relayVersion else {
+                cond.unlock()
+                throw AgentError(
+                    "this guest's agent (version \(agentVersion ?? "unknown")) cannot carry the task's \(v) channel: rebuild the image with this slurm-vm (`slurm-vm image build RECIPE`)"
+                )
+            }
+        }
         let id = nextSession
         nextSession &+= 1
-        sessions[id] = Session(stdout, stderr)
+        sessions[id] = Session(stdout, stderr, relay: relayEnd)
         cond.unlock()
         try send(AgentCodec.exec(req, session: id))
+        if let relayEnd {
+            let t = Thread { [self] in
+                self.pumpRelay(relayEnd, session: id)
+                relayEnd.close()
+            }
+            t.name = "agent-relay"
+            t.start()
+        }
         if let stdin {
             let t = Thread { [self] in
                 self.pumpStdin(from: stdin, session: id)
@@ -146,6 +233,21 @@ public final class AgentConnection: @unchecked Sendable {
         }
     }
 
+    /// Copies what the host end of a relay receives to the command's relay socket. Relay traffic (PMI)
+    /// is small and answered, so it needs no window: the agent bounds what it buffers.
+    func pumpRelay(_ relay: Relay, session: UInt32) {
+        var buf = [UInt8](repeating: 0, count: 64 << 10)
+        let fd = relay.fd
+        while relay.waitReadable() {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            cond.lock(); let alive = sessions[session].map { $0.status == nil } ?? false; cond.unlock()
+            guard alive else { return }
+            if n <= 0 { try? send(AgentFrame(.relay, session: session)); return }
+            do { try send(AgentFrame(.relay, session: session, payload: Array(buf[0..<n]))) } catch { return }
+        }
+    }
+
     /// Asks the guest to power off (the VMM notices and exits).
     public func shutdownGuest() { try? send(AgentCodec.shutdown()) }
 
@@ -171,6 +273,7 @@ public final class AgentConnection: @unchecked Sendable {
     func fail(_ why: String) {
         cond.lock()
         if failure == nil { failure = why }
+        for s in sessions.values { s.relay?.end() }
         cond.broadcast()
         cond.unlock()
     }
@@ -192,12 +295,17 @@ public final class AgentConnection: @unchecked Sendable {
         case .stdout, .stderr:
             cond.lock(); let s = sessions[f.session]; cond.unlock()
             if let s { (t == .stdout ? s.onStdout : s.onStderr)(f.payload) }
+        case .relayOut:
+            cond.lock(); let s = sessions[f.session]; cond.unlock()
+            s?.relay?.write(f.payload)
         default:
             cond.lock(); defer { cond.broadcast(); cond.unlock() }
             switch t {
             case .ready: if let info = AgentCodec.ready(f) { ready[info.nonce] = info }
             case .started: sessions[f.session]?.started = true; sessions[f.session]?.pid = AgentCodec.u32(f) ?? 0
-            case .exit: sessions[f.session]?.status = AgentCodec.exit(f) ?? CommandStatus(exitCode: nil, signal: nil)
+            case .exit:
+                sessions[f.session]?.status = AgentCodec.exit(f) ?? CommandStatus(exitCode: nil, signal: nil)
+                sessions[f.session]?.relay?.end()
             case .stdinAck: if let n = AgentCodec.u32(f) { sessions[f.session]?.unacked -= Int(n) }
             case .error: if let m = AgentCodec.string(f) { sessions[f.session]?.errors.append(m) }
             default: break

@@ -4,8 +4,8 @@
 import Foundation
 
 public enum AgentFrameType: UInt8, Sendable {
-    case hello = 0x01, exec = 0x02, stdin = 0x03, signal = 0x04, shutdown = 0x05
-    case ready = 0x81, started = 0x82, stdout = 0x83, stderr = 0x84, exit = 0x85, stdinAck = 0x86, error = 0x87
+    case hello = 0x01, exec = 0x02, stdin = 0x03, signal = 0x04, shutdown = 0x05, relay = 0x06
+    case ready = 0x81, started = 0x82, stdout = 0x83, stderr = 0x84, exit = 0x85, stdinAck = 0x86, error = 0x87, relayOut = 0x88
 }
 
 public struct AgentFrame: Equatable, Sendable {
@@ -89,8 +89,14 @@ public struct ExecRequest: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
     public var groups: [UInt32]
-    public init(argv: [String], env: [String], cwd: String = "/", uid: UInt32 = 0, gid: UInt32 = 0, groups: [UInt32] = []) {
+    /// The command gets a relay socket as descriptor 3, its number in this variable (a task's PMI
+    /// channel: "PMI_FD"); nil for none.
+    public var relayVariable: String?
+    public init(
+        argv: [String], env: [String], cwd: String = "/", uid: UInt32 = 0, gid: UInt32 = 0, groups: [UInt32] = [], relayVariable: String? = nil
+    ) {
         self.argv = argv; self.env = env; self.cwd = cwd; self.uid = uid; self.gid = gid; self.groups = groups
+        self.relayVariable = relayVariable
     }
 }
 
@@ -104,6 +110,9 @@ public struct CommandStatus: Sendable, Equatable, CustomStringConvertible {
 }
 
 public enum AgentCodec {
+    /// The first agent version that carries relays (protocol.h).
+    public static let relayVersion = 2
+
     public static func hello(nonce: UInt64) -> AgentFrame {
         var p = [UInt8](); p.appendLE(nonce); return AgentFrame(.hello, payload: p)
     }
@@ -115,6 +124,7 @@ public enum AgentCodec {
         p.appendString(r.cwd)
         p.appendLE(UInt32(r.argv.count)); for a in r.argv { p.appendString(a) }
         p.appendLE(UInt32(r.env.count)); for e in r.env { p.appendString(e) }
+        if let v = r.relayVariable { p.appendString(v) }  // optional trailing field (agent version 2)
         return AgentFrame(.exec, session: session, payload: p)
     }
 
