@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job: install what is needed, build slurm-vm, slurm-vmd, the SPANK plugin and the minimal
-# guest image from Debian's packages, bring up a real 2-node Slurm cluster on this machine, and submit
-# a VM job whose srun steps run in 4 pinned guests (2 per node); then tear everything down. The last
-# part shows the runner by hand: the same guests booted without Slurm.
+# and MPICH guest images from Debian's packages, bring up a real 2-node Slurm cluster on this machine,
+# and submit a VM job whose srun steps run in 4 pinned guests (2 per node) on one private network, an
+# MPI program among them (srun --mpi=pmi2); then tear everything down. The last part shows the runner
+# by hand: the same guests booted without Slurm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -16,6 +17,8 @@ ncpu=$(nproc)
 
 echo; echo "== Build the minimal image (busybox + agent on Debian's cloud kernel) and list the catalog"
 $bin image build Images/minimal.toml
+echo; echo "== Build the MPI image (MPICH 4 from Debian, same kernel) and an MPI program for it"
+$bin image build Images/mpich.toml
 $bin image list
 
 echo; echo "== What a job asking for busybox on Debian 12 with 2 vCPUs would get (dry run of sbatch --vm-*)"
@@ -27,21 +30,26 @@ scripts/cluster down >/dev/null 2>&1 || true
 eval "$(scripts/cluster up --nodes 2 --catalog "$SLURM_VM_CATALOG")"
 trap 'scripts/cluster down' EXIT
 sinfo
-work=$PWD/out/demo/job; mkdir -p "$work"; cd "$work"
+work=$PWD/out/demo/job; mkdir -p "$work"
+mpicc -O2 -o "$work/mpi_check" Benchmarks/mpi/mpi_check.c
+cd "$work"
 cat > vmjob.sh <<'JOB'
 #!/bin/sh
-#SBATCH -N2 --ntasks-per-node=2 --vm-count=4 --vm-vcpus=1 -o vmjob.out
+#SBATCH -N2 --ntasks-per-node=2 --vm-count=4 --vm-vcpus=1 --vm-libs=mpich -o vmjob.out
 echo "batch script on the host: $(hostname)"
 srun -l sh -c 'echo "in guest $(hostname): kernel $(uname -r), $(nproc) vCPU, cwd $(pwd)"'
 srun -n4 sh -c 'echo "task $SLURM_PROCID was here" > task-$SLURM_PROCID.txt'
 cat task-*.txt
 # The job's private network: every guest reaches every other by name (SLURM_VM_HOSTS lists them).
 srun -n4 sh -c 'for h in $(echo $SLURM_VM_HOSTS | tr , " "); do ping -c1 -W5 $h >/dev/null && r="$r $h"; done; echo "$(hostname) reaches$r"'
+# MPI across the 4 guests: the ranks wire up through Slurm's PMI and talk over the job network.
+srun --mpi=pmi2 -n4 ./mpi_check
 JOB
 echo; echo "== sbatch a VM job: 4 guests, 2 per node, each vCPU on its own core, on one private network; its srun steps run inside"
 cat vmjob.sh
 sbatch -W vmjob.sh
 cat vmjob.out
+[ "$(grep -c 'allreduce 6 (correct)' vmjob.out)" = 4 ] || { echo "demo: the MPI step did not give 4 correct ranks" >&2; exit 1; }
 echo; echo "== A request no image can meet is refused at submission, nothing queued"
 sbatch --vm-libs=openmpi --wrap true || true
 squeue
