@@ -10,21 +10,14 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-BIN = os.environ.get("SLURM_VM_BIN_DIR") or os.path.join(REPO, ".build", "release")
-VM = os.path.join(BIN, "slurm-vm")
+from cluster_bench import BIN, CLUSTER, REPO, VM, sh as run_checked
 
 
 def sh(cmd, env, check=True, **kw):
-    r = subprocess.run(cmd, shell=isinstance(cmd, str), env=env, capture_output=True, text=True, **kw)
-    if check and r.returncode != 0:
-        sys.exit(f"prolog benchmark: {cmd} failed:\n{r.stdout}{r.stderr}")
-    return r
+    return run_checked(cmd, env, check, who="prolog benchmark", **kw)
 
 
 def main():
@@ -39,7 +32,7 @@ def main():
                SLURM_VM_RUNDIR=os.path.join(root, "run"))
     if sh([VM, "image", "show", "minimal"], env, check=False).returncode != 0:
         sh([VM, "image", "build", os.path.join(REPO, "Images", "minimal.toml")], env)
-    sh([os.path.join(REPO, "scripts", "cluster"), "up", "--nodes", str(a.nodes), "--catalog", catalog, "--dir", cdir], env)
+    sh([CLUSTER, "up", "--nodes", str(a.nodes), "--catalog", catalog, "--dir", cdir], env)
     try:
         work = os.path.join(root, "work")
         os.makedirs(work)
@@ -61,7 +54,7 @@ def main():
             if i > 0:
                 baseline.append(time.time() - t0)
     finally:
-        sh([os.path.join(REPO, "scripts", "cluster"), "down", "--dir", cdir], env, check=False)
+        sh([CLUSTER, "down", "--dir", cdir], env, check=False)
     med = statistics.median
     print(f"prolog: request to all agents ready, 2 guests per node, {n} node(s), image cached   "
           f"median {med(prolog):.2f} s  (min {min(prolog):.2f}, max {max(prolog):.2f}, {len(prolog)} jobs)")

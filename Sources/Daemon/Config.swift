@@ -16,6 +16,7 @@
 //   listen = "0.0.0.0:7421"                    # push listener for `slurm-vm image push` (MUNGE-authenticated)
 //   [network]                                  # the jobs' private networks (node role; docs/network.md)
 //   enabled = true  pool = "10.254.0.0/16"  vxlan_port = 4789  underlay_mtu = 1500
+//   outbound = "none"                          # guests reach nothing beyond their job's network
 
 import Foundation
 import Network
@@ -113,6 +114,14 @@ public struct DaemonConfig: Sendable {
                     throw TOMLConfigError("\(path): network.underlay_mtu must be 626 to 65535 (guests get 50 bytes less, and IPv4 needs 576)")
                 }
                 net.underlayMTU = mtu
+            }
+            if let o = try nt.optionalString("outbound"), o != "none" {
+                // Every job's segment reuses the pool, so a per-job gateway needs one routing table
+                // (VRF) per job bridge before NAT can be correct; until then only "none" is offered.
+                throw TOMLConfigError(
+                    o == "nat"
+                        ? "\(path): network.outbound = \"nat\" is not available yet (jobs share the address pool, so NAT needs a routing table per job network); use \"none\", and stage data through the shared working directory"
+                        : "\(path): network.outbound must be \"none\", not \"\(o)\"")
             }
             let enabled = try nt.optionalBool("enabled") ?? true
             try nt.done()

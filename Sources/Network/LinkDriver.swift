@@ -31,6 +31,8 @@ public struct LinkDriver: Sendable {
     /// share is removed again. `tapOwner`: the uid that may open the taps (the VMM's), nil for root only.
     public func attach(_ p: JobNetworkPlan, tapOwner: UInt32? = nil) throws(NetworkError) {
         try withHostLock { () throws(NetworkError) in
+            // The wall first: the job's devices are cut off from the host from the moment they exist.
+            try JobFirewall(namespace: namespace).ensure()
             do {
                 let have = Set(devices())
                 if !have.contains(p.bridge) {

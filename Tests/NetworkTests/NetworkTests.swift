@@ -167,6 +167,11 @@ struct JobNetworkNamespaceTests {
         must("ip", "-n", g7x0, "route", "add", "default", "dev", "eth0")
         #expect(!ping(from: g7x0, "10.78.0.1"))
         #expect(!ping(from: g7x0, "10.78.0.2"))
+        // They did reach node 0's own stack (Linux answers ARP for its addresses on every interface);
+        // the nftables wall every attach installs is what dropped them.
+        let wall = must("ip", "netns", "exec", node(0), "nft", "list", "chain", "inet", JobFirewall.table, "input")
+        let dropped = wall.firstMatch(of: /counter packets (\d+)/).flatMap { Int($0.1) } ?? 0
+        #expect(dropped >= 1, "\(wall)")
         // The bridge has no address of either family: the host is not on the segment.
         let addrs = must("ip", "-n", node(0), "addr", "show", "dev", a[0].bridge)
         #expect(!addrs.contains("inet"), "\(addrs)")

@@ -104,6 +104,10 @@ import Testing
             "\($0)".contains("network.pool") && "\($0)".contains("host bits")
         }
         #expect { try DaemonConfig.load(try write("[catalog]\n[network]\n")) } throws: { "\($0)".contains("add [node]") }
+        #expect(try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\noutbound = \"none\"\n")).node?.network != nil)
+        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\noutbound = \"nat\"\n")) } throws: {
+            "\($0)".contains("not available yet") && "\($0)".contains("use \"none\"")
+        }
         #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\nmtu = 9000\n")) } throws: {
             "\($0)".contains("unknown key")
         }

@@ -89,6 +89,9 @@ class Cluster:
         assert "drain" not in states and "down" not in states, states
         # No job's network is left: bridge, tunnel or tap (svm{b,x,t}<job id in hex>).
         wait_until("the jobs' networks to be removed", lambda: not job_devices(), timeout=timeout)
+        # Nor any firewall rule naming a job: the wall is one table matching job devices by pattern.
+        rules = run(["nft", "list", "ruleset"]).stdout
+        assert not re.search(r"svm[bxt][0-9a-f]", rules), rules
 
 
 def job_devices():
@@ -413,6 +416,36 @@ def test_a_job_whose_guests_cannot_be_prepared_fails_its_tasks_not_the_node(clus
     cluster.expect_clean(timeout=30)
 
 
+
+def restart_vmds(cluster, extra):
+    """Restarts every node's slurm-vmd with `extra` appended to its configuration ("" restores it)."""
+    for n in cluster.nodes():
+        conf = os.path.join(cluster.dir, "etc", f"slurm-vmd-{n}.toml")
+        base = open(conf).read().split("\n# test:\n")[0]
+        with open(conf, "w") as f:
+            f.write(base + ("\n# test:\n" + extra if extra else ""))
+        pid = int(open(os.path.join(cluster.dir, "run", f"slurm-vmd-{n}.pid")).read())
+        os.kill(pid, 15)
+        wait_until(f"{n}'s slurm-vmd to stop", lambda: not os.path.exists(f"/proc/{pid}"), timeout=30)
+        cluster.cluster("start-vmd", "--node", n, "--dir", cluster.dir)
+        wait_until(f"{n}'s slurm-vmd", lambda: cluster.sh(f"{VM} --help >/dev/null; test -S {cluster.dir}/vmd/{n}.sock").returncode == 0, timeout=30)
+    time.sleep(1)
+
+
+def test_an_exhausted_address_pool_fails_the_tasks_with_what_to_do(cluster):
+    """A pool of 2 addresses and a job of 3 guests: the prolog succeeds, the tasks fail saying which
+    setting to change, the nodes stay up and nothing is left behind."""
+    restart_vmds(cluster, '[network]\npool = "10.254.0.0/30"\n')
+    try:
+        job = submit(cluster, "-N2 -n3 --vm-count=3 --vm-vcpus=1 -o pool.out", "srun -n3 hostname; echo srun-rc=$?")
+        wait_until("the job to end", lambda: state(cluster, job) == "", timeout=120, step=1)
+        out = open(os.path.join(cluster.work, "pool.out")).read()
+        assert "could not be prepared" in out and "set network.pool in slurm-vmd.toml" in out and "srun-rc=1" in out, out
+        cluster.expect_clean(timeout=30)
+    finally:
+        restart_vmds(cluster, "")
+
+
 MPI_JOB = """#SBATCH -o mpi.out
 srun --mpi=pmi2 -n4 ./mpi_check > ranks.txt
 # A program that never speaks PMI, under --mpi=pmi2: its channel ends with the task, as on the host.
@@ -453,3 +486,77 @@ def test_pmix_is_refused_with_what_to_use_instead():
     r = run([VM], env=env)
     assert r.returncode == 1
     assert "srun --mpi=pmix_v4 cannot reach into slurm-vm guests" in r.stderr and "--mpi=pmi2" in r.stderr, r.stderr
+
+
+def host_targets():
+    """Every TCP service of this host (all its nodes), on each of its global IPv4 addresses."""
+    addrs = re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", run(["ip", "-4", "-o", "addr", "show", "scope", "global"]).stdout)
+    addrs = [a for a in addrs if not a.startswith("10.254.")]
+    ports = set()
+    for line in run(["ss", "-Hltn"]).stdout.splitlines():
+        local = line.split()[3]
+        host, port = local.rsplit(":", 1)
+        if host in ("0.0.0.0", "*", "[::]") or host in addrs:
+            ports.add(int(port))
+    return [f"{a}:{p}" for a in addrs for p in sorted(ports)]
+
+
+PROBE = r"""
+# As a hostile guest would: a default route out of the job network, then every target at once.
+ip route add default dev eth0 2>/dev/null
+(while true; do nc -l -p 5000 </dev/null >/dev/null 2>&1; done) &
+listener=$!
+sleep 1
+for t in self:5000 $TARGETS; do
+  ( a=${t%:*}; p=${t#*:}; [ "$a" = self ] && a=$(hostname)
+    if nc -w 3 "$a" "$p" </dev/null >/dev/null 2>&1; then echo "open $t"; else echo "closed $t"; fi ) &
+  probes="$probes $!"
+done
+wait $probes
+kill $listener
+"""
+
+
+def wall_drops():
+    """Packets from job networks the host's input chain has dropped so far (JobFirewall's counter)."""
+    chain = run(["nft", "list", "chain", "inet", "slurm_vm", "input"]).stdout
+    m = re.search(r"counter packets (\d+) bytes \d+ drop", chain)
+    return int(m.group(1)) if m else 0
+
+
+def test_guests_reach_only_their_own_job(cluster):
+    """The isolation table, probed from inside a guest with a default route of its own: every TCP
+    service of the host, on each of its addresses, and the guests of another job running at the
+    same time on the same nodes (same guest numbers, same addresses) - all refused; the guest's own
+    listener answers, so the probe itself works."""
+    targets = host_targets()
+    assert targets, "this host lists no global IPv4 address or no TCP listener to probe"
+    # Job B: vm0 on node1 and vm1 on node2 (10.254.0.1 and .2), both listening on 7777 until cancelled.
+    other = submit(cluster, "-N2 --ntasks-per-node=1 -c1 --vm-count=2 --vm-vcpus=1", "srun -n2 sh -c 'while true; do nc -l -p 7777 </dev/null; done'")
+    wait_step(cluster, other, timeout=180)
+    time.sleep(3)
+    try:
+        b = ["10.254.0.1:7777", "10.254.0.2:7777"]
+        probe = PROBE.replace("$TARGETS", " ".join(targets + b))
+        with open(os.path.join(cluster.work, "probe.sh"), "w") as f:
+            f.write(probe)
+        before = wall_drops()
+        # Job A: one guest on node1, beside job B's vm0 with the same number and address.
+        r = cluster.sh("sbatch -W -w node1 -N1 -n1 -c1 --vm-count=1 --vm-vcpus=1 -o iso.out --wrap 'srun -n1 sh probe.sh; "
+                       "srun -n1 sh -c \"ping -c1 -W3 10.254.0.2 >/dev/null && echo ping-open || echo ping-closed\"'", timeout=300)
+        assert r.returncode == 0, r.stderr
+        out = open(os.path.join(cluster.work, "iso.out")).read()
+        results = dict(reversed(l.split(" ", 1)) for l in out.splitlines() if l.startswith(("open ", "closed ")))
+        assert results.get("self:5000") == "open", f"the probe does not work: {out}"
+        for t in targets + b:
+            assert results.get(t) == "closed", f"{t} is reachable from a guest:\n{out}"
+        assert "ping-closed" in out, out
+        # The host answered the guest's ARP (Linux does, for all its addresses on every interface) and
+        # its connection attempts reached the host: the wall is what dropped them, not chance.
+        assert wall_drops() - before >= len(targets), (before, wall_drops())
+    finally:
+        cluster.sh(f"scancel {other}")
+    cluster.expect_clean()
+    # The wall is one table for every job: it stays, and holds no per-job rule.
+    table = run(["nft", "list", "table", "inet", "slurm_vm"]).stdout
+    assert "guests never reach the host" in table and not re.search(r"svm[bxt][0-9a-f]", table), table
