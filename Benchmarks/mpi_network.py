@@ -4,8 +4,10 @@ the same MPI program between the nodes' hosts on the same testbed:
   - ping-pong latency (8-byte messages, one way) and streaming bandwidth (1 MiB messages, 8 in flight)
     between two guests on different nodes (a job of 2 nodes x 1 guest), against 2 ranks on the hosts;
   - an 8-byte MPI_Allreduce over 4 guests (2 nodes x 2 guests), against 4 ranks on the hosts.
-Both sides run `srun --mpi=pmi2` of Benchmarks/mpi/mpi_bench.c. The host ranks are held to TCP
-(UCX_TLS=tcp,self, MPIR_CVAR_NOLOCAL=1): on this testbed both "nodes" are one machine, and shared
+Both sides run `srun --mpi=pmi2` of Benchmarks/mpi/mpi_bench.c on the cluster whose nodes have
+network namespaces of their own (`scripts/cluster up --netns`): the guests' traffic crosses VXLAN
+between the nodes, the hosts' ranks talk over the nodes' veths and the host bridge. The host ranks
+are held to TCP (UCX_TLS=tcp,self, MPIR_CVAR_NOLOCAL=1): both "nodes" are one machine, and shared
 memory between them would not be a network path. Both "nodes" also count the same cores: for the
 point-to-point runs a spacer job holds node2's first core, so the two ranks (or guests) sit on
 different cores as on two real nodes; the 4-rank allreduce shares the machine's cores either way.
@@ -60,7 +62,7 @@ def main():
     work = os.path.join(root, "work")
     os.makedirs(work)
     sh(["mpicc", "-O2", "-o", os.path.join(work, "mpi_bench"), os.path.join(REPO, "Benchmarks", "mpi", "mpi_bench.c")], env)
-    sh([CLUSTER, "up", "--nodes", "2", "--catalog", catalog, "--dir", cdir], env)
+    sh([CLUSTER, "up", "--nodes", "2", "--netns", "--catalog", catalog, "--dir", cdir], env)
     tcp = "--export=ALL,UCX_TLS=tcp,self,MPIR_CVAR_NOLOCAL=1"
     bounded = "timeout -s KILL 45"
     rows = {k: ([], []) for k in ("latency_8B", "bandwidth_1MiB", "allreduce_8B_4ranks")}

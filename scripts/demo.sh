@@ -24,10 +24,10 @@ $bin image list
 echo; echo "== What a job asking for busybox on Debian 12 with 2 vCPUs would get (dry run of sbatch --vm-*)"
 $bin match --vm-libs busybox-static --vm-os debian:12 --vm-vcpus 2
 
-echo; echo "== A 2-node Slurm cluster on this machine (munge, slurmctld, 2 slurmd, slurm-vmd, the plugin)"
+echo; echo "== A 2-node Slurm cluster on this machine (munge, slurmctld, 2 slurmd, slurm-vmd, the plugin), each node in a network namespace of its own"
 export SLURM_VM_CLUSTER_DIR=$PWD/out/demo/cluster
 scripts/cluster down >/dev/null 2>&1 || true
-eval "$(scripts/cluster up --nodes 2 --catalog "$SLURM_VM_CATALOG")"
+eval "$(scripts/cluster up --nodes 2 --netns --catalog "$SLURM_VM_CATALOG")"
 trap 'scripts/cluster down' EXIT
 sinfo
 work=$PWD/out/demo/job; mkdir -p "$work"
@@ -43,13 +43,14 @@ cat task-*.txt
 # The job's private network: every guest reaches every other by name (SLURM_VM_HOSTS lists them).
 srun -n4 sh -c 'for h in $(echo $SLURM_VM_HOSTS | tr , " "); do ping -c1 -W5 $h >/dev/null && r="$r $h"; done; echo "$(hostname) reaches$r"'
 # MPI across the 4 guests: the ranks wire up through Slurm's PMI and talk over the job network.
-srun --mpi=pmi2 -n4 ./mpi_check
+# (Bounded: MPICH 4.0.2's UCX layer can hang in MPI_Finalize after the ranks are done; docs/network.md.)
+timeout 60 srun --mpi=pmi2 -n4 ./mpi_check || { [ $? = 124 ] && echo "(MPI_Finalize hung after the ranks were done: the MPICH/UCX issue in docs/network.md; step ended)"; }
 JOB
-echo; echo "== sbatch a VM job: 4 guests, 2 per node, each vCPU on its own core, on one private network; its srun steps run inside"
+echo; echo "== sbatch a VM job: 4 guests, 2 per node, each vCPU on its own core, on one private network (VXLAN between the nodes); its srun steps run inside"
 cat vmjob.sh
 sbatch -W vmjob.sh
 cat vmjob.out
-[ "$(grep -c 'allreduce 6 (correct)' vmjob.out)" = 4 ] || { echo "demo: the MPI step did not give 4 correct ranks" >&2; exit 1; }
+[ "$(grep -c 'alltoall ok, allreduce 6 (correct)' vmjob.out)" = 4 ] || { echo "demo: the MPI step did not give 4 correct ranks" >&2; exit 1; }
 echo; echo "== A request no image can meet is refused at submission, nothing queued"
 sbatch --vm-libs=openmpi --wrap true || true
 squeue

@@ -301,7 +301,13 @@ public final class NodeManager: @unchecked Sendable {
         req.gid = job.state.gid
         req.env.append("SLURM_VM_GUEST=\(job.guests[i].spec.hostname)")
         // For users who start MPI themselves: every guest of the job, as /etc/slurm-vm/hostfile has them.
-        if job.state.networkGuests != nil { req.env.append("SLURM_VM_HOSTS=" + job.state.networkHosts.joined(separator: ",")) }
+        if job.state.networkGuests != nil {
+            req.env.append("SLURM_VM_HOSTS=" + job.state.networkHosts.joined(separator: ","))
+            // UCX (MPICH's network layer in Debian) would also try TCP over each guest's loopback,
+            // which names a different host in every guest; the job network is eth0. The user's own
+            // setting wins.
+            if !req.env.contains(where: { $0.hasPrefix("UCX_NET_DEVICES=") }) { req.env.append("UCX_NET_DEVICES=eth0") }
+        }
         if pmi != nil { req.relayVariable = "PMI_FD" }
         let cmd = try job.agents[i].start(req, stdin: stdin, ownsStdin: true, relay: pmi, stdout: stdout, stderr: stderr)
         return (cmd, job.guests[i].spec.id)

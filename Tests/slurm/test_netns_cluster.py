@@ -1,0 +1,89 @@
+"""VM jobs on a local cluster whose nodes have network stacks of their own (`scripts/cluster up
+--netns`): each slurmd, its slurm-vmd and so its guests live in a network namespace with its own
+address, so a job's network between nodes really crosses the kernel's VXLAN, and MPI runs over it.
+
+Needs root and the built binaries (SLURM_VM_BIN_DIR, default .build/release), like test_slurm.py.
+"""
+import os
+import re
+import shutil
+
+import pytest
+
+from test_slurm import REPO, VM, finalize_hung, new_cluster, run, wait_until
+
+NODES = ["node1", "node2"]
+
+
+def ns(node):
+    return f"slurmvm-{node}"
+
+
+def devices(node):
+    """The job devices (svm{b,x,t}…) in a node's namespace."""
+    out = run(["ip", "-n", ns(node), "-o", "link", "show"]).stdout
+    return [l.split(": ")[1].split("@")[0] for l in out.splitlines() if re.match(r"\d+: svm[bxt]", l)]
+
+
+@pytest.fixture(scope="module")
+def nscluster():
+    if not shutil.which("mpicc"):
+        pytest.skip("SKIPPED: mpicc is missing (scripts/deps.sh installs mpich and libmpich-dev)")
+    c = new_cluster("slurm-vm-netns-")
+    r = run([VM, "image", "build", os.path.join(REPO, "Images", "mpich.toml")], env=c.env, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    run(["mpicc", "-O2", "-o", os.path.join(c.work, "mpi_check"), os.path.join(REPO, "Benchmarks", "mpi", "mpi_check.c")], check=True)
+    c.cluster("up", "--nodes", "2", "--catalog", c.catalog, "--dir", c.dir, "--netns")
+    yield c
+    c.cluster("down", "--dir", c.dir)
+    wait_until("the node namespaces to go", lambda: not any(ns(n) in run(["ip", "netns", "list"]).stdout for n in NODES), timeout=30)
+    shutil.rmtree(c.root, ignore_errors=True)
+
+
+JOB = """#SBATCH -o netns.out
+srun -n4 sh -c 'for h in $(echo $SLURM_VM_HOSTS | tr , " "); do ping -c1 -W5 $h >/dev/null && r="$r $h"; done; echo "reach $(hostname):$r"'
+timeout 60 srun --mpi=pmi2 -n4 ./mpi_check
+echo "mpi-rc=$?"
+# While the guests still run, the test looks at each node's tunnel, then lets the job end.
+touch tunnels-wanted; while [ ! -e tunnels-seen ]; do sleep 0.2; done
+echo done
+"""
+
+
+def test_a_job_network_crosses_vxlan_between_nodes_and_mpi_runs_over_it(nscluster):
+    c = nscluster
+    open(os.path.join(c.work, "netns.sh"), "w").write("#!/bin/sh\n#SBATCH -N2 --ntasks-per-node=2 --vm-count=4 --vm-vcpus=1 --vm-libs=mpich\n" + JOB)
+    job = c.sh("sbatch --parsable netns.sh", check=True).stdout.strip()
+    wanted = os.path.join(c.work, "tunnels-wanted")
+    wait_until("the job's steps", lambda: os.path.exists(wanted), timeout=300, step=0.5)
+    # Each node's namespace holds the job's bridge, its two taps and a VXLAN tunnel to the other node.
+    addr = {"node1": "10.77.0.1", "node2": "10.77.0.2"}
+    for n, other in (("node1", "node2"), ("node2", "node1")):
+        devs = devices(n)
+        assert len([d for d in devs if d.startswith("svmt")]) == 2 and any(d.startswith("svmb") for d in devs), devs
+        vx = [d for d in devs if d.startswith("svmx")]
+        assert len(vx) == 1, devs
+        info = run(["ip", "-n", ns(n), "-d", "-s", "link", "show", vx[0]]).stdout
+        assert f"local {addr[n]}" in info, info
+        fdb = run(["bridge", "-n", ns(n), "fdb", "show", "dev", vx[0]]).stdout
+        assert f"dst {addr[other]}" in fdb, fdb
+        # Guests' frames did cross it: TX packets on the tunnel device.
+        tx = re.search(r"TX:.*\n\s+(\d+)\s+(\d+)", info)
+        assert tx and int(tx.group(2)) > 0, info
+    open(os.path.join(c.work, "tunnels-seen"), "w").close()
+    wait_until(f"job {job} to end", lambda: c.sh(f"squeue -h -j {job}").stdout.strip() == "", timeout=180, step=1)
+    out = open(os.path.join(c.work, "netns.out")).read()
+    assert out.rstrip().endswith("done"), out
+    reach = sorted(l for l in out.splitlines() if l.startswith("reach "))
+    names = [f"vm{k}-job{job}" for k in range(4)]
+    assert reach == sorted(f"reach {h}: {' '.join(names)}" for h in names), out
+    ranks = sorted(l for l in out.splitlines() if l.startswith("rank "))
+    assert len(ranks) == 4 and all(l.endswith(": alltoall ok, allreduce 6 (correct)") for l in ranks), out
+    assert {re.search(r"on (\S+):", l).group(1) for l in ranks} == set(names), out
+    finalize_hung(out)
+    # Everything of the job is gone from both namespaces; the wall there holds no job's rule.
+    for n in NODES:
+        wait_until(f"{n}'s job devices to go", lambda: not devices(n), timeout=30)
+        rules = run(["ip", "netns", "exec", ns(n), "nft", "list", "ruleset"]).stdout
+        assert not re.search(r"svm[bxt][0-9a-f]", rules), rules
+    wait_until("the guests to be gone", lambda: not c.vmms(), timeout=30)
