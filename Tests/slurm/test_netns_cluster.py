@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from test_slurm import REPO, VM, finalize_hung, new_cluster, run, wait_until
+from test_slurm import REPO, VM, finalize_hung, new_cluster, run, state, submit, wait_step, wait_until
 
 NODES = ["node1", "node2"]
 
@@ -82,8 +82,40 @@ def test_a_job_network_crosses_vxlan_between_nodes_and_mpi_runs_over_it(nscluste
     assert {re.search(r"on (\S+):", l).group(1) for l in ranks} == set(names), out
     finalize_hung(out)
     # Everything of the job is gone from both namespaces; the wall there holds no job's rule.
+    no_job_left(c)
+
+
+def no_job_left(c):
+    """Neither node's namespace holds a job device or a job's rule, and no guest runs."""
     for n in NODES:
         wait_until(f"{n}'s job devices to go", lambda: not devices(n), timeout=30)
         rules = run(["ip", "netns", "exec", ns(n), "nft", "list", "ruleset"]).stdout
         assert not re.search(r"svm[bxt][0-9a-f]", rules), rules
     wait_until("the guests to be gone", lambda: not c.vmms(), timeout=30)
+
+
+def tunnels_up():
+    return all(any(d.startswith("svmx") for d in devices(n)) for n in NODES)
+
+
+def test_scancel_and_a_killed_slurm_vmd_leave_no_tunnel(nscluster):
+    """A job cancelled mid-step, and a job whose node1 slurm-vmd is killed with SIGKILL mid-job and
+    restarted: afterwards no bridge, tap or VXLAN device of either job is left in any node."""
+    c = nscluster
+    job = submit(c, "-N2 --ntasks-per-node=1 --vm-count=2 --vm-vcpus=1", "srun sleep 300")
+    wait_step(c, job, timeout=180)
+    wait_until("the job's tunnels", lambda: tunnels_up(), timeout=60)
+    c.sh(f"scancel {job}", check=True)
+    no_job_left(c)
+
+    job = submit(c, "-N2 --ntasks-per-node=1 --vm-count=2 --vm-vcpus=1 -o killed.out", "srun hostname; sleep 12; srun hostname; echo done")
+    wait_until("the first step", lambda: os.path.exists(os.path.join(c.work, "killed.out"))
+               and "vm0-job" in open(os.path.join(c.work, "killed.out")).read(), timeout=180)
+    assert tunnels_up()
+    pid = int(open(os.path.join(c.dir, "run", "slurm-vmd-node1.pid")).read())
+    os.kill(pid, 9)
+    c.cluster("start-vmd", "--node", "node1", "--dir", c.dir)
+    wait_until(f"job {job} to end", lambda: state(c, job) == "", timeout=180, step=1)
+    out = open(os.path.join(c.work, "killed.out")).read()
+    assert out.rstrip().endswith("done") and len(re.findall(r"vm\d-job\d+", out)) == 4, out
+    no_job_left(c)
