@@ -93,6 +93,19 @@ static void b_put(buf_t *b, const void *d, size_t n)
         b->len += n;
     }
 }
+/* For buffers that outlive one message: appends, or returns 0 (out of memory) leaving it as it was. */
+static int b_append(buf_t *b, const void *d, size_t n)
+{
+    b_put(b, d, n);
+    if (!b->failed) return 1;
+    b->failed = 0;
+    return 0;
+}
+static void b_drop(buf_t *b, size_t n)
+{
+    memmove(b->p, b->p + n, b->len - n);
+    b->len -= n;
+}
 static void b_u32(buf_t *b, uint32_t v)
 {
     uint8_t x[4] = {v, v >> 8, v >> 16, v >> 24};
@@ -204,16 +217,13 @@ typedef struct session {
     uint32_t id;
     pid_t pid;
     int out, err, in; /* our ends of the command's pipes; -1 once closed */
-    uint8_t *inbuf;
-    size_t inlen, incap;
-    int in_eof;        /* the host ended stdin: close once the buffer drains */
-    int relay;         /* our end of the command's relay socket (descriptor 3 in the command), or -1 */
-    uint8_t *relaybuf; /* RELAY bytes the command has not read yet */
-    size_t relaylen, relaycap;
+    buf_t inbuf;      /* stdin the command has not read yet */
+    int in_eof;       /* the host ended stdin: close once the buffer drains */
+    int relay;        /* our end of the command's relay socket (descriptor 3 in the command), or -1 */
+    buf_t relaybuf;   /* RELAY bytes the command has not read yet */
     int relay_eof;    /* the host ended the relay: shut our side once the buffer drains */
     int pmi;          /* the relay is a PMI-1 channel: see pmi_filter */
-    uint8_t *pmiline; /* the command's PMI message being assembled */
-    size_t pmilen, pmicap;
+    buf_t pmiline;    /* the command's PMI message being assembled */
     int reaped, status;
     struct session *next;
 } session;
@@ -259,9 +269,9 @@ static void finish(session *s)
             *pp = s->next;
             break;
         }
-    free(s->inbuf);
-    free(s->relaybuf);
-    free(s->pmiline);
+    free(s->inbuf.p);
+    free(s->relaybuf.p);
+    free(s->pmiline.p);
     free(s);
 }
 
@@ -443,22 +453,21 @@ static void ack_stdin(session *s, size_t n)
 
 static void flush_stdin(session *s)
 {
-    while (s->in >= 0 && s->inlen > 0) {
-        ssize_t w = write(s->in, s->inbuf, s->inlen);
+    while (s->in >= 0 && s->inbuf.len > 0) {
+        ssize_t w = write(s->in, s->inbuf.p, s->inbuf.len);
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN) return;
             /* The command closed its stdin: what it did not read is dropped, as with a pipe. */
-            ack_stdin(s, s->inlen);
-            s->inlen = 0;
+            ack_stdin(s, s->inbuf.len);
+            s->inbuf.len = 0;
             close_fd(&s->in);
             return;
         }
-        memmove(s->inbuf, s->inbuf + w, s->inlen - (size_t)w);
-        s->inlen -= (size_t)w;
+        b_drop(&s->inbuf, (size_t)w);
         ack_stdin(s, (size_t)w);
     }
-    if (s->in_eof && s->inlen == 0) close_fd(&s->in);
+    if (s->in_eof && s->inbuf.len == 0) close_fd(&s->in);
 }
 
 static void on_stdin(session *s, const uint8_t *p, size_t len)
@@ -472,25 +481,16 @@ static void on_stdin(session *s, const uint8_t *p, size_t len)
         ack_stdin(s, len);
         return;
     }
-    if (s->inlen + len > 4 * SVA_STDIN_WINDOW) {
+    if (s->inbuf.len + len > 4 * SVA_STDIN_WINDOW) {
         send_error(s->id, "stdin window exceeded; input dropped");
         ack_stdin(s, len);
         return;
     }
-    if (s->inlen + len > s->incap) {
-        size_t cap = s->incap ? s->incap : 65536;
-        while (cap < s->inlen + len) cap *= 2;
-        uint8_t *nb = realloc(s->inbuf, cap);
-        if (!nb) {
-            send_error(s->id, "out of memory buffering stdin");
-            ack_stdin(s, len);
-            return;
-        }
-        s->inbuf = nb;
-        s->incap = cap;
+    if (!b_append(&s->inbuf, p, len)) {
+        send_error(s->id, "out of memory buffering stdin");
+        ack_stdin(s, len);
+        return;
     }
-    memcpy(s->inbuf + s->inlen, p, len);
-    s->inlen += len;
     flush_stdin(s);
 }
 
@@ -499,24 +499,23 @@ static void end_relay(session *s, int tell_host)
 {
     if (s->relay < 0) return;
     close_fd(&s->relay);
-    s->relaylen = 0;
+    s->relaybuf.len = 0;
     if (tell_host) send_frame(SVA_RELAY_OUT, s->id, NULL, 0);
 }
 
 static void flush_relay(session *s)
 {
-    while (s->relay >= 0 && s->relaylen > 0) {
-        ssize_t w = send(s->relay, s->relaybuf, s->relaylen, MSG_NOSIGNAL);
+    while (s->relay >= 0 && s->relaybuf.len > 0) {
+        ssize_t w = send(s->relay, s->relaybuf.p, s->relaybuf.len, MSG_NOSIGNAL);
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN) return;
             end_relay(s, 1); /* the command closed its end */
             return;
         }
-        memmove(s->relaybuf, s->relaybuf + w, s->relaylen - (size_t)w);
-        s->relaylen -= (size_t)w;
+        b_drop(&s->relaybuf, (size_t)w);
     }
-    if (s->relay >= 0 && s->relay_eof && s->relaylen == 0) shutdown(s->relay, SHUT_WR);
+    if (s->relay >= 0 && s->relay_eof && s->relaybuf.len == 0) shutdown(s->relay, SHUT_WR);
 }
 
 static void on_relay(session *s, const uint8_t *p, size_t len)
@@ -527,25 +526,16 @@ static void on_relay(session *s, const uint8_t *p, size_t len)
         flush_relay(s);
         return;
     }
-    if (s->relaylen + len > SVA_RELAY_BUFFER) {
+    if (s->relaybuf.len + len > SVA_RELAY_BUFFER) {
         send_error(s->id, "the command left %u bytes of its relay unread; relay closed", SVA_RELAY_BUFFER);
         end_relay(s, 1);
         return;
     }
-    if (s->relaylen + len > s->relaycap) {
-        size_t cap = s->relaycap ? s->relaycap : 16384;
-        while (cap < s->relaylen + len) cap *= 2;
-        uint8_t *nb = realloc(s->relaybuf, cap);
-        if (!nb) {
-            send_error(s->id, "out of memory buffering the relay; relay closed");
-            end_relay(s, 1);
-            return;
-        }
-        s->relaybuf = nb;
-        s->relaycap = cap;
+    if (!b_append(&s->relaybuf, p, len)) {
+        send_error(s->id, "out of memory buffering the relay; relay closed");
+        end_relay(s, 1);
+        return;
     }
-    memcpy(s->relaybuf + s->relaylen, p, len);
-    s->relaylen += len;
     flush_relay(s);
 }
 
@@ -917,26 +907,18 @@ static void pmi_message(session *s, const uint8_t *m, size_t n)
 
 static void pmi_filter(session *s, const uint8_t *p, size_t n)
 {
-    if (s->pmilen + n > s->pmicap) {
-        size_t cap = s->pmicap ? s->pmicap : 4096;
-        while (cap < s->pmilen + n) cap *= 2;
-        uint8_t *nb = realloc(s->pmiline, cap);
-        if (!nb) {
-            s->pmi = 0; /* pass through what we have: the command's own PMI client reports trouble */
-            send_frame(SVA_RELAY_OUT, s->id, s->pmiline, s->pmilen);
-            send_frame(SVA_RELAY_OUT, s->id, p, n);
-            s->pmilen = 0;
-            return;
-        }
-        s->pmiline = nb;
-        s->pmicap = cap;
+    buf_t *b = &s->pmiline;
+    if (!b_append(b, p, n)) {
+        s->pmi = 0; /* pass through what we have: the command's own PMI client reports trouble */
+        send_frame(SVA_RELAY_OUT, s->id, b->p, b->len);
+        send_frame(SVA_RELAY_OUT, s->id, p, n);
+        b->len = 0;
+        return;
     }
-    memcpy(s->pmiline + s->pmilen, p, n);
-    s->pmilen += n;
     size_t off = 0;
-    while (off < s->pmilen) {
-        const uint8_t *m = s->pmiline + off;
-        size_t left = s->pmilen - off;
+    while (off < b->len) {
+        const uint8_t *m = b->p + off;
+        size_t left = b->len - off;
         if (left >= 4 && memcmp(m, "cmd=", 4) != 0) {
             s->pmi = 0;
             break;
@@ -950,12 +932,11 @@ static void pmi_filter(session *s, const uint8_t *p, size_t n)
         if (s->relay < 0) return; /* answering ended the relay */
         off += (size_t)(nl - m) + 1;
     }
-    if (!s->pmi && off < s->pmilen) {
-        send_frame(SVA_RELAY_OUT, s->id, s->pmiline + off, s->pmilen - off);
-        off = s->pmilen;
+    if (!s->pmi && off < b->len) {
+        send_frame(SVA_RELAY_OUT, s->id, b->p + off, b->len - off);
+        off = b->len;
     }
-    memmove(s->pmiline, s->pmiline + off, s->pmilen - off);
-    s->pmilen -= off;
+    b_drop(b, off);
 }
 
 static void pump_relay(session *s)
@@ -1049,7 +1030,7 @@ int main(int argc, char **argv)
                 owner[n] = s;
                 kind[n++] = 2;
             }
-            if (s->in >= 0 && s->inlen > 0) {
+            if (s->in >= 0 && s->inbuf.len > 0) {
                 pf[n].fd = s->in;
                 pf[n].events = POLLOUT;
                 owner[n] = s;
@@ -1057,7 +1038,7 @@ int main(int argc, char **argv)
             }
             if (s->relay >= 0) {
                 pf[n].fd = s->relay;
-                pf[n].events = (short)(POLLIN | (s->relaylen > 0 ? POLLOUT : 0));
+                pf[n].events = (short)(POLLIN | (s->relaybuf.len > 0 ? POLLOUT : 0));
                 owner[n] = s;
                 kind[n++] = 4;
             }

@@ -2,7 +2,7 @@
 // its rules match the job devices by name (svmb…, svmx…, svmt…), so there is no per-job rule to add in
 // the prolog or to leave behind after a crash, and a job's network is walled off from the moment its
 // first device exists. The table is installed (idempotently, under the host's network lock) by every
-// attach; `scripts/cluster down` and an admin remove it with `nft delete table inet slurm_vm`.
+// attach (LinkDriver); `scripts/cluster down` and an admin remove it with `nft delete table inet slurm_vm`.
 //
 // What it enforces, with the bridges carrying no address (LinkDriver):
 //   - input: nothing arriving on a job device reaches the host's own stack: not slurmd, slurmctld,
@@ -18,10 +18,6 @@
 // Another job's guests are on another bridge and another VNI, so they are out of reach at layer 2.
 
 import Foundation
-import Support
-#if canImport(Glibc)
-import Glibc
-#endif
 
 public struct JobFirewall: Sendable {
     public static let table = "slurm_vm"
@@ -30,13 +26,11 @@ public struct JobFirewall: Sendable {
     /// Names this version of the rules (in a rule comment), so `ensure` replaces an older table.
     static let version = "slurm-vm wall 2"
 
-    public var namespace: String?
-    public var nft: String
+    /// Runs nft where the job devices are (the driver's namespace, if any).
+    let driver: LinkDriver
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
-    public init(namespace: String? = nil) {
-        self.namespace = namespace
-        nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "nft"
-    }
+    init(_ driver: LinkDriver) { self.driver = driver }
 
     /// The table, whole. Loaded as one nft transaction, so a reader never sees it half made.
     public static var ruleset: String {
@@ -56,33 +50,14 @@ public struct JobFirewall: Sendable {
         """
     }
 
-    /// Installs the table unless it is there already, as this version writes it.
-    public func ensure() throws(NetworkError) {
-        if let current = try? run(["list", "table", "inet", Self.table]), current.contains(Self.version) { return }
-        // Replaces an older or partial table in the same transaction.
-        let script = "table inet \(Self.table)\ndelete table inet \(Self.table)\n" + Self.ruleset
-        let tmp = NSTemporaryDirectory() + "slurm-vm-nft-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).nft"
-        guard FileManager.default.createFile(atPath: tmp, contents: Data(script.utf8)) else {
-            throw .setup("cannot write the nftables ruleset to \(tmp)")
-        }
-        defer { try? FileManager.default.removeItem(atPath: tmp) }
-        try run(["-f", tmp])
-    }
-
-    /// Removes the table (every job network of the host loses its wall: only when none is left).
-    public func remove() { _ = try? run(["delete", "table", "inet", Self.table]) }
-
-    public var installed: Bool { (try? run(["list", "table", "inet", Self.table])) != nil }
-
-    @discardableResult
-    func run(_ args: [String]) throws(NetworkError) -> String {
-        guard FileManager.default.isExecutableFile(atPath: nft) else {
+    /// Installs the table unless it is there already, as this version writes it; an older or partial
+    /// table is replaced in the same nft transaction.
+    func ensure() throws(NetworkError) {
+        guard let nft else {
             throw .setup("nftables' nft is missing: it walls job networks off from the host (apt-get install nftables)")
         }
-        let argv = (namespace.map { ["/usr/sbin/ip", "netns", "exec", $0] } ?? []) + [nft] + args
-        let r: SubprocessResult
-        do { r = try Subprocess.run(argv) } catch { throw .setup("cannot run nft: \(error)") }
-        guard r.status == 0 else { throw .setup("nft \(args.joined(separator: " ")) failed: \(r.error)") }
-        return r.text
+        if let current = try? driver.inNamespace([nft, "list", "table", "inet", Self.table]), current.contains(Self.version) { return }
+        let script = "table inet \(Self.table)\ndelete table inet \(Self.table)\n" + Self.ruleset
+        try driver.inNamespace([nft, "-f", "-"], input: Data(script.utf8))
     }
 }

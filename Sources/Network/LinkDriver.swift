@@ -32,7 +32,7 @@ public struct LinkDriver: Sendable {
     public func attach(_ p: JobNetworkPlan, tapOwner: UInt32? = nil) throws(NetworkError) {
         try withHostLock { () throws(NetworkError) in
             // The wall first: the job's devices are cut off from the host from the moment they exist.
-            try JobFirewall(namespace: namespace).ensure()
+            try JobFirewall(self).ensure()
             do {
                 let have = Set(devices())
                 if !have.contains(p.bridge) {
@@ -129,15 +129,15 @@ public struct LinkDriver: Sendable {
 
     /// Another program (bridge(8), sh), in the namespace if there is one.
     @discardableResult
-    func inNamespace(_ argv: [String]) throws(NetworkError) -> String {
-        try exec((namespace.map { [ip, "netns", "exec", $0] } ?? []) + argv)
+    func inNamespace(_ argv: [String], input: Data? = nil) throws(NetworkError) -> String {
+        try exec((namespace.map { [ip, "netns", "exec", $0] } ?? []) + argv, input: input)
     }
 
     var bridgeTool: String { (ip as NSString).deletingLastPathComponent + "/bridge" }
 
-    func exec(_ argv: [String]) throws(NetworkError) -> String {
+    func exec(_ argv: [String], input: Data? = nil) throws(NetworkError) -> String {
         let r: SubprocessResult
-        do { r = try Subprocess.run(argv) } catch { throw .setup("cannot run \(argv[0]): \(error)") }
+        do { r = try Subprocess.run(argv, input: input) } catch { throw .setup("cannot run \(argv[0]): \(error)") }
         guard r.status == 0 else {
             throw .setup("\((argv[0] as NSString).lastPathComponent) \(argv.dropFirst().joined(separator: " ")) failed: \(r.error)")
         }
