@@ -16,7 +16,9 @@
 //   listen = "0.0.0.0:7421"                    # push listener for `slurm-vm image push` (MUNGE-authenticated)
 //   [network]                                  # the jobs' private networks (node role; docs/network.md)
 //   enabled = true  pool = "10.254.0.0/16"  vxlan_port = 4789  underlay_mtu = 1500
-//   outbound = "none"                          # guests reach nothing beyond their job's network
+//   outbound = "none"                          # guests reach nothing beyond their job's network, or
+//   outbound = "nat"                           # also what the node reaches through its gateway
+//   nat_links = "198.18.0.0/16"  nat_deny = ["10.0.0.0/8"]   # (nat) router links; also out of reach
 
 import Foundation
 import Network
@@ -115,13 +117,21 @@ public struct DaemonConfig: Sendable {
                 }
                 net.underlayMTU = mtu
             }
-            if let o = try nt.optionalString("outbound"), o != "none" {
-                // Every job's segment reuses the pool, so a per-job gateway needs one routing table
-                // (VRF) per job bridge before NAT can be correct; until then only "none" is offered.
-                throw TOMLConfigError(
-                    o == "nat"
-                        ? "\(path): network.outbound = \"nat\" is not available yet (jobs share the address pool, so NAT needs a routing table per job network); use \"none\", and stage data through the shared working directory"
-                        : "\(path): network.outbound must be \"none\", not \"\(o)\"")
+            if let o = try nt.optionalString("outbound") {
+                guard let out = NetworkConfig.Outbound(rawValue: o) else {
+                    throw TOMLConfigError("\(path): network.outbound must be \"none\" or \"nat\", not \"\(o)\"")
+                }
+                net.outbound = out
+            }
+            if let l = try nt.optionalString("nat_links") {
+                do { net.natLinks = try IPv4Subnet(l, prefixes: 8...30) } catch {
+                    throw TOMLConfigError("\(path): network.nat_links: \(error)")
+                }
+            }
+            if let deny = try nt.optionalStrings("nat_deny") {
+                net.natDeny = try deny.map { d in
+                    do { return try IPv4Subnet(d, prefixes: 0...32) } catch { throw TOMLConfigError("\(path): network.nat_deny: \(error)") }
+                }
             }
             let enabled = try nt.optionalBool("enabled") ?? true
             try nt.done()

@@ -8,10 +8,12 @@ public struct IPv4Subnet: Sendable, Equatable, Codable, CustomStringConvertible 
     public let base: UInt32
     public let prefix: Int
 
-    public init(_ text: String) throws(NetworkError) {
+    /// `prefixes`: the sizes this use allows (a pool needs room for hosts; a deny list takes single hosts).
+    public init(_ text: String, prefixes: ClosedRange<Int> = 8...30) throws(NetworkError) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let p = Int(parts[1]), (8...30).contains(p), let a = IPv4Subnet.address(String(parts[0])) else {
-            throw .config("'\(text)' is not an IPv4 subnet from /8 to /30 (e.g. 10.254.0.0/16)")
+        guard parts.count == 2, let p = Int(parts[1]), prefixes.contains(p), let a = IPv4Subnet.address(String(parts[0])) else {
+            throw .config(
+                "'\(text)' is not an IPv4 subnet from /\(prefixes.lowerBound) to /\(prefixes.upperBound) (e.g. 10.254.0.0/16)")
         }
         let mask: UInt32 = p == 0 ? 0 : ~UInt32(0) << (32 - p)
         guard a & ~mask == 0 else { throw .config("'\(text)' has host bits set; write its network address (\(IPv4Subnet.text(a & mask))/\(p))") }
@@ -72,6 +74,30 @@ public struct NetworkConfig: Sendable, Equatable {
     }
 
     public static let vxlanOverhead = 50
+
+    /// What guests reach beyond their job's network.
+    public enum Outbound: String, Sendable, Equatable, Codable {
+        /// Nothing: the job's segment is all there is.
+        case none
+        /// Whatever the node reaches through a gateway, from the node's address (JobRouter), except the
+        /// node's own networks and `natDeny`.
+        case nat
+    }
+    public var outbound: Outbound = .none
+    /// outbound = nat: each job's router on a node reaches the node over a /30 of this subnet. The
+    /// benchmarking range (RFC 2544) by default: never routed on the Internet, rarely used on sites.
+    public var natLinks: IPv4Subnet = try! IPv4Subnet("198.18.0.0/16")
+    /// outbound = nat: what guests may not reach besides the node's directly connected networks
+    /// (e.g. a site's other management networks behind the gateway).
+    public var natDeny: [IPv4Subnet] = []
+}
+
+/// outbound = nat for one job on one node: the guests' gateway (the job router's address on the
+/// segment, the pool's last address), the transfer links' subnet and what stays out of reach.
+public struct NATPlan: Sendable, Equatable, Codable {
+    public var gateway: String
+    public var links: IPv4Subnet
+    public var deny: [IPv4Subnet]
 }
 
 /// One guest's port on the job network.
@@ -102,6 +128,8 @@ public struct JobNetworkPlan: Sendable, Equatable, Codable {
     public var guests: [GuestNIC]
     /// Every guest of the job, in job-wide order (each guest's /etc/hosts, SLURM_VM_HOSTS).
     public var hosts: [GuestNIC]
+    /// outbound = nat: the job's router on this node; nil: the segment is all the guests reach.
+    public var nat: NATPlan? = nil
 
     /// Names on the host: at most 15 bytes (IFNAMSIZ - 1); Slurm job ids fit 7 hex digits (< 2^26), a
     /// job's guest indexes 3 (at most 4096 guests, VMRequest.maxCount).
@@ -144,8 +172,10 @@ public struct JobNetworkPlan: Sendable, Equatable, Codable {
             throw .config("guests \(first)..<\(first + count) are outside the job's \(total)")
         }
         guard total <= 4096 else { throw .config("a job network holds at most 4096 guests, not \(total)") }
-        guard total <= config.pool.capacity else {
-            throw .poolExhausted(guests: total, pool: config.pool.description, capacity: config.pool.capacity)
+        // With NAT the pool's last address is the job router's (the guests' gateway).
+        let room = config.pool.capacity - (config.outbound == .nat ? 1 : 0)
+        guard total <= room else {
+            throw .poolExhausted(guests: total, pool: config.pool.description, capacity: room)
         }
         for n in nodes where IPv4Subnet.address(n) == nil {
             throw .config("node address '\(n)' is not an IPv4 address (the job network's tunnels run over IPv4)")
@@ -158,7 +188,9 @@ public struct JobNetworkPlan: Sendable, Equatable, Codable {
             job: job, vni: 4096 + job % ((1 << 24) - 4096), bridge: bridgeName(job), vxlan: vxlanName(job), port: config.vxlanPort,
             subnet: config.pool, guestMTU: mtu, local: nodes[index],
             peers: peers(nodes, local: nodes[index]),
-            guests: Array(all[first..<(first + count)]), hosts: all)
+            guests: Array(all[first..<(first + count)]), hosts: all,
+            nat: config.outbound == .nat
+                ? NATPlan(gateway: config.pool.host(config.pool.capacity - 1), links: config.natLinks, deny: config.natDeny) : nil)
     }
 
     /// The tunnel's peers: the other nodes' addresses, once each. Nodes that share this node's address

@@ -59,6 +59,8 @@ public struct LinkDriver: Sendable {
                     try run(["tuntap", "add", "dev", g.tap, "mode", "tap"] + (tapOwner.map { ["user", String($0)] } ?? []))
                     try run(["link", "set", g.tap, "mtu", String(p.guestMTU), "master", p.bridge, "up"])
                 }
+                // outbound = nat: the job's router, on the bridge like a guest.
+                if let nat = p.nat { try JobRouter(driver: self).attach(p, nat, existing: have) }
                 try run(["link", "set", p.bridge, "up"])
             } catch let e as NetworkError {
                 detachLocked(job: p.job, taps: p.guests.map(\.tap))
@@ -96,7 +98,7 @@ public struct LinkDriver: Sendable {
         try body()
     }
 
-    /// Removes every device of the job (bridge, tunnel, taps); missing ones are fine.
+    /// Removes every device of the job (bridge, tunnel, taps, its router); missing ones are fine.
     public func destroy(job: UInt32) {
         let mine = devices().filter { JobNetworkPlan.job(ofDevice: $0) == job }
         // Taps and the tunnel first, then the bridge they hang from.
@@ -104,10 +106,15 @@ public struct LinkDriver: Sendable {
         for d in mine.filter({ $0 != bridge }) + mine.filter({ $0 == bridge }) {
             _ = try? run(["link", "del", d])
         }
+        // The router's namespace last, once its veths are gone with their ends here (a namespace
+        // is destroyed asynchronously, and its devices with it: deleting them here is synchronous).
+        if let ns = JobRouter(driver: self).namespaces()[job] { _ = try? exec([ip, "netns", "del", ns]) }
     }
 
     /// The jobs that have devices here (reconciliation after a restart, `cluster down`).
-    public func jobs() -> Set<UInt32> { Set(devices().compactMap(JobNetworkPlan.job(ofDevice:))) }
+    public func jobs() -> Set<UInt32> {
+        Set(devices().compactMap(JobNetworkPlan.job(ofDevice:))).union(JobRouter(driver: self).namespaces().keys)
+    }
 
     /// Names of our devices here.
     public func devices() -> [String] {

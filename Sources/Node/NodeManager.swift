@@ -187,7 +187,7 @@ public final class NodeManager: @unchecked Sendable {
             set.networks = plan.guests.map {
                 GuestNetwork(
                     network: r.job, tap: $0.tap, mac: $0.mac, mtu: plan.guestMTU, address: "\($0.address)/\(plan.subnet.prefix)",
-                    hosts: plan.hostsFile)
+                    hosts: plan.hostsFile, gateway: plan.nat?.gateway)
             }
         }
         let ready: [ReadyGuest]

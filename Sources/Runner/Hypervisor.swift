@@ -89,8 +89,11 @@ public struct GuestNetwork: Sendable, Codable, Equatable {
     public var address: String
     /// The guest's /etc/hosts: every guest of the network.
     public var hosts: String
-    public init(network: UInt32, tap: String, mac: String, mtu: Int, address: String, hosts: String) {
+    /// The default route's next hop (the job's router, outbound = nat); nil: no way off the segment.
+    public var gateway: String?
+    public init(network: UInt32, tap: String, mac: String, mtu: Int, address: String, hosts: String, gateway: String? = nil) {
         self.network = network; self.tap = tap; self.mac = mac; self.mtu = mtu; self.address = address; self.hosts = hosts
+        self.gateway = gateway
     }
 
     /// The shell command (busybox's sh and ip) that configures the NIC with this MAC inside the guest,
@@ -104,7 +107,7 @@ public struct GuestNetwork: Sendable, Codable, Equatable {
         let script = """
             set -e; d=; for i in /sys/class/net/*; do [ "$(cat $i/address)" = \(mac) ] && d=${i##*/}; done; \
             [ -n "$d" ] || { echo "no network interface with MAC \(mac): is virtio_net in the image?" >&2; exit 1; }; \
-            ip link set "$d" mtu \(mtu) up; ip addr add \(address) dev "$d"; printf '%s\\n' \(lines) > /etc/hosts; \
+            ip link set "$d" mtu \(mtu) up; ip addr add \(address) dev "$d"; \(gateway.map { "ip route add default via \($0); " } ?? "")printf '%s\\n' \(lines) > /etc/hosts; \
             mkdir -p /etc/slurm-vm; printf '%s\\n' \(names) > /etc/slurm-vm/hostfile
             """
         return ["/bin/sh", "-c", script]

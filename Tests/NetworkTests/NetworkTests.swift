@@ -51,6 +51,19 @@ import Testing
         #expect(throws: NetworkError.self) {
             try JobNetworkPlan.make(job: 5, config: config, nodes: ["10.0.0.1"], index: 1, first: 0, count: 1, total: 1)
         }
+        // With NAT the pool's last address is the job router's: one guest fewer fits.
+        var natSmall = small
+        natSmall.outbound = .nat
+        let six = try JobNetworkPlan.make(job: 5, config: small, nodes: ["10.78.0.1"], index: 0, first: 0, count: 6, total: 6)
+        #expect(six.nat == nil)
+        #expect {
+            try JobNetworkPlan.make(job: 5, config: natSmall, nodes: ["10.78.0.1"], index: 0, first: 0, count: 6, total: 6)
+        } throws: { e in
+            if case NetworkError.poolExhausted(6, "10.9.0.0/29", 5) = e { true } else { false }
+        }
+        let five = try JobNetworkPlan.make(job: 5, config: natSmall, nodes: ["10.78.0.1"], index: 0, first: 0, count: 5, total: 5)
+        #expect(five.nat?.gateway == "10.9.0.6" && !five.guests.map(\.address).contains("10.9.0.6"))
+        #expect(try IPv4Subnet("10.1.2.3/32", prefixes: 0...32).description == "10.1.2.3/32")
         var tiny = config
         tiny.underlayMTU = 600
         #expect(throws: NetworkError.self) {
@@ -213,5 +226,64 @@ struct JobNetworkNamespaceTests {
         p.vxlan = String(repeating: "x", count: 20)
         #expect { try LinkDriver(namespace: node(0)).create(p) } throws: { if case NetworkError.setup = $0 { true } else { false } }
         #expect(LinkDriver(namespace: node(0)).devices().isEmpty)
+    }
+
+    /// outbound = nat: guests reach what the node reaches through its gateway, from the node's address,
+    /// and still neither the node's own network, the node itself, nor another job; without IPv4
+    /// forwarding on the node the job is refused with what to do. Node 1 stands for the outside world
+    /// (203.0.113.1, a documentation address, on its loopback) and is node 0's gateway.
+    @Test func natReachesTheOutsideButNotTheNodesNetworks() throws {
+        cleanup()
+        defer { cleanup() }
+        makeNodes()
+        must("ip", "-n", node(1), "addr", "add", "203.0.113.1/32", "dev", "lo")
+        must("ip", "-n", node(0), "route", "add", "default", "via", "10.78.0.2")
+        let count =
+            "table ip seen { chain input { type filter hook input priority 0; "
+            + "ip daddr 203.0.113.1 ip saddr 10.78.0.1 counter; ip daddr 203.0.113.1 ip saddr != 10.78.0.1 counter; }; }"
+        must("ip", "netns", "exec", node(1), "nft", count)
+        var config = NetworkConfig()
+        config.outbound = .nat
+        let plan = try JobNetworkPlan.make(job: 21, config: config, nodes: ["10.78.0.1"], index: 0, first: 0, count: 2, total: 2)
+        let other = try JobNetworkPlan.make(job: 22, config: config, nodes: ["10.78.0.1"], index: 0, first: 0, count: 1, total: 1)
+        let d = LinkDriver(namespace: node(0))
+        #expect { try d.create(plan) } throws: { "\($0)".contains("net.ipv4.ip_forward=1") }
+        #expect(d.devices().isEmpty && d.jobs().isEmpty)
+        must("ip", "netns", "exec", node(0), "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        try d.create(plan)
+        try d.create(other)
+        #expect(Set(d.devices()).isSuperset(of: ["svmg15", "svmu15", "svmg16", "svmu16"]))
+        for (n, g) in plan.guests.enumerated() { attachGuest(plan, g, on: node(0), port: "pn\(n)") }
+        attachGuest(other, other.guests[0], on: node(0), port: "po0")
+        // attachGuest names guest namespaces by guest index: job 22's guest 0 is guestNS(22, 0).
+        for (job, k) in [(UInt32(21), 0), (21, 1), (22, 0)] { must("ip", "-n", guestNS(job, k), "route", "add", "default", "via", "10.254.255.254") }
+        let g0 = guestNS(21, 0)
+        #expect(ping(from: g0, "10.254.255.254"))  // its router
+        #expect(ping(from: g0, "203.0.113.1"))  // out through node 0's gateway
+        #expect(ping(from: guestNS(22, 0), "203.0.113.1"))  // the other job too, through its own router
+        #expect(ping(from: g0, "10.254.0.2"))  // its own job, still bridged
+        // Out of reach: the node's network (its neighbour, which is also the gateway), the node
+        // itself on every address, the routers' links, the other job.
+        // (Job 21's link is 198.18.0.84/30 by its id, job 22's .88/30: .85 and .89 are the node's ends.)
+        for target in ["10.78.0.2", "10.78.0.1", "198.18.0.85", "198.18.0.89", "198.18.0.90"] {
+            #expect(!ping(from: g0, target), "\(target)")
+        }
+        // What the outside saw came from node 0's own address (masqueraded twice: router, node).
+        let seen = must("ip", "netns", "exec", node(1), "nft", "list", "chain", "ip", "seen", "input")
+        let counts = seen.matches(of: /counter packets (\d+)/).compactMap { Int($0.1) }
+        #expect(counts.count == 2 && counts[0] >= 2 && counts[1] == 0, "\(seen)")
+        // The node's network was refused by the wall's management set, not for want of a route.
+        let forward = must("ip", "netns", "exec", node(0), "nft", "list", "chain", "inet", JobFirewall.table, "forward")
+        let refused = forward.firstMatch(of: /@management counter packets (\d+)/).flatMap { Int($0.1) } ?? 0
+        #expect(refused >= 1, "\(forward)")
+        let wall = must("ip", "netns", "exec", node(0), "nft", "list", "chain", "inet", JobFirewall.table, "postrouting")
+        #expect((wall.firstMatch(of: /counter packets (\d+)/).flatMap { Int($0.1) } ?? 0) >= 2, "\(wall)")
+        // Teardown takes the router with it, and only the job's.
+        d.destroy(job: 21)
+        #expect(!sh("ip", "netns", "list").out.contains("svmr15-"))
+        #expect(!ping(from: g0, "203.0.113.1"))
+        #expect(ping(from: guestNS(22, 0), "203.0.113.1"))
+        d.destroy(job: 22)
+        #expect(d.devices().isEmpty && d.jobs().isEmpty)
     }
 }

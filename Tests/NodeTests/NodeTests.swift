@@ -105,8 +105,19 @@ import Testing
         }
         #expect { try DaemonConfig.load(try write("[catalog]\n[network]\n")) } throws: { "\($0)".contains("add [node]") }
         #expect(try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\noutbound = \"none\"\n")).node?.network != nil)
-        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\noutbound = \"nat\"\n")) } throws: {
-            "\($0)".contains("not available yet") && "\($0)".contains("use \"none\"")
+        let nat = try DaemonConfig.load(
+            try write("[node]\ncatalog = \"h:1\"\n[network]\noutbound = \"nat\"\nnat_deny = [\"192.168.0.0/16\", \"10.1.2.3/32\"]\n")
+        ).node?.network
+        #expect(nat?.outbound == .nat && nat?.natLinks.description == "198.18.0.0/16")
+        #expect(nat?.natDeny.map(\.description) == ["192.168.0.0/16", "10.1.2.3/32"])
+        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\noutbound = \"open\"\n")) } throws: {
+            "\($0)".contains("must be \"none\" or \"nat\"")
+        }
+        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\nnat_links = \"198.18.0.0/31\"\n")) } throws: {
+            "\($0)".contains("network.nat_links") && "\($0)".contains("/8 to /30")
+        }
+        #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\nnat_deny = [\"10.0.0.0\"]\n")) } throws: {
+            "\($0)".contains("network.nat_deny") && "\($0)".contains("'10.0.0.0'")
         }
         #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n[network]\nmtu = 9000\n")) } throws: {
             "\($0)".contains("unknown key")

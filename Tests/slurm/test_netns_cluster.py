@@ -7,6 +7,8 @@ Needs root and the built binaries (SLURM_VM_BIN_DIR, default .build/release), li
 import os
 import re
 import shutil
+import socket
+import threading
 
 import pytest
 
@@ -20,9 +22,14 @@ def ns(node):
 
 
 def devices(node):
-    """The job devices (svm{b,x,t}…) in a node's namespace."""
+    """The job devices (svm{b,x,t,g,u}…) in a node's namespace."""
     out = run(["ip", "-n", ns(node), "-o", "link", "show"]).stdout
-    return [l.split(": ")[1].split("@")[0] for l in out.splitlines() if re.match(r"\d+: svm[bxt]", l)]
+    return [l.split(": ")[1].split("@")[0] for l in out.splitlines() if re.match(r"\d+: svm[bxtgu]", l)]
+
+
+def routers():
+    """The job routers' namespaces (outbound = nat) on this host."""
+    return [l.split()[0] for l in run(["ip", "netns", "list"]).stdout.splitlines() if l.startswith("svmr")]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +97,8 @@ def no_job_left(c):
     for n in NODES:
         wait_until(f"{n}'s job devices to go", lambda: not devices(n), timeout=30)
         rules = run(["ip", "netns", "exec", ns(n), "nft", "list", "ruleset"]).stdout
-        assert not re.search(r"svm[bxt][0-9a-f]", rules), rules
+        assert not re.search(r"svm[bxtgu][0-9a-f]", rules), rules
+    assert not routers(), routers()
     wait_until("the guests to be gone", lambda: not c.vmms(), timeout=30)
 
 
@@ -118,4 +126,68 @@ def test_scancel_and_a_killed_slurm_vmd_leave_no_tunnel(nscluster):
     wait_until(f"job {job} to end", lambda: state(c, job) == "", timeout=180, step=1)
     out = open(os.path.join(c.work, "killed.out")).read()
     assert out.rstrip().endswith("done") and len(re.findall(r"vm\d-job\d+", out)) == 4, out
+    no_job_left(c)
+
+
+class Listener:
+    """A TCP listener on one of the host's addresses that notes every peer's address."""
+
+    def __init__(self, addr, port):
+        self.peers = []
+        self.sock = socket.create_server((addr, port))
+        self.sock.settimeout(0.5)
+        self.open = True
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while self.open:
+            try:
+                conn, peer = self.sock.accept()
+            except OSError:
+                continue
+            self.peers.append(peer[0])
+            conn.close()
+
+    def close(self):
+        self.open = False
+        self.thread.join()
+        self.sock.close()
+
+
+NAT_JOB = """#SBATCH -o nat.out
+srun -n2 sh -c 'for t in 203.0.113.1:5999 10.77.0.254:5998 10.77.0.254:16817 10.77.0.1:17002 10.77.0.2:17003 10.77.0.254:17420; do
+  if nc -w 3 ${t%:*} ${t#*:} </dev/null >/dev/null 2>&1; then echo "$(hostname) open $t"; else echo "$(hostname) closed $t"; fi
+done'
+touch routers-wanted; while [ ! -e routers-seen ]; do sleep 0.2; done
+"""
+
+
+def test_nat_takes_guests_out_through_their_node_and_nowhere_else(nscluster):
+    """outbound = nat (the namespace cluster's nodes have it): a guest on each node reaches a server
+    beyond the nodes' gateway (203.0.113.1 on the host), which sees each node's own address; the
+    nodes' network stays out of reach (the host there, slurmctld's and slurmd's ports, the blob
+    service); each node has the job's router while it runs, and nothing of it is left after."""
+    c = nscluster
+    outside, management = Listener("203.0.113.1", 5999), Listener("10.77.0.254", 5998)
+    try:
+        open(os.path.join(c.work, "nat.sh"), "w").write("#!/bin/sh\n#SBATCH -N2 --ntasks-per-node=1 --vm-count=2 --vm-vcpus=1\n" + NAT_JOB)
+        job = c.sh("sbatch --parsable nat.sh", check=True).stdout.strip()
+        wait_until("the job's probes", lambda: os.path.exists(os.path.join(c.work, "routers-wanted")), timeout=300, step=0.5)
+        assert len(routers()) == 2, routers()
+        for n in NODES:
+            assert any(d.startswith("svmu") for d in devices(n)) and any(d.startswith("svmg") for d in devices(n)), devices(n)
+        open(os.path.join(c.work, "routers-seen"), "w").close()
+        wait_until(f"job {job} to end", lambda: c.sh(f"squeue -h -j {job}").stdout.strip() == "", timeout=180, step=1)
+    finally:
+        outside.close()
+        management.close()
+    out = open(os.path.join(c.work, "nat.out")).read()
+    for k in range(2):
+        g = f"vm{k}-job{job}"
+        assert f"{g} open 203.0.113.1:5999" in out, out
+        for t in ("10.77.0.254:5998", "10.77.0.254:16817", "10.77.0.1:17002", "10.77.0.2:17003", "10.77.0.254:17420"):
+            assert f"{g} closed {t}" in out, out
+    assert sorted(outside.peers) == ["10.77.0.1", "10.77.0.2"], outside.peers
+    assert management.peers == [], management.peers
     no_job_left(c)
