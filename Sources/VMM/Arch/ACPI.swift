@@ -27,17 +27,19 @@ public enum ACPI {
     }
 
     /// The MADT: one enabled local APIC per processor (APIC ids 0…cpus-1, as CPUID reports them), the
-    /// IOAPIC (id `cpus`, GSI base 0), the PCI lines level-triggered and active high, and LINT1 as NMI on
+    /// IOAPIC (id `cpus`, GSI base 0), the PCI lines level-triggered and active low, and LINT1 as NMI on
     /// every processor. ISA IRQs otherwise map to the GSI of the same number, as KVM's default routing
     /// wires them (the PIT on pin 0, not 2 as QEMU reroutes it), so there is no override for IRQ 0.
-    /// KVM's IOAPIC does not model polarity, so the _PRT's PCI default (level, active low) and these
-    /// overrides describe the same wire.
+    /// Active low because Linux registers a _PRT entry that names a GSI directly as level, active low
+    /// (PCI's default), and refuses a pin already described otherwise: with "active high" here it
+    /// failed virtio-pci's probe ("PCI INT A: failed to register GSI", -EBUSY), seen in the SVM
+    /// sandbox. KVM's IOAPIC does not model polarity, so the wire is the same either way.
     static func madt(cpus: Int, pciLines: [UInt8]) -> [UInt8] {
         var b = le(Layout.localAPIC) + le(UInt32(1))  // PCAT_COMPAT: the 8259s are present
         for i in 0..<cpus { b += [0, 8, UInt8(i), UInt8(i)] + le(UInt32(1)) }  // processor local APIC, enabled
         b += [1, 12, UInt8(cpus), 0] + le(Layout.ioapic) + le(UInt32(0))
-        for line in pciLines {  // source override: level (3 << 2), active high (1)
-            b += [2, 10, 0, line] + le(UInt32(line)) + le(UInt16((3 << 2) | 1))
+        for line in pciLines {  // source override: level (3 << 2), active low (3)
+            b += [2, 10, 0, line] + le(UInt32(line)) + le(UInt16((3 << 2) | 3))
         }
         b += [4, 6, 0xff] + le(UInt16(0)) + [1]  // local APIC NMI: all processors, LINT1
         return table("APIC", revision: 5, b)
