@@ -154,9 +154,13 @@ mount -t cgroup2 cgroup2 /new/sys/fs/cgroup 2>/dev/null
 rel=$(uname -r); mods=$(arg modules)
 mkdir -p "/new/lib/modules/$rel"; mount --bind "/new$mods" "/new/lib/modules/$rel"
 hostname sandbox; ip link set lo up 2>/dev/null
+# Modules the kernel asks for itself (nf_tables for nft, say) load from the shared tree too: its
+# helper runs in this initramfs, not in the chroot.
+printf '#!/bin/sh\nexec chroot /new /sbin/modprobe "$@"\n' > /modprobe; chmod 755 /modprobe; echo /modprobe > /proc/sys/kernel/modprobe
 chroot /new /sbin/modprobe -a kvm_amd >/dev/hvc0 2>&1 || fail "no kvm_amd (does this QEMU emulate SVM?)"
-chroot /new /bin/sh "$out/.sandbox-command" </dev/null >/dev/hvc0 2>&1
-echo $? > "/new$out/.sandbox-rc"
+# Through a pipe, not the console's tty: programs see what they see on a host under a pipe (no
+# colours, no terminal). The command's script writes its own status.
+chroot /new /bin/sh "$out/.sandbox-command" </dev/null 2>&1 | cat >/dev/hvc0
 sync; poweroff -f
 """
 
@@ -209,9 +213,12 @@ def run(argv, mem_mb=3072, cpus=2, out=None, env_names=(), stream=sys.stdout, ti
     procs = []
     try:
         rd = initramfs(moddir, work)
-        env = "".join(f"export {n}={sh_quote(os.environ[n])}\n" for n in ("PATH",) + tuple(env_names) if n in os.environ)
+        # TERM goes unless asked for: the kernel gives init TERM=linux, and programs would colour
+        # their output for a terminal that is not there.
+        env = "unset TERM\n" + "".join(f"export {n}={sh_quote(os.environ[n])}\n" for n in ("PATH",) + tuple(env_names) if n in os.environ)
         with open(os.path.join(out, ".sandbox-command"), "w") as f:
-            f.write(env + f"cd {sh_quote(os.getcwd())} || exit 125\nexec " + " ".join(sh_quote(a) for a in argv) + "\n")
+            f.write(env + f"cd {sh_quote(os.getcwd())} || exit 125\n" + " ".join(sh_quote(a) for a in argv)
+                    + f"\necho $? > {sh_quote(os.path.join(out, '.sandbox-rc'))}\n")
         rc_path = os.path.join(out, ".sandbox-rc")
         if os.path.exists(rc_path):
             os.unlink(rc_path)

@@ -64,6 +64,11 @@ public struct Virtqueue: Sendable {
 
     /// Whether the driver asked for no interrupts (VRING_AVAIL_F_NO_INTERRUPT).
     public func interruptSuppressed(_ m: GuestMemory) -> Bool {
+        // A full barrier between publishing used entries and reading the driver's flag (virtio 1.x
+        // §2.7.7.2): the driver clears the flag, then reads the used index; without it the flag can
+        // be read before the index store is visible, both sides miss each other, and the interrupt
+        // is lost (a writer waiting for its buffers sleeps forever).
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
         guard ready, let f = try? load16(m, availRing) else { return false }
         return f & 1 != 0
     }
