@@ -58,6 +58,9 @@ SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-
 SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --nodes 16 --sizes 256 --slow
 # Prolog latency of VM jobs through the local cluster, against booting the same guests by hand.
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/prolog_latency.py --runs 5
+# Linux on the embedded VMM against QEMU with KVM in one machine with hardware virtualization (the SVM
+# sandbox here): boot to agent ready, 1 and 4 guests, and RSS beyond guest RAM.
+SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/sandbox_boot.py --runs 3
 # MPI over the job network against the same program between the hosts: latency, bandwidth, allreduce.
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/mpi_network.py --runs 2
 # The embedded VMM against QEMU -M microvm on the same tiny guest: start to exit, memory beyond guest
