@@ -32,6 +32,7 @@ import threading
 import time
 
 QEMU = "/usr/bin/qemu-system-x86_64"
+BOOT_LIMIT = 120
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "slurm-vm", "sandbox")
 # Modules the initramfs loads to reach its root (in dependency order after resolution); the rest come
@@ -138,6 +139,7 @@ def module_order(moddir, names):
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+echo "sandbox-init: L1 is up" >/dev/ttyS0
 arg() { for w in $(cat /proc/cmdline); do case "$w" in "sandbox.$1="*) echo "${w#*=}";; esac; done; }
 fail() { echo "sandbox-init: $*" >/dev/hvc0; echo 125 > /rc; poweroff -f; }
 for m in $(cat /modules); do insmod "/$m" || fail "insmod $m"; done
@@ -188,6 +190,35 @@ def initramfs(moddir, workdir):
     return image
 
 
+def tsc_khz():
+    """The host's TSC rate, which TCG passes through: L1's kernel is told it, since calibrating against
+    the emulated PIT under load can hang (as the QEMU backend found for its guests). 0 if unknown."""
+    path = os.path.join(CACHE, "tsc-khz")
+    boot_id = open("/proc/sys/kernel/random/boot_id").read().strip()
+    try:
+        cached_id, khz = open(path).read().split()
+        if cached_id == boot_id:
+            return int(khz)
+    except (OSError, ValueError):
+        pass
+    src = os.path.join(CACHE, "tsc.c")
+    exe = os.path.join(CACHE, "tsc")
+    with open(src, "w") as f:
+        f.write("#include <stdio.h>\n#include <time.h>\n#include <x86intrin.h>\n"
+                "int main(void){struct timespec a,b,d={0,50000000};clock_gettime(CLOCK_MONOTONIC_RAW,&a);"
+                "unsigned long long c0=__rdtsc();nanosleep(&d,0);clock_gettime(CLOCK_MONOTONIC_RAW,&b);unsigned long long c1=__rdtsc();"
+                "double ns=(b.tv_sec-a.tv_sec)*1e9+(b.tv_nsec-a.tv_nsec);printf(\"%llu\\n\",(unsigned long long)((c1-c0)*1e6/ns));return 0;}\n")
+    try:
+        subprocess.run(["gcc", "-O2", "-o", exe, src], check=True, capture_output=True)
+        khz = int(subprocess.run([exe], capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        return 0
+    with open(path + ".new", "w") as f:
+        f.write(f"{boot_id} {khz}\n")
+    os.rename(path + ".new", path)
+    return khz
+
+
 def start_virtiofsd(source, sock, log, cache):
     # sandbox=chroot: the namespace sandbox pivots into the shared directory, which fails for "/"
     # (EBUSY) where the root is not a mount point of its own, as in containers.
@@ -223,11 +254,11 @@ def run(argv, mem_mb=3072, cpus=2, out=None, env_names=(), stream=sys.stdout, ti
         if os.path.exists(rc_path):
             os.unlink(rc_path)
         log = open(os.path.join(out, "sandbox-virtiofsd.log"), "w")
-        procs.append(start_virtiofsd("/", os.path.join(work, "root.sock"), log, "always"))
-        procs.append(start_virtiofsd(out, os.path.join(work, "out.sock"), log, "auto"))
         output = os.path.join(work, "output")
         open(output, "w").close()
-        append = (f"console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check sandbox.out={out} sandbox.modules={moddir} "
+        khz = tsc_khz()
+        timing = f"tsc_early_khz={khz} lpj={khz * 1000 // 250} " if khz else ""
+        append = (f"console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check {timing}sandbox.out={out} sandbox.modules={moddir} "
                   "rdinit=/init")
         qemu = [QEMU, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
                 "-M", "microvm,rtc=on,memory-backend=ram", "-accel", "tcg,thread=multi",
@@ -241,8 +272,37 @@ def run(argv, mem_mb=3072, cpus=2, out=None, env_names=(), stream=sys.stdout, ti
                 "-global", "virtio-mmio.force-legacy=false",
                 "-chardev", f"socket,id=fs0,path={os.path.join(work, 'root.sock')}", "-device", "vhost-user-fs-device,chardev=fs0,tag=hostroot",
                 "-chardev", f"socket,id=fs1,path={os.path.join(work, 'out.sock')}", "-device", "vhost-user-fs-device,chardev=fs1,tag=out"]
-        q = subprocess.Popen(qemu, stdout=log, stderr=log)
-        procs.append(q)
+        console = os.path.join(out, "sandbox-console.log")
+
+        def console_text():
+            try:
+                return open(console, errors="replace").read()
+            except OSError:
+                return ""
+
+        for attempt in (1, 2):
+            for sock in ("root.sock", "out.sock"):
+                if os.path.exists(os.path.join(work, sock)):
+                    os.unlink(os.path.join(work, sock))
+            procs.append(start_virtiofsd("/", os.path.join(work, "root.sock"), log, "always"))
+            procs.append(start_virtiofsd(out, os.path.join(work, "out.sock"), log, "auto"))
+            q = subprocess.Popen(qemu, stdout=log, stderr=log)
+            procs.append(q)
+            # L1's init says it is up on the serial console within seconds; an emulated boot that
+            # has not got there in BOOT_LIMIT has hung (seen once in tens of boots), and is retried
+            # once, loudly.
+            end = time.time() + BOOT_LIMIT
+            while time.time() < end and q.poll() is None and "sandbox-init" not in console_text():
+                time.sleep(0.2)
+            if "sandbox-init" in console_text() or q.poll() is not None:
+                break
+            say(f"L1 did not reach its init within {BOOT_LIMIT} s (attempt {attempt}); its console: {console_text()[-500:]!r}")
+            for p in procs:
+                p.kill()
+                p.wait()
+            procs.clear()
+        else:
+            return 125, ""
         collected = []
         done = threading.Event()
 
