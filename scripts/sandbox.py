@@ -57,6 +57,20 @@ def available():
     return None
 
 
+BUILDER_DEBS = "/var/cache/slurm-vm/debs"
+
+
+def fetch_deb(pkg, dest):
+    """Puts Debian's package `pkg` in dest: from the image builder's cache when an image was built here
+    (the same kernel and busybox), else with apt-get download."""
+    cached = [f for f in os.listdir(BUILDER_DEBS) if f.startswith(pkg + "_")] if os.path.isdir(BUILDER_DEBS) else []
+    if cached:
+        shutil.copy(os.path.join(BUILDER_DEBS, cached[0]), dest)
+    else:
+        say(f"fetching {pkg}")
+        subprocess.run(["apt-get", "download", pkg], cwd=dest, check=True, stdout=subprocess.DEVNULL)
+
+
 def kernel_tree():
     """Debian's cloud kernel unpacked in the cache: (vmlinuz, modules dir, release)."""
     out = subprocess.run(["apt-cache", "depends", "linux-image-cloud-amd64"], capture_output=True, text=True).stdout
@@ -72,13 +86,7 @@ def kernel_tree():
         os.makedirs(CACHE, exist_ok=True)
         debs = tempfile.mkdtemp(dir=CACHE)
         try:
-            # The image builder's cache holds the same package when an image was built here.
-            cached = [f for f in os.listdir("/var/cache/slurm-vm/debs") if f.startswith(pkg + "_")] if os.path.isdir("/var/cache/slurm-vm/debs") else []
-            if cached:
-                shutil.copy(os.path.join("/var/cache/slurm-vm/debs", cached[0]), debs)
-            else:
-                say(f"fetching {pkg}")
-                subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True, stdout=subprocess.DEVNULL)
+            fetch_deb(pkg, debs)
             staging = root + ".new"
             shutil.rmtree(staging, ignore_errors=True)
             for f in os.listdir(debs):
@@ -100,11 +108,7 @@ def busybox():
     if not os.path.exists(path):
         d = tempfile.mkdtemp(dir=CACHE)
         try:
-            cached = [f for f in os.listdir("/var/cache/slurm-vm/debs") if f.startswith("busybox-static_")] if os.path.isdir("/var/cache/slurm-vm/debs") else []
-            if cached:
-                shutil.copy(os.path.join("/var/cache/slurm-vm/debs", cached[0]), d)
-            else:
-                subprocess.run(["apt-get", "download", "busybox-static"], cwd=d, check=True, stdout=subprocess.DEVNULL)
+            fetch_deb("busybox-static", d)
             deb = [f for f in os.listdir(d) if f.endswith(".deb")][0]
             subprocess.run(["dpkg-deb", "-x", os.path.join(d, deb), os.path.join(d, "x")], check=True)
             shutil.copy(os.path.join(d, "x", "bin", "busybox"), path + ".new")

@@ -40,6 +40,12 @@ public struct JobFirewall: Sendable {
 
     init(_ driver: LinkDriver) { self.driver = driver }
 
+    /// nft, or what to install.
+    func nftPath() throws(NetworkError) -> String {
+        guard let nft else { throw .setup("nftables' nft is missing: it walls job networks off from the host (apt-get install nftables)") }
+        return nft
+    }
+
     /// The table, whole. Loaded as one nft transaction, so a reader never sees it half made.
     public static var ruleset: String {
         """
@@ -75,9 +81,7 @@ public struct JobFirewall: Sendable {
     /// Installs the table unless it is there already, as this version writes it; an older or partial
     /// table is replaced in the same nft transaction.
     func ensure() throws(NetworkError) {
-        guard let nft else {
-            throw .setup("nftables' nft is missing: it walls job networks off from the host (apt-get install nftables)")
-        }
+        let nft = try nftPath()
         if let current = try? driver.inNamespace([nft, "list", "table", "inet", Self.table]), current.contains(Self.version) { return }
         let script = "table inet \(Self.table)\ndelete table inet \(Self.table)\n" + Self.ruleset
         try driver.inNamespace([nft, "-f", "-"], input: Data(script.utf8))
@@ -86,7 +90,7 @@ public struct JobFirewall: Sendable {
     /// outbound = nat: what the routers may not reach (the node's connected subnets now, and `deny`)
     /// and where they send from, replaced in one transaction.
     func allowNAT(links: IPv4Subnet, deny: [IPv4Subnet]) throws(NetworkError) {
-        guard let nft else { throw .setup("nftables' nft is missing (apt-get install nftables)") }
+        let nft = try nftPath()
         let connected = try driver.connectedSubnets()
         let blocked = (connected + deny.map(\.description)).joined(separator: ", ")
         var script = "flush set inet \(Self.table) management\nflush set inet \(Self.table) nat_links\n"

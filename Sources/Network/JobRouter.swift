@@ -27,10 +27,11 @@ struct JobRouter {
     /// Router namespaces of this node: job by name.
     func namespaces() -> [UInt32: String] {
         guard let out = try? driver.exec([driver.ip, "netns", "list"]) else { return [:] }
+        let suffix = "-\(driver.nodeID)"
         var found: [UInt32: String] = [:]
         for line in out.split(separator: "\n") {
             let name = String(line.split(separator: " ").first ?? "")
-            guard name.hasPrefix(Self.prefix), name.hasSuffix("-\(driver.nodeID)"),
+            guard name.hasPrefix(Self.prefix), name.hasSuffix(suffix),
                 let job = UInt32(name.dropFirst(Self.prefix.count).prefix { $0 != "-" }, radix: 16)
             else { continue }
             found[job] = name
@@ -51,7 +52,8 @@ struct JobRouter {
         let (near, far) = try freeLink(nat.links, job: p.job)
         _ = try? driver.exec([driver.ip, "netns", "del", ns])  // a crash's leftover
         try driver.exec([driver.ip, "netns", "add", ns])
-        let inRouter = [driver.ip, "-n", ns]
+        // The router's side is run as any namespace's is: a driver of its own.
+        let router = LinkDriver(namespace: ns)
         let lan = Self.lanPort(p.job), up = Self.uplink(p.job)
         try driver.run(["link", "add", lan, "type", "veth", "peer", "name", "lan", "netns", ns])
         try driver.sysctl("net/ipv6/conf/\(lan)/disable_ipv6", "1")
@@ -60,16 +62,15 @@ struct JobRouter {
         try driver.sysctl("net/ipv6/conf/\(up)/disable_ipv6", "1")
         try driver.run(["addr", "add", "\(near)/30", "dev", up])
         try driver.run(["link", "set", up, "up"])
-        try driver.exec(inRouter + ["link", "set", "lo", "up"])
-        try driver.exec(inRouter + ["link", "set", "lan", "mtu", String(p.guestMTU), "up"])
-        try driver.exec(inRouter + ["addr", "add", "\(nat.gateway)/\(p.subnet.prefix)", "dev", "lan"])
-        try driver.exec(inRouter + ["addr", "add", "\(far)/30", "dev", "wan"])
-        try driver.exec(inRouter + ["link", "set", "wan", "up"])
-        try driver.exec(inRouter + ["route", "add", "default", "via", near])
-        let sh = [driver.ip, "netns", "exec", ns, "/bin/sh", "-c"]
-        try driver.exec(sh + ["echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; echo 1 > /proc/sys/net/ipv4/ip_forward"])
-        guard let nft = JobFirewall(driver).nft else { throw .setup("nftables' nft is missing (apt-get install nftables)") }
-        try driver.exec([driver.ip, "netns", "exec", ns, nft, "-f", "-"], input: Data(Self.rules.utf8))
+        try router.run(["link", "set", "lo", "up"])
+        try router.run(["link", "set", "lan", "mtu", String(p.guestMTU), "up"])
+        try router.run(["addr", "add", "\(nat.gateway)/\(p.subnet.prefix)", "dev", "lan"])
+        try router.run(["addr", "add", "\(far)/30", "dev", "wan"])
+        try router.run(["link", "set", "wan", "up"])
+        try router.run(["route", "add", "default", "via", near])
+        try router.sysctl("net/ipv6/conf/all/disable_ipv6", "1")
+        try router.sysctl("net/ipv4/ip_forward", "1")
+        try router.inNamespace([try JobFirewall(router).nftPath(), "-f", "-"], input: Data(Self.rules.utf8))
     }
 
     /// The router's own rules: guests' connections out, their answers back, nothing else — nothing
