@@ -24,6 +24,7 @@ boot the sandbox at all (root, QEMU, virtiofsd, apt).
 """
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,6 +168,15 @@ chroot /new /sbin/modprobe -a kvm_amd >/dev/hvc0 2>&1 || fail "no kvm_amd (does 
 # Through a pipe, not the console's tty: programs see what they see on a host under a pipe (no
 # colours, no terminal). The command's script writes its own status.
 chroot /new /bin/sh "$out/.sandbox-command" </dev/null 2>&1 | cat >/dev/hvc0
+sync
+# The status also goes to the serial console, with the kernel's last words when the script wrote
+# none (a killed shell, a full tmpfs): the host then knows why.
+if [ -s "/new$out/.sandbox-rc" ]; then
+  echo "sandbox-init: status $(cat "/new$out/.sandbox-rc")" >/dev/ttyS0
+else
+  echo "sandbox-init: the command wrote no status; free memory and the kernel's last messages:" >/dev/ttyS0
+  free >/dev/ttyS0 2>&1; df /new/tmp >/dev/ttyS0 2>&1; dmesg | tail -n 40 >/dev/ttyS0
+fi
 sync; poweroff -f
 """
 
@@ -337,9 +347,15 @@ def run(argv, mem_mb=3072, cpus=2, out=None, env_names=(), stream=sys.stdout, ti
         try:
             rc = int(open(rc_path).read().strip())
         except (OSError, ValueError):
-            tail = open(os.path.join(out, "sandbox-console.log"), errors="replace").read()[-2000:]
-            say(f"L1 ended without the command's status; its console ends:\n{tail}")
-            rc = 125
+            text = console_text()
+            seen = re.findall(r"sandbox-init: status (\d+)", text)
+            if seen:
+                # L1 read the status back but the host does not see the file: trust L1's word.
+                say(f"L1 reported status {seen[-1]} but {rc_path} is missing on the host")
+                rc = int(seen[-1])
+            else:
+                say(f"L1 ended without the command's status; its console ends:\n{text[-4000:]}")
+                rc = 125
         return rc, "".join(collected)
     finally:
         for p in procs:

@@ -47,6 +47,19 @@ int ckvm_irq_line(int vm, uint32_t irq, int level)
     RET(ioctl(vm, KVM_IRQ_LINE, &l));
 }
 
+int ckvm_ioeventfd(int vm, uint64_t addr, uint32_t len, uint64_t datamatch, int fd, int deassign)
+{
+    struct kvm_ioeventfd e = {.datamatch = datamatch, .addr = addr, .len = len, .fd = fd};
+    e.flags = KVM_IOEVENTFD_FLAG_DATAMATCH | (deassign ? KVM_IOEVENTFD_FLAG_DEASSIGN : 0);
+    RET(ioctl(vm, KVM_IOEVENTFD, &e));
+}
+
+int ckvm_irqfd(int vm, uint32_t gsi, int fd, int deassign)
+{
+    struct kvm_irqfd f = {.fd = (__u32)fd, .gsi = gsi, .flags = deassign ? KVM_IRQFD_FLAG_DEASSIGN : 0};
+    RET(ioctl(vm, KVM_IRQFD, &f));
+}
+
 int ckvm_create_vcpu(int vm, int id) { RET(ioctl(vm, KVM_CREATE_VCPU, (unsigned long)id)); }
 struct kvm_run *ckvm_map_run(int vcpu, int size)
 {

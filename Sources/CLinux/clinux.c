@@ -7,7 +7,9 @@
 #include <string.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -226,4 +228,28 @@ int clinux_open_tap(const char *name)
         return -e;
     }
     return fd;
+}
+
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26) /* log2(2 MiB) << MFD_HUGE_SHIFT */
+#endif
+
+int clinux_memfd(const char *name, uint64_t size, int hugetlb)
+{
+    unsigned flags = MFD_CLOEXEC;
+    if (hugetlb) flags |= MFD_HUGETLB | MFD_HUGE_2MB;
+    int fd = memfd_create(name, flags);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int clinux_eventfd(void)
+{
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
 }

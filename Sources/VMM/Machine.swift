@@ -32,6 +32,9 @@ public struct MachineConfig: Sendable {
     /// A root disk (virtio-blk), read-only unless `diskWritable`.
     public var disk: String? = nil
     public var diskWritable = false
+    /// Host directories served by vhost-user back ends (virtiofsd): each back end's socket and the tag
+    /// the guest mounts it by. Guest RAM is then a memfd the back ends map.
+    public var fileSystems: [(socket: String, tag: String)] = []
 
     public init(
         kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "", vcpus: Int = 1, memoryMB: Int = 64,
@@ -69,6 +72,9 @@ public final class Machine: @unchecked Sendable {
     public let vcpus: [VCPU]
     public let ports = PortBus()
     public let pci = PCIBus()
+    public let mmio = MMIOBus()
+    /// The virtio-mmio devices (virtio-fs), in the order of their windows.
+    public private(set) var modern: [VirtioMMIOTransport] = []
     public let kernel: LoadedKernel
     /// The agent channel's host end, when configured.
     public private(set) var channel: HostChannel?
@@ -105,7 +111,10 @@ public final class Machine: @unchecked Sendable {
         }
         kvm = try KVM()
         vm = try VM(kvm: kvm, pit: c.pit || c.commandLine.split(separator: " ").contains("acpi=off"))
-        memory = try GuestMemory(size: bytes, hugetlb: c.hugepages)
+        guard c.fileSystems.count <= Layout.virtioMMIOMax else {
+            throw VMMError.config("a guest has at most \(Layout.virtioMMIOMax) shared directories, not \(c.fileSystems.count)")
+        }
+        memory = try GuestMemory(size: bytes, hugetlb: c.hugepages, shared: !c.fileSystems.isEmpty)
         try memory.populate(on: c.cpus)
         try vm.map(gpa: 0, size: bytes, host: memory.base)
 
@@ -134,8 +143,10 @@ public final class Machine: @unchecked Sendable {
         vcpus = made
         tids = Mutex([Int32](repeating: 0, count: c.vcpus))
         try plugVirtio()
+        try plugModernVirtio()
         try memory.write(try MPTable.build(cpus: c.vcpus, pci: pciInterrupts), at: Layout.mpTable)
-        try memory.write(try ACPI.build(cpus: c.vcpus, pci: pciInterrupts), at: Layout.acpi)
+        let slots = modern.map { VirtioMMIOSlot(base: $0.base, size: VirtioMMIOTransport.windowSize, gsi: $0.gsi) }
+        try memory.write(try ACPI.build(cpus: c.vcpus, pci: pciInterrupts, mmio: slots), at: Layout.acpi)
         try bootstrap(made[0])
         try attachDevices()
     }
@@ -185,6 +196,44 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
+    /// The virtio-mmio devices: one virtio-fs per shared directory, each with its window and GSI.
+    func plugModernVirtio() throws {
+        let vm = self.vm
+        for (i, fs) in config.fileSystems.enumerated() {
+            let d = try VirtioFS(socket: fs.socket, tag: fs.tag)
+            let base = Layout.virtioMMIO + UInt64(i) * Layout.virtioMMIOStride
+            let gsi = Layout.virtioMMIOFirstGSI + UInt32(i)
+            let t = VirtioMMIOTransport(
+                d, memory: memory, base: base, gsi: gsi,
+                pulse: {
+                    vm.irqLine(gsi, true); vm.irqLine(gsi, false)
+                },
+                fault: { [unowned self] why in finish(.failed(why)) })
+            try d.plugged(base: base, gsi: gsi, vm: vm)
+            try mmio.attach(t, base: base, count: VirtioMMIOTransport.windowSize)
+            modern.append(t)
+        }
+    }
+
+    static let pollRDHUP: Int32 = 0x2000  // <poll.h> with _GNU_SOURCE: the peer closed its end
+
+    /// Ends the VM when a vhost-user back end goes away (its socket hangs up): the guest's file
+    /// system would hang otherwise. Polls until the VM ends.
+    func watchBackends() -> PinnedThread? {
+        let watched = modern.compactMap { t in (t.device as? VirtioFS).map { ($0.backendSocket, $0.tag) } }
+        guard !watched.isEmpty else { return nil }
+        return try? PinnedThread(cpu: config.housekeeping) { [self] in
+            var fds = watched.map { pollfd(fd: $0.0, events: Int16(Self.pollRDHUP), revents: 0) }
+            while end.withLock({ $0 }) == nil {
+                let n = poll(&fds, nfds_t(fds.count), 200)
+                guard n > 0 else { continue }
+                if let i = fds.firstIndex(where: { $0.revents & Int16(Self.pollRDHUP | POLLHUP | POLLERR) != 0 }) {
+                    return finish(.failed("the virtio-fs back end for tag \(watched[i].1) closed its socket (virtiofsd ended)"))
+                }
+            }
+        }
+    }
+
     func attachDevices() throws {
         let vm = self.vm
         let console = config.console
@@ -219,6 +268,8 @@ public final class Machine: @unchecked Sendable {
             do { try ch.start(console: con, cpu: config.housekeeping) } catch { finish(.failed("\(error)")) }
         }
         defer { channel?.stop() }
+        let watcher = watchBackends()
+        defer { watcher?.join() }
         for (i, v) in vcpus.enumerated() {
             let cpu = config.cpus.isEmpty ? nil : config.cpus[i]
             do {
@@ -285,10 +336,18 @@ public final class Machine: @unchecked Sendable {
                 }
             }
         case KVM_EXIT_MMIO:
-            // No MMIO devices yet (the APICs are in KVM): reads see all ones, writes are dropped.
+            // The virtio-mmio windows; anywhere else (the APICs are in KVM) reads see all ones and
+            // writes are dropped.
+            let d = v.mmioData(e)
+            let size = min(Int(e.mmio_length), d.count)
+            guard size == 1 || size == 2 || size == 4 || size == 8 else { return }
             if e.mmio_is_write == 0 {
-                let d = v.mmioData(e)
-                for i in 0..<d.count { d[i] = 0xff }
+                let val = mmio.read(e.mmio_address, size: size)
+                for i in 0..<size { d[i] = UInt8(truncatingIfNeeded: val >> (8 * UInt64(i))) }
+            } else {
+                var val: UInt64 = 0
+                for i in 0..<size { val |= UInt64(d[i]) << (8 * UInt64(i)) }
+                mmio.write(e.mmio_address, size: size, value: val)
             }
         case KVM_EXIT_HLT:
             finish(.shutdown("vCPU \(v.id) halted"))

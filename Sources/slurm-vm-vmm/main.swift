@@ -3,12 +3,14 @@
 //
 //   slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB]
 //                [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]
-//                [--agent-socket PATH] [--disk FILE [--disk-writable]] [--pit]
+//                [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--pit]
 //
 // --pit adds the in-kernel 8254 timer (implied by acpi=off in --append: Linux without ACPI needs it); with
 // our ACPI tables Linux never touches it, and without it the VM is torn down about 13 ms sooner.
 // --agent-socket PATH listens there for the host end of the guest agent's virtio-console port
 // (org.slurm-vm.agent); --disk FILE is the guest's virtio-blk disk, read-only unless --disk-writable.
+// --fs SOCKET,TAG adds a virtio-fs device whose queues a vhost-user back end (virtiofsd) listening on
+// SOCKET serves; the guest mounts it by TAG. Guest RAM is then a memfd shared with the back ends.
 //
 // --ready FILE gets the vCPUs' host thread ids (one line, comma-separated) once all run pinned, written
 // to FILE.tmp and renamed, so a reader never sees half of it. --report FILE gets how the guest ended
@@ -68,7 +70,7 @@ func megabytes(_ s: String) -> Int {
 
 var kernelPath: String?, initrdPath: String?, append = "", vcpus = 1, mem = 64, cpus: [Int] = [], housekeeping: Int?
 var hugepages = false, pit = false, consolePath: String?, reportPath: String?, readyPath: String?
-var agentSocket: String?, diskPath: String?, diskWritable = false
+var agentSocket: String?, diskPath: String?, diskWritable = false, fileSystems: [(socket: String, tag: String)] = []
 var args = CommandLine.arguments.dropFirst()
 @MainActor func value(_ flag: String) -> String {
     guard let v = args.popFirst() else { fail("\(flag) needs a value", 2) }
@@ -91,9 +93,15 @@ while let a = args.popFirst() {
     case "--agent-socket": agentSocket = value(a)
     case "--disk": diskPath = value(a)
     case "--disk-writable": diskWritable = true
+    case "--fs":
+        let v = value(a)
+        guard let comma = v.lastIndex(of: ","), comma != v.startIndex, v.index(after: comma) != v.endIndex else {
+            fail("--fs '\(v)' is not SOCKET,TAG (a vhost-user socket and the tag the guest mounts)", 2)
+        }
+        fileSystems.append((String(v[..<comma]), String(v[v.index(after: comma)...])))
     case "-h", "--help":
         print(
-            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--pit]"
+            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--pit]"
         )
         exit(0)
     default: fail("unknown option \(a) (see --help)", 2)
@@ -125,6 +133,7 @@ config.agentSocket = agentSocket
 config.pit = pit
 config.disk = diskPath
 config.diskWritable = diskWritable
+config.fileSystems = fileSystems
 if diskWritable && diskPath == nil { fail("--disk-writable needs --disk", 2) }
 if let readyPath { config.running = { tids in writeAtomically(tids.map(String.init).joined(separator: ",") + "\n", to: readyPath) } }
 let machine: Machine

@@ -67,6 +67,7 @@ struct VMCommand: ParsableCommand {
         @Option(help: "Working directory in the guest.") var cwd: String = "/"
         @Option(help: "Back guest memory with 2 MiB hugepages: auto (when the reserved pool has room), on, off.") var hugepages: String = "auto"
         @Flag(help: "Keep the guests running after the command (see vm ls, vm exec, vm stop).") var keep = false
+        @Option(help: "A host directory each guest mounts at the same path over virtio-fs (repeatable; root only).") var share: [String] = []
         @Flag(
             help:
                 "Put the guests on one private network: a bridge on this host, addresses from 10.254.0.0/16, each guest's /etc/hosts naming the others (root only)."
@@ -109,6 +110,17 @@ struct VMCommand: ParsableCommand {
             let image = try BootImage(rec, blobs: cat.blobs)
             let memMB = try memoryMB(default: image.minMemoryMB)
             try ImageGuests.check(image, vcpus: vcpus, memoryMB: memMB)
+            let shares = try share.map { dir -> String in
+                var isDir: ObjCBool = false
+                guard dir.hasPrefix("/"), FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+                    throw RunnerError.invalidRequest("--share \(dir): give an absolute path to an existing directory")
+                }
+                guard !dir.contains(",") && !dir.contains(":") && !dir.contains(" ") else {
+                    throw RunnerError.invalidRequest(
+                        "--share \(dir): a shared path cannot contain ',', ':' or spaces (the guest's kernel command line carries it)")
+                }
+                return dir
+            }
             let p = try plan(count)
             let huge = try HugepagePolicy(parsing: hugepages).use(forMB: memMB * count)
             // A blob that no longer matches its digest must never boot.
@@ -122,7 +134,7 @@ struct VMCommand: ParsableCommand {
             let ports = try network ? LocalNetwork.create(hostnames: names.map(\.hostname), teardown: teardown) : nil
             let set = ImageGuests(
                 image: image, names: names, vcpus: vcpus, memoryMB: memMB, plan: p, hugepages: huge,
-                extraCmdline: append, keep: keep, owner: getuid(), networks: ports)
+                extraCmdline: append, shares: shares, keep: keep, owner: getuid(), networks: ports)
             teardown.install()
             let clock = PhaseClock(enabled: be.verbose)
             let guests = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: bootTimeout) { g in

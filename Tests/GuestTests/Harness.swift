@@ -121,7 +121,7 @@ enum Harness {
         return pids.filter { pid in
             guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
             let s = String(decoding: d, as: UTF8.self)
-            return (s.contains("qemu-system") || s.contains("slurm-vm-vmm")) && s.contains(runDir)
+            return (s.contains("qemu-system") || s.contains("slurm-vm-vmm") || s.contains("virtiofsd")) && s.contains(runDir)
         }
     }
 

@@ -41,7 +41,8 @@ import Testing
         var text: [String: String] = [:]
         // The RSDP is no system description table (iasl reads it only from acpidump output); the guest
         // checks it.
-        for (name, bytes) in Self.tables(try ACPI.build(cpus: 4, pci: [(1, 10), (2, 11)])) where name != "RSDP" {
+        let mmio = [VirtioMMIOSlot(base: 0xd000_0000, size: 0x200, gsi: 16), VirtioMMIOSlot(base: 0xd000_1000, size: 0x200, gsi: 17)]
+        for (name, bytes) in Self.tables(try ACPI.build(cpus: 4, pci: [(1, 10), (2, 11)], mmio: mmio)) where name != "RSDP" {
             let bin = "\(dir)/\(name.lowercased()).dat"
             try Data(bytes).write(to: URL(fileURLWithPath: bin))
             let p = Process()
@@ -71,6 +72,9 @@ import Testing
             "Device (PCI0)", "EisaId (\"PNP0A03\")", "Device (COM1)", "EisaId (\"PNP0501\")", "Device (RTC)",
             "EisaId (\"PNP0B00\")", "Name (_PRT", "0x0001FFFF", "0x0002FFFF", "IRQNoFlags", "0x03F8", "0x0CF8",
             "WordBusNumber",
+            // The virtio-mmio devices: their windows and edge-triggered GSIs.
+            "Device (VR00)", "Device (VR01)", "\"LNRO0005\"", "Memory32Fixed (ReadWrite,", "0xD0001000",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )", "0x00000011",
         ] {
             #expect(dsdt.contains(want), "the DSDT has \(want):\n\(dsdt)")
         }

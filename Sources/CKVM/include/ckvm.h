@@ -19,6 +19,11 @@ int ckvm_create_pit2(int vm);
 int ckvm_set_memory(int vm, uint32_t slot, uint64_t guest_phys, uint64_t size, void *host);
 /// Level of a GSI of the in-kernel IOAPIC/PIC.
 int ckvm_irq_line(int vm, uint32_t irq, int level);
+/// KVM_IOEVENTFD: a guest write of `len` bytes equal to `datamatch` at MMIO address `addr` signals the
+/// eventfd `fd` inside KVM, without an exit to the VMM; `deassign` removes it.
+int ckvm_ioeventfd(int vm, uint64_t addr, uint32_t len, uint64_t datamatch, int fd, int deassign);
+/// KVM_IRQFD: a write to the eventfd `fd` pulses GSI `gsi` (an edge) inside KVM; `deassign` removes it.
+int ckvm_irqfd(int vm, uint32_t gsi, int fd, int deassign);
 
 int ckvm_create_vcpu(int vm, int id);
 struct kvm_run *ckvm_map_run(int vcpu, int size);

@@ -49,4 +49,11 @@ long clinux_send_with_fds(int fd, const void *buf, unsigned long len, const int 
 /// recv(2) into `buf`, collecting up to `maxfds` attached descriptors (close-on-exec) into `fds` and
 /// their number into `*nfds`; descriptors beyond `maxfds` are closed. Returns bytes or -errno.
 long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int maxfds, int *nfds);
+/// An anonymous memory file (memfd) of `size` bytes, close-on-exec, of 2 MiB hugetlb pages when
+/// `hugetlb`; returns its descriptor or -errno. Guest RAM shared with a vhost-user backend lives in one.
+int clinux_memfd(const char *name, uint64_t size, int hugetlb);
+
+/// A close-on-exec, non-blocking eventfd, or -errno.
+int clinux_eventfd(void);
+
 #endif

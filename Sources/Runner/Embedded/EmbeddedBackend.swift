@@ -1,7 +1,8 @@
 // The embedded VMM as a backend: one slurm-vm-vmm process per guest (Sources/VMM), started on the
 // housekeeping CPUs; it pins each vCPU thread to its CPU itself and reports their ids once they run.
 // An image's guest gets the agent channel as a virtio-console port behind the run directory's
-// agent.sock, and its root disk as virtio-blk; both are legacy virtio-pci functions. Without ACPI the
+// agent.sock, and its root disk as virtio-blk; both are legacy virtio-pci functions. Shared
+// directories are virtio-fs devices on virtio-mmio, served by virtiofsd as under QEMU. Without ACPI the
 // guest powers off by writing the paravirtual exit port (the agent does, told so on the command line)
 // and reboots through the i8042.
 
@@ -36,11 +37,8 @@ public struct EmbeddedBackend: Hypervisor {
         guard spec.network == nil else {
             throw RunnerError.unsupported("the embedded VMM has no virtio-net yet; guests on a job network run with --backend qemu")
         }
-        guard (spec.shares ?? []).isEmpty else {
-            throw RunnerError.unsupported(
-                "the embedded VMM cannot share host directories (it has no virtio-fs); guests that share a directory run with --backend qemu")
-        }
         try Files.mkdirs(spec.runDir, mode: 0o700)
+        try FileServers.start(for: spec)
         let cmdline = [platformCmdline(spec), spec.cmdline].filter { !$0.isEmpty }.joined(separator: " ")
         var args = [
             "--kernel", spec.kernel, "--append", cmdline, "--vcpus", String(spec.vcpus), "--mem", String(spec.memoryMB),
@@ -52,13 +50,12 @@ public struct EmbeddedBackend: Hypervisor {
         if spec.hugepages { args.append("--hugepages") }
         if spec.agent { args += ["--agent-socket", spec.agentSocket] }
         if let d = spec.disk { args += ["--disk", d] }
-        let log = open(spec.runDir + "/vmm.log", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        defer { if log >= 0 { close(log) } }
-        var o = SpawnOptions()
-        o.stdout = log; o.stderr = log
-        o.dieWithParent = !spec.keep
-        o.cpus = spec.housekeeping
-        let pid = try Processes.spawn(binary, args, o)
+        for i in (spec.shares ?? []).indices { args += ["--fs", FileServers.socket(i, of: spec) + "," + FileServers.tag(i)] }
+        let pid: Int32
+        do { pid = try FileServers.spawn(binary, args, log: "vmm.log", for: spec) } catch {
+            FileServers.stop(for: spec)
+            throw error
+        }
         let g = EmbeddedGuest(spec: spec, pid: pid)
         // The vCPU thread ids appear once every vCPU runs pinned; a VM that fails to build ends instead.
         let deadline = Date(timeIntervalSinceNow: 20)
@@ -88,7 +85,10 @@ extension EmbeddedBackend {
     /// hostname and its way to power off.
     func platformCmdline(_ spec: GuestSpec) -> String {
         guard spec.agent else { return "" }
-        return "console=ttyS0 reboot=k panic=-1 slurmvm.hostname=\(spec.hostname) slurmvm.exitport=0x501"
+        return
+            (["console=ttyS0 reboot=k panic=-1 slurmvm.hostname=\(spec.hostname) slurmvm.exitport=0x501"]
+            + [FileServers.cmdline(spec)].compactMap { $0 })
+            .joined(separator: " ")
     }
 }
 
@@ -144,6 +144,7 @@ public final class EmbeddedGuest: RunningGuest, @unchecked Sendable {
             kill(pid, SIGKILL)
             _ = Processes.wait(pid, timeout: 5)
         }
+        FileServers.stop(for: spec)
         Files.remove(spec.runDir)
     }
 }

@@ -37,9 +37,7 @@ public struct QEMUBackend: Hypervisor {
     /// Kernel options only this backend knows are needed.
     func platformCmdline(_ spec: GuestSpec) -> String {
         var o = ["console=ttyS0", "panic=-1", "slurmvm.hostname=\(spec.hostname)"]
-        if let sh = spec.shares, !sh.isEmpty {
-            o.append("slurmvm.share=" + sh.enumerated().map { "share\($0.offset):\($0.element)" }.joined(separator: ","))
-        }
+        if let sh = FileServers.cmdline(spec) { o.append(sh) }
         if accelerator == .tcg && tscKHz > 0 {
             // Under TCG the kernel's TSC calibration against the PIT fails or hangs; tell it the rate,
             // skip the timer and delay-loop checks that emulation makes slow and flaky.
@@ -79,7 +77,10 @@ public struct QEMUBackend: Hypervisor {
         // vhost-user devices need modern virtio; microvm's virtio-mmio defaults to legacy.
         if !(spec.shares ?? []).isEmpty { a += ["-global", "virtio-mmio.force-legacy=false"] }
         for (i, _) in (spec.shares ?? []).enumerated() {
-            a += ["-chardev", "socket,id=fs\(i),path=\(spec.runDir)/fs\(i).sock", "-device", "vhost-user-fs-device,chardev=fs\(i),tag=share\(i)"]
+            a += [
+                "-chardev", "socket,id=fs\(i),path=\(FileServers.socket(i, of: spec))", "-device",
+                "vhost-user-fs-device,chardev=fs\(i),tag=\(FileServers.tag(i))",
+            ]
         }
         if let d = spec.disk {
             a += ["-drive", "file=\(d),if=none,id=root,format=raw,readonly=on", "-device", "virtio-blk-device,drive=root"]
@@ -103,56 +104,11 @@ public struct QEMUBackend: Hypervisor {
         return [binary] + arguments(spec, kernel: kernel, managed: false)
     }
 
-    /// QEMU's virtio-fs daemon, one per shared directory, serving it on a vhost-user socket in the run
-    /// directory; it ends by itself when QEMU closes the socket. Runs on the housekeeping CPUs.
-    public static let virtiofsd = "/usr/lib/qemu/virtiofsd"
-
-    func startFileServers(_ spec: GuestSpec) throws {
-        guard let shares = spec.shares, !shares.isEmpty else { return }
-        guard getuid() == 0 else { throw RunnerError.invalidRequest("sharing directories into guests (virtio-fs) needs root") }
-        guard FileManager.default.isExecutableFile(atPath: Self.virtiofsd) else {
-            throw RunnerError.vmmMissing("\(Self.virtiofsd) is missing; it comes with Debian's qemu-system-common package")
-        }
-        for (i, dir) in shares.enumerated() {
-            let sock = "\(spec.runDir)/fs\(i).sock"
-            let pid = try spawnVMMProcess(
-                Self.virtiofsd,
-                [
-                    "-f", "--socket-path=\(sock)", "-o", "source=\(dir)", "-o", "cache=auto",
-                    "-o", "sandbox=namespace", "-o", "log_level=warn",
-                ],
-                log: "virtiofsd\(i).log", for: spec)
-            try? String(pid).write(toFile: "\(spec.runDir)/virtiofsd\(i).pid", atomically: true, encoding: .utf8)
-            let deadline = Date(timeIntervalSinceNow: 5)
-            while !Files.exists(sock) {
-                if Processes.poll(pid) != nil || Date() > deadline {
-                    kill(pid, SIGKILL); _ = Processes.wait(pid, timeout: 1)
-                    throw RunnerError.bootFailed(
-                        "virtiofsd for \(dir) did not start", consoleTail: Console.tail(spec.runDir + "/virtiofsd\(i).log", lines: 5))
-                }
-                usleep(5_000)
-            }
-        }
-    }
-
-    /// A process of the guest's VMM (QEMU, a file server): output to a log in the run directory, started
-    /// on the housekeeping CPUs, ending with us unless the guest is kept.
-    func spawnVMMProcess(_ path: String, _ args: [String], log name: String, for spec: GuestSpec, passFDs: [Int32] = []) throws -> Int32 {
-        let log = open(spec.runDir + "/" + name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        defer { if log >= 0 { close(log) } }
-        var o = SpawnOptions()
-        o.passFDs = passFDs
-        o.stdout = log; o.stderr = log
-        o.dieWithParent = !spec.keep
-        o.cpus = spec.housekeeping
-        return try Processes.spawn(path, args, o)
-    }
-
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
         try Files.mkdirs(spec.runDir, mode: 0o700)
         let kernel = DirectKernel.vmlinux(for: spec.kernel, digest: spec.kernelDigest, cacheDir: kernelCache) ?? spec.kernel
-        try startFileServers(spec)
+        try FileServers.start(for: spec)
         // The guest's tap, opened here and passed as descriptor 3.
         var tap: Int32 = -1
         if let n = spec.network {
@@ -164,7 +120,7 @@ public struct QEMUBackend: Hypervisor {
         defer { if tap >= 0 { close(tap) } }
         let args = arguments(spec, kernel: kernel, tapFD: tap >= 0 ? 3 : nil)
         try? Data(([binary] + args).map { "'\($0)'" }.joined(separator: " ").utf8).write(to: URL(fileURLWithPath: spec.runDir + "/qemu.cmdline"))
-        let pid = try spawnVMMProcess(binary, args, log: "qemu.log", for: spec, passFDs: tap >= 0 ? [tap] : [])
+        let pid = try FileServers.spawn(binary, args, log: "qemu.log", for: spec, passFDs: tap >= 0 ? [tap] : [])
         let guest = QEMUGuest(spec: spec, pid: pid)
         do {
             try guest.attach(alive: { Processes.poll(pid) == nil })
@@ -261,19 +217,7 @@ public final class QEMUGuest: RunningGuest, @unchecked Sendable {
             if !Processes.wait(pid, timeout: 3) { kill(pid, SIGKILL); _ = Processes.wait(pid, timeout: 5) }
         }
         qmp?.close()
-        // File servers end when QEMU goes; one that lingers (QEMU never connected) is ended here.
-        for i in 0..<(spec.shares?.count ?? 0) {
-            guard let t = try? String(contentsOfFile: "\(spec.runDir)/virtiofsd\(i).pid", encoding: .utf8), let p = Int32(t) else { continue }
-            if Processes.isChild(p) {
-                kill(p, SIGKILL)  // ours: also reaps it if it already ended
-                _ = Processes.wait(p, timeout: 2)
-            } else if let cmd = FileManager.default.contents(atPath: "/proc/\(p)/cmdline"),
-                String(decoding: cmd, as: UTF8.self).contains("\(spec.runDir)/fs\(i).sock")
-            {
-                kill(p, SIGKILL)  // an adopted guest's: not ours to reap
-                _ = Processes.wait(p, timeout: 2)
-            }
-        }
+        FileServers.stop(for: spec)
         Files.remove(spec.runDir)
     }
 }

@@ -60,8 +60,9 @@ public enum ACPI {
 
     /// The DSDT: \\_SB.PCI0 (PNP0A03, bus 0, ports 0xcf8–0xcff, I/O 0x0000–0x0cf7 and 0x0d00–0xffff, and
     /// a _PRT sending INTA# of each slot in `pci` to the GSI of its line), \\_SB.COM1 (PNP0501, 0x3f8,
-    /// IRQ 4) and \\_SB.RTC (PNP0B00, ports 0x70–0x71, no interrupt: the VMM's RTC raises none).
-    static func dsdt(pci: [(slot: Int, line: UInt8)]) -> [UInt8] {
+    /// IRQ 4), \\_SB.RTC (PNP0B00, ports 0x70–0x71, no interrupt: the VMM's RTC raises none) and a
+    /// virtio-mmio device (LNRO0005: its register window, an edge-triggered GSI) for each of `mmio`.
+    static func dsdt(pci: [(slot: Int, line: UInt8)], mmio: [VirtioMMIOSlot] = []) -> [UInt8] {
         let prt = AML.package(
             pci.map { p in
                 AML.package([AML.integer(UInt64(p.slot) << 16 | 0xffff), AML.integer(0), AML.integer(0), AML.integer(UInt64(p.line))])
@@ -86,12 +87,20 @@ public enum ACPI {
         let rtc = AML.device(
             "RTC",
             AML.name("_HID", AML.eisaID("PNP0B00")) + AML.name("_CRS", AML.resources([AML.io(0x70, 2)])))
-        return table("DSDT", revision: 2, AML.scope([0x5c] + AML.seg("_SB"), pci0 + com1 + rtc))
+        let virtio = mmio.enumerated().map { i, d in
+            AML.device(
+                "VR" + String(format2(i)),
+                AML.name("_HID", AML.string("LNRO0005")) + AML.name("_UID", AML.integer(UInt64(i)))
+                    + AML.name("_CRS", AML.resources([AML.memory32Fixed(UInt32(d.base), UInt32(d.size)), AML.edgeInterrupt(d.gsi)])))
+        }.flatMap { $0 }
+        return table("DSDT", revision: 2, AML.scope([0x5c] + AML.seg("_SB"), pci0 + com1 + rtc + virtio))
     }
 
     /// Every table for `cpus` processors and the PCI slots' interrupt lines, laid out from `base`
     /// (16-byte aligned, RSDP first).
-    public static func build(cpus: Int, pci: [(slot: Int, line: UInt8)] = [], at base: UInt64 = Layout.acpi) throws -> [UInt8] {
+    public static func build(
+        cpus: Int, pci: [(slot: Int, line: UInt8)] = [], mmio: [VirtioMMIOSlot] = [], at base: UInt64 = Layout.acpi
+    ) throws -> [UInt8] {
         let pciLines = pci.map(\.line)
         guard cpus >= 1, cpus <= 254 else { throw VMMError.config("the ACPI tables describe 1 to 254 processors, not \(cpus)") }
         var out = [UInt8](repeating: 0, count: 36)  // the RSDP, written last
@@ -101,7 +110,8 @@ public enum ACPI {
             out += t
             return at
         }
-        let dsdt = place(dsdt(pci: pci))
+        guard mmio.count <= 100 else { throw VMMError.config("the DSDT names at most 100 virtio-mmio devices, not \(mmio.count)") }
+        let dsdt = place(dsdt(pci: pci, mmio: mmio))
         let fadt = place(fadt(dsdt: dsdt))
         let madt = place(madt(cpus: cpus, pciLines: pciLines))
         let xsdt = place(table("XSDT", revision: 1, le(fadt) + le(madt)))
@@ -115,3 +125,12 @@ public enum ACPI {
         return out
     }
 }
+
+/// Where a virtio-mmio device's registers sit and which GSI it raises.
+public struct VirtioMMIOSlot: Sendable, Equatable {
+    public var base: UInt64, size: UInt64, gsi: UInt32
+    public init(base: UInt64, size: UInt64, gsi: UInt32) { self.base = base; self.size = size; self.gsi = gsi }
+}
+
+/// Two decimal digits, for device names VR00–VR99.
+func format2(_ i: Int) -> String { i < 10 ? "0\(i)" : "\(i % 100)" }

@@ -44,6 +44,9 @@ enum AML {
         return [0x0c, UInt8(letters >> 8), UInt8(letters & 0xff), UInt8(product >> 8), UInt8(product & 0xff)]
     }
 
+    /// A string constant (an ACPI _HID such as "LNRO0005" that is not an EISA id).
+    static func string(_ s: String) -> [UInt8] { [0x0d] + Array(s.utf8) + [0] }
+
     static func name(_ n: String, _ value: [UInt8]) -> [UInt8] { [0x08] + seg(n) + value }
 
     static func scope(_ path: [UInt8], _ body: [UInt8]) -> [UInt8] { [0x10] + pkgLength(path.count + body.count) + path + body }
@@ -69,6 +72,13 @@ enum AML {
 
     /// IRQNoFlags() { irq }: an edge-triggered, active-high ISA interrupt.
     static func irq(_ n: Int) -> [UInt8] { [0x22] + le(UInt16(1 << n)) }
+
+    /// Memory32Fixed(ReadWrite, base, length).
+    static func memory32Fixed(_ base: UInt32, _ length: UInt32) -> [UInt8] { [0x86] + le(UInt16(9)) + [1] + le(base) + le(length) }
+
+    /// Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }: an extended interrupt
+    /// descriptor, which names a GSI directly (beyond the 16 ISA lines).
+    static func edgeInterrupt(_ gsi: UInt32) -> [UInt8] { [0x89] + le(UInt16(6)) + [0x03, 1] + le(gsi) }
 
     /// A word address space a bridge produces: 0 memory, 1 I/O, 2 bus numbers; fixed minimum and maximum.
     static func wordSpace(type: UInt8, _ min: UInt16, _ max: UInt16, typeFlags: UInt8 = 0) -> [UInt8] {

@@ -26,6 +26,12 @@ public enum Layout {
     /// RAM beyond this goes above 4 GiB: the 32-bit window below 4 GiB is for the APICs and the TSS.
     public static let lowMemoryEnd: UInt64 = 0xc000_0000
     public static let highMemoryStart: UInt64 = 0x1_0000_0000
+    /// virtio-mmio register windows, one per 4 KiB from here (in the 32-bit hole, far from the APICs),
+    /// and the GSIs they raise from `virtioMMIOFirstGSI` on (the IOAPIC's pins past the ISA lines).
+    public static let virtioMMIO: UInt64 = 0xd000_0000
+    public static let virtioMMIOStride: UInt64 = 0x1000
+    public static let virtioMMIOFirstGSI: UInt32 = 16
+    public static let virtioMMIOMax = 8
     public static let tssAddress: UInt64 = 0xfffb_d000
     public static let identityMapAddress: UInt64 = 0xfffb_c000
     public static let ioapic: UInt32 = 0xfec0_0000

@@ -42,6 +42,18 @@ public final class VM: @unchecked Sendable {
         _ = ckvm_irq_line(fd, irq, level ? 1 : 0)
     }
 
+    /// Has KVM signal `fd` itself when the guest writes the 4-byte `value` at MMIO `address` (a virtio
+    /// queue notify), so a kick reaches a vhost-user backend without an exit to the VMM.
+    public func ioeventfd(address: UInt64, value: UInt32, fd: Int32) throws {
+        try check(ckvm_ioeventfd(self.fd, address, 4, UInt64(value), fd, 0), "KVM_IOEVENTFD at \(hex(address))")
+    }
+
+    /// Has a write to `fd` pulse GSI `gsi` inside KVM (an edge), so a vhost-user backend interrupts
+    /// the guest without the VMM.
+    public func irqfd(gsi: UInt32, fd: Int32) throws {
+        try check(ckvm_irqfd(self.fd, gsi, fd, 0), "KVM_IRQFD for GSI \(gsi)")
+    }
+
     /// A rising edge for an edge-triggered ISA line: lower, then raise (the line stays high until the next).
     public func edge(_ irq: UInt32) {
         irqLine(irq, false)
