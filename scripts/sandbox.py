@@ -165,6 +165,8 @@ hostname sandbox; ip link set lo up 2>/dev/null
 # helper runs in this initramfs, not in the chroot.
 printf '#!/bin/sh\nexec chroot /new /sbin/modprobe "$@"\n' > /modprobe; chmod 755 /modprobe; echo /modprobe > /proc/sys/kernel/modprobe
 chroot /new /sbin/modprobe -a kvm_amd >/dev/hvc0 2>&1 || fail "no kvm_amd (does this QEMU emulate SVM?)"
+# tun: /dev/net/tun appears only once it is loaded, and nothing asks the kernel for it by name.
+chroot /new /sbin/modprobe -a tun >/dev/hvc0 2>&1
 # Through a pipe, not the console's tty: programs see what they see on a host under a pipe (no
 # colours, no terminal). The command's script writes its own status.
 chroot /new /bin/sh "$out/.sandbox-command" </dev/null 2>&1 | cat >/dev/hvc0

@@ -30,7 +30,7 @@ if ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
     SLURM_VM_CATALOG=$sbx/catalog .build/release/slurm-vm image build "Images/$i.toml" >"$log" 2>&1 || { cat "$log"; exit 1; }
   done
   # The cases parametrised by backend (Tests/GuestTests: arguments: Harness.backends).
-  cases='commandsRunAndReturnTheirExitCodes|aSharedDirectoryIsReadAndWrittenFromTheGuest|tenMegabytesOfOutputArriveIntact|severalGuestsPrefixTheirOutput|eachVCPUThreadIsPinnedToItsOwnCPU|twoRunsOnDisjointCPUsAtOnce|ctrlCTearsEverythingDown|theEmbeddedVMMBootsTheMinimalImage|mpiexecRunsInsideOneGuest'
+  cases='commandsRunAndReturnTheirExitCodes|aSharedDirectoryIsReadAndWrittenFromTheGuest|guestsOnAPrivateNetworkReachEachOtherByName|tenMegabytesOfOutputArriveIntact|severalGuestsPrefixTheirOutput|eachVCPUThreadIsPinnedToItsOwnCPU|twoRunsOnDisjointCPUsAtOnce|ctrlCTearsEverythingDown|theEmbeddedVMMBootsTheMinimalImage|mpiexecRunsInsideOneGuest'
   rc=0
   # The test binary directly (swift test's build planning costs a minute under emulation), driving
   # the release CLI (a debug build's framing is too slow there for 10 MB of output).

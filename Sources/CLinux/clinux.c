@@ -253,3 +253,11 @@ int clinux_eventfd(void)
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     return fd < 0 ? -errno : fd;
 }
+
+int clinux_tap_prepare(int fd, int hdr_size)
+{
+    if (ioctl(fd, TUNSETVNETHDRSZ, &hdr_size) != 0) return -errno;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) return -errno;
+    return 0;
+}

@@ -35,6 +35,8 @@ public struct MachineConfig: Sendable {
     /// Host directories served by vhost-user back ends (virtiofsd): each back end's socket and the tag
     /// the guest mounts it by. Guest RAM is then a memfd the back ends map.
     public var fileSystems: [(socket: String, tag: String)] = []
+    /// A NIC on an open tap (IFF_VNET_HDR; the machine owns the descriptor from here on).
+    public var network: (tap: Int32, mac: [UInt8], mtu: Int)? = nil
 
     public init(
         kernel: [UInt8], initrd: [UInt8]? = nil, commandLine: String = "", vcpus: Int = 1, memoryMB: Int = 64,
@@ -75,6 +77,7 @@ public final class Machine: @unchecked Sendable {
     public let mmio = MMIOBus()
     /// The virtio-mmio devices (virtio-fs), in the order of their windows.
     public private(set) var modern: [VirtioMMIOTransport] = []
+    public private(set) var nic: VirtioNet?
     public let kernel: LoadedKernel
     /// The agent channel's host end, when configured.
     public private(set) var channel: HostChannel?
@@ -111,8 +114,8 @@ public final class Machine: @unchecked Sendable {
         }
         kvm = try KVM()
         vm = try VM(kvm: kvm, pit: c.pit || c.commandLine.split(separator: " ").contains("acpi=off"))
-        guard c.fileSystems.count <= Layout.virtioMMIOMax else {
-            throw VMMError.config("a guest has at most \(Layout.virtioMMIOMax) shared directories, not \(c.fileSystems.count)")
+        guard c.fileSystems.count + (c.network == nil ? 0 : 1) <= Layout.virtioMMIOMax else {
+            throw VMMError.config("a guest has at most \(Layout.virtioMMIOMax) shared directories and NICs together, not \(c.fileSystems.count)")
         }
         memory = try GuestMemory(size: bytes, hugetlb: c.hugepages, shared: !c.fileSystems.isEmpty)
         try memory.populate(on: c.cpus)
@@ -196,11 +199,18 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    /// The virtio-mmio devices: one virtio-fs per shared directory, each with its window and GSI.
+    /// The virtio-mmio devices: one virtio-fs per shared directory and the NIC, each with its window
+    /// and GSI.
     func plugModernVirtio() throws {
         let vm = self.vm
-        for (i, fs) in config.fileSystems.enumerated() {
-            let d = try VirtioFS(socket: fs.socket, tag: fs.tag)
+        var devices: [ModernVirtioDevice] = try config.fileSystems.map { try VirtioFS(socket: $0.socket, tag: $0.tag) }
+        if let n = config.network {
+            guard clinux_tap_prepare(n.tap, Int32(VirtioNet.headerSize)) == 0 else {
+                throw VMMError.device("the descriptor given for the NIC is not a tap opened with IFF_VNET_HDR")
+            }
+            devices.append(try VirtioNet(tap: n.tap, mac: n.mac, mtu: n.mtu))
+        }
+        for (i, d) in devices.enumerated() {
             let base = Layout.virtioMMIO + UInt64(i) * Layout.virtioMMIOStride
             let gsi = Layout.virtioMMIOFirstGSI + UInt32(i)
             let t = VirtioMMIOTransport(
@@ -212,6 +222,7 @@ public final class Machine: @unchecked Sendable {
             try d.plugged(base: base, gsi: gsi, vm: vm)
             try mmio.attach(t, base: base, count: VirtioMMIOTransport.windowSize)
             modern.append(t)
+            if let net = d as? VirtioNet { nic = net; try net.startIO(transport: t, bus: mmio, cpu: config.housekeeping) }
         }
     }
 
@@ -270,6 +281,7 @@ public final class Machine: @unchecked Sendable {
         defer { channel?.stop() }
         let watcher = watchBackends()
         defer { watcher?.join() }
+        defer { nic?.stopIO() }
         for (i, v) in vcpus.enumerated() {
             let cpu = config.cpus.isEmpty ? nil : config.cpus[i]
             do {

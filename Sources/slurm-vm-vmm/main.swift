@@ -3,7 +3,8 @@
 //
 //   slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB]
 //                [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]
-//                [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--pit]
+//                [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]...
+//                [--net-fd FD --mac MAC [--mtu N]] [--pit]
 //
 // --pit adds the in-kernel 8254 timer (implied by acpi=off in --append: Linux without ACPI needs it); with
 // our ACPI tables Linux never touches it, and without it the VM is torn down about 13 ms sooner.
@@ -11,6 +12,8 @@
 // (org.slurm-vm.agent); --disk FILE is the guest's virtio-blk disk, read-only unless --disk-writable.
 // --fs SOCKET,TAG adds a virtio-fs device whose queues a vhost-user back end (virtiofsd) listening on
 // SOCKET serves; the guest mounts it by TAG. Guest RAM is then a memfd shared with the back ends.
+// --net-fd FD is an open tap (IFF_VNET_HDR) the runner hands in, the guest's virtio-net with --mac and
+// --mtu (default 1500): the VMM never opens a network device itself.
 //
 // --ready FILE gets the vCPUs' host thread ids (one line, comma-separated) once all run pinned, written
 // to FILE.tmp and renamed, so a reader never sees half of it. --report FILE gets how the guest ended
@@ -71,6 +74,7 @@ func megabytes(_ s: String) -> Int {
 var kernelPath: String?, initrdPath: String?, append = "", vcpus = 1, mem = 64, cpus: [Int] = [], housekeeping: Int?
 var hugepages = false, pit = false, consolePath: String?, reportPath: String?, readyPath: String?
 var agentSocket: String?, diskPath: String?, diskWritable = false, fileSystems: [(socket: String, tag: String)] = []
+var netFD: Int32?, mac: [UInt8]?, mtu = 1500
 var args = CommandLine.arguments.dropFirst()
 @MainActor func value(_ flag: String) -> String {
     guard let v = args.popFirst() else { fail("\(flag) needs a value", 2) }
@@ -99,9 +103,16 @@ while let a = args.popFirst() {
             fail("--fs '\(v)' is not SOCKET,TAG (a vhost-user socket and the tag the guest mounts)", 2)
         }
         fileSystems.append((String(v[..<comma]), String(v[v.index(after: comma)...])))
+    case "--net-fd": guard let v = Int32(value(a)), v >= 0 else { fail("--net-fd must be an open descriptor number", 2) }; netFD = v
+    case "--mac":
+        let v = value(a)
+        let bytes = v.split(separator: ":").compactMap { $0.count == 2 ? UInt8($0, radix: 16) : nil }
+        guard bytes.count == 6, v.split(separator: ":").count == 6 else { fail("--mac '\(v)' is not a MAC address such as 52:54:00:12:34:56", 2) }
+        mac = bytes
+    case "--mtu": guard let v = Int(value(a)), (68...65_521).contains(v) else { fail("--mtu must be 68 to 65521", 2) }; mtu = v
     case "-h", "--help":
         print(
-            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--pit]"
+            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--net-fd FD --mac MAC [--mtu N]] [--pit]"
         )
         exit(0)
     default: fail("unknown option \(a) (see --help)", 2)
@@ -134,6 +145,8 @@ config.pit = pit
 config.disk = diskPath
 config.diskWritable = diskWritable
 config.fileSystems = fileSystems
+if (netFD == nil) != (mac == nil) { fail("--net-fd and --mac go together", 2) }
+if let netFD, let mac { config.network = (netFD, mac, mtu) }
 if diskWritable && diskPath == nil { fail("--disk-writable needs --disk", 2) }
 if let readyPath { config.running = { tids in writeAtomically(tids.map(String.init).joined(separator: ",") + "\n", to: readyPath) } }
 let machine: Machine

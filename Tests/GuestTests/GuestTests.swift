@@ -111,11 +111,11 @@ struct Guests {
         /// `vm run --network`: the guests share a private segment (a bridge and a tap each on this host),
         /// their NICs configured by the agent with the segment's MTU, every guest named in /etc/hosts;
         /// the bridge and taps go with the guests (with --keep, with the last one `vm stop` ends).
-        @Test(.enabled(if: getuid() == 0, "SKIPPED: --network makes a bridge and taps: needs root"))
-        func guestsOnAPrivateNetworkReachEachOtherByName() throws {
+        @Test(.enabled(if: getuid() == 0, "SKIPPED: --network makes a bridge and taps: needs root"), arguments: Harness.backends)
+        func guestsOnAPrivateNetworkReachEachOtherByName(backend: String) throws {
             let probe =
                 "ip -o link | grep -o 'mtu [0-9]*' | sort -u | tr '\\n' ' '; echo; for h in $(grep -v localhost /etc/hosts | cut -d' ' -f2); do ping -c1 -W5 $h >/dev/null && echo \"reached $h\"; done; echo hostfile $(wc -l < /etc/slurm-vm/hostfile)"
-            let r = Harness.run(["vm", "run", "--image", "minimal", "--count", "2", "--network", "--", "sh", "-c", probe])
+            let r = Harness.run(["vm", "run", "--backend", backend, "--image", "minimal", "--count", "2", "--network", "--", "sh", "-c", probe])
             #expect(r.code == 0, "\(r.err)")
             let names = Set(r.out.split(separator: "\n").compactMap { $0.split(separator: ":").first.map(String.init) })
             #expect(names.count == 2, "\(r.out)")
@@ -124,7 +124,7 @@ struct Guests {
             for a in names { #expect(r.out.contains("\(a): hostfile 2"), "\(r.out)") }
             #expect(!Harness.sh("ip -o link").1.contains(": svm"), "the run's bridge or taps outlived it")
             // Kept guests keep their network until the last of them stops.
-            let keep = Harness.run(["vm", "run", "--image", "minimal", "--count", "2", "--network", "--keep"])
+            let keep = Harness.run(["vm", "run", "--backend", backend, "--image", "minimal", "--count", "2", "--network", "--keep"])
             #expect(keep.code == 0, "\(keep.err)")
             #expect(Harness.sh("ip -o link").1.contains(": svm"))
             #expect(Harness.run(["vm", "stop", "--all"]).code == 0)

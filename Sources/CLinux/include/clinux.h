@@ -53,6 +53,9 @@ long clinux_recv_with_fds(int fd, void *buf, unsigned long len, int *fds, int ma
 /// `hugetlb`; returns its descriptor or -errno. Guest RAM shared with a vhost-user backend lives in one.
 int clinux_memfd(const char *name, uint64_t size, int hugetlb);
 
+/// Makes an open tap (IFF_VNET_HDR) carry `hdr_size`-byte virtio-net headers and not block; 0 or -errno.
+int clinux_tap_prepare(int fd, int hdr_size);
+
 /// A close-on-exec, non-blocking eventfd, or -errno.
 int clinux_eventfd(void);
 

@@ -2,10 +2,12 @@
 // housekeeping CPUs; it pins each vCPU thread to its CPU itself and reports their ids once they run.
 // An image's guest gets the agent channel as a virtio-console port behind the run directory's
 // agent.sock, and its root disk as virtio-blk; both are legacy virtio-pci functions. Shared
-// directories are virtio-fs devices on virtio-mmio, served by virtiofsd as under QEMU. Without ACPI the
+// directories are virtio-fs devices on virtio-mmio, served by virtiofsd as under QEMU; the job network's
+// NIC is virtio-net on virtio-mmio over the tap the node made, opened here and handed in. Without ACPI the
 // guest powers off by writing the paravirtual exit port (the agent does, told so on the command line)
 // and reboots through the i8042.
 
+import CLinux
 import Foundation
 import Support
 #if canImport(Glibc)
@@ -34,9 +36,6 @@ public struct EmbeddedBackend: Hypervisor {
 
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
-        guard spec.network == nil else {
-            throw RunnerError.unsupported("the embedded VMM has no virtio-net yet; guests on a job network run with --backend qemu")
-        }
         try Files.mkdirs(spec.runDir, mode: 0o700)
         try FileServers.start(for: spec)
         let cmdline = [platformCmdline(spec), spec.cmdline].filter { !$0.isEmpty }.joined(separator: " ")
@@ -51,8 +50,19 @@ public struct EmbeddedBackend: Hypervisor {
         if spec.agent { args += ["--agent-socket", spec.agentSocket] }
         if let d = spec.disk { args += ["--disk", d] }
         for i in (spec.shares ?? []).indices { args += ["--fs", FileServers.socket(i, of: spec) + "," + FileServers.tag(i)] }
+        // The guest's tap, opened here and passed as descriptor 3: the VMM opens no network device.
+        var tap: Int32 = -1
+        if let n = spec.network {
+            tap = clinux_open_tap(n.tap)
+            guard tap >= 0 else {
+                FileServers.stop(for: spec)
+                throw RunnerError.bootFailed("cannot open guest \(spec.id)'s tap \(n.tap): \(String(cString: strerror(-tap)))", consoleTail: "")
+            }
+            args += ["--net-fd", "3", "--mac", n.mac, "--mtu", String(n.mtu)]
+        }
+        defer { if tap >= 0 { close(tap) } }
         let pid: Int32
-        do { pid = try FileServers.spawn(binary, args, log: "vmm.log", for: spec) } catch {
+        do { pid = try FileServers.spawn(binary, args, log: "vmm.log", for: spec, passFDs: tap >= 0 ? [tap] : []) } catch {
             FileServers.stop(for: spec)
             throw error
         }

@@ -74,6 +74,11 @@ public final class MMIOBus: Sendable {
 
     func find(_ address: UInt64) -> Range? { ranges.withLock { r in r.first { address >= $0.base && address - $0.base < $0.count } } }
 
+    /// Runs `body` while no device access is in progress (a device's host-side thread).
+    public func exclusive(_ body: () -> Void) {
+        access.withLock { _ in body() }
+    }
+
     public func read(_ address: UInt64, size: Int) -> UInt64 {
         let mask: UInt64 = size >= 8 ? .max : (1 << (8 * UInt64(size))) - 1
         guard let r = find(address) else { return mask }

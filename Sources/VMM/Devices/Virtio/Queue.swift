@@ -33,10 +33,11 @@ public struct Virtqueue: Sendable {
         self.size = size
     }
 
-    public var ready: Bool { pfn != 0 }
-    var descTable: UInt64 { UInt64(pfn) * Self.align }
-    var availRing: UInt64 { descTable + 16 * UInt64(size) }
-    var usedRing: UInt64 { (availRing + 6 + 2 * UInt64(size) + Self.align - 1) & ~(Self.align - 1) }
+    /// Where the parts of the ring are: from the PFN (legacy layout), or as a modern driver placed them.
+    public private(set) var ready = false
+    private(set) var descTable: UInt64 = 0
+    private(set) var availRing: UInt64 = 0
+    private(set) var usedRing: UInt64 = 0
     /// Bytes the whole ring occupies from its first page.
     public static func bytes(size: UInt16) -> UInt64 {
         let avail = 16 * UInt64(size) + 6 + 2 * UInt64(size)
@@ -45,14 +46,27 @@ public struct Virtqueue: Sendable {
 
     /// The driver placed the ring (0: released it). The whole ring must lie in guest memory.
     public mutating func setPFN(_ p: UInt32, memory: GuestMemory) throws {
-        lastAvail = 0; usedIdx = 0
-        pfn = 0
+        reset()
         guard p != 0 else { return }
         _ = try checked(memory, UInt64(p) * Self.align, Int(Self.bytes(size: size)), "the ring")
         pfn = p
+        descTable = UInt64(p) * Self.align
+        availRing = descTable + 16 * UInt64(size)
+        usedRing = (availRing + 6 + 2 * UInt64(size) + Self.align - 1) & ~(Self.align - 1)
+        ready = true
     }
 
-    public mutating func reset() { pfn = 0; lastAvail = 0; usedIdx = 0 }
+    /// A ring a modern transport placed part by part (each part checked to lie in guest memory).
+    public mutating func setAddresses(descriptors: UInt64, driver: UInt64, device: UInt64, memory: GuestMemory) throws {
+        reset()
+        _ = try checked(memory, descriptors, 16 * Int(size), "the descriptor table")
+        _ = try checked(memory, driver, 6 + 2 * Int(size), "the driver area")
+        _ = try checked(memory, device, 6 + 8 * Int(size), "the device area")
+        descTable = descriptors; availRing = driver; usedRing = device
+        ready = true
+    }
+
+    public mutating func reset() { pfn = 0; ready = false; descTable = 0; availRing = 0; usedRing = 0; lastAvail = 0; usedIdx = 0 }
 
     func checked(_ m: GuestMemory, _ gpa: UInt64, _ count: Int, _ what: String) throws -> UnsafeMutableRawBufferPointer {
         do { return try m.slice(gpa, count) } catch { throw VMMError.virtqueue("\(what) at \(hex(gpa))+\(count) lies outside guest memory") }
