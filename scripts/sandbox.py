@@ -154,19 +154,33 @@ mount -t tmpfs -o mode=755 upper /up; mkdir -p /up/u /up/w
 mount -t overlay root -o lowerdir=/host,upperdir=/up/u,workdir=/up/w /new || fail "overlay"
 mount -t proc proc /new/proc; mount -t sysfs sys /new/sys; mount -t devtmpfs dev /new/dev
 mkdir -p /new/dev/pts /new/dev/shm; mount -t devpts devpts /new/dev/pts; mount -t tmpfs shm /new/dev/shm
+ln -sf /proc/self/fd /new/dev/fd; ln -sf /proc/self/fd/0 /new/dev/stdin; ln -sf /proc/self/fd/1 /new/dev/stdout; ln -sf /proc/self/fd/2 /new/dev/stderr
 mount -t tmpfs -o mode=755 run /new/run
 out=$(arg out)
 mkdir -p "/new$out"; mount -t virtiofs out "/new$out" || fail "cannot mount $out"
-mount -t cgroup2 cgroup2 /new/sys/fs/cgroup 2>/dev/null
+# The host's cgroup layout (v1 controllers, a named systemd hierarchy, cgroup2 beside them), which
+# Debian's Slurm 22.05 (proctrack/cgroup, task/cgroup) expects.
+mount -t tmpfs -o mode=755 cgroup /new/sys/fs/cgroup
+for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
+  mkdir -p /new/sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /new/sys/fs/cgroup/$c 2>/dev/null
+done
+mkdir -p /new/sys/fs/cgroup/systemd /new/sys/fs/cgroup/unified
+mount -t cgroup -o none,name=systemd cgroup /new/sys/fs/cgroup/systemd 2>/dev/null
+mount -t cgroup2 cgroup2 /new/sys/fs/cgroup/unified 2>/dev/null
 rel=$(uname -r); mods=$(arg modules)
 mkdir -p "/new/lib/modules/$rel"; mount --bind "/new$mods" "/new/lib/modules/$rel"
 hostname sandbox; ip link set lo up 2>/dev/null
+# L1 has no network but lo; its name resolves there (slurmctld and munged look it up).
+echo "127.0.1.1 sandbox" >> /new/etc/hosts
 # Modules the kernel asks for itself (nf_tables for nft, say) load from the shared tree too: its
 # helper runs in this initramfs, not in the chroot.
 printf '#!/bin/sh\nexec chroot /new /sbin/modprobe "$@"\n' > /modprobe; chmod 755 /modprobe; echo /modprobe > /proc/sys/kernel/modprobe
 chroot /new /sbin/modprobe -a kvm_amd >/dev/hvc0 2>&1 || fail "no kvm_amd (does this QEMU emulate SVM?)"
 # tun: /dev/net/tun appears only once it is loaded, and nothing asks the kernel for it by name.
 chroot /new /sbin/modprobe -a tun >/dev/hvc0 2>&1
+# One address that is not loopback, on a dummy device (192.0.2.1, a documentation address that goes
+# nowhere): getaddrinfo's AI_ADDRCONFIG, which slurmctld and slurmd bind with, finds nothing without.
+chroot /new /sbin/modprobe -a dummy >/dev/hvc0 2>&1; ip link add dummy0 type dummy && ip addr add 192.0.2.1/32 dev dummy0 && ip link set dummy0 up
 # Through a pipe, not the console's tty: programs see what they see on a host under a pipe (no
 # colours, no terminal). The command's script writes its own status.
 chroot /new /bin/sh "$out/.sandbox-command" </dev/null 2>&1 | cat >/dev/hvc0

@@ -11,7 +11,7 @@
 //   catalog = "head:7420"                      # where to fetch images from
 //   state = "/var/lib/slurm-vm/node"  run = "/run/slurm-vm"  cache = "/var/cache/slurm-vm"
 //   boot_timeout = 120  hugepages = "auto"  accelerator = "kvm"|"tcg"  qemu = "/usr/bin/qemu-system-x86_64"
-//   backend = "qemu"                           # or "embedded", or "auto" (embedded where vmx/svm exist)
+//   backend = "auto"                           # embedded where vmx/svm exist, else qemu; or force "qemu"/"embedded"
 //   cache_quota = "20G"                        # least recently used images are evicted beyond it
 //   listen = "0.0.0.0:7421"                    # push listener for `slurm-vm image push` (MUNGE-authenticated)
 //   [network]                                  # the jobs' private networks (node role; docs/network.md)

@@ -24,9 +24,9 @@ public struct NodeConfig: Sendable {
     public var accelerator: Accelerator? = nil
     /// The jobs' private networks ([network] in slurm-vmd.toml); nil: guests have no network but lo.
     public var network: NetworkConfig? = NetworkConfig()
-    /// Which backend boots the jobs' guests. QEMU until the embedded VMM shares the working directory
-    /// (virtio-fs) too.
-    public var backend: BackendChoice = .qemu
+    /// Which backend boots the jobs' guests: as `vm run --backend auto` (the embedded VMM where KVM has
+    /// vmx/svm, QEMU otherwise), unless slurm-vmd.toml's node.backend forces one.
+    public var backend: BackendChoice = .auto
     /// Guest memory on 2 MiB hugepages: "auto" (when the pool has room), "on", "off".
     public var hugepages: HugepagePolicy = .auto
     /// Most bytes the image cache may hold (nil: no limit).

@@ -67,8 +67,8 @@ class Cluster:
         return self.sh("squeue -h -o '%i %T'").stdout.split("\n")[:-1]
 
     def vmms(self):
-        """QEMU processes started by this cluster's node daemons."""
-        r = run(["pgrep", "-f", f"qemu-system.*{self.dir}/vmd"])
+        """VMM processes (QEMU, slurm-vm-vmm) started by this cluster's node daemons."""
+        r = run(["pgrep", "-f", f"(qemu-system|slurm-vm-vmm).*{self.dir}/vmd"])
         return [int(p) for p in r.stdout.split()]
 
     def guests(self, node):

@@ -1,0 +1,72 @@
+"""A VM job through real Slurm whose guests boot on the embedded VMM: slurm-vmd's node role picks it
+as `vm run --backend auto` does (the host has vmx/svm), the job's working directory is shared over
+the VMM's virtio-fs, its network is the VMM's virtio-net, and its srun steps run in the guests.
+
+The embedded VMM boots Linux only where KVM has vmx/svm. These CI hosts' KVM is PVM, so
+scripts/test.sh runs this file inside the SVM sandbox (scripts/sandbox.py: an L1 with emulated AMD
+SVM), against a catalog built on the host (SLURM_VM_TEST_CATALOG). Needs root, like test_slurm.py.
+"""
+import os
+import re
+import shutil
+import tempfile
+
+import pytest
+
+from test_slurm import REPO, VM, Cluster, run
+
+HW = any(w in ("vmx", "svm") for l in open("/proc/cpuinfo") if l.startswith("flags") for w in l.split())
+if not HW:
+    pytest.skip("SKIPPED here: no vmx/svm on this host; scripts/test.sh runs this file in the SVM sandbox", allow_module_level=True)
+
+JOB = """#!/bin/sh
+#SBATCH -N1 --ntasks=2 --vm-count=2 --vm-vcpus=1 -o job.out
+srun -l sh -c 'echo "guest=$(hostname) pwd=$(pwd) cpus=$(nproc)"; echo "from $(hostname)" > from-$SLURM_PROCID.txt'
+srun -n1 sh -c 'exit 3'; echo "rc=$?"
+srun -n2 sh -c 'grep -o "slurmvm.exitport=[^ ]*" /proc/cmdline' > platform.txt
+srun -n2 sh -c 'for h in $(grep -v localhost /etc/hosts | cut -d" " -f2); do ping -c1 -W5 $h >/dev/null && echo "net $(hostname) -> $h"; done' > net.txt
+echo done
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(tempfile.mkdtemp(prefix="slurm-vm-embedded-"))
+    shared = os.environ.get("SLURM_VM_TEST_CATALOG")
+    if shared:
+        c.catalog = shared
+        c.env["SLURM_VM_CATALOG"] = shared
+    else:
+        r = run([VM, "image", "build", os.path.join(REPO, "Images", "minimal.toml")], env=c.env, timeout=1800)
+        assert r.returncode == 0, r.stderr
+    c.cluster("up", "--nodes", "1", "--catalog", c.catalog, "--dir", c.dir)
+    yield c
+    c.cluster("down", "--dir", c.dir)
+    shutil.rmtree(c.root, ignore_errors=True)
+
+
+def test_a_job_on_the_embedded_vmm_runs_its_steps_in_guests_sharing_the_working_directory(cluster):
+    w = cluster.work
+    open(os.path.join(w, "job.sh"), "w").write(JOB)
+    r = cluster.sh("sbatch -W job.sh", timeout=900)
+    out = open(os.path.join(w, "job.out")).read() if os.path.exists(os.path.join(w, "job.out")) else ""
+    assert r.returncode == 0, f"{r.stderr}\n{out}"
+    log = open(os.path.join(cluster.dir, "log", "slurm-vmd-node1.log")).read()
+    assert "backend embedded" in log, log[-3000:]
+    lines = [l for l in out.splitlines() if "guest=" in l]
+    assert len(lines) == 2, out
+    guests = sorted(re.search(r"guest=(\S+)", l).group(1) for l in lines)
+    assert len(set(guests)) == 2 and all(re.fullmatch(r"vm\d-job\d+", g) for g in guests), guests
+    for l in lines:
+        assert f"pwd={w}" in l and "cpus=1" in l, l
+    # Each guest wrote into the shared working directory (virtio-fs through the VMM's vhost-user front end).
+    wrote = sorted(open(os.path.join(w, f"from-{i}.txt")).read().strip() for i in range(2))
+    assert wrote == sorted(f"from {g}" for g in guests), wrote
+    assert "rc=3" in out, out
+    # The guests' kernels were started by the embedded VMM (its paravirtual exit port on their command line).
+    assert open(os.path.join(w, "platform.txt")).read().split() == ["slurmvm.exitport=0x501"] * 2
+    # The job's private network (the VMM's virtio-net on the node's taps): each guest reaches both.
+    net = sorted(open(os.path.join(w, "net.txt")).read().splitlines())
+    assert net == sorted(f"net {a} -> {b}" for a in guests for b in guests), net
+    assert out.rstrip().endswith("done")
+    cluster.expect_clean()
