@@ -129,7 +129,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]),
-        .testTarget(name: "VMMTests", dependencies: ["VMM", "Runner", "Support"], exclude: ["Guests"]),
+        .testTarget(name: "VMMTests", dependencies: ["VMM", "CLinux", "Runner", "Support"], exclude: ["Guests"]),
         .testTarget(name: "NetworkTests", dependencies: ["Network"]),
         .testTarget(
             name: "NodeTests",
