@@ -295,6 +295,9 @@ def run(argv, mem_mb=3072, cpus=2, out=None, env_names=(), stream=sys.stdout, ti
                 # max: SVM with nested paging; without XSAVE, which QEMU's SVM does not virtualize
                 # for the L2 (docs/vmm.md).
                 "-cpu", "max,-xsave", "-smp", str(cpus), "-m", f"{mem_mb}M",
+                # L1's resets (a triple fault ends QEMU silently under -no-reboot) and what QEMU's
+                # emulation refused, in OUT/sandbox-qemu.log: the first thing to read when L1 vanishes.
+                "-d", "guest_errors,cpu_reset", "-D", os.path.join(out, "sandbox-qemu.log"),
                 "-object", f"memory-backend-memfd,id=ram,size={mem_mb}M,share=on",
                 "-kernel", vmlinuz, "-initrd", rd, "-append", append,
                 "-chardev", f"file,id=con,path={os.path.join(out, 'sandbox-console.log')}", "-serial", "chardev:con",

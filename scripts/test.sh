@@ -31,23 +31,36 @@ if ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
   done
   # The cases parametrised by backend (Tests/GuestTests: arguments: Harness.backends).
   cases='commandsRunAndReturnTheirExitCodes|aSharedDirectoryIsReadAndWrittenFromTheGuest|guestsOnAPrivateNetworkReachEachOtherByName|tenMegabytesOfOutputArriveIntact|severalGuestsPrefixTheirOutput|eachVCPUThreadIsPinnedToItsOwnCPU|twoRunsOnDisjointCPUsAtOnce|ctrlCTearsEverythingDown|theEmbeddedVMMBootsTheMinimalImage|mpiexecRunsInsideOneGuest'
-  rc=0
+  # Emulated SVM (QEMU 7.2's TCG) misbehaves now and then when two L2 guests boot at once: about 1 in
+  # 25 such pairs, one guest dies before its first console byte, and L1 itself has vanished mid-run
+  # (docs/vmm.md, "The SVM sandbox"). A stage that fails is therefore run once more, saying so and
+  # showing the first failure; a second failure fails the run.
+  sandbox_stage() {   # sandbox_stage TITLE SUMMARY-COMMAND -- SANDBOX-ARGS…
+    local title=$1 summary=$2; shift 3
+    local attempt rc
+    for attempt in 1 2; do
+      rc=0
+      python3 scripts/sandbox.py --out "$sbx/out" "$@" >"$log" 2>&1 || rc=$?
+      echo "$title:"
+      eval "$summary" || true
+      [ "$rc" -eq 0 ] && return 0
+      tail -n 80 "$log"; tail -n 30 "$sbx/out/sandbox-console.log"
+      [ "$attempt" = 1 ] && echo "*** $title failed (rc $rc): RETRIED once, as emulated SVM has a known flake (docs/vmm.md) ***"
+    done
+    exit "$rc"
+  }
   # The test binary directly (swift test's build planning costs a minute under emulation), driving
   # the release CLI (a debug build's framing is too slow there for 10 MB of output).
   SLURM_VM_BIN=$PWD/.build/release/slurm-vm SLURM_VM_TEST_CATALOG=$sbx/catalog SLURM_VM_TEST_BACKENDS=embedded \
-    python3 scripts/sandbox.py --out "$sbx/out" --env SLURM_VM_BIN --env SLURM_VM_TEST_CATALOG --env SLURM_VM_TEST_BACKENDS -- \
-    .build/debug/slurm-vmPackageTests.xctest --testing-library swift-testing --filter "$cases" >"$log" 2>&1 || rc=$?
-  echo "SVM sandbox, embedded backend:"
-  grep -E '^✘|SKIPPED|recorded an issue|^✔ Test run|Executed [0-9]+ tests' "$log" || true
-  if [ "$rc" -ne 0 ]; then tail -n 80 "$log"; tail -n 30 "$sbx/out/sandbox-console.log"; exit "$rc"; fi
+    sandbox_stage "SVM sandbox, embedded backend" "grep -E '^✘|SKIPPED|recorded an issue|^✔ Test run|Executed [0-9]+ tests' \"\$log\"" -- \
+    --env SLURM_VM_BIN --env SLURM_VM_TEST_CATALOG --env SLURM_VM_TEST_BACKENDS -- \
+    .build/debug/slurm-vmPackageTests.xctest --testing-library swift-testing --filter "$cases"
   # A VM job through a real local Slurm cluster inside L1 (slurm-vmd picks the embedded VMM there:
   # L1 has svm), its working directory shared over the VMM's virtio-fs, its network on its virtio-net.
   SLURM_VM_BIN_DIR=$PWD/.build/release SLURM_VM_TEST_CATALOG=$sbx/catalog \
-    python3 scripts/sandbox.py --mem 4G --out "$sbx/out" --env SLURM_VM_BIN_DIR --env SLURM_VM_TEST_CATALOG -- \
-    python3 -m pytest -q -rs -p no:cacheprovider Tests/slurm/test_embedded.py >"$log" 2>&1 || rc=$?
-  echo "SVM sandbox, a Slurm job on the embedded VMM:"
-  tail -n 1 "$log"
-  if [ "$rc" -ne 0 ]; then tail -n 80 "$log"; tail -n 30 "$sbx/out/sandbox-console.log"; exit "$rc"; fi
+    sandbox_stage "SVM sandbox, a Slurm job on the embedded VMM" "tail -n 1 \"\$log\"" -- \
+    --mem 4G --env SLURM_VM_BIN_DIR --env SLURM_VM_TEST_CATALOG -- \
+    python3 -m pytest -q -rs -p no:cacheprovider Tests/slurm/test_embedded.py
   rm -rf "$sbx"
 fi
 # The embedded-VMM Slurm test ran in the sandbox above where the host has no vmx/svm.
