@@ -83,7 +83,12 @@ SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --node
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/prolog_latency.py --runs 5
 # Linux on the embedded VMM against QEMU with KVM in one machine with hardware virtualization (the SVM
 # sandbox here): boot to agent ready, 1 and 4 guests, and RSS beyond guest RAM.
-SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/sandbox_boot.py --runs 3 --catalog "$bench/catalog"
+# Its 4 concurrent boots meet the emulated-SVM flake too (with QEMU-KVM in L1 as well as with our
+# VMM; docs/vmm.md): a failed run is run once more, loudly.
+SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/sandbox_boot.py --runs 3 --catalog "$bench/catalog" || {
+  echo "*** Benchmarks/sandbox_boot.py failed: RETRIED once, as emulated SVM has a known flake (docs/vmm.md) ***"
+  SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/sandbox_boot.py --runs 3 --catalog "$bench/catalog"
+}
 # MPI over the job network against the same program between the hosts: latency, bandwidth, allreduce.
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/mpi_network.py --runs 2
 # The embedded VMM against QEMU -M microvm on the same tiny guest: start to exit, memory beyond guest
