@@ -230,10 +230,10 @@ public final class Machine: @unchecked Sendable {
 
     /// Ends the VM when a vhost-user back end goes away (its socket hangs up): the guest's file
     /// system would hang otherwise. Polls until the VM ends.
-    func watchBackends() -> PinnedThread? {
+    func watchBackends() throws -> PinnedThread? {
         let watched = modern.compactMap { t in (t.device as? VirtioFS).map { ($0.backendSocket, $0.tag) } }
         guard !watched.isEmpty else { return nil }
-        return try? PinnedThread(cpu: config.housekeeping) { [self] in
+        return try PinnedThread(cpu: config.housekeeping) { [self] in
             var fds = watched.map { pollfd(fd: $0.0, events: Int16(Self.pollRDHUP), revents: 0) }
             while end.withLock({ $0 }) == nil {
                 let n = poll(&fds, nfds_t(fds.count), 200)
@@ -279,7 +279,8 @@ public final class Machine: @unchecked Sendable {
             do { try ch.start(console: con, cpu: config.housekeeping) } catch { finish(.failed("\(error)")) }
         }
         defer { channel?.stop() }
-        let watcher = watchBackends()
+        var watcher: PinnedThread?
+        do { watcher = try watchBackends() } catch { finish(.failed("cannot watch the virtio-fs back ends: \(error)")) }
         defer { watcher?.join() }
         defer { nic?.stopIO() }
         for (i, v) in vcpus.enumerated() {

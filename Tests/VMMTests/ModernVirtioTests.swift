@@ -237,13 +237,9 @@ final class RecordingDevice: ModernVirtioDevice, @unchecked Sendable {
     static func listen(_ path: String) throws -> Int32 {
         unlink(path)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { for (i, b) in path.utf8.enumerated() { $0[i] = b } }
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        guard let addr = HostFDs.unixAddress(path), HostFDs.with(addr, { bind(fd, $0, $1) }) == 0, Glibc.listen(fd, 1) == 0 else {
+            throw VMMError.host("cannot listen on \(path)")
         }
-        guard r == 0, Glibc.listen(fd, 1) == 0 else { throw VMMError.host("cannot listen on \(path)") }
         return fd
     }
 }

@@ -7,7 +7,6 @@
 // guest powers off by writing the paravirtual exit port (the agent does, told so on the command line)
 // and reboots through the i8042.
 
-import CLinux
 import Foundation
 import Support
 #if canImport(Glibc)
@@ -37,6 +36,8 @@ public struct EmbeddedBackend: Hypervisor {
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
         try Files.mkdirs(spec.runDir, mode: 0o700)
+        let tap = try FileServers.openTap(for: spec)
+        defer { if tap >= 0 { close(tap) } }
         try FileServers.start(for: spec)
         let cmdline = [platformCmdline(spec), spec.cmdline].filter { !$0.isEmpty }.joined(separator: " ")
         var args = [
@@ -50,17 +51,7 @@ public struct EmbeddedBackend: Hypervisor {
         if spec.agent { args += ["--agent-socket", spec.agentSocket] }
         if let d = spec.disk { args += ["--disk", d] }
         for i in (spec.shares ?? []).indices { args += ["--fs", FileServers.socket(i, of: spec) + "," + FileServers.tag(i)] }
-        // The guest's tap, opened here and passed as descriptor 3: the VMM opens no network device.
-        var tap: Int32 = -1
-        if let n = spec.network {
-            tap = clinux_open_tap(n.tap)
-            guard tap >= 0 else {
-                FileServers.stop(for: spec)
-                throw RunnerError.bootFailed("cannot open guest \(spec.id)'s tap \(n.tap): \(String(cString: strerror(-tap)))", consoleTail: "")
-            }
-            args += ["--net-fd", "3", "--mac", n.mac, "--mtu", String(n.mtu)]
-        }
-        defer { if tap >= 0 { close(tap) } }
+        if let n = spec.network { args += ["--net-fd", "3", "--mac", n.mac, "--mtu", String(n.mtu)] }
         let pid: Int32
         do { pid = try FileServers.spawn(binary, args, log: "vmm.log", for: spec, passFDs: tap >= 0 ? [tap] : []) } catch {
             FileServers.stop(for: spec)
@@ -95,10 +86,8 @@ extension EmbeddedBackend {
     /// hostname and its way to power off.
     func platformCmdline(_ spec: GuestSpec) -> String {
         guard spec.agent else { return "" }
-        return
-            (["console=ttyS0 reboot=k panic=-1 slurmvm.hostname=\(spec.hostname) slurmvm.exitport=0x501"]
-            + [FileServers.cmdline(spec)].compactMap { $0 })
-            .joined(separator: " ")
+        let base = "console=ttyS0 reboot=k panic=-1 slurmvm.hostname=\(spec.hostname) slurmvm.exitport=0x501"
+        return FileServers.cmdline(spec).map { base + " " + $0 } ?? base
     }
 }
 

@@ -1,9 +1,11 @@
 // The processes a guest's VMM needs beside it, started the same way for every backend: output to a log
-// in the run directory, on the housekeeping CPUs, ending with us unless the guest is kept. Among them
+// in the run directory, on the housekeeping CPUs, ending with us unless the guest is kept; and the tap
+// every backend gets as an open descriptor. Among the processes
 // the file servers: QEMU's virtio-fs daemon, one per shared directory, serving it on a vhost-user
 // socket (`fs<i>.sock`) in the run directory that QEMU or slurm-vm-vmm connects to; the guest mounts
 // it by the tag `share<i>` at the same path (the agent's slurmvm.share=).
 
+import CLinux
 import Foundation
 import Support
 #if canImport(Glibc)
@@ -32,6 +34,17 @@ public enum FileServers {
         o.dieWithParent = !spec.keep
         o.cpus = spec.housekeeping
         return try Processes.spawn(path, args, o)
+    }
+
+    /// The guest's tap (the job network the node made), opened here and handed to the VMM as
+    /// descriptor 3, so the VMM needs no right to open network devices; -1 when the guest has none.
+    public static func openTap(for spec: GuestSpec) throws -> Int32 {
+        guard let n = spec.network else { return -1 }
+        let tap = clinux_open_tap(n.tap)
+        guard tap >= 0 else {
+            throw RunnerError.bootFailed("cannot open guest \(spec.id)'s tap \(n.tap): \(String(cString: strerror(-tap)))", consoleTail: "")
+        }
+        return tap
     }
 
     /// Starts one virtiofsd per shared directory and waits for its socket.

@@ -4,7 +4,6 @@
 // each vCPU thread (query-cpus-fast) is pinned to its own CPU, the agent channel is connected, and the
 // guest is let run.
 
-import CLinux
 import Foundation
 import Support
 #if canImport(Glibc)
@@ -108,16 +107,9 @@ public struct QEMUBackend: Hypervisor {
         try spec.validate()
         try Files.mkdirs(spec.runDir, mode: 0o700)
         let kernel = DirectKernel.vmlinux(for: spec.kernel, digest: spec.kernelDigest, cacheDir: kernelCache) ?? spec.kernel
-        try FileServers.start(for: spec)
-        // The guest's tap, opened here and passed as descriptor 3.
-        var tap: Int32 = -1
-        if let n = spec.network {
-            tap = clinux_open_tap(n.tap)
-            guard tap >= 0 else {
-                throw RunnerError.bootFailed("cannot open guest \(spec.id)'s tap \(n.tap): \(String(cString: strerror(-tap)))", consoleTail: "")
-            }
-        }
+        let tap = try FileServers.openTap(for: spec)
         defer { if tap >= 0 { close(tap) } }
+        try FileServers.start(for: spec)
         let args = arguments(spec, kernel: kernel, tapFD: tap >= 0 ? 3 : nil)
         try? Data(([binary] + args).map { "'\($0)'" }.joined(separator: " ").utf8).write(to: URL(fileURLWithPath: spec.runDir + "/qemu.cmdline"))
         let pid = try FileServers.spawn(binary, args, log: "qemu.log", for: spec, passFDs: tap >= 0 ? [tap] : [])

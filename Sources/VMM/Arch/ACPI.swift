@@ -87,12 +87,12 @@ public enum ACPI {
         let rtc = AML.device(
             "RTC",
             AML.name("_HID", AML.eisaID("PNP0B00")) + AML.name("_CRS", AML.resources([AML.io(0x70, 2)])))
-        let virtio = mmio.enumerated().map { i, d in
+        let virtio = mmio.enumerated().flatMap { i, d in
             AML.device(
                 "VR" + String(format2(i)),
                 AML.name("_HID", AML.string("LNRO0005")) + AML.name("_UID", AML.integer(UInt64(i)))
                     + AML.name("_CRS", AML.resources([AML.memory32Fixed(UInt32(d.base), UInt32(d.size)), AML.edgeInterrupt(d.gsi)])))
-        }.flatMap { $0 }
+        }
         return table("DSDT", revision: 2, AML.scope([0x5c] + AML.seg("_SB"), pci0 + com1 + rtc + virtio))
     }
 

@@ -65,10 +65,7 @@ public final class VirtioFS: ModernVirtioDevice, @unchecked Sendable {
         try backend.start(features: features, memory: memory, queues: ready, kick: kick, call: call)
     }
 
-    public func notify(_ queue: Int) {
-        var one: UInt64 = 1
-        _ = Glibc.write(kick[queue], &one, 8)
-    }
+    public func notify(_ queue: Int) { HostFDs.signal(kick[queue]) }
 
     public func reset() {
         // A back end that cannot stop its rings is gone; the socket watcher ends the VM for it.

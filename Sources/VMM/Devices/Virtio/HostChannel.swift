@@ -25,19 +25,13 @@ public final class HostChannel: @unchecked Sendable {
 
     /// Listens on `path` (replacing a stale socket there).
     public init(path: String, bus: PortBus) throws {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw VMMError.device("the agent socket path must be 1 to \(MemoryLayout.size(ofValue: addr.sun_path) - 1) bytes: \(path)")
+        guard let addr = HostFDs.unixAddress(path) else {
+            throw VMMError.device("the agent socket path must be 1 to \(HostFDs.maxPath) bytes: \(path)")
         }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
         let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard s >= 0 else { throw VMMError.device("cannot create the agent socket: \(String(cString: strerror(errno)))") }
         unlink(path)
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let r = HostFDs.with(addr) { bind(s, $0, $1) }
         guard r == 0, listen(s, 4) == 0 else {
             let e = errno
             close(s)

@@ -67,8 +67,7 @@ public final class VirtioNet: ModernVirtioDevice, @unchecked Sendable {
     /// Ends the receive thread (the VM is over).
     public func stopIO() {
         guard let t = thread else { return }
-        var one: UInt64 = 1
-        _ = write(stopper, &one, 8)
+        HostFDs.signal(stopper)
         t.join()
         thread = nil
     }
@@ -81,7 +80,7 @@ public final class VirtioNet: ModernVirtioDevice, @unchecked Sendable {
         }
         self.memory = memory
         active = true
-        signal(wake)
+        HostFDs.signal(wake)
     }
 
     public func reset() {
@@ -90,13 +89,8 @@ public final class VirtioNet: ModernVirtioDevice, @unchecked Sendable {
     }
 
     public func notify(_ queue: Int) {
-        if queue == 0 { return signal(wake) }  // receive buffers: the receive thread looks again
+        if queue == 0 { return HostFDs.signal(wake) }  // receive buffers: the receive thread looks again
         transmit()
-    }
-
-    func signal(_ fd: Int32) {
-        var one: UInt64 = 1
-        _ = write(fd, &one, 8)
     }
 
     /// Sends every frame the driver queued; called with the bus held.

@@ -73,19 +73,12 @@ public final class VhostUserFrontend: @unchecked Sendable {
     /// ownership); the device's own features are set when the driver has accepted them.
     public init(path: String) throws {
         self.path = path
+        guard let addr = HostFDs.unixAddress(path) else {
+            throw VMMError.device("vhost-user: the socket path '\(path)' is empty or longer than \(HostFDs.maxPath) bytes")
+        }
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw VMMError.device("vhost-user: socket: \(String(cString: strerror(errno)))") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            close(fd)
-            throw VMMError.device("vhost-user: the socket path \(path) is too long")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { for (i, b) in bytes.enumerated() { $0[i] = b } }
-        let r = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let r = HostFDs.with(addr) { connect(fd, $0, $1) }
         guard r == 0 else {
             let e = errno
             close(fd)
