@@ -105,7 +105,12 @@ public final class Machine: @unchecked Sendable {
         guard c.memoryMB >= 16, bytes <= Layout.maxMemory else {
             throw VMMError.config("guest memory must be 16 MiB to \(Layout.maxMemory >> 20) MiB, not \(c.memoryMB) MiB")
         }
-        config = c
+        // The machine keeps its configuration but not the kernel and initramfs: they are in guest
+        // memory once loaded, and holding them would cost their size in RSS for the guest's lifetime.
+        var kept = c
+        kept.kernel = []
+        kept.initrd = nil
+        config = kept
         if let h = c.housekeeping {
             // The VM's kernel threads (kvm-nx-lpage-recovery) inherit the creator's affinity: keep them here.
             var cpu = Int32(h)

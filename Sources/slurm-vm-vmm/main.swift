@@ -136,21 +136,25 @@ let start = Clock.now()
     close(fd)
     rename(tmp, path)
 }
-var config = MachineConfig(
-    kernel: readFile(kernelPath), initrd: initrdPath.map(readFile), commandLine: append, vcpus: vcpus, memoryMB: mem,
-    cpus: cpus, housekeeping: housekeeping, hugepages: hugepages,
-    console: { bytes in bytes.withUnsafeBytes { _ = write(consoleFD, $0.baseAddress, $0.count) } })
-config.agentSocket = agentSocket
-config.pit = pit
-config.disk = diskPath
-config.diskWritable = diskWritable
-config.fileSystems = fileSystems
 if (netFD == nil) != (mac == nil) { fail("--net-fd and --mac go together", 2) }
-if let netFD, let mac { config.network = (netFD, mac, mtu) }
 if diskWritable && diskPath == nil { fail("--disk-writable needs --disk", 2) }
-if let readyPath { config.running = { tids in writeAtomically(tids.map(String.init).joined(separator: ",") + "\n", to: readyPath) } }
-let machine: Machine
-do { machine = try Machine(config) } catch { fail("\(error)") }
+/// Builds the machine. The kernel and initramfs are read here and are gone once they are in guest
+/// memory: a global would keep both (17 MiB for Debian's) for the guest's lifetime.
+@MainActor func buildMachine() -> Machine {
+    var config = MachineConfig(
+        kernel: readFile(kernelPath), initrd: initrdPath.map(readFile), commandLine: append, vcpus: vcpus, memoryMB: mem,
+        cpus: cpus, housekeeping: housekeeping, hugepages: hugepages,
+        console: { bytes in bytes.withUnsafeBytes { _ = write(consoleFD, $0.baseAddress, $0.count) } })
+    config.agentSocket = agentSocket
+    config.pit = pit
+    config.disk = diskPath
+    config.diskWritable = diskWritable
+    config.fileSystems = fileSystems
+    if let netFD, let mac { config.network = (netFD, mac, mtu) }
+    if let readyPath { config.running = { tids in writeAtomically(tids.map(String.init).joined(separator: ",") + "\n", to: readyPath) } }
+    do { return try Machine(config) } catch { fail("\(error)") }
+}
+let machine = buildMachine()
 let end = machine.run()
 
 if let reportPath {

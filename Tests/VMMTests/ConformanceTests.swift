@@ -117,10 +117,11 @@ enum Guests {
         #expect(implied.contains("pit: counting"), "acpi=off implies the PIT: \(implied)")
     }
 
-    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theI8042ResetEndsTheVMAsAReset() throws {
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theI8042AnswersLinuxsProbeAndItsResetEndsTheVMAsAReset() throws {
         let (end, console, _) = try Guests.run("reset")
         #expect(end == .reset, "\(console)")
-        #expect(!console.contains("FAIL"))
+        #expect(console.contains("i8042 probe answered"), "\(console)")
+        #expect(!console.contains("FAIL"), "\(console)")
     }
 
     @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func aTripleFaultEndsTheVMWithAClearReason() throws {
