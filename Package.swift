@@ -44,7 +44,7 @@ let package = Package(
         // the functions and data a VM touches first (link-order.txt, from scripts/vmm_link_order.py), so the
         // kernel's 64 KiB fault-around maps a few dense windows rather than one per scattered function.
         .executableTarget(
-            name: "slurm-vm-vmm", dependencies: ["VMM", "Sizes"], exclude: ["link-order.txt"],
+            name: "slurm-vm-vmm", dependencies: ["VMM", "Sizes", "CLinux"], exclude: ["link-order.txt"],
             linkerSettings: [
                 .unsafeFlags([
                     "-static-executable", "-use-ld=lld",

@@ -27,6 +27,10 @@ public struct MachineConfig: Sendable {
     public var console: @Sendable ([UInt8]) -> Void
     /// Called once every vCPU thread is pinned and about to enter the guest, with their thread ids.
     public var running: (@Sendable ([Int32]) -> Void)? = nil
+    /// Called once in `run`, after the machine is built and its signal handlers are in, before any
+    /// thread is started or guest code runs: where slurm-vm-vmm installs its seccomp filter. An error
+    /// ends the VM as failed.
+    public var confine: (@Sendable () throws -> Void)? = nil
     /// A Unix socket to listen on for the guest agent's channel (a virtio-console port); nil: none.
     public var agentSocket: String? = nil
     /// A root disk (virtio-blk), read-only unless `diskWritable`.
@@ -280,6 +284,9 @@ public final class Machine: @unchecked Sendable {
     /// Runs the guest until it ends.
     public func run() -> MachineEnd {
         Kick.install()
+        if let confine = config.confine {
+            do { try confine() } catch { return .failed("\(error)") }
+        }
         if let ch = channel, let con = console {
             do { try ch.start(console: con, cpu: config.housekeeping) } catch { finish(.failed("\(error)")) }
         }

@@ -4,7 +4,7 @@
 //   slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB]
 //                [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]
 //                [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]...
-//                [--net-fd FD --mac MAC [--mtu N]] [--pit]
+//                [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp]
 //
 // --pit adds the in-kernel 8254 timer (implied by acpi=off in --append: Linux without ACPI needs it); with
 // our ACPI tables Linux never touches it, and without it the VM is torn down about 13 ms sooner.
@@ -19,8 +19,14 @@
 // to FILE.tmp and renamed, so a reader never sees half of it. --report FILE gets how the guest ended
 // and the timings (report_monotonic_us: CLOCK_MONOTONIC as it is written, just before exit), at the end.
 //
+// Once the machine is built and before guest code runs, the VMM confines itself to a seccomp allowlist
+// (Seccomp.swift); a system call outside it stops the VMM with status 159, naming the call on stderr.
+// --no-seccomp leaves the filter out, for diagnosing a VMM the filter stopped. --seccomp-selftest makes
+// the VMM call socket(2) right after confining itself: how the tests see a violation stopped and reported.
+//
 // Exit status: the guest's exit-port status (0–255) when it wrote one; 0 when it reset or shut down;
-// 125 when the VMM could not build or run the VM (the reason on stderr).
+// 125 when the VMM could not build or run the VM (the reason on stderr); 159 when its seccomp filter
+// stopped it.
 
 import Sizes
 import VMM
@@ -75,6 +81,7 @@ var kernelPath: String?, initrdPath: String?, append = "", vcpus = 1, mem = 64, 
 var hugepages = false, pit = false, consolePath: String?, reportPath: String?, readyPath: String?
 var agentSocket: String?, diskPath: String?, diskWritable = false, fileSystems: [(socket: String, tag: String)] = []
 var netFD: Int32?, mac: [UInt8]?, mtu = 1500
+var seccomp = true, seccompSelfTest = false
 var args = CommandLine.arguments.dropFirst()
 @MainActor func value(_ flag: String) -> String {
     guard let v = args.popFirst() else { fail("\(flag) needs a value", 2) }
@@ -91,6 +98,8 @@ while let a = args.popFirst() {
     case "--housekeeping": guard let v = Int(value(a)), v >= 0 else { fail("--housekeeping must be a CPU id", 2) }; housekeeping = v
     case "--hugepages": hugepages = true
     case "--pit": pit = true
+    case "--no-seccomp": seccomp = false
+    case "--seccomp-selftest": seccompSelfTest = true
     case "--console": consolePath = value(a)
     case "--report": reportPath = value(a)
     case "--ready": readyPath = value(a)
@@ -112,7 +121,7 @@ while let a = args.popFirst() {
     case "--mtu": guard let v = Int(value(a)), (68...65_521).contains(v) else { fail("--mtu must be 68 to 65521", 2) }; mtu = v
     case "-h", "--help":
         print(
-            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--net-fd FD --mac MAC [--mtu N]] [--pit]"
+            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp]"
         )
         exit(0)
     default: fail("unknown option \(a) (see --help)", 2)
@@ -151,6 +160,13 @@ if diskWritable && diskPath == nil { fail("--disk-writable needs --disk", 2) }
     config.diskWritable = diskWritable
     config.fileSystems = fileSystems
     if let netFD, let mac { config.network = (netFD, mac, mtu) }
+    if seccomp || seccompSelfTest {
+        let selfTest = seccompSelfTest
+        config.confine = {
+            try Seccomp.confine()
+            if selfTest { _ = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
+        }
+    }
     if let readyPath { config.running = { tids in writeAtomically(tids.map(String.init).joined(separator: ",") + "\n", to: readyPath) } }
     do { return try Machine(config) } catch { fail("\(error)") }
 }

@@ -98,6 +98,17 @@ struct Guests {
                 let on = Harness.cpuList(a ?? "")
                 #expect(!on.isEmpty && on.isSubset(of: hk), "thread \(t) on \(a ?? "?"), housekeeping \(hk.sorted())")
             }
+            if backend == "embedded" {
+                // Every thread of the running VMM is confined: no_new_privs and the seccomp filter.
+                for t in all {
+                    let status = (try? String(contentsOfFile: "/proc/\(pid)/task/\(t)/status", encoding: .utf8)) ?? ""
+                    let fields = Dictionary(
+                        status.split(separator: "\n").map { l in
+                            (String(l.prefix { $0 != ":" }), l.drop { $0 != ":" }.dropFirst().trimmingCharacters(in: .whitespaces))
+                        }, uniquingKeysWith: { a, _ in a })
+                    #expect(fields["NoNewPrivs"] == "1" && fields["Seccomp"] == "2", "thread \(t): \(status)")
+                }
+            }
             let exec = Harness.run(["vm", "exec", id, "--", "nproc"])
             #expect(exec.code == 0 && exec.out == "2\n", "\(exec.err)")
             #expect(Harness.run(["vm", "exec", id, "--", "sh", "-c", "exit 5"]).code == 5)

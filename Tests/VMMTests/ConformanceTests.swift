@@ -254,6 +254,32 @@ enum Guests {
         #expect(e.contains("exited with status 42"))
     }
 
+    /// slurm-vm-vmm confines itself before guest code runs: a conformance guest with 4 vCPUs runs to its end
+    /// under the filter, and a system call outside the allowlist (socket(2), made on purpose by --seccomp-selftest)
+    /// stops the VMM with status 159, naming the call.
+    @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func theVMMsSeccompFilterStopsACallOutsideItsAllowlist() throws {
+        func vmm(_ guest: String, _ extra: [String]) throws -> (Int32, String) {
+            let elf = try Guests.build(guest)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Guests.repo + "/.build/debug/slurm-vm-vmm")
+            p.arguments = ["--kernel", elf, "--mem", "64", "--append", "console=ttyS0", "--console", "/dev/null"] + extra
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            let e = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, e)
+        }
+        // Four vCPU threads started, woken by INIT and SIPI, and stopped, all under the filter.
+        let (ok, okErr) = try vmm("smp", ["--vcpus", "4"])
+        #expect(ok == 0, "\(okErr)")
+        #expect(!okErr.contains("seccomp"), "\(okErr)")
+        let (stopped, why) = try vmm("ports", ["--seccomp-selftest"])
+        #expect(stopped == 159, "\(why)")
+        #expect(why.contains("system call 41 (socket) is outside the VMM's allowlist"), "\(why)")
+    }
+
     @Test(.enabled(if: Guests.canRun, "needs /dev/kvm")) func badMachineRequestsAreClearErrors() throws {
         let elf = [UInt8](try Data(contentsOf: URL(fileURLWithPath: try Guests.build("ports"))))
         func error(_ c: MachineConfig) -> String {

@@ -1,5 +1,5 @@
 // Small Linux helpers Swift cannot express directly: fork+exec with per-child setup (death signal,
-// session, CPU affinity, descriptor layout), thread affinity by tid, and the TSC.
+// session, CPU affinity, descriptor layout), thread affinity by tid, the TSC, and a seccomp allowlist.
 #ifndef CLINUX_H
 #define CLINUX_H
 #include <stdint.h>
@@ -35,6 +35,15 @@ int clinux_get_affinity(pid_t tid, int *out, int cap);
 
 /// The time-stamp counter (rdtsc), or 0 where there is none.
 uint64_t clinux_rdtsc(void);
+
+/// Confines the calling process (every thread) to the named system calls: no_new_privs, then a
+/// seccomp filter. A call outside the list stops the process with status 159 after writing which call
+/// it was to stderr (seccomp.c). Returns 0, or -errno; -EINVAL with `*unknown` set to the index of a
+/// name this layer does not know.
+int clinux_seccomp_allow(const char *const *names, int count, int *unknown);
+/// The number of a system call this layer can name, or -1; and the name of a number, or NULL.
+long clinux_syscall_number(const char *name);
+const char *clinux_syscall_name(long nr);
 
 /// Linux's gettid().
 pid_t clinux_gettid(void);
