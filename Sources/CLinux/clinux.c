@@ -2,6 +2,7 @@
 #include "clinux.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
@@ -45,6 +46,15 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
         for (int s = 1; s < NSIG; s++)
             if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
         if (o->new_session && setsid() < 0) child_fail(p[1], errno);
+        // The directory first (its parents may be closed to the new identity), then the identity,
+        // then the death signal: a change of credentials clears it.
+        if (o->cwd && chdir(o->cwd) != 0) child_fail(p[1], errno);
+        if (o->set_ids) {
+            if (setgroups(0, NULL) != 0 || setresgid(o->gid, o->gid, o->gid) != 0 ||
+                setresuid(o->uid, o->uid, o->uid) != 0)
+                child_fail(p[1], errno);
+            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(p[1], errno);
+        }
         if (o->death_signal) {
             if (prctl(PR_SET_PDEATHSIG, o->death_signal) != 0) child_fail(p[1], errno);
             if (getppid() != parent) _exit(1); // the parent died before prctl took effect
@@ -89,7 +99,6 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
         if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
         for (int fd = floor; fd < maxfd; fd++)
             if (fd != err_fd) close(fd);
-        if (o->cwd && chdir(o->cwd) != 0) child_fail(err_fd, errno);
         execve(o->path, o->argv, o->envp ? o->envp : environ);
         child_fail(err_fd, errno);
     }

@@ -33,7 +33,9 @@ public struct MachineConfig: Sendable {
     public var confine: (@Sendable () throws -> Void)? = nil
     /// A Unix socket to listen on for the guest agent's channel (a virtio-console port); nil: none.
     public var agentSocket: String? = nil
-    /// A root disk (virtio-blk), read-only unless `diskWritable`.
+    /// An open descriptor of /dev/kvm to use instead of opening it (nil: open it).
+    public var kvmFD: Int32? = nil
+    /// A root disk (virtio-blk; a path or `fd:N`), read-only unless `diskWritable`.
     public var disk: String? = nil
     public var diskWritable = false
     /// Host directories served by vhost-user back ends (virtiofsd): each back end's socket and the tag
@@ -121,7 +123,7 @@ public final class Machine: @unchecked Sendable {
             let r = clinux_set_affinity(0, &cpu, 1)
             guard r == 0 else { throw VMMError.host("cannot move the VMM to housekeeping CPU \(h): \(String(cString: strerror(-r)))") }
         }
-        kvm = try KVM()
+        kvm = try KVM(fd: c.kvmFD)
         vm = try VM(kvm: kvm, pit: c.pit || c.commandLine.split(separator: " ").contains("acpi=off"))
         guard c.fileSystems.count + (c.network == nil ? 0 : 1) <= Layout.virtioMMIOMax else {
             throw VMMError.config("a guest has at most \(Layout.virtioMMIOMax) shared directories and NICs together, not \(c.fileSystems.count)")

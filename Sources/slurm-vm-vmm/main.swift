@@ -4,8 +4,11 @@
 //   slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB]
 //                [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]
 //                [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]...
-//                [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp]
+//                [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp] [--kvm-fd FD]
 //
+// Files may be given as fd:N, a descriptor the parent opened and handed in (--kernel, --initrd,
+// --disk); --kvm-fd N is /dev/kvm opened by the parent. A VMM started under its own unprivileged uid
+// (the runner does so as root) can then neither see nor open those files itself.
 // --pit adds the in-kernel 8254 timer (implied by acpi=off in --append: Linux without ACPI needs it); with
 // our ACPI tables Linux never touches it, and without it the VM is torn down about 13 ms sooner.
 // --agent-socket PATH listens there for the host end of the guest agent's virtio-console port
@@ -45,7 +48,7 @@ func fail(_ msg: String, _ code: Int32 = 125) -> Never {
 }
 
 func readFile(_ path: String) -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    let fd = HostFDs.open(path, O_RDONLY)
     guard fd >= 0 else { fail("cannot open \(path): \(String(cString: strerror(errno)))") }
     defer { close(fd) }
     var st = stat()
@@ -81,7 +84,7 @@ var kernelPath: String?, initrdPath: String?, append = "", vcpus = 1, mem = 64, 
 var hugepages = false, pit = false, consolePath: String?, reportPath: String?, readyPath: String?
 var agentSocket: String?, diskPath: String?, diskWritable = false, fileSystems: [(socket: String, tag: String)] = []
 var netFD: Int32?, mac: [UInt8]?, mtu = 1500
-var seccomp = true, seccompSelfTest = false
+var seccomp = true, seccompSelfTest = false, kvmFD: Int32?
 var args = CommandLine.arguments.dropFirst()
 @MainActor func value(_ flag: String) -> String {
     guard let v = args.popFirst() else { fail("\(flag) needs a value", 2) }
@@ -99,6 +102,7 @@ while let a = args.popFirst() {
     case "--hugepages": hugepages = true
     case "--pit": pit = true
     case "--no-seccomp": seccomp = false
+    case "--kvm-fd": guard let v = Int32(value(a)), v >= 0 else { fail("--kvm-fd must be an open descriptor of /dev/kvm", 2) }; kvmFD = v
     case "--seccomp-selftest": seccompSelfTest = true
     case "--console": consolePath = value(a)
     case "--report": reportPath = value(a)
@@ -121,7 +125,7 @@ while let a = args.popFirst() {
     case "--mtu": guard let v = Int(value(a)), (68...65_521).contains(v) else { fail("--mtu must be 68 to 65521", 2) }; mtu = v
     case "-h", "--help":
         print(
-            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp]"
+            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp] [--kvm-fd FD]"
         )
         exit(0)
     default: fail("unknown option \(a) (see --help)", 2)
@@ -155,6 +159,7 @@ if diskWritable && diskPath == nil { fail("--disk-writable needs --disk", 2) }
         cpus: cpus, housekeeping: housekeeping, hugepages: hugepages,
         console: { bytes in bytes.withUnsafeBytes { _ = write(consoleFD, $0.baseAddress, $0.count) } })
     config.agentSocket = agentSocket
+    config.kvmFD = kvmFD
     config.pit = pit
     config.disk = diskPath
     config.diskWritable = diskWritable

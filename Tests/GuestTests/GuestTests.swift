@@ -99,7 +99,8 @@ struct Guests {
                 #expect(!on.isEmpty && on.isSubset(of: hk), "thread \(t) on \(a ?? "?"), housekeeping \(hk.sorted())")
             }
             if backend == "embedded" {
-                // Every thread of the running VMM is confined: no_new_privs and the seccomp filter.
+                // Every thread of the running VMM is confined: a uid and gid of its own (not root, not
+                // ours), no capabilities, no_new_privs and the seccomp filter.
                 for t in all {
                     let status = (try? String(contentsOfFile: "/proc/\(pid)/task/\(t)/status", encoding: .utf8)) ?? ""
                     let fields = Dictionary(
@@ -107,6 +108,12 @@ struct Guests {
                             (String(l.prefix { $0 != ":" }), l.drop { $0 != ":" }.dropFirst().trimmingCharacters(in: .whitespaces))
                         }, uniquingKeysWith: { a, _ in a })
                     #expect(fields["NoNewPrivs"] == "1" && fields["Seccomp"] == "2", "thread \(t): \(status)")
+                    let uids = (fields["Uid"] ?? "").split(whereSeparator: \.isWhitespace).compactMap { UInt32($0) }
+                    let gids = (fields["Gid"] ?? "").split(whereSeparator: \.isWhitespace).compactMap { UInt32($0) }
+                    #expect(uids.count == 4 && Set(uids).count == 1 && uids[0] >= 4_200_000_000, "thread \(t): Uid \(uids)")
+                    #expect(gids == uids, "thread \(t): Gid \(gids)")
+                    #expect(fields["CapEff"] == "0000000000000000" && fields["CapPrm"] == "0000000000000000", "thread \(t): \(status)")
+                    #expect(fields["Groups"] == "", "thread \(t): no supplementary groups")
                 }
             }
             let exec = Harness.run(["vm", "exec", id, "--", "nproc"])

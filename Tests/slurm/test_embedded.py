@@ -25,6 +25,7 @@ srun -l sh -c 'echo "guest=$(hostname) pwd=$(pwd) cpus=$(nproc)"; echo "from $(h
 srun -n1 sh -c 'exit 3'; echo "rc=$?"
 srun -n2 sh -c 'grep -o "slurmvm.exitport=[^ ]*" /proc/cmdline' > platform.txt
 srun -n2 sh -c 'for h in $(grep -v localhost /etc/hosts | cut -d" " -f2); do ping -c1 -W5 $h >/dev/null && echo "net $(hostname) -> $h"; done' > net.txt
+for p in $(pgrep -x slurm-vm-vmm); do echo "vmm $(grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$p/status | tr -s '\t\n' '  ')"; done > vmms.txt
 echo done
 """
 
@@ -68,5 +69,18 @@ def test_a_job_on_the_embedded_vmm_runs_its_steps_in_guests_sharing_the_working_
     # The job's private network (the VMM's virtio-net on the node's taps): each guest reaches both.
     net = sorted(open(os.path.join(w, "net.txt")).read().splitlines())
     assert net == sorted(f"net {a} -> {b}" for a in guests for b in guests), net
+    # The batch script runs on the node: each guest's VMM ran as a uid of its own (not root, not the
+    # other guest's), without capabilities, with no_new_privs and its seccomp filter.
+    vmms = open(os.path.join(w, "vmms.txt")).read().splitlines()
+    assert len(vmms) == 2, vmms
+    uids = []
+    for v in vmms:
+        f = v.split()
+        uid = f[f.index("Uid:") + 1]
+        assert len(set(f[f.index("Uid:") + 1:f.index("Uid:") + 5])) == 1 and int(uid) >= 4_200_000_000, v
+        assert f[f.index("CapEff:") + 1] == "0000000000000000" and f[f.index("NoNewPrivs:") + 1] == "1", v
+        assert f[f.index("Seccomp:") + 1] == "2", v
+        uids.append(uid)
+    assert len(set(uids)) == 2, vmms
     assert out.rstrip().endswith("done")
     cluster.expect_clean()

@@ -18,6 +18,11 @@ typedef struct {
     const char *cwd; // NULL: inherit
     const int *pass_fds;
     int npass_fds; // the child gets pass_fds[i] as descriptor 3 + i (a tap for QEMU's -netdev tap,fd=3)
+    // set_ids: the child becomes uid/gid (real, effective, saved; no supplementary groups) with
+    // no_new_privs before exec, so it runs without capabilities; cwd is entered before that.
+    int set_ids;
+    uid_t uid;
+    gid_t gid;
 } clinux_spawn_opts;
 
 /// Starts a child; returns its pid, or -errno. An exec failure in the child is reported as -errno too

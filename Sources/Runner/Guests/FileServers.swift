@@ -24,12 +24,17 @@ public enum FileServers {
         return "slurmvm.share=" + sh.enumerated().map { "\(tag($0.offset)):\($0.element)" }.joined(separator: ",")
     }
 
-    /// A process of the guest's VMM (the VMM itself, a file server).
-    public static func spawn(_ path: String, _ args: [String], log name: String, for spec: GuestSpec, passFDs: [Int32] = []) throws -> Int32 {
+    /// A process of the guest's VMM (the VMM itself, a file server), optionally in `cwd` as `identity`.
+    public static func spawn(
+        _ path: String, _ args: [String], log name: String, for spec: GuestSpec, passFDs: [Int32] = [], cwd: String? = nil,
+        identity: VMMIdentity? = nil
+    ) throws -> Int32 {
         let log = open(spec.runDir + "/" + name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         defer { if log >= 0 { close(log) } }
         var o = SpawnOptions()
         o.passFDs = passFDs
+        o.cwd = cwd
+        o.identity = identity
         o.stdout = log; o.stderr = log
         o.dieWithParent = !spec.keep
         o.cpus = spec.housekeeping

@@ -18,6 +18,11 @@ public struct SpawnOptions: Sendable {
     public var env: [String]? = nil
     /// Descriptors the child gets as 3, 4, … (a tap for QEMU's `-netdev tap,fd=3`).
     public var passFDs: [Int32] = []
+    /// The child's working directory, entered before it takes `identity`.
+    public var cwd: String? = nil
+    /// The uid and gid the child runs as (no supplementary groups, no_new_privs, no capabilities);
+    /// nil: ours.
+    public var identity: VMMIdentity? = nil
     public init() {}
 }
 
@@ -31,6 +36,8 @@ public enum Processes {
         let pathC = strdup(path)
         defer { free(pathC) }
         let pass = o.passFDs
+        let cwdC: UnsafeMutablePointer<CChar>? = o.cwd.flatMap { strdup($0) }
+        defer { free(cwdC) }
         let pid: Int32 = argv.withUnsafeBufferPointer { av in
             cpus.withUnsafeBufferPointer { cp in
                 pass.withUnsafeBufferPointer { pf in
@@ -39,8 +46,9 @@ public enum Processes {
                             path: pathC, argv: av.baseAddress, envp: ep,
                             stdin_fd: o.stdin, stdout_fd: o.stdout, stderr_fd: o.stderr,
                             new_session: o.newSession ? 1 : 0, death_signal: o.dieWithParent ? SIGKILL : 0,
-                            cpus: cp.baseAddress, ncpus: Int32(cp.count), cwd: nil,
-                            pass_fds: pf.baseAddress, npass_fds: Int32(pf.count))
+                            cpus: cp.baseAddress, ncpus: Int32(cp.count), cwd: UnsafePointer(cwdC),
+                            pass_fds: pf.baseAddress, npass_fds: Int32(pf.count),
+                            set_ids: o.identity == nil ? 0 : 1, uid: o.identity?.uid ?? 0, gid: o.identity?.gid ?? 0)
                         return clinux_spawn(&opts)
                     }
                     if let envp { return envp.withUnsafeBufferPointer { go($0.baseAddress) } }

@@ -5,7 +5,18 @@
 import Glibc
 #endif
 
-enum HostFDs {
+public enum HostFDs {
+    /// Opens a file the VMM was given: a path, or `fd:N` for a descriptor its parent opened and handed
+    /// in (a confined VMM may not see the file's directory, or have the right to open it itself). An
+    /// inherited descriptor is duplicated, close-on-exec. Returns the descriptor or -1 with errno set.
+    public static func open(_ path: String, _ flags: Int32) -> Int32 {
+        if path.hasPrefix("fd:") {
+            guard let n = Int32(path.dropFirst(3)), n >= 0 else { errno = EBADF; return -1 }
+            return fcntl(n, F_DUPFD_CLOEXEC, 0)
+        }
+        return Glibc.open(path, flags | O_CLOEXEC)
+    }
+
     /// The address of the Unix socket at `path`, or nil when the path is empty or longer than
     /// `sun_path` holds.
     static func unixAddress(_ path: String) -> sockaddr_un? {

@@ -51,8 +51,10 @@ public final class KVM: @unchecked Sendable {
     public let fd: Int32
     public let runSize: Int
 
-    public init() throws {
-        let f = ckvm_open()
+    /// Opens /dev/kvm, or takes `fd`, a descriptor of it the caller opened (a confined VMM has no right
+    /// to open the device itself).
+    public init(fd given: Int32? = nil) throws {
+        let f = given ?? ckvm_open()
         guard f >= 0 else {
             throw VMMError.kvm(
                 f == -ENOENT

@@ -28,9 +28,10 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     // unowned: the transport owns the device, and the PCI bus owns the transport.
     unowned var transport: VirtioTransport!
 
-    /// Opens `path` (read-only unless `writable`); its size must be a whole number of sectors.
+    /// Opens `path` (or `fd:N`, see `HostFDs.open`; read-only unless `writable`); its size must be a
+    /// whole number of sectors.
     public init(path: String, writable: Bool, serial: String = "slurm-vm-root") throws {
-        let f = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
+        let f = HostFDs.open(path, writable ? O_RDWR : O_RDONLY)
         guard f >= 0 else { throw VMMError.device("cannot open disk \(path): \(String(cString: strerror(errno)))") }
         var st = stat()
         guard fstat(f, &st) == 0, st.st_size > 0, st.st_size % Int(Self.sectorSize) == 0 else {
