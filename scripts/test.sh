@@ -40,7 +40,8 @@ if ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
     local attempt rc
     for attempt in 1 2; do
       rc=0
-      python3 scripts/sandbox.py --out "$sbx/out" "$@" >"$log" 2>&1 || rc=$?
+      # A normal stage takes 2-3 minutes; an L1 that hangs is cut off after 15.
+      python3 scripts/sandbox.py --out "$sbx/out" --timeout 900 "$@" >"$log" 2>&1 || rc=$?
       echo "$title:"
       eval "$summary" || true
       [ "$rc" -eq 0 ] && return 0

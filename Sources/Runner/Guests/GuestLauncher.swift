@@ -88,6 +88,10 @@ public enum GuestLauncher {
     public static func waitReady(_ g: RunningGuest, timeout: TimeInterval) throws -> ReadyGuest {
         let agent: AgentConnection
         do { agent = try g.connectAgent() } catch {
+            // A VMM that already ended closed its socket: say how it ended, not that the socket refused.
+            if let end = g.waitForEnd(timeout: 1) {
+                throw RunnerError.notReady("guest \(g.spec.id) \(end) before its agent was ready", consoleTail: Console.tail(g.spec.consolePath))
+            }
             throw RunnerError.notReady("guest \(g.spec.id): cannot reach its agent channel: \(error)", consoleTail: Console.tail(g.spec.consolePath))
         }
         let deadline = Date(timeIntervalSinceNow: timeout)
