@@ -42,6 +42,12 @@ import Glibc
         // a's runner died: its run directory is gone, and its uid goes to c.
         try FileManager.default.removeItem(atPath: a.runDir)
         #expect(try VMMIdentities.take(for: c, in: range) == ia)
+        // Listing guests, which sweeps away run directories without a record, leaves the locks alone
+        // however old their directory is.
+        let locks = "\(root)/guests/.vmm-uids"
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -3600)], ofItemAtPath: locks)
+        _ = try GuestRecords(root: root).live()
+        #expect(FileManager.default.fileExists(atPath: locks))
         // Teardown gives uids back; the last one leaves no lock directory behind.
         VMMIdentities.release(for: b)
         VMMIdentities.release(for: c)
