@@ -8,11 +8,12 @@ import Glibc
 public enum HostFDs {
     /// Opens a file the VMM was given: a path, or `fd:N` for a descriptor its parent opened and handed
     /// in (a confined VMM may not see the file's directory, or have the right to open it itself). An
-    /// inherited descriptor is duplicated, close-on-exec. Returns the descriptor or -1 with errno set.
+    /// inherited descriptor is taken over as it is, made close-on-exec: the caller owns it from here
+    /// (each is named once), so no second copy stays open. Returns the descriptor or -1 with errno set.
     public static func open(_ path: String, _ flags: Int32) -> Int32 {
         if path.hasPrefix("fd:") {
             guard let n = Int32(path.dropFirst(3)), n >= 0 else { errno = EBADF; return -1 }
-            return fcntl(n, F_DUPFD_CLOEXEC, 0)
+            return fcntl(n, F_SETFD, FD_CLOEXEC) == 0 ? n : -1
         }
         return Glibc.open(path, flags | O_CLOEXEC)
     }
