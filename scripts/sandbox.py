@@ -181,19 +181,31 @@ chroot /new /sbin/modprobe -a tun >/dev/hvc0 2>&1
 # One address that is not loopback, on a dummy device (192.0.2.1, a documentation address that goes
 # nowhere): getaddrinfo's AI_ADDRCONFIG, which slurmctld and slurmd bind with, finds nothing without.
 chroot /new /sbin/modprobe -a dummy >/dev/hvc0 2>&1; ip link add dummy0 type dummy && ip addr add 192.0.2.1/32 dev dummy0 && ip link set dummy0 up
+# The command runs with /new as the real root (switch_root), not in a chroot: the kernel refuses a
+# user namespace to a chrooted process, and file servers run in one (docs/security.md). Stage 2 is
+# PID 1 there; busybox comes along for its last words, since the initramfs is gone by then.
+mkdir -p /new/run/sandbox; cp /bin/busybox /new/run/sandbox/busybox
+cat > /new/run/sandbox-stage2 <<EOF2
+B=/run/sandbox/busybox
+echo /sbin/modprobe > /proc/sys/kernel/modprobe
+# What udev does on a Debian host: /dev/kvm for the kvm group (QEMU's own uid gets that group).
+getent group kvm >/dev/null || groupadd --system kvm
+chgrp kvm /dev/kvm && chmod 660 /dev/kvm
 # Through a pipe, not the console's tty: programs see what they see on a host under a pipe (no
 # colours, no terminal). The command's script writes its own status.
-chroot /new /bin/sh "$out/.sandbox-command" </dev/null 2>&1 | cat >/dev/hvc0
-sync
+/bin/sh "$out/.sandbox-command" </dev/null 2>&1 | \$B cat >/dev/hvc0
+\$B sync
 # The status also goes to the serial console, with the kernel's last words when the script wrote
 # none (a killed shell, a full tmpfs): the host then knows why.
-if [ -s "/new$out/.sandbox-rc" ]; then
-  echo "sandbox-init: status $(cat "/new$out/.sandbox-rc")" >/dev/ttyS0
+if [ -s "$out/.sandbox-rc" ]; then
+  echo "sandbox-init: status \$(\$B cat "$out/.sandbox-rc")" >/dev/ttyS0
 else
   echo "sandbox-init: the command wrote no status; free memory and the kernel's last messages:" >/dev/ttyS0
-  free >/dev/ttyS0 2>&1; df /new/tmp >/dev/ttyS0 2>&1; dmesg | tail -n 40 >/dev/ttyS0
+  \$B free >/dev/ttyS0 2>&1; \$B df /tmp >/dev/ttyS0 2>&1; \$B dmesg | \$B tail -n 40 >/dev/ttyS0
 fi
-sync; poweroff -f
+\$B sync; \$B poweroff -f
+EOF2
+exec switch_root /new /run/sandbox/busybox sh /run/sandbox-stage2
 """
 
 

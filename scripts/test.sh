@@ -30,7 +30,7 @@ if ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
     SLURM_VM_CATALOG=$sbx/catalog .build/release/slurm-vm image build "Images/$i.toml" >"$log" 2>&1 || { cat "$log"; exit 1; }
   done
   # The cases parametrised by backend (Tests/GuestTests: arguments: Harness.backends).
-  cases='commandsRunAndReturnTheirExitCodes|aSharedDirectoryIsReadAndWrittenFromTheGuest|guestsOnAPrivateNetworkReachEachOtherByName|tenMegabytesOfOutputArriveIntact|severalGuestsPrefixTheirOutput|eachVCPUThreadIsPinnedToItsOwnCPU|twoRunsOnDisjointCPUsAtOnce|ctrlCTearsEverythingDown|theEmbeddedVMMBootsTheMinimalImage|mpiexecRunsInsideOneGuest'
+  cases='commandsRunAndReturnTheirExitCodes|aSharedDirectoryIsReadAndWrittenFromTheGuest|guestsOnAPrivateNetworkReachEachOtherByName|tenMegabytesOfOutputArriveIntact|severalGuestsPrefixTheirOutput|eachVCPUThreadIsPinnedToItsOwnCPU|twoRunsOnDisjointCPUsAtOnce|ctrlCTearsEverythingDown|theEmbeddedVMMBootsTheMinimalImage|mpiexecRunsInsideOneGuest|anEndlessConsoleIsCutOffAtItsLimit'
   # Emulated SVM (QEMU 7.2's TCG) misbehaves now and then when two L2 guests boot at once: about 1 in
   # 25 such pairs, one guest dies before its first console byte, and L1 itself has vanished mid-run
   # (docs/vmm.md, "The SVM sandbox"). A stage that fails is therefore run once more, saying so and

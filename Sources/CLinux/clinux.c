@@ -10,7 +10,9 @@
 #include <net/if.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <stdio.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -25,16 +27,58 @@ static void child_fail(int pipefd, int err)
     _exit(127);
 }
 
+// Writes `text` to /proc/<pid>/<file> (a user namespace's maps); 0 or -errno.
+static int write_proc(pid_t pid, const char *file, const char *text)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, file);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    ssize_t n = write(fd, text, strlen(text));
+    int e = n == (ssize_t)strlen(text) ? 0 : n < 0 ? -errno : -EIO;
+    close(fd);
+    return e;
+}
+
+// The parent's half of a child's user namespace: once the child has made it (a byte on `ready`), map
+// its root to uid/gid (only a process outside the namespace with CAP_SETUID/CAP_SETGID may map ids
+// other than its own), then let it go on (a byte on `go`). 0 or -errno; the child ends if we fail.
+static int map_user_namespace(pid_t pid, int ready, int go, uid_t uid, gid_t gid)
+{
+    char b;
+    ssize_t n;
+    do {
+        n = read(ready, &b, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1) return 0; // the child failed before: its error comes through the exec pipe
+    char map[48];
+    snprintf(map, sizeof map, "0 %u 1\n", (unsigned)uid);
+    int e = write_proc(pid, "uid_map", map);
+    if (e == 0) e = write_proc(pid, "setgroups", "deny");
+    snprintf(map, sizeof map, "0 %u 1\n", (unsigned)gid);
+    if (e == 0) e = write_proc(pid, "gid_map", map);
+    if (e == 0 && write(go, &b, 1) != 1) e = -errno;
+    return e;
+}
+
 pid_t clinux_spawn(const clinux_spawn_opts *o)
 {
-    int p[2];
+    int p[2], ready[2] = {-1, -1}, go[2] = {-1, -1};
     if (pipe2(p, O_CLOEXEC) != 0) return -errno;
+    if (o->userns && (pipe2(ready, O_CLOEXEC) != 0 || pipe2(go, O_CLOEXEC) != 0)) {
+        int e = errno;
+        close(p[0]);
+        close(p[1]);
+        if (ready[0] >= 0) close(ready[0]), close(ready[1]);
+        return -e;
+    }
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         int e = errno;
         close(p[0]);
         close(p[1]);
+        if (o->userns) close(ready[0]), close(ready[1]), close(go[0]), close(go[1]);
         return -e;
     }
     if (pid == 0) {
@@ -45,14 +89,33 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
         sigprocmask(SIG_SETMASK, &all, NULL);
         for (int s = 1; s < NSIG; s++)
             if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+        for (int i = 0; i < o->ncgroups; i++) {
+            int fd = open(o->cgroups[i], O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || write(fd, "0", 1) != 1) child_fail(p[1], errno); // "0": the writer itself
+            close(fd);
+        }
         if (o->new_session && setsid() < 0) child_fail(p[1], errno);
         // The directory first (its parents may be closed to the new identity), then the identity,
         // then the death signal: a change of credentials clears it.
         if (o->cwd && chdir(o->cwd) != 0) child_fail(p[1], errno);
         if (o->set_ids) {
-            if (setgroups(0, NULL) != 0 || setresgid(o->gid, o->gid, o->gid) != 0 ||
+            if (setgroups((size_t)o->ngroups, o->groups) != 0 || setresgid(o->gid, o->gid, o->gid) != 0 ||
                 setresuid(o->uid, o->uid, o->uid) != 0)
                 child_fail(p[1], errno);
+            if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(p[1], errno);
+        }
+        if (o->userns) {
+            close(ready[0]);
+            close(go[1]);
+            char b = 1;
+            if (unshare(CLONE_NEWUSER) != 0) child_fail(p[1], errno);
+            if (write(ready[1], &b, 1) != 1 || read(go[0], &b, 1) != 1) _exit(127); // the parent gave up
+            close(ready[1]);
+            close(go[0]);
+            if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0) child_fail(p[1], errno);
+            if (unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC) != 0) child_fail(p[1], errno);
+            // Nothing the child mounts travels back to the node's mounts.
+            if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) child_fail(p[1], errno);
             if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(p[1], errno);
         }
         if (o->death_signal) {
@@ -99,10 +162,28 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
         if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
         for (int fd = floor; fd < maxfd; fd++)
             if (fd != err_fd) close(fd);
+        if (o->file_guard) {
+            int e = clinux_seccomp_file_guard();
+            if (e < 0) child_fail(err_fd, -e);
+        }
         execve(o->path, o->argv, o->envp ? o->envp : environ);
         child_fail(err_fd, errno);
     }
     close(p[1]);
+    if (o->userns) {
+        close(ready[1]);
+        close(go[0]);
+        int e = map_user_namespace(pid, ready[0], go[1], o->uid, o->gid);
+        close(ready[0]);
+        close(go[1]);
+        if (e < 0) {
+            kill(pid, SIGKILL);
+            int st;
+            waitpid(pid, &st, 0);
+            close(p[0]);
+            return e;
+        }
+    }
     int err = 0;
     ssize_t n;
     do {

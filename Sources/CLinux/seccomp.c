@@ -189,3 +189,69 @@ int clinux_seccomp_allow(const char *const *names, int count, int *unknown)
     long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog);
     return r == 0 ? 0 : r < 0 ? -errno : -EAGAIN;
 }
+
+// The file guard (see clinux.h). Each rule reloads the call number, so rules are independent blocks
+// whose jumps stay inside them.
+#define LD_NR        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr))
+#define LD_ARG(i)    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args) + 8 * (i)) // low half
+#define RET(v)       BPF_STMT(BPF_RET | BPF_K, (v))
+#define SPECIAL_BITS 06000u               // S_ISUID | S_ISGID
+#define O_CREAT_BITS (0100u | 020000000u) // O_CREAT | __O_TMPFILE
+
+static int pretend(struct sock_filter *f, int n, long nr)
+{
+    f[n++] = (struct sock_filter)LD_NR;
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_ERRNO | 0); // returns 0: done, nothing changed
+    return n;
+}
+
+// Refuses `nr` when argument `mode` has a set-id bit; with flags >= 0, only when that argument creates.
+static int no_special_mode(struct sock_filter *f, int n, long nr, int flags, int mode)
+{
+    f[n++] = (struct sock_filter)LD_NR;
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, flags >= 0 ? 6 : 4);
+    if (flags >= 0) {
+        f[n++] = (struct sock_filter)LD_ARG(flags);
+        f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, O_CREAT_BITS, 0, 3);
+    }
+    f[n++] = (struct sock_filter)LD_ARG(mode);
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, SPECIAL_BITS, 0, 1);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_ERRNO | EPERM);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
+    return n;
+}
+
+int clinux_seccomp_file_guard(void)
+{
+    static const long ids[] = {SYS_setuid,    SYS_setgid,   SYS_setreuid, SYS_setregid, SYS_setresuid,
+                               SYS_setresgid, SYS_setfsuid, SYS_setfsgid, SYS_setgroups};
+    struct sock_filter f[160];
+    int n = 0;
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
+    // x32 calls (bit 30 set) would bypass every rule below, which compare exact numbers.
+    f[n++] = (struct sock_filter)LD_NR;
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, 0, 1);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_KILL_PROCESS);
+    for (unsigned i = 0; i < sizeof ids / sizeof ids[0]; i++) n = pretend(f, n, ids[i]);
+    n = no_special_mode(f, n, SYS_chmod, -1, 1);
+    n = no_special_mode(f, n, SYS_fchmod, -1, 1);
+    n = no_special_mode(f, n, SYS_fchmodat, -1, 2);
+    n = no_special_mode(f, n, 452 /* fchmodat2 */, -1, 2);
+    n = no_special_mode(f, n, SYS_mkdir, -1, 1);
+    n = no_special_mode(f, n, SYS_mkdirat, -1, 2);
+    n = no_special_mode(f, n, SYS_mknod, -1, 1);
+    n = no_special_mode(f, n, SYS_mknodat, -1, 2);
+    n = no_special_mode(f, n, SYS_creat, -1, 1);
+    n = no_special_mode(f, n, SYS_open, 1, 2);
+    n = no_special_mode(f, n, SYS_openat, 2, 3);
+    f[n++] = (struct sock_filter)LD_NR;
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 437 /* openat2 */, 0, 1);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_ERRNO | ENOSYS);
+    f[n++] = (struct sock_filter)RET(SECCOMP_RET_ALLOW);
+    struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
+    return syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0 ? 0 : -errno;
+}

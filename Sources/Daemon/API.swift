@@ -45,7 +45,12 @@ public final class API: @unchecked Sendable {
         }
         node = try config.node.map { try NodeManager($0, log: { log.info("\($0)") }) }
         slurmUID = config.slurmUser.flatMap { getpwnam($0).map { $0.pointee.pw_uid } }
-        if let n = node { logger.info("node role: \(n.config.name), accelerator \(n.acceleratorReport)") }
+        if let n = node {
+            logger.info("node role: \(n.config.name), accelerator \(n.acceleratorReport)")
+            logger.info(
+                "\(n.cgroupReport.map { "job cgroups: none (\($0))" } ?? "job cgroups: slurm-vm_\(n.config.name)/job_<id> in \(JobCgroup.controllers.joined(separator: ", "))")"
+            )
+        }
     }
 
     func privileged(_ p: Peer) -> Bool { p.uid == 0 || p.uid == slurmUID }
@@ -143,10 +148,13 @@ public final class API: @unchecked Sendable {
         let pmi = fds.count == 4 ? fds[3] : nil
         let out = fds[1], err = fds[2]
         let req = ExecRequest(argv: e.argv, env: e.env, cwd: e.cwd)
+        if e.root == true, peer.uid != 0 {
+            try c.send(Reply.failure("only root on the node may run commands as root in a job's guests")); return
+        }
         let started: (command: AgentConnection.Command, guest: String)
         do {
             started = try node.startTask(
-                job: e.job, caller: peer.uid, localID: e.localid, exec: req, stdin: fds[0], pmi: pmi,
+                job: e.job, caller: peer.uid, localID: e.localid, exec: req, asRoot: e.root == true, stdin: fds[0], pmi: pmi,
                 stdout: { Self.writeAll(out, $0) }, stderr: { Self.writeAll(err, $0) })
         } catch {
             try c.send(Reply.failure("\(error)")); return
@@ -167,7 +175,9 @@ public final class API: @unchecked Sendable {
             for e in errors { Self.writeAll(err, Array("slurm-vm: \(e)\n".utf8)) }
             try? c.send(ExecEnd(exit: status.exitCode, signal: status.signal))
         } catch {
-            try? c.send(ExecEnd(exit: 255, signal: nil, error: "\(error)"))
+            // The guest itself may be what ended: then say which and how, not just that the channel broke.
+            usleep(200_000)  // a killed VMM is reaped a moment after its socket closes
+            try? c.send(ExecEnd(exit: 255, signal: nil, error: node.lostGuest(job: e.job) ?? "\(error)"))
         }
     }
 

@@ -14,6 +14,9 @@
 //   backend = "auto"                           # embedded where vmx/svm exist, else qemu; or force "qemu"/"embedded"
 //   cache_quota = "20G"                        # least recently used images are evicted beyond it
 //   listen = "0.0.0.0:7421"                    # push listener for `slurm-vm image push` (MUNGE-authenticated)
+//   cgroups = true  guest_overhead = "256M"    # each job's guests in a cgroup: RAM + overhead per guest
+//   console_limit = "16M"                      # a guest's console log is cut off there
+//   vmm_uids = "4200000000-4200099999"         # each VMM's own uid comes from here ("off": VMMs run as root)
 //   [network]                                  # the jobs' private networks (node role; docs/network.md)
 //   enabled = true  pool = "10.254.0.0/16"  vxlan_port = 4789  underlay_mtu = 1500
 //   outbound = "none"                          # guests reach nothing beyond their job's network, or
@@ -98,6 +101,23 @@ public struct DaemonConfig: Sendable {
                     throw TOMLConfigError("\(path): node.listen must be HOST:PORT (e.g. \"0.0.0.0:7421\"), not \"\(l)\"")
                 }
                 n.pushListen = l
+            }
+            if let on = try nt.optionalBool("cgroups") { n.cgroups = on }
+            if let o = try nt.optionalString("guest_overhead") {
+                guard let b = try? ByteSize.parse(o, bare: .mebibytes), b >= 16 << 20, b <= 64 << 30 else {
+                    throw TOMLConfigError("\(path): node.guest_overhead must be a size from 16M to 64G like \"256M\", not \"\(o)\"")
+                }
+                n.guestOverheadMB = Int(b >> 20)
+            }
+            if let l = try nt.optionalString("console_limit") {
+                guard let b = try? ByteSize.parse(l, bare: .mebibytes), b >= 64 << 10 else {
+                    throw TOMLConfigError("\(path): node.console_limit must be a size of at least 64K like \"16M\", not \"\(l)\"")
+                }
+                n.consoleLimit = UInt64(b)
+            }
+            if let u = try nt.optionalString("vmm_uids") {
+                do { _ = try VMMIdentities.parse(u) } catch { throw TOMLConfigError("\(path): node.vmm_uids: \(error)") }
+                n.vmmUIDs = u
             }
             try nt.done()
             c.node = n

@@ -37,7 +37,9 @@ public struct PrepareRequest: Codable, Sendable, Equatable {
 }
 
 public struct JobState: Codable, Sendable, Equatable {
-    public enum Phase: String, Codable, Sendable { case preparing, ready, failed }
+    /// lost: the guests were ready, then one of them ended (its VMM killed, its kernel panicked);
+    /// `error` says which and how, and every later task fails with it.
+    public enum Phase: String, Codable, Sendable { case preparing, ready, failed, lost }
     public var job: UInt32
     public var uid: UInt32
     public var gid: UInt32

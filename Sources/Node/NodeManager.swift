@@ -33,6 +33,17 @@ public struct NodeConfig: Sendable {
     public var cacheQuota: Int64? = nil
     /// HOST:PORT of the push listener (`slurm-vm image push`); nil: no listener.
     public var pushListen: String? = nil
+    /// Put each job's guests in a cgroup of its own (JobCgroup) where the host supports it.
+    public var cgroups = true
+    /// Memory a job's cgroup allows each guest beyond its RAM: its VMM (QEMU under TCG holds about
+    /// 130 MiB of code and translation cache; the embedded VMM about 4 MiB) and its file server.
+    public var guestOverheadMB = 256
+    /// Largest console log of a job's guest (nil: 16 MiB).
+    public var consoleLimit: UInt64? = nil
+    /// The VMMs' uid range ("FIRST-LAST" or "off"); nil: SLURM_VM_VMM_UIDS, else the default.
+    public var vmmUIDs: String? = nil
+    /// Where /sys/fs/cgroup is (tests point it elsewhere).
+    public var cgroupRoot = "/sys/fs/cgroup"
 
     public init(name: String, stateDir: String, runDir: String, cacheDir: String, catalogAddress: String) {
         self.name = name; self.stateDir = stateDir; self.runDir = runDir; self.cacheDir = cacheDir; self.catalogAddress = catalogAddress
@@ -48,6 +59,8 @@ public final class NodeManager: @unchecked Sendable {
     let accelerator: Accelerator
     /// What backend and accelerator were chosen, and why (logged at start).
     public let acceleratorReport: String
+    /// Why jobs' guests get no cgroup here, when they do not (logged at start).
+    public let cgroupReport: String?
     let log: @Sendable (String) -> Void
 
     /// Guests of jobs this process booted or adopted, with their agent channels.
@@ -65,6 +78,8 @@ public final class NodeManager: @unchecked Sendable {
 
     public init(_ c: NodeConfig, log: @escaping @Sendable (String) -> Void) throws {
         config = c
+        // The backends read the range where `vm run` gets it too: the environment.
+        if let u = c.vmmUIDs { setenv("SLURM_VM_VMM_UIDS", u, 1) }
         store = try JobStore(stateDir: c.stateDir)
         records = try GuestRecords(root: c.runDir)
         let jobs = store
@@ -76,6 +91,9 @@ public final class NodeManager: @unchecked Sendable {
             chosen += (chosen.isEmpty ? "" : "; ") + "\($0)"
         }
         acceleratorReport = chosen
+        cgroupReport =
+            !c.cgroups
+            ? "job cgroups are off (node.cgroups = false)" : getuid() != 0 ? "not root: no job cgroups" : JobCgroup.unsupported(root: c.cgroupRoot)
         self.log = log
     }
 
@@ -172,8 +190,17 @@ public final class NodeManager: @unchecked Sendable {
         var set = ImageGuests(
             image: image, names: names, vcpus: placement.vcpus, memoryMB: accepted.memoryMB,
             plan: placement.plan,
-            hugepages: huge, shares: shares, keep: true, owner: r.uid)
+            hugepages: huge, shares: shares, keep: true, owner: r.uid, group: r.gid)
         state.guests = names.map(\.id)
+        set.consoleLimit = config.consoleLimit
+        // The job's cgroup, before anything of the job runs: its VMMs and file servers start in it.
+        if cgroupReport == nil {
+            let cg = JobCgroup(root: config.cgroupRoot, node: config.name, job: r.job)
+            try cg.create(
+                cpus: placement.plan.perGuest.flatMap { $0 } + placement.plan.housekeeping,
+                memoryBytes: UInt64(share.guests) * UInt64(accepted.memoryMB + config.guestOverheadMB) << 20, guests: share.guests)
+            set.cgroups = cg.directories
+        }
         // The job's private network: this node's taps on the job's bridge, tunnelled to its other nodes.
         let network = try config.network.map { net in
             try JobNetworkPlan.make(
@@ -237,6 +264,7 @@ public final class NodeManager: @unchecked Sendable {
             for g in job?.guests ?? [] { g.destroy(); ids.remove(g.spec.id); n += 1 }
             for gid in ids { if destroyRecorded(gid) { n += 1 } }
             if let s = job?.state ?? store.load(id), s.networkGuests != nil { LinkDriver().detach(job: id, taps: s.networkTaps) }
+            if cgroupReport == nil { JobCgroup(root: config.cgroupRoot, node: config.name, job: id).remove() }
             store.remove(id)
             if job != nil || n > 0 { log("job \(id): \(n) guest(s) torn down") }
             return n
@@ -265,9 +293,10 @@ public final class NodeManager: @unchecked Sendable {
     /// Starts a task of `job` in one of its guests. `caller` is the connecting process's uid: only
     /// the job's owner (or root) may run in its guests. Once the task has started, `stdin` belongs to
     /// it (closed when its input ends) and so does `pmi`, the task's PMI channel (slurmstepd's PMI_FD),
-    /// carried to the command as its own PMI_FD; the caller keeps both if this throws.
+    /// carried to the command as its own PMI_FD; the caller keeps both if this throws. The command runs
+    /// as the job's owner, or as root with `asRoot` (the API lets only root ask for it).
     public func startTask(
-        job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, stdin: Int32?, pmi: Int32? = nil,
+        job id: UInt32, caller: UInt32, localID: Int, exec: ExecRequest, asRoot: Bool = false, stdin: Int32?, pmi: Int32? = nil,
         stdout: @escaping @Sendable ([UInt8]) -> Void, stderr: @escaping @Sendable ([UInt8]) -> Void
     )
         throws -> (command: AgentConnection.Command, guest: String)
@@ -289,16 +318,18 @@ public final class NodeManager: @unchecked Sendable {
         guard caller == 0 || caller == job.state.uid else {
             throw NodeError.notOwner(job: id, owner: job.state.uid, caller: caller)
         }
+        guard !asRoot || caller == 0 else { throw NodeError.notOwner(job: id, owner: 0, caller: caller) }
         if job.state.phase == .failed {
             throw NodeError.noGuests("job \(id)'s guests on \(config.name) could not be prepared: \(job.state.error ?? "unknown error")")
         }
+        if let why = lostGuest(job: id) { throw NodeError.noGuests(why) }
         guard job.state.phase == .ready, !job.agents.isEmpty else {
             throw NodeError.noGuests("job \(id)'s guests on \(config.name) are not ready (\(job.state.phase.rawValue))")
         }
         let i = Placement.guest(forLocalTask: localID, guests: job.agents.count)
         var req = exec
-        req.uid = job.state.uid
-        req.gid = job.state.gid
+        req.uid = asRoot ? 0 : job.state.uid
+        req.gid = asRoot ? 0 : job.state.gid
         req.env.append("SLURM_VM_GUEST=\(job.guests[i].spec.hostname)")
         // For users who start MPI themselves: every guest of the job, as /etc/slurm-vm/hostfile has them.
         if job.state.networkGuests != nil {
@@ -311,6 +342,37 @@ public final class NodeManager: @unchecked Sendable {
         if pmi != nil { req.relayVariable = "PMI_FD" }
         let cmd = try job.agents[i].start(req, stdin: stdin, ownsStdin: true, relay: pmi, stdout: stdout, stderr: stderr)
         return (cmd, job.guests[i].spec.id)
+    }
+
+    /// When one of the job's guests has ended on its own (its VMM killed or crashed, its kernel
+    /// panicked, it powered off), the job is marked lost and the reason returned: what a task that was
+    /// running in it, and every later task, reports. nil while all of them run.
+    public func lostGuest(job id: UInt32) -> String? {
+        guard let job = lock.withLock({ live[id] }) else { return nil }
+        if job.state.phase == .lost { return job.state.error }
+        guard job.state.phase == .ready else { return nil }
+        for g in job.guests {
+            guard let end = g.waitForEnd(timeout: 0) else { continue }
+            var how = "\(end)"
+            if let panic = Console.tail(g.spec.consolePath, lines: 40).split(separator: "\n").last(where: { $0.contains("Kernel panic") }) {
+                // The console line without its "  | " prefix and the kernel's "[   1.014105] " time stamp.
+                var line = Substring(panic.replacingOccurrences(of: "  | ", with: "")).drop { $0 == " " }
+                if line.first == "[", let close = line.firstIndex(of: "]") { line = line[line.index(after: close)...].drop { $0 == " " } }
+                how = "its kernel panicked (\(line))"
+            } else if cgroupReport == nil, let kills = JobCgroup(root: config.cgroupRoot, node: config.name, job: id).oomKills, kills > 0 {
+                how += ", killed by the kernel's OOM killer: the job's memory limit (its guests' RAM plus node.guest_overhead per guest) was reached"
+            }
+            let why =
+                "guest \(g.spec.hostname) of job \(id) on \(config.name) ended: \(how). The job's guests on \(config.name) are gone; its later steps there fail (console: \(g.spec.consolePath) until the epilog)"
+            lock.withLock {
+                job.state.phase = .lost
+                job.state.error = why
+            }
+            try? store.save(job.state)
+            log("job \(id): \(why)")
+            return why
+        }
+        return nil
     }
 
     // MARK: restart
@@ -363,6 +425,13 @@ public final class NodeManager: @unchecked Sendable {
         for r in records.live() where !claimed.contains(r.spec.id) {
             log("guest \(r.spec.id) belongs to no job: destroying it")
             _ = destroyRecorded(r.spec.id)
+        }
+        let known = Set(store.all().map(\.job))
+        if cgroupReport == nil {
+            for j in JobCgroup.jobs(root: config.cgroupRoot, node: config.name) where !known.contains(j) {
+                log("job \(j)'s cgroup is left from before: removing it")
+                JobCgroup(root: config.cgroupRoot, node: config.name, job: j).remove()
+            }
         }
     }
 

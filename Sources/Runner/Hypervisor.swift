@@ -36,13 +36,23 @@ public struct GuestSpec: Sendable, Codable {
     public var shares: [String]?
     /// The guest's port on its job's network (a virtio-net NIC on a tap); nil: no network but lo.
     public var network: GuestNetwork?
+    /// Whom the shared directories are served as: what the guest creates there belongs to this uid and
+    /// gid, whatever its own ids (nil: the runner's own).
+    public var shareOwner: HostIdentity?
+    /// Control group directories (a job's, JobCgroup) the VMM and its file servers are started in.
+    public var cgroups: [String]?
+    /// Largest console log (and VMM log) in bytes: what a guest writes beyond it is dropped (nil: the
+    /// default, 16 MiB).
+    public var consoleLimit: UInt64?
+    public static let defaultConsoleLimit: UInt64 = 16 << 20
 
     public init(
         id: String, hostname: String? = nil, kernel: String, kernelDigest: String? = nil, initrd: String?, disk: String? = nil,
         cmdline: String, vcpus: Int, memoryMB: Int, cpus: [Int], housekeeping: [Int], agent: Bool,
         hugepages: Bool = false, runDir: String, keep: Bool = false, accelerator: Accelerator? = nil, shares: [String] = [],
-        network: GuestNetwork? = nil
+        network: GuestNetwork? = nil, shareOwner: HostIdentity? = nil, cgroups: [String]? = nil, consoleLimit: UInt64? = nil
     ) {
+        self.shareOwner = shareOwner; self.cgroups = cgroups; self.consoleLimit = consoleLimit
         self.id = id; self.hostname = hostname ?? id; self.kernel = kernel; self.kernelDigest = kernelDigest
         self.initrd = initrd; self.disk = disk; self.cmdline = cmdline; self.vcpus = vcpus; self.memoryMB = memoryMB
         self.cpus = cpus; self.housekeeping = housekeeping; self.agent = agent; self.hugepages = hugepages
@@ -130,7 +140,7 @@ public enum GuestEnd: Sendable, Equatable, CustomStringConvertible {
         case .reset: return "reset"
         case .halted: return "halted"
         case .panicked: return "kernel panic"
-        case .vmmExited(let s): return "VMM exited (status \(s))"
+        case .vmmExited(let s): return WaitStatus.describe(s, what: "VMM")
         }
     }
 }

@@ -2,7 +2,7 @@
 // starts QEMU). No Foundation, so it stays within a few MiB beyond guest RAM.
 //
 //   slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB]
-//                [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE]
+//                [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE [--console-limit BYTES]] [--report FILE] [--ready FILE]
 //                [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]...
 //                [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp] [--kvm-fd FD]
 //
@@ -33,6 +33,7 @@
 
 import Sizes
 import VMM
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -84,7 +85,7 @@ var kernelPath: String?, initrdPath: String?, append = "", vcpus = 1, mem = 64, 
 var hugepages = false, pit = false, consolePath: String?, reportPath: String?, readyPath: String?
 var agentSocket: String?, diskPath: String?, diskWritable = false, fileSystems: [(socket: String, tag: String)] = []
 var netFD: Int32?, mac: [UInt8]?, mtu = 1500
-var seccomp = true, seccompSelfTest = false, kvmFD: Int32?
+var seccomp = true, seccompSelfTest = false, kvmFD: Int32?, consoleLimit = Int.max
 var args = CommandLine.arguments.dropFirst()
 @MainActor func value(_ flag: String) -> String {
     guard let v = args.popFirst() else { fail("\(flag) needs a value", 2) }
@@ -105,6 +106,9 @@ while let a = args.popFirst() {
     case "--kvm-fd": guard let v = Int32(value(a)), v >= 0 else { fail("--kvm-fd must be an open descriptor of /dev/kvm", 2) }; kvmFD = v
     case "--seccomp-selftest": seccompSelfTest = true
     case "--console": consolePath = value(a)
+    case "--console-limit":
+        guard let v = Int(value(a)), v >= 4096 else { fail("--console-limit must be a byte count of at least 4096", 2) }
+        consoleLimit = v
     case "--report": reportPath = value(a)
     case "--ready": readyPath = value(a)
     case "--agent-socket": agentSocket = value(a)
@@ -125,7 +129,7 @@ while let a = args.popFirst() {
     case "--mtu": guard let v = Int(value(a)), (68...65_521).contains(v) else { fail("--mtu must be 68 to 65521", 2) }; mtu = v
     case "-h", "--help":
         print(
-            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp] [--kvm-fd FD]"
+            "usage: slurm-vm-vmm --kernel FILE [--initrd FILE] [--append ARGS] [--vcpus N] [--mem MiB] [--cpus LIST] [--housekeeping CPU] [--hugepages] [--console FILE [--console-limit BYTES]] [--report FILE] [--ready FILE] [--agent-socket PATH] [--disk FILE [--disk-writable]] [--fs SOCKET,TAG]... [--net-fd FD --mac MAC [--mtu N]] [--pit] [--no-seccomp] [--kvm-fd FD]"
         )
         exit(0)
     default: fail("unknown option \(a) (see --help)", 2)
@@ -133,12 +137,37 @@ while let a = args.popFirst() {
 }
 guard let kernelPath else { fail("--kernel is required", 2) }
 
-let consoleFD: Int32
+/// The console log, cut off at --console-limit bytes: a guest that writes its console without end
+/// fills no disk. vCPU threads write it concurrently (each serial port write is one call).
+final class ConsoleLog: Sendable {
+    let fd: Int32, limit: Int
+    let written = Mutex(0)
+    static let cutOff = Array("\n[slurm-vm: the console log ends here; the guest wrote more]\n".utf8)
+    init(fd: Int32, limit: Int) { self.fd = fd; self.limit = limit }
+
+    func write(_ bytes: UnsafeRawBufferPointer) {
+        written.withLock { written in
+            guard written < limit else { return }  // cut off already
+            let room = limit - Self.cutOff.count - written
+            if bytes.count <= room {
+                _ = Glibc.write(fd, bytes.baseAddress, bytes.count)
+                written += bytes.count
+                return
+            }
+            // What fits, then the note that the log ends here (serial writes come a byte at a time).
+            if room > 0 { _ = Glibc.write(fd, bytes.baseAddress, room) }
+            _ = Self.cutOff.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            written = limit
+        }
+    }
+}
+let console: ConsoleLog
 if let p = consolePath {
-    consoleFD = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-    guard consoleFD >= 0 else { fail("cannot open the console log \(p): \(String(cString: strerror(errno)))") }
+    let fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+    guard fd >= 0 else { fail("cannot open the console log \(p): \(String(cString: strerror(errno)))") }
+    console = ConsoleLog(fd: fd, limit: consoleLimit)
 } else {
-    consoleFD = 1
+    console = ConsoleLog(fd: 1, limit: Int.max)
 }
 let start = Clock.now()
 @Sendable func writeAtomically(_ text: String, to path: String) {
@@ -157,7 +186,7 @@ if diskWritable && diskPath == nil { fail("--disk-writable needs --disk", 2) }
     var config = MachineConfig(
         kernel: readFile(kernelPath), initrd: initrdPath.map(readFile), commandLine: append, vcpus: vcpus, memoryMB: mem,
         cpus: cpus, housekeeping: housekeeping, hugepages: hugepages,
-        console: { bytes in bytes.withUnsafeBytes { _ = write(consoleFD, $0.baseAddress, $0.count) } })
+        console: { bytes in bytes.withUnsafeBytes { console.write($0) } })
     config.agentSocket = agentSocket
     config.kvmFD = kvmFD
     config.pit = pit

@@ -11,7 +11,8 @@ struct SlurmVM: ParsableCommand {
         commandName: "slurm-vm",
         abstract: "VM-on-demand jobs for Slurm: image matching, catalog and guests.",
         subcommands: [
-            ImageCommand.self, MatchCommand.self, VMCommand.self, ClassAdCommand.self, BenchCommand.self, BroadcastCommand.self, CacheCommand.self,
+            ImageCommand.self, MatchCommand.self, VMCommand.self, JobCommand.self, ClassAdCommand.self, BenchCommand.self, BroadcastCommand.self,
+            CacheCommand.self,
         ])
 
     /// Writes to a pipe or socket whose reader is gone must fail with EPIPE, never kill the CLI

@@ -51,10 +51,16 @@ enum TaskWrapper {
         if let why = refusedMPI(env) { fail(why) }
         let pmi = env["PMI_FD"].flatMap(Int32.init).flatMap { fcntl($0, F_GETFD) >= 0 && $0 > 2 ? $0 : nil }
         let cwd = FileManager.default.currentDirectoryPath
+        let call = ExecCall(job: job, argv: args, env: taskEnv, cwd: cwd, localid: Int(env["SLURM_LOCALID"] ?? "0") ?? 0)
+        run(call, at: socket, pmi: pmi)
+    }
+
+    /// Runs `call` through the node's slurm-vmd with our stdin, stdout and stderr (and `pmi`), forwards
+    /// signals, and ends as the command ended. SignalRelay.block() must have run first.
+    static func run(_ call: ExecCall, at socket: String, pmi: Int32? = nil) -> Never {
         let conn: LineConnection
         do { conn = try LineConnection.connect(socket) } catch { fail("\(error)") }
         do {
-            let call = ExecCall(job: job, argv: args, env: taskEnv, cwd: cwd, localid: Int(env["SLURM_LOCALID"] ?? "0") ?? 0)
             try conn.send(Call.exec(call), fds: [0, 1, 2] + (pmi.map { [$0] } ?? []))
             guard let first = try conn.read(Reply.self) else { fail("slurm-vmd closed the connection") }
             guard first.ok else { fail(first.error ?? "slurm-vmd refused to run the task") }

@@ -8,6 +8,7 @@ import Foundation
 import Network
 import Node
 import Runner
+import Sizes
 import Support
 #if canImport(Glibc)
 import Glibc
@@ -67,6 +68,7 @@ struct VMCommand: ParsableCommand {
         @Option(help: "Working directory in the guest.") var cwd: String = "/"
         @Option(help: "Back guest memory with 2 MiB hugepages: auto (when the reserved pool has room), on, off.") var hugepages: String = "auto"
         @Flag(help: "Keep the guests running after the command (see vm ls, vm exec, vm stop).") var keep = false
+        @Option(help: "Largest console log per guest (e.g. 64K, 16M); what a guest writes beyond is dropped.") var consoleLimit: String = "16M"
         @Option(help: "A host directory each guest mounts at the same path over virtio-fs (repeatable; root only).") var share: [String] = []
         @Flag(
             help:
@@ -121,6 +123,9 @@ struct VMCommand: ParsableCommand {
                 }
                 return dir
             }
+            guard let limit = try? ByteSize.parse(consoleLimit, bare: .mebibytes), limit >= 64 << 10 else {
+                throw ValidationError("--console-limit '\(consoleLimit)' is not a size of at least 64K (e.g. 64K, 16M)")
+            }
             let p = try plan(count)
             let huge = try HugepagePolicy(parsing: hugepages).use(forMB: memMB * count)
             // A blob that no longer matches its digest must never boot.
@@ -132,9 +137,10 @@ struct VMCommand: ParsableCommand {
             }
             let teardown = Teardown(catalog: cat)
             let ports = try network ? LocalNetwork.create(hostnames: names.map(\.hostname), teardown: teardown) : nil
-            let set = ImageGuests(
+            var set = ImageGuests(
                 image: image, names: names, vcpus: vcpus, memoryMB: memMB, plan: p, hugepages: huge,
-                extraCmdline: append, shares: shares, keep: keep, owner: getuid(), networks: ports)
+                extraCmdline: append, shares: shares, keep: keep, owner: getuid(), group: getgid(), networks: ports)
+            set.consoleLimit = UInt64(limit)
             teardown.install()
             let clock = PhaseClock(enabled: be.verbose)
             let guests = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: bootTimeout) { g in

@@ -200,6 +200,28 @@ struct Guests {
             try? FileManager.default.removeItem(atPath: dir)
         }
 
+        /// A guest that writes its console without end fills no disk: the log stops at its limit (the
+        /// embedded VMM says so in it), and the guest goes on.
+        @Test(arguments: Harness.backends) func anEndlessConsoleIsCutOffAtItsLimit(backend: String) throws {
+            let r = Harness.run([
+                "vm", "run", "--backend", backend, "--image", "minimal", "--keep", "--console-limit", "64K", "--", "sh", "-c",
+                "head -c 200000 /dev/zero | tr '\\0' x > /dev/console; echo written",
+            ])
+            #expect(r.code == 0 && r.out.contains("written"), "\(r.err)")
+            guard let id = Harness.guests().first?["id"] as? String else {
+                Issue.record("the kept guest is not listed")
+                return
+            }
+            defer { _ = Harness.run(["vm", "stop", id]); Harness.expectClean() }
+            let log = Harness.runDir + "/guests/\(id)/console.log"
+            let size = (try? FileManager.default.attributesOfItem(atPath: log)[.size] as? Int) ?? -1
+            #expect(size > 32 << 10 && size <= 64 << 10, "console log of \(size) bytes")
+            if backend == "embedded" {
+                #expect((try? String(contentsOfFile: log, encoding: .utf8))?.hasSuffix("the guest wrote more]\n") == true)
+            }
+            #expect(Harness.run(["vm", "exec", id, "--", "echo", "alive"]).out == "alive\n")
+        }
+
         @Test(arguments: Harness.backends) func ctrlCTearsEverythingDown(backend: String) throws {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: Harness.binary)

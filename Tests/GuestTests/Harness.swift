@@ -115,13 +115,21 @@ enum Harness {
         return (try? JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [[String: Any]]) ?? []
     }
 
-    /// VMM processes (QEMU or slurm-vm-vmm) started from this harness's run directory.
+    /// VMM processes (QEMU or slurm-vm-vmm) started from this harness's run directory — they run in
+    /// their guest's run directory, and name their files relative to it — and file servers of its
+    /// shared directories.
     static func strayVMMs() -> [Int32] {
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
         return pids.filter { pid in
-            guard let d = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
-            let s = String(decoding: d, as: UTF8.self)
-            return (s.contains("qemu-system") || s.contains("slurm-vm-vmm") || s.contains("virtiofsd")) && s.contains(runDir)
+            let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+            switch comm {
+            case "qemu-system-x86", "slurm-vm-vmm":
+                return (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd"))?.hasPrefix(runDir) == true
+            case "virtiofsd":
+                let cmd = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline").map { String(decoding: $0, as: UTF8.self) } ?? ""
+                return cmd.contains("source=" + root)
+            default: return false
+            }
         }
     }
 

@@ -24,8 +24,11 @@ JOB = """#!/bin/sh
 srun -l sh -c 'echo "guest=$(hostname) pwd=$(pwd) cpus=$(nproc)"; echo "from $(hostname)" > from-$SLURM_PROCID.txt'
 srun -n1 sh -c 'exit 3'; echo "rc=$?"
 srun -n2 sh -c 'grep -o "slurmvm.exitport=[^ ]*" /proc/cmdline' > platform.txt
-srun -n2 sh -c 'for h in $(grep -v localhost /etc/hosts | cut -d" " -f2); do ping -c1 -W5 $h >/dev/null && echo "net $(hostname) -> $h"; done' > net.txt
-for p in $(pgrep -x slurm-vm-vmm); do echo "vmm $(grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$p/status | tr -s '\t\n' '  ')"; done > vmms.txt
+# As the job's owner, who may not ping (busybox's ping needs a raw socket): a TCP connection to a closed
+# port is refused only by a guest that the packets reach.
+srun -n2 sh -c 'for h in $(grep -v localhost /etc/hosts | cut -d" " -f2); do nc -w 5 $h 9 </dev/null 2>&1 | grep -q refused && echo "net $(hostname) -> $h"; done' > net.txt
+for p in $(pgrep -x slurm-vm-vmm); do echo "vmm $(grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$p/status | tr -s '\t\n' '  ') $(grep -E ':(memory|cpuset):' /proc/$p/cgroup | tr '\n' ' ')"; done > vmms.txt
+for p in $(pgrep -x virtiofsd); do echo "fs $(grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$p/status | tr -s '\t\n' '  ') $(grep -E ':(memory|cpuset):' /proc/$p/cgroup | tr '\n' ' ') map $(cat /proc/$p/uid_map | tr -s ' ' ' ')"; done > servers.txt
 echo done
 """
 
@@ -49,7 +52,8 @@ def cluster():
 def test_a_job_on_the_embedded_vmm_runs_its_steps_in_guests_sharing_the_working_directory(cluster):
     w = cluster.work
     open(os.path.join(w, "job.sh"), "w").write(JOB)
-    r = cluster.sh("sbatch -W job.sh", timeout=900)
+    # As an ordinary user: the file servers act as the job's owner.
+    r = cluster.sh("sbatch -W job.sh", user="nobody", timeout=900)
     out = open(os.path.join(w, "job.out")).read() if os.path.exists(os.path.join(w, "job.out")) else ""
     assert r.returncode == 0, f"{r.stderr}\n{out}"
     log = open(os.path.join(cluster.dir, "log", "slurm-vmd-node1.log")).read()
@@ -70,17 +74,25 @@ def test_a_job_on_the_embedded_vmm_runs_its_steps_in_guests_sharing_the_working_
     net = sorted(open(os.path.join(w, "net.txt")).read().splitlines())
     assert net == sorted(f"net {a} -> {b}" for a in guests for b in guests), net
     # The batch script runs on the node: each guest's VMM ran as a uid of its own (not root, not the
-    # other guest's), without capabilities, with no_new_privs and its seccomp filter.
+    # other guest's), each file server as the job's owner (nobody), all without capabilities, with
+    # no_new_privs and a seccomp filter, in the job's cgroup.
+    job = re.search(r"job(\d+)", guests[0]).group(1)
     vmms = open(os.path.join(w, "vmms.txt")).read().splitlines()
-    assert len(vmms) == 2, vmms
+    servers = open(os.path.join(w, "servers.txt")).read().splitlines()
+    assert len(vmms) == 2 and len(servers) == 2, (vmms, servers)
     uids = []
-    for v in vmms:
+    for v in vmms + servers:
         f = v.split()
         uid = f[f.index("Uid:") + 1]
-        assert len(set(f[f.index("Uid:") + 1:f.index("Uid:") + 5])) == 1 and int(uid) >= 4_200_000_000, v
+        assert len(set(f[f.index("Uid:") + 1:f.index("Uid:") + 5])) == 1, v
         assert f[f.index("CapEff:") + 1] == "0000000000000000" and f[f.index("NoNewPrivs:") + 1] == "1", v
         assert f[f.index("Seccomp:") + 1] == "2", v
-        uids.append(uid)
+        assert f"memory:/slurm-vm_node1/job_{job}" in v and f"cpuset:/slurm-vm_node1/job_{job}" in v, v
+        if v.startswith("vmm"):
+            assert int(uid) >= 4_200_000_000, v
+            uids.append(uid)
+        else:
+            assert uid == "65534" and v.split(" map ")[1].split() == ["0", "65534", "1"], v
     assert len(set(uids)) == 2, vmms
     assert out.rstrip().endswith("done")
     cluster.expect_clean()

@@ -4,6 +4,7 @@ space sharing between jobs, and a slurm-vmd killed mid-job.
 
 Needs root (slurmd, slurm-vmd) and the built binaries (SLURM_VM_BIN_DIR, default .build/release).
 """
+import glob
 import hashlib
 import json
 import os
@@ -67,9 +68,17 @@ class Cluster:
         return self.sh("squeue -h -o '%i %T'").stdout.split("\n")[:-1]
 
     def vmms(self):
-        """VMM processes (QEMU, slurm-vm-vmm) started by this cluster's node daemons."""
-        r = run(["pgrep", "-f", f"(qemu-system|slurm-vm-vmm).*{self.dir}/vmd"])
-        return [int(p) for p in r.stdout.split()]
+        """VMM processes (QEMU, slurm-vm-vmm) started by this cluster's node daemons: each runs in its
+        guest's run directory (and names its files relative to it)."""
+        r = run(["pgrep", "-x", "qemu-system-x86|slurm-vm-vmm"])
+        found = []
+        for p in r.stdout.split():
+            try:
+                if os.readlink(f"/proc/{p}/cwd").startswith(f"{self.dir}/vmd/"):
+                    found.append(int(p))
+            except OSError:
+                pass  # gone meanwhile
+        return found
 
     def guests(self, node):
         r = run([VM, "vm", "ls", "--json"], env=dict(self.env, SLURM_VM_RUNDIR=f"{self.dir}/vmd/{node}/run"))
@@ -79,8 +88,14 @@ class Cluster:
         d = os.path.join(self.dir, "vmd")
         return sorted(n for n in os.listdir(d) if n.startswith("node") and os.path.isdir(os.path.join(d, n)))
 
+    def file_servers(self):
+        """virtiofsd processes serving this cluster's directories."""
+        r = run(["pgrep", "-f", f"virtiofsd .*source={self.root}/"])
+        return [int(p) for p in r.stdout.split()]
+
     def expect_clean(self, timeout=30):
         wait_until("the guests to be gone", lambda: not self.vmms(), timeout=timeout)
+        wait_until("the file servers to be gone", lambda: not self.file_servers(), timeout=timeout)
         for n in self.nodes():
             # The VMM dies first; its run directory goes a moment later, when the epilog's teardown ends.
             wait_until(f"{n} to list no guests", lambda: self.guests(n) == [], timeout=timeout)
@@ -90,9 +105,16 @@ class Cluster:
         assert "drain" not in states and "down" not in states, states
         # No job's network is left: bridge, tunnel or tap (svm{b,x,t}<job id in hex>).
         wait_until("the jobs' networks to be removed", lambda: not job_devices(), timeout=timeout)
+        # Nor any job's cgroup (JobCgroup: slurm-vm_<node>/job_<id> in each controller).
+        wait_until("the jobs' cgroups to be removed", lambda: not job_cgroups(), timeout=timeout)
         # Nor any firewall rule naming a job: the wall is one table matching job devices by pattern.
         rules = run(["nft", "list", "ruleset"]).stdout
         assert not re.search(r"svm[bxt][0-9a-f]", rules), rules
+
+
+def job_cgroups():
+    """Job cgroups slurm-vmd made on this host."""
+    return [d for d in glob.glob("/sys/fs/cgroup/*/slurm-vm_*/job_*") if os.path.isdir(d)]
 
 
 def job_devices():

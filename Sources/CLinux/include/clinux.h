@@ -18,11 +18,23 @@ typedef struct {
     const char *cwd; // NULL: inherit
     const int *pass_fds;
     int npass_fds; // the child gets pass_fds[i] as descriptor 3 + i (a tap for QEMU's -netdev tap,fd=3)
-    // set_ids: the child becomes uid/gid (real, effective, saved; no supplementary groups) with
-    // no_new_privs before exec, so it runs without capabilities; cwd is entered before that.
+    // set_ids: the child becomes uid/gid (real, effective, saved; supplementary groups: `groups`,
+    // usually none) with no_new_privs before exec, so it runs without capabilities; cwd is entered
+    // before that.
     int set_ids;
     uid_t uid;
     gid_t gid;
+    // userns (instead of set_ids): the child enters a user namespace of its own in which it is root and
+    // which maps nothing but root, to uid/gid outside; then new mount (private), network and IPC
+    // namespaces. What it creates belongs to uid/gid; its capabilities reach nothing else.
+    int userns;
+    // file_guard: the filter of clinux_seccomp_file_guard is put on the child just before exec.
+    int file_guard;
+    const gid_t *groups;
+    int ngroups;
+    // Control groups the child joins first, while it still may: paths of their cgroup.procs files.
+    const char *const *cgroups;
+    int ncgroups;
 } clinux_spawn_opts;
 
 /// Starts a child; returns its pid, or -errno. An exec failure in the child is reported as -errno too
@@ -46,6 +58,13 @@ uint64_t clinux_rdtsc(void);
 /// it was to stderr (seccomp.c). Returns 0, or -errno; -EINVAL with `*unknown` set to the index of a
 /// name this layer does not know.
 int clinux_seccomp_allow(const char *const *names, int count, int *unknown);
+/// For a file server whose user namespace maps only one uid (spawn's `userns`): a seccomp filter
+/// under which changes of uid, gid and groups succeed without effect (so a server that switches to each
+/// client's ids keeps acting as its one mapped identity), and a mode with a set-uid or set-gid bit is
+/// refused with EPERM wherever a file's mode is set (chmod, fchmod, fchmodat, open/openat/creat with
+/// O_CREAT or O_TMPFILE, mkdir, mknod); openat2, whose mode this filter cannot see, is ENOSYS.
+/// Sets no_new_privs. Returns 0 or -errno.
+int clinux_seccomp_file_guard(void);
 /// The number of a system call this layer can name, or -1; and the name of a number, or NULL.
 long clinux_syscall_number(const char *name);
 const char *clinux_syscall_name(long nr);

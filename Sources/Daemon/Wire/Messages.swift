@@ -45,8 +45,11 @@ public struct ExecCall: Codable, Sendable, Equatable {
     public var cwd: String
     /// SLURM_LOCALID: which of the node's guests runs it (round-robin).
     public var localid: Int
-    public init(job: UInt32, argv: [String], env: [String], cwd: String, localid: Int) {
-        self.job = job; self.argv = argv; self.env = env; self.cwd = cwd; self.localid = localid
+    /// Run as root in the guest rather than as the job's owner: only root on the node may ask (an
+    /// admin looking into a job's guests; root there gains nothing it lacks on the node).
+    public var root: Bool?
+    public init(job: UInt32, argv: [String], env: [String], cwd: String, localid: Int, root: Bool? = nil) {
+        self.job = job; self.argv = argv; self.env = env; self.cwd = cwd; self.localid = localid; self.root = root
     }
 }
 

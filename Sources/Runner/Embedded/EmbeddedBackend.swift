@@ -36,54 +36,35 @@ public struct EmbeddedBackend: Hypervisor {
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
         try Files.mkdirs(spec.runDir, mode: 0o700)
-        // The VMM runs as a uid of its own (VMMIdentity.swift) in its run directory, which it owns; what
-        // it may not open itself (/dev/kvm, the image's files, the tap) it gets as open descriptors.
-        let identity = try VMMIdentities.range().map { try VMMIdentities.take(for: spec, in: $0) }
-        var held: [Int32] = []
-        defer { held.forEach { close($0) } }
+        // The VMM runs as a uid of its own in its run directory, which it owns; what it may not open
+        // itself (/dev/kvm, the image's files, the tap) it gets as open descriptors (VMMLaunch).
+        var launch = try VMMLaunch(spec)
+        defer { launch.closeHeld() }
         let pid: Int32
         do {
-            if let id = identity, chown(spec.runDir, id.uid, id.gid) != 0 {
-                throw RunnerError.spawn(
-                    "cannot give guest \(spec.id)'s run directory to its VMM's uid \(id.uid): \(String(cString: strerror(errno)))")
-            }
-            func hand(_ path: String, _ flags: Int32, _ what: String) throws -> Int32 {
-                let fd = open(path, flags | O_CLOEXEC)
-                guard fd >= 0 else {
-                    throw RunnerError.bootFailed("cannot open \(what) \(path): \(String(cString: strerror(errno)))", consoleTail: "")
-                }
-                held.append(fd)
-                return Int32(2 + held.count)  // its number in the VMM: 3, 4, … in the order handed
-            }
-            // The tap first: it is descriptor 3, as QEMU's is.
-            let tap = try FileServers.openTap(for: spec)
-            if tap >= 0 { held.append(tap) }
-            let kvm = try hand("/dev/kvm", O_RDWR, "the KVM device")
+            let tap = try launch.handTap()  // descriptor 3, as QEMU's is
+            let kvm = try launch.hand("/dev/kvm", O_RDWR, "the KVM device")
             var args = [
-                "--kvm-fd", String(kvm), "--kernel", "fd:\(try hand(spec.kernel, O_RDONLY, "the kernel"))",
+                "--kvm-fd", String(kvm), "--kernel", "fd:\(try launch.hand(spec.kernel, O_RDONLY, "the kernel"))",
                 "--append", [platformCmdline(spec), spec.cmdline].filter { !$0.isEmpty }.joined(separator: " "),
                 "--vcpus", String(spec.vcpus), "--mem", String(spec.memoryMB), "--cpus", spec.cpus.map(String.init).joined(separator: ","),
                 // Relative to the run directory, the VMM's working directory.
-                "--console", "console.log", "--report", "report", "--ready", "vcpus",
+                "--console", "console.log", "--console-limit", String(spec.consoleLimit ?? GuestSpec.defaultConsoleLimit),
+                "--report", "report", "--ready", "vcpus",
             ]
-            if let rd = spec.initrd { args += ["--initrd", "fd:\(try hand(rd, O_RDONLY, "the initramfs"))"] }
+            if let rd = spec.initrd { args += ["--initrd", "fd:\(try launch.hand(rd, O_RDONLY, "the initramfs"))"] }
             if let h = spec.housekeeping.first { args += ["--housekeeping", String(h)] }
             if spec.hugepages { args.append("--hugepages") }
             if spec.agent { args += ["--agent-socket", "agent.sock"] }
-            if let d = spec.disk { args += ["--disk", "fd:\(try hand(d, O_RDONLY, "the disk"))"] }
-            if let n = spec.network { args += ["--net-fd", "3", "--mac", n.mac, "--mtu", String(n.mtu)] }
-            try FileServers.start(for: spec)
+            if let d = spec.disk { args += ["--disk", "fd:\(try launch.hand(d, O_RDONLY, "the disk"))"] }
+            if let n = spec.network, let tap { args += ["--net-fd", String(tap), "--mac", n.mac, "--mtu", String(n.mtu)] }
+            try launch.startFileServers()
             for i in (spec.shares ?? []).indices {
-                let sock = FileServers.socket(i, of: spec)
-                if let id = identity, chown(sock, id.uid, id.gid) != 0 {
-                    throw RunnerError.spawn("cannot give virtio-fs socket \(sock) to the VMM's uid: \(String(cString: strerror(errno)))")
-                }
-                args += ["--fs", URL(fileURLWithPath: sock).lastPathComponent + "," + FileServers.tag(i)]
+                args += ["--fs", URL(fileURLWithPath: FileServers.socket(i, of: spec)).lastPathComponent + "," + FileServers.tag(i)]
             }
-            pid = try FileServers.spawn(binary, args, log: "vmm.log", for: spec, passFDs: held, cwd: spec.runDir, identity: identity)
+            pid = try launch.spawn(binary, args, log: "vmm.log")
         } catch {
-            FileServers.stop(for: spec)
-            VMMIdentities.release(for: spec)
+            launch.abandon()
             throw error
         }
         let g = EmbeddedGuest(spec: spec, pid: pid)
@@ -162,7 +143,7 @@ public final class EmbeddedGuest: RunningGuest, @unchecked Sendable {
             ended = .failed(String(end.dropFirst(8)))
         } else {
             let log = Console.tail(spec.runDir + "/vmm.log", lines: 3)
-            ended = .failed("slurm-vm-vmm ended (wait status \(status)) without a report\(log.isEmpty ? "" : ":\n" + log)")
+            ended = .failed("\(WaitStatus.describe(status, what: "slurm-vm-vmm")) without a report\(log.isEmpty ? "" : ":\n" + log)")
         }
         return ended
     }

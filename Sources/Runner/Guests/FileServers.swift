@@ -27,18 +27,32 @@ public enum FileServers {
     /// A process of the guest's VMM (the VMM itself, a file server), optionally in `cwd` as `identity`.
     public static func spawn(
         _ path: String, _ args: [String], log name: String, for spec: GuestSpec, passFDs: [Int32] = [], cwd: String? = nil,
-        identity: VMMIdentity? = nil
+        identity: HostIdentity? = nil, groups: [gid_t] = []
     ) throws -> Int32 {
-        let log = open(spec.runDir + "/" + name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        defer { if log >= 0 { close(log) } }
-        var o = SpawnOptions()
+        let log = try openLog(name, for: spec)
+        defer { close(log) }
+        var o = options(for: spec)
         o.passFDs = passFDs
         o.cwd = cwd
         o.identity = identity
+        o.groups = groups
         o.stdout = log; o.stderr = log
+        return try Processes.spawn(path, args, o)
+    }
+
+    /// What every process of a guest's VMM shares: on the housekeeping CPUs, ending with us unless kept.
+    static func options(for spec: GuestSpec) -> SpawnOptions {
+        var o = SpawnOptions()
         o.dieWithParent = !spec.keep
         o.cpus = spec.housekeeping
-        return try Processes.spawn(path, args, o)
+        o.cgroups = spec.cgroups ?? []
+        return o
+    }
+
+    static func openLog(_ name: String, for spec: GuestSpec) throws -> Int32 {
+        let log = open(spec.runDir + "/" + name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard log >= 0 else { throw RunnerError.spawn("cannot create \(spec.runDir)/\(name): \(String(cString: strerror(errno)))") }
+        return log
     }
 
     /// The guest's tap (the job network the node made), opened here and handed to the VMM as
@@ -52,45 +66,55 @@ public enum FileServers {
         return tap
     }
 
-    /// Starts one virtiofsd per shared directory and waits for its socket.
+    /// Starts one virtiofsd per shared directory, serving it as the share owner (`GuestSpec.shareOwner`):
+    /// it runs as root of a user namespace that maps only to that uid and gid, so whatever a guest
+    /// creates there — even as root, even by chown 0 — belongs to the owner; with no capabilities once
+    /// it has chrooted into the directory (so it has the owner's access, nothing more); and under the
+    /// file guard filter, so a guest's set-uid or set-gid bit is refused (EPERM) and its per-request
+    /// identity switches change nothing. We make the vhost-user socket and hand it over listening.
     public static func start(for spec: GuestSpec) throws {
         guard let shares = spec.shares, !shares.isEmpty else { return }
         guard getuid() == 0 else { throw RunnerError.invalidRequest("sharing directories into guests (virtio-fs) needs root") }
         guard FileManager.default.isExecutableFile(atPath: virtiofsd) else {
             throw RunnerError.vmmMissing("\(virtiofsd) is missing; it comes with Debian's qemu-system-common package")
         }
+        let owner = spec.shareOwner ?? HostIdentity(uid: getuid(), gid: getgid())
         for (i, dir) in shares.enumerated() {
             let sock = socket(i, of: spec)
-            let pid = try spawn(
+            let listener = try UnixSocket.listen(sock)
+            defer { close(listener) }
+            var o = options(for: spec)
+            o.passFDs = [listener]
+            o.namespaceRoot = owner
+            o.fileGuard = true
+            let log = try openLog("virtiofsd\(i).log", for: spec)
+            defer { close(log) }
+            o.stdout = log; o.stderr = log
+            let pid = try Processes.spawn(
                 virtiofsd,
                 [
-                    "-f", "--socket-path=\(sock)", "-o", "source=\(dir)", "-o", "cache=auto",
-                    "-o", "sandbox=namespace", "-o", "log_level=warn",
-                ],
-                log: "virtiofsd\(i).log", for: spec)
-            try? String(pid).write(toFile: "\(spec.runDir)/virtiofsd\(i).pid", atomically: true, encoding: .utf8)
-            let deadline = Date(timeIntervalSinceNow: 5)
-            while !Files.exists(sock) {
-                if Processes.poll(pid) != nil || Date() > deadline {
-                    kill(pid, SIGKILL); _ = Processes.wait(pid, timeout: 1)
-                    throw RunnerError.bootFailed(
-                        "virtiofsd for \(dir) did not start", consoleTail: Console.tail(spec.runDir + "/virtiofsd\(i).log", lines: 5))
-                }
-                usleep(5_000)
-            }
+                    "-f", "--fd=3", "-o", "source=\(dir)", "-o", "cache=auto", "-o", "sandbox=chroot",
+                    // Every capability virtiofsd would keep, dropped: it acts with the owner's rights alone.
+                    "-o", "modcaps=-chown:-dac_override:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap",
+                    // Raising the descriptor limit would need a capability on the host.
+                    "--rlimit-nofile=0", "-o", "log_level=warn",
+                ], o)
+            // The pid and its start time: a server of an adopted guest is recognised by both.
+            try? "\(pid)\n\(ProcessIdentity.startTime(of: pid) ?? 0)\n".write(
+                toFile: "\(spec.runDir)/virtiofsd\(i).pid", atomically: true, encoding: .utf8)
         }
     }
 
     /// File servers end when their VMM goes; one that lingers (the VMM never connected) ends here.
     public static func stop(for spec: GuestSpec) {
         for i in 0..<(spec.shares?.count ?? 0) {
-            guard let t = try? String(contentsOfFile: "\(spec.runDir)/virtiofsd\(i).pid", encoding: .utf8), let p = Int32(t) else { continue }
+            guard let t = try? String(contentsOfFile: "\(spec.runDir)/virtiofsd\(i).pid", encoding: .utf8) else { continue }
+            let fields = t.split(separator: "\n")
+            guard let p = fields.first.flatMap({ Int32($0) }) else { continue }
             if Processes.isChild(p) {
                 kill(p, SIGKILL)  // ours: also reaps it if it already ended
                 _ = Processes.wait(p, timeout: 2)
-            } else if let cmd = FileManager.default.contents(atPath: "/proc/\(p)/cmdline"),
-                String(decoding: cmd, as: UTF8.self).contains(socket(i, of: spec))
-            {
+            } else if fields.count > 1, let start = ProcessIdentity.startTime(of: p), String(start) == fields[1] {
                 kill(p, SIGKILL)  // an adopted guest's: not ours to reap
                 _ = Processes.wait(p, timeout: 2)
             }

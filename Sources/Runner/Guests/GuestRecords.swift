@@ -77,7 +77,7 @@ public struct GuestRecords: Sendable {
     public func live() -> [GuestRecord] {
         let ids = ((try? FileManager.default.contentsOfDirectory(atPath: root + "/guests")) ?? []).sorted()
         var out: [GuestRecord] = []
-        // Dot entries are not guests: `.vmm-uids` holds the running VMMs' uid locks (VMMIdentity.swift).
+        // Dot entries are not guests: `.vmm-uids` holds the running VMMs' uid locks (HostIdentity.swift).
         for id in ids where !id.hasPrefix(".") {
             if let r = load(id) {
                 if r.alive { out.append(r) } else { Files.remove(dir(id)) }

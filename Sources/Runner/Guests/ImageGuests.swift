@@ -46,17 +46,23 @@ public struct ImageGuests: Sendable {
     public var keep: Bool
     /// Who owns the guests (their records say so; `vm ls` and the node's job state use it).
     public var owner: UInt32
+    /// The owner's group: with `owner`, the identity shared directories are served as.
+    public var group: UInt32
+    /// The job's control groups every guest's processes start in (nil: none).
+    public var cgroups: [String]?
+    /// Each guest's console log limit (nil: GuestSpec's default).
+    public var consoleLimit: UInt64?
     /// Each guest's port on the job network, by index (nil: no network).
     public var networks: [GuestNetwork]?
 
     public init(
         image: BootImage, names: [(id: String, hostname: String)], vcpus: Int, memoryMB: Int, plan: CPUPlan,
         hugepages: Bool, extraCmdline: String? = nil, shares: [String] = [], keep: Bool, owner: UInt32,
-        networks: [GuestNetwork]? = nil
+        group: UInt32, networks: [GuestNetwork]? = nil
     ) {
         self.image = image; self.names = names; self.vcpus = vcpus; self.memoryMB = memoryMB; self.plan = plan
         self.hugepages = hugepages; self.extraCmdline = extraCmdline; self.shares = shares; self.keep = keep; self.owner = owner
-        self.networks = networks
+        self.group = group; self.networks = networks
     }
 
     /// The image's own limits. A job's request already passed them at matching (the job ad's
@@ -79,7 +85,8 @@ public struct ImageGuests: Sendable {
                 id: n.id, hostname: n.hostname, kernel: image.kernel, kernelDigest: image.kernelDigest, initrd: image.initrd,
                 disk: image.disk, cmdline: cmdline, vcpus: vcpus, memoryMB: memoryMB, cpus: plan.perGuest[i],
                 housekeeping: plan.housekeeping, agent: true, hugepages: hugepages, runDir: records.dir(n.id), keep: keep,
-                accelerator: accelerator, shares: shares, network: networks?[i])
+                accelerator: accelerator, shares: shares, network: networks?[i],
+                shareOwner: HostIdentity(uid: owner, gid: group), cgroups: cgroups, consoleLimit: consoleLimit)
         }
     }
 

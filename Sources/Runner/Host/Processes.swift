@@ -22,7 +22,16 @@ public struct SpawnOptions: Sendable {
     public var cwd: String? = nil
     /// The uid and gid the child runs as (no supplementary groups, no_new_privs, no capabilities);
     /// nil: ours.
-    public var identity: VMMIdentity? = nil
+    public var identity: HostIdentity? = nil
+    /// With `identity`: its supplementary groups (none by default).
+    public var groups: [gid_t] = []
+    /// Control group directories the child joins before anything else (a job's, JobCgroup).
+    public var cgroups: [String] = []
+    /// Instead of `identity`: the child is root of a user namespace of its own that maps only to these
+    /// ids (with its own mount, network and IPC namespaces): a file server acting as a job's owner.
+    public var namespaceRoot: HostIdentity? = nil
+    /// The file guard seccomp filter (CLinux's clinux_seccomp_file_guard) goes on the child before exec.
+    public var fileGuard = false
     public init() {}
 }
 
@@ -37,22 +46,32 @@ public enum Processes {
         defer { free(pathC) }
         let pass = o.passFDs
         let cwdC: UnsafeMutablePointer<CChar>? = o.cwd.flatMap { strdup($0) }
+        let cgroupsC: [UnsafePointer<CChar>?] = o.cgroups.map { UnsafePointer(strdup($0 + "/cgroup.procs")) }
+        defer { cgroupsC.forEach { free(UnsafeMutableRawPointer(mutating: $0)) } }
         defer { free(cwdC) }
         let pid: Int32 = argv.withUnsafeBufferPointer { av in
             cpus.withUnsafeBufferPointer { cp in
                 pass.withUnsafeBufferPointer { pf in
-                    func go(_ ep: UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-                        var opts = clinux_spawn_opts(
-                            path: pathC, argv: av.baseAddress, envp: ep,
-                            stdin_fd: o.stdin, stdout_fd: o.stdout, stderr_fd: o.stderr,
-                            new_session: o.newSession ? 1 : 0, death_signal: o.dieWithParent ? SIGKILL : 0,
-                            cpus: cp.baseAddress, ncpus: Int32(cp.count), cwd: UnsafePointer(cwdC),
-                            pass_fds: pf.baseAddress, npass_fds: Int32(pf.count),
-                            set_ids: o.identity == nil ? 0 : 1, uid: o.identity?.uid ?? 0, gid: o.identity?.gid ?? 0)
-                        return clinux_spawn(&opts)
+                    o.groups.withUnsafeBufferPointer { gr in
+                        cgroupsC.withUnsafeBufferPointer { cg in
+                            func go(_ ep: UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+                                var opts = clinux_spawn_opts(
+                                    path: pathC, argv: av.baseAddress, envp: ep,
+                                    stdin_fd: o.stdin, stdout_fd: o.stdout, stderr_fd: o.stderr,
+                                    new_session: o.newSession ? 1 : 0, death_signal: o.dieWithParent ? SIGKILL : 0,
+                                    cpus: cp.baseAddress, ncpus: Int32(cp.count), cwd: UnsafePointer(cwdC),
+                                    pass_fds: pf.baseAddress, npass_fds: Int32(pf.count),
+                                    set_ids: o.identity == nil ? 0 : 1,
+                                    uid: (o.namespaceRoot ?? o.identity)?.uid ?? 0, gid: (o.namespaceRoot ?? o.identity)?.gid ?? 0,
+                                    userns: o.namespaceRoot == nil ? 0 : 1, file_guard: o.fileGuard ? 1 : 0,
+                                    groups: gr.baseAddress, ngroups: Int32(gr.count),
+                                    cgroups: cg.baseAddress.map { UnsafePointer($0) }, ncgroups: Int32(cg.count))
+                                return clinux_spawn(&opts)
+                            }
+                            if let envp { return envp.withUnsafeBufferPointer { go($0.baseAddress) } }
+                            return go(nil)
+                        }
                     }
-                    if let envp { return envp.withUnsafeBufferPointer { go($0.baseAddress) } }
-                    return go(nil)
                 }
             }
         }
@@ -127,5 +146,17 @@ public enum Processes {
     /// Thread ids of a process.
     public static func threads(of pid: Int32) -> [Int32] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap { Int32($0) }.sorted()
+    }
+}
+
+/// A waitpid status in words.
+public enum WaitStatus {
+    public static func describe(_ status: Int32, what: String) -> String {
+        let sig = status & 0x7f
+        if status > 0 && sig != 0 && sig != 0x7f {
+            let name = strsignal(sig).map { String(cString: $0) } ?? "signal \(sig)"
+            return "\(what) killed by signal \(sig) (\(name))"
+        }
+        return "\(what) exited (status \(status < 0 ? status : (status >> 8) & 0xff))"
     }
 }

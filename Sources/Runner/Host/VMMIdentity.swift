@@ -10,7 +10,8 @@ import Support
 import Glibc
 #endif
 
-public struct VMMIdentity: Sendable, Equatable {
+/// A uid and gid on the host (a VMM's own, or the owner a file server acts as).
+public struct HostIdentity: Sendable, Equatable, Codable {
     public let uid: uid_t
     public let gid: gid_t
     public init(uid: uid_t, gid: gid_t) { self.uid = uid; self.gid = gid }
@@ -25,11 +26,17 @@ public enum VMMIdentities {
     /// (it could not change identity).
     public static func range(environment: [String: String] = ProcessInfo.processInfo.environment) throws -> ClosedRange<UInt32>? {
         guard getuid() == 0 else { return nil }
-        guard let v = environment["SLURM_VM_VMM_UIDS"]?.trimmingCharacters(in: .whitespaces), !v.isEmpty else { return defaultRange }
+        guard let v = environment["SLURM_VM_VMM_UIDS"], !v.trimmingCharacters(in: .whitespaces).isEmpty else { return defaultRange }
+        return try parse(v)
+    }
+
+    /// `FIRST-LAST`, or `off` (nil).
+    public static func parse(_ text: String) throws -> ClosedRange<UInt32>? {
+        let v = text.trimmingCharacters(in: .whitespaces)
         if v == "off" { return nil }
         let parts = v.split(separator: "-").map { UInt32($0) }
         guard parts.count == 2, let a = parts[0], let b = parts[1], a > 0, a <= b, b < UInt32.max else {
-            throw RunnerError.invalidRequest("SLURM_VM_VMM_UIDS '\(v)' is not FIRST-LAST (e.g. 4200000000-4200099999) or off")
+            throw RunnerError.invalidRequest("VMM uid range '\(v)' is not FIRST-LAST (e.g. 4200000000-4200099999) or off")
         }
         return a...b
     }
@@ -42,7 +49,7 @@ public enum VMMIdentities {
     /// Takes a free uid for `spec`'s guest: a file `<uid>` created exclusively in the lock directory,
     /// holding the guest's run directory. A lock whose run directory is gone (a runner that died) is
     /// stale and taken over.
-    public static func take(for spec: GuestSpec, in range: ClosedRange<UInt32>) throws -> VMMIdentity {
+    public static func take(for spec: GuestSpec, in range: ClosedRange<UInt32>) throws -> HostIdentity {
         let dir = locks(for: spec)
         try Files.mkdirs(dir, mode: 0o700)
         let size = UInt64(range.upperBound - range.lowerBound) + 1
@@ -70,7 +77,7 @@ public enum VMMIdentities {
             let text = Array(spec.runDir.utf8)
             _ = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             close(fd)
-            return VMMIdentity(uid: uid, gid: uid)
+            return HostIdentity(uid: uid, gid: uid)
         }
         throw RunnerError.spawn("no free VMM uid in \(range) (locks in \(dir)); widen SLURM_VM_VMM_UIDS")
     }

@@ -45,11 +45,17 @@ public struct QEMUBackend: Hypervisor {
         return o.joined(separator: " ")
     }
 
-    /// `tapFD`: the descriptor number QEMU gets the guest's tap as (managed boots); nil: QEMU opens the
-    /// tap by name itself (the benchmark's unmanaged command line, which has no network).
-    func arguments(_ spec: GuestSpec, kernel: String, managed: Bool = true, tapFD: Int? = nil) -> [String] {
+    /// The strictest `-sandbox` (QEMU's own seccomp filter) it runs under: no obsolete calls, no change
+    /// of identity, no fork or exec, no change of scheduling, affinity or memory policy (we pin its
+    /// threads from outside).
+    static let sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+    /// Managed boots name the image's files by `files` (/dev/fd/N of descriptors handed to QEMU);
+    /// `tapFD`: the descriptor number QEMU gets the guest's tap as; nil: QEMU opens the tap by name
+    /// itself (the benchmark's unmanaged command line, which has no network).
+    func arguments(_ spec: GuestSpec, kernel: String, managed: Bool = true, tapFD: Int? = nil, files: ImageFiles? = nil) -> [String] {
         var a = ["-name", "\(spec.id),debug-threads=on", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
-        if managed { a.append("-S") }
+        if managed { a += ["-S", "-sandbox", Self.sandbox] }
         a += ["-M", "microvm,rtc=on,memory-backend=ram"]
         switch accelerator {
         case .kvm: a += ["-accel", "kvm", "-cpu", "host"]
@@ -61,15 +67,18 @@ public struct QEMUBackend: Hypervisor {
         var mem = "memory-backend-memfd,id=ram,size=\(spec.memoryMB)M,share=on,prealloc=on,prealloc-threads=\(max(1, spec.housekeeping.count))"
         if spec.hugepages { mem += ",hugetlb=on,hugetlbsize=2M" }
         a += ["-object", mem]
-        a += ["-kernel", kernel]
-        if let i = spec.initrd { a += ["-initrd", i] }
+        a += ["-kernel", files?.kernel ?? kernel]
+        if let i = files?.initrd ?? spec.initrd { a += ["-initrd", i] }
         a += ["-append", [platformCmdline(spec), spec.cmdline].filter { !$0.isEmpty }.joined(separator: " ")]
-        a += ["-chardev", "file,id=con,path=\(spec.consolePath)", "-serial", "chardev:con"]
-        if managed { a += ["-chardev", "socket,id=qmp,path=\(spec.runDir)/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"] }
+        a += ["-chardev", "file,id=con,path=\(files?.console ?? spec.consolePath)", "-serial", "chardev:con"]
+        // A managed QEMU runs in its run directory (VMMLaunch) as a uid that may not pass through the
+        // directories above it: its sockets are named relative to it.
+        let here = files == nil ? spec.runDir + "/" : ""
+        if managed { a += ["-chardev", "socket,id=qmp,path=\(here)qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"] }
         if spec.agent {
             a += [
                 "-device", "virtio-serial-device",
-                "-chardev", "socket,id=agent,path=\(spec.agentSocket),server=on,wait=off",
+                "-chardev", "socket,id=agent,path=\(here)agent.sock,server=on,wait=off",
                 "-device", "virtserialport,chardev=agent,name=org.slurm-vm.agent",
             ]
         }
@@ -77,11 +86,11 @@ public struct QEMUBackend: Hypervisor {
         if !(spec.shares ?? []).isEmpty { a += ["-global", "virtio-mmio.force-legacy=false"] }
         for (i, _) in (spec.shares ?? []).enumerated() {
             a += [
-                "-chardev", "socket,id=fs\(i),path=\(FileServers.socket(i, of: spec))", "-device",
+                "-chardev", "socket,id=fs\(i),path=\(here)fs\(i).sock", "-device",
                 "vhost-user-fs-device,chardev=fs\(i),tag=\(FileServers.tag(i))",
             ]
         }
-        if let d = spec.disk {
+        if let d = files?.disk ?? spec.disk {
             a += ["-drive", "file=\(d),if=none,id=root,format=raw,readonly=on", "-device", "virtio-blk-device,drive=root"]
         }
         // The job network: virtio-net on the tap the node made, handed to QEMU as an open descriptor (so
@@ -103,16 +112,45 @@ public struct QEMUBackend: Hypervisor {
         return [binary] + arguments(spec, kernel: kernel, managed: false)
     }
 
+    /// The image's files as QEMU opens them in a managed boot.
+    struct ImageFiles { var kernel: String; var initrd: String?; var disk: String?; var console: String? }
+
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
         try spec.validate()
         try Files.mkdirs(spec.runDir, mode: 0o700)
         let kernel = DirectKernel.vmlinux(for: spec.kernel, digest: spec.kernelDigest, cacheDir: kernelCache) ?? spec.kernel
-        let tap = try FileServers.openTap(for: spec)
-        defer { if tap >= 0 { close(tap) } }
-        try FileServers.start(for: spec)
-        let args = arguments(spec, kernel: kernel, tapFD: tap >= 0 ? 3 : nil)
-        try? Data(([binary] + args).map { "'\($0)'" }.joined(separator: " ").utf8).write(to: URL(fileURLWithPath: spec.runDir + "/qemu.cmdline"))
-        let pid = try FileServers.spawn(binary, args, log: "qemu.log", for: spec, passFDs: tap >= 0 ? [tap] : [])
+        // QEMU runs as the guest's own uid (VMMLaunch): the tap and the image's files are handed to it
+        // open, and it reopens the files as /dev/fd/N, which needs no way through their directories.
+        var launch = try VMMLaunch(spec)
+        defer { launch.closeHeld() }
+        let pid: Int32
+        do {
+            let tap = try launch.handTap()
+            let console = try launch.handBoundedConsole()
+            var files = ImageFiles(kernel: "/dev/fd/\(try launch.hand(kernel, O_RDONLY, "the kernel"))")
+            if let i = spec.initrd { files.initrd = "/dev/fd/\(try launch.hand(i, O_RDONLY, "the initramfs"))" }
+            if let d = spec.disk { files.disk = "/dev/fd/\(try launch.hand(d, O_RDONLY, "the disk"))" }
+            files.console = "/dev/fd/\(console)"
+            try launch.startFileServers()
+            let args = arguments(spec, kernel: kernel, tapFD: tap.map(Int.init), files: files)
+            try? Data(([binary] + args).map { "'\($0)'" }.joined(separator: " ").utf8).write(
+                to: URL(fileURLWithPath: spec.runDir + "/qemu.cmdline"))
+            // With KVM it opens /dev/kvm itself (QEMU takes no KVM descriptor): through the device's group.
+            var groups: [gid_t] = []
+            if accelerator == .kvm, launch.identity != nil {
+                var st = stat()
+                guard stat("/dev/kvm", &st) == 0, st.st_mode & 0o060 == 0o060 else {
+                    throw RunnerError.bootFailed(
+                        "QEMU runs as a uid of its own and reaches /dev/kvm through its group, but /dev/kvm is not read-write for its group (mode \(String(st.st_mode & 0o777, radix: 8))); make it root:kvm 0660 as Debian's udev does (a kvm group, the rule in 50-udev-default.rules), or let VMMs keep root (vmm_uids = \"off\")",
+                        consoleTail: "")
+                }
+                groups = [st.st_gid]
+            }
+            pid = try launch.spawn(binary, args, log: "qemu.log", groups: groups)
+        } catch {
+            launch.abandon()
+            throw error
+        }
         let guest = QEMUGuest(spec: spec, pid: pid)
         do {
             try guest.attach(alive: { Processes.poll(pid) == nil })
@@ -210,6 +248,8 @@ public final class QEMUGuest: RunningGuest, @unchecked Sendable {
         }
         qmp?.close()
         FileServers.stop(for: spec)
+        VMMLaunch.stopConsoleSink(for: spec)
+        VMMIdentities.release(for: spec)
         Files.remove(spec.runDir)
     }
 }
