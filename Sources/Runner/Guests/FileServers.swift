@@ -90,15 +90,22 @@ public enum FileServers {
             let log = try openLog("virtiofsd\(i).log", for: spec)
             defer { close(log) }
             o.stdout = log; o.stderr = log
-            let pid = try Processes.spawn(
-                virtiofsd,
-                [
-                    "-f", "--fd=3", "-o", "source=\(dir)", "-o", "cache=auto", "-o", "sandbox=chroot",
-                    // Every capability virtiofsd would keep, dropped: it acts with the owner's rights alone.
-                    "-o", "modcaps=-chown:-dac_override:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap",
-                    // Raising the descriptor limit would need a capability on the host.
-                    "--rlimit-nofile=0", "-o", "log_level=warn",
-                ], o)
+            let pid: Int32
+            do {
+                pid = try Processes.spawn(
+                    virtiofsd,
+                    [
+                        "-f", "--fd=3", "-o", "source=\(dir)", "-o", "cache=auto", "-o", "sandbox=chroot",
+                        // Every capability virtiofsd would keep, dropped: it acts with the owner's rights alone.
+                        "-o", "modcaps=-chown:-dac_override:-fowner:-fsetid:-setgid:-setuid:-mknod:-setfcap",
+                        // Raising the descriptor limit would need a capability on the host.
+                        "--rlimit-nofile=0", "-o", "log_level=warn",
+                    ], o)
+            } catch {
+                throw RunnerError.bootFailed(
+                    "cannot start the file server for \(dir) (\(error)); it runs in a user namespace of its own (docs/security.md): user namespaces must be enabled (user.max_user_namespaces > 0) and slurm-vmd must not run chrooted",
+                    consoleTail: "")
+            }
             // The pid and its start time: a server of an adopted guest is recognised by both.
             try? "\(pid)\n\(ProcessIdentity.startTime(of: pid) ?? 0)\n".write(
                 toFile: "\(spec.runDir)/virtiofsd\(i).pid", atomically: true, encoding: .utf8)
