@@ -128,6 +128,24 @@ import Testing
         #expect { try DaemonConfig.load(try write("socket = \"/x\"\n")) } throws: { "\($0)".contains("needs at least one role") }
         #expect { try DaemonConfig.load(try write("[node]\n")) } throws: { "\($0)".contains("node.catalog is missing") }
     }
+
+    @Test func theConfinementKeys() throws {
+        let n = try DaemonConfig.load(
+            try write(
+                "[node]\ncatalog = \"h:1\"\ncgroups = false\nguest_overhead = \"64M\"\nconsole_limit = \"1M\"\nvmm_uids = \"5000-5999\"\n"
+            )
+        ).node
+        #expect(n?.cgroups == false && n?.guestOverheadMB == 64 && n?.consoleLimit == 1 << 20 && n?.vmmUIDs == "5000-5999")
+        let d = try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n")).node
+        #expect(d?.cgroups == true && d?.guestOverheadMB == 256 && d?.consoleLimit == nil && d?.vmmUIDs == nil)
+        #expect(try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\nvmm_uids = \"off\"\n")).node?.vmmUIDs == "off")
+        for (key, value, says) in [
+            ("guest_overhead", "\"1M\"", "node.guest_overhead must be a size from 16M"), ("console_limit", "\"1K\"", "node.console_limit"),
+            ("vmm_uids", "\"0-10\"", "node.vmm_uids"), ("cgroups", "\"yes\"", "node.cgroups"),
+        ] {
+            #expect { try DaemonConfig.load(try write("[node]\ncatalog = \"h:1\"\n\(key) = \(value)\n")) } throws: { "\($0)".contains(says) }
+        }
+    }
 }
 
 @Suite struct JobStoreTests {
