@@ -176,8 +176,7 @@ public final class API: @unchecked Sendable {
             try? c.send(ExecEnd(exit: status.exitCode, signal: status.signal))
         } catch {
             // The guest itself may be what ended: then say which and how, not just that the channel broke.
-            usleep(200_000)  // a killed VMM is reaped a moment after its socket closes
-            try? c.send(ExecEnd(exit: 255, signal: nil, error: node.lostGuest(job: e.job) ?? "\(error)"))
+            try? c.send(ExecEnd(exit: 255, signal: nil, error: node.lostGuest(job: e.job, waitingFor: started.guest) ?? "\(error)"))
         }
     }
 

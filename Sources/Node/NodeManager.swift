@@ -42,8 +42,6 @@ public struct NodeConfig: Sendable {
     public var consoleLimit: UInt64? = nil
     /// The VMMs' uid range ("FIRST-LAST" or "off"); nil: SLURM_VM_VMM_UIDS, else the default.
     public var vmmUIDs: String? = nil
-    /// Where /sys/fs/cgroup is (tests point it elsewhere).
-    public var cgroupRoot = "/sys/fs/cgroup"
 
     public init(name: String, stateDir: String, runDir: String, cacheDir: String, catalogAddress: String) {
         self.name = name; self.stateDir = stateDir; self.runDir = runDir; self.cacheDir = cacheDir; self.catalogAddress = catalogAddress
@@ -93,7 +91,7 @@ public final class NodeManager: @unchecked Sendable {
         acceleratorReport = chosen
         cgroupReport =
             !c.cgroups
-            ? "job cgroups are off (node.cgroups = false)" : getuid() != 0 ? "not root: no job cgroups" : JobCgroup.unsupported(root: c.cgroupRoot)
+            ? "job cgroups are off (node.cgroups = false)" : getuid() != 0 ? "not root: no job cgroups" : JobCgroup.unsupported()
         self.log = log
     }
 
@@ -194,8 +192,7 @@ public final class NodeManager: @unchecked Sendable {
         state.guests = names.map(\.id)
         set.consoleLimit = config.consoleLimit
         // The job's cgroup, before anything of the job runs: its VMMs and file servers start in it.
-        if cgroupReport == nil {
-            let cg = JobCgroup(root: config.cgroupRoot, node: config.name, job: r.job)
+        if let cg = cgroup(of: r.job) {
             try cg.create(
                 cpus: placement.plan.perGuest.flatMap { $0 } + placement.plan.housekeeping,
                 memoryBytes: UInt64(share.guests) * UInt64(accepted.memoryMB + config.guestOverheadMB) << 20, guests: share.guests)
@@ -264,7 +261,7 @@ public final class NodeManager: @unchecked Sendable {
             for g in job?.guests ?? [] { g.destroy(); ids.remove(g.spec.id); n += 1 }
             for gid in ids { if destroyRecorded(gid) { n += 1 } }
             if let s = job?.state ?? store.load(id), s.networkGuests != nil { LinkDriver().detach(job: id, taps: s.networkTaps) }
-            if cgroupReport == nil { JobCgroup(root: config.cgroupRoot, node: config.name, job: id).remove() }
+            cgroup(of: id)?.remove()
             store.remove(id)
             if job != nil || n > 0 { log("job \(id): \(n) guest(s) torn down") }
             return n
@@ -344,22 +341,29 @@ public final class NodeManager: @unchecked Sendable {
         return (cmd, job.guests[i].spec.id)
     }
 
+    /// The job's cgroup on this node; nil where jobs get none (cgroupReport says why).
+    func cgroup(of job: UInt32) -> JobCgroup? {
+        cgroupReport == nil ? JobCgroup(node: config.name, job: job) : nil
+    }
+
     /// When one of the job's guests has ended on its own (its VMM killed or crashed, its kernel
     /// panicked, it powered off), the job is marked lost and the reason returned: what a task that was
-    /// running in it, and every later task, reports. nil while all of them run.
-    public func lostGuest(job id: UInt32) -> String? {
+    /// running in it, and every later task, reports. nil while all of them run. `waitingFor`: the guest
+    /// whose agent channel just broke, given a moment to be seen ended (its VMM is reaped a little
+    /// after its sockets close).
+    public func lostGuest(job id: UInt32, waitingFor suspect: String? = nil) -> String? {
         guard let job = lock.withLock({ live[id] }) else { return nil }
         if job.state.phase == .lost { return job.state.error }
         guard job.state.phase == .ready else { return nil }
         for g in job.guests {
-            guard let end = g.waitForEnd(timeout: 0) else { continue }
+            guard let end = g.waitForEnd(timeout: g.spec.id == suspect ? 1 : 0) else { continue }
             var how = "\(end)"
             if let panic = Console.tail(g.spec.consolePath, lines: 40).split(separator: "\n").last(where: { $0.contains("Kernel panic") }) {
                 // The console line without its "  | " prefix and the kernel's "[   1.014105] " time stamp.
                 var line = Substring(panic.replacingOccurrences(of: "  | ", with: "")).drop { $0 == " " }
                 if line.first == "[", let close = line.firstIndex(of: "]") { line = line[line.index(after: close)...].drop { $0 == " " } }
                 how = "its kernel panicked (\(line))"
-            } else if cgroupReport == nil, let kills = JobCgroup(root: config.cgroupRoot, node: config.name, job: id).oomKills, kills > 0 {
+            } else if let kills = cgroup(of: id)?.oomKills, kills > 0 {
                 how += ", killed by the kernel's OOM killer: the job's memory limit (its guests' RAM plus node.guest_overhead per guest) was reached"
             }
             let why =
@@ -427,11 +431,9 @@ public final class NodeManager: @unchecked Sendable {
             _ = destroyRecorded(r.spec.id)
         }
         let known = Set(store.all().map(\.job))
-        if cgroupReport == nil {
-            for j in JobCgroup.jobs(root: config.cgroupRoot, node: config.name) where !known.contains(j) {
-                log("job \(j)'s cgroup is left from before: removing it")
-                JobCgroup(root: config.cgroupRoot, node: config.name, job: j).remove()
-            }
+        for j in cgroupReport == nil ? JobCgroup.jobs(node: config.name) : [] where !known.contains(j) {
+            log("job \(j)'s cgroup is left from before: removing it")
+            cgroup(of: j)?.remove()
         }
     }
 

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from test_slurm import VM, new_cluster, run, state, wait_step, wait_until
+from test_slurm import VM, new_cluster, run, state, submit, wait_step, wait_until
 
 NOBODY = 65534
 
@@ -36,13 +36,7 @@ def cluster():
 
 
 def submit_as(cluster, user, args, script):
-    path = os.path.join(cluster.work, f"job-{len(os.listdir(cluster.work))}.sh")
-    with open(path, "w") as f:
-        f.write("#!/bin/sh\n" + script + "\n")
-    os.chmod(path, 0o755)
-    r = cluster.sh(f"sbatch --parsable {args} {path}", user=user)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip().split(";")[0]
+    return submit(cluster, args, script, user=user)
 
 
 def status(pid):

@@ -308,13 +308,14 @@ def test_a_user_job_runs_as_the_user(cluster):
     cluster.expect_clean()
 
 
-def submit(cluster, args, script):
-    """Submits `script` as a batch script file (no shell quoting between the test and the job)."""
+def submit(cluster, args, script, user=None):
+    """Submits `script` as a batch script file (no shell quoting between the test and the job), as
+    `user` (default root)."""
     fd, path = tempfile.mkstemp(prefix="job-", suffix=".sh", dir=cluster.work)
     with os.fdopen(fd, "w") as f:
         f.write("#!/bin/sh\n" + script + "\n")
     os.chmod(path, 0o755)
-    r = cluster.sh(f"sbatch --parsable {args} {path}")
+    r = cluster.sh(f"sbatch --parsable {args} {path}", user=user)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().split(";")[0]
 

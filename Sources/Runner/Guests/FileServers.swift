@@ -24,22 +24,6 @@ public enum FileServers {
         return "slurmvm.share=" + sh.enumerated().map { "\(tag($0.offset)):\($0.element)" }.joined(separator: ",")
     }
 
-    /// A process of the guest's VMM (the VMM itself, a file server), optionally in `cwd` as `identity`.
-    public static func spawn(
-        _ path: String, _ args: [String], log name: String, for spec: GuestSpec, passFDs: [Int32] = [], cwd: String? = nil,
-        identity: HostIdentity? = nil, groups: [gid_t] = []
-    ) throws -> Int32 {
-        let log = try openLog(name, for: spec)
-        defer { close(log) }
-        var o = options(for: spec)
-        o.passFDs = passFDs
-        o.cwd = cwd
-        o.identity = identity
-        o.groups = groups
-        o.stdout = log; o.stderr = log
-        return try Processes.spawn(path, args, o)
-    }
-
     /// What every process of a guest's VMM shares: on the housekeeping CPUs, ending with us unless kept.
     static func options(for spec: GuestSpec) -> SpawnOptions {
         var o = SpawnOptions()

@@ -82,9 +82,6 @@ public struct JobCgroup: Sendable, Equatable {
     /// Whether any of the job's cgroups still exists.
     public var exists: Bool { directories.contains { Files.isDirectory($0) } }
 
-    /// Bytes charged to the job now (memory.usage_in_bytes), nil without the memory cgroup.
-    public var memoryUsage: UInt64? { (try? read("\(root)/memory/\(relativePath)", "memory.usage_in_bytes")).flatMap { UInt64($0) } }
-
     /// How many of the job's processes the kernel's OOM killer has ended (memory.oom_control).
     public var oomKills: Int? {
         guard let t = try? read("\(root)/memory/\(relativePath)", "memory.oom_control") else { return nil }

@@ -60,7 +60,15 @@ struct VMMLaunch {
     /// Starts the VMM with the handed descriptors, in its run directory, as its uid; `groups`: the
     /// supplementary groups it needs (the KVM device's, for QEMU with KVM).
     func spawn(_ binary: String, _ args: [String], log: String, groups: [gid_t] = []) throws -> Int32 {
-        try FileServers.spawn(binary, args, log: log, for: spec, passFDs: held, cwd: spec.runDir, identity: identity, groups: groups)
+        let out = try FileServers.openLog(log, for: spec)
+        defer { close(out) }
+        var o = FileServers.options(for: spec)
+        o.passFDs = held
+        o.cwd = spec.runDir
+        o.identity = identity
+        o.groups = groups
+        o.stdout = out; o.stderr = out
+        return try Processes.spawn(binary, args, o)
     }
 
     /// For a VMM that cannot bound its console log itself (QEMU's file chardev grows without end): a
