@@ -33,21 +33,25 @@ import Testing
     ) throws -> (String, String, [Result<ParticipantReport, Error>]) {
         let dir = scratch()
         let want = randomFile(dir + "/src", size)
-        let base = Int.random(in: 20000...40000)
-        let addrs = (0..<n).map { "127.0.0.1:\(base + $0)" }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         defer { try? group.syncShutdownGracefully() }
-        var futures: [Int: EventLoopFutureBox] = [:]
+        // Every rank binds port 0 first (a guessed port can be taken by any other test's connection),
+        // then all begin with the addresses they got.
+        var ranks: [(Participant, Int)] = []
         for r in 0..<n {
-            var c = ParticipantConfig(rank: r, addresses: addrs)
+            var c = ParticipantConfig(rank: r, addresses: [])
             c.kind = kind
             c.chunkSize = 64 << 10
             c.giveUpSeconds = 20
             c.digest = digestOverride ?? want
             if r == 0 { c.source = dir + "/src"; c.digest = want } else { c.destination = dir + "/copy\(r)" }
             c.corrupt = corrupt[r] ?? []
-            futures[r] = EventLoopFutureBox(try Participant(c, group: group).start())
+            let p = Participant(c, group: group)
+            ranks.append((p, try p.listen(on: "127.0.0.1:0")))
         }
+        let addrs = ranks.map { "127.0.0.1:\($0.1)" }
+        var futures: [Int: EventLoopFutureBox] = [:]
+        for (r, (p, _)) in ranks.enumerated() { futures[r] = EventLoopFutureBox(try p.begin(addresses: addrs, rank: r)) }
         let results = (1..<n).map { r in Result { try futures[r]!.future.wait() } }
         _ = try? futures[0]!.future.wait()
         return (dir, want, results)
@@ -93,17 +97,32 @@ import Testing
         let dir = Self.scratch()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let want = Self.randomFile(dir + "/src", 300_000)
-        let base = Int.random(in: 20000...40000)
-        var c = ParticipantConfig(rank: 0, addresses: ["127.0.0.1:\(base)", "127.0.0.1:\(base + 1)"])
+        // Rank 1's port: one nobody listens on (bound and closed here, so no other test holds it).
+        let absent = try Self.closedPort()
+        var c = ParticipantConfig(rank: 0, addresses: ["127.0.0.1:0", "127.0.0.1:\(absent)"])
         c.source = dir + "/src"
         c.digest = want
         c.giveUpSeconds = 60
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        _ = try Participant(c, group: group).start()
+        do {  // (the rank is not held here: only its event loop keeps it, as in a stopping daemon)
+            let p = Participant(c, group: group)
+            let port = try p.listen(on: "127.0.0.1:0")
+            _ = try p.begin(addresses: ["127.0.0.1:\(port)", "127.0.0.1:\(absent)"])
+        }
         Thread.sleep(forTimeInterval: 0.2)  // rank 1 never comes; rank 0 waits with its file open
         #expect(Self.openDescriptors(of: dir + "/src") > 0)
         try group.syncShutdownGracefully()  // (its future can no longer complete: its loop is gone)
         #expect(Self.openDescriptors(of: dir + "/src") == 0, "the dropped rank closed its copy of the image")
+    }
+
+    /// A loopback port the kernel just handed out and that nothing listens on any more.
+    static func closedPort() throws -> Int {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let ch = try ServerBootstrap(group: group).bind(host: "127.0.0.1", port: 0).wait()
+        let port = ch.localAddress?.port ?? 0
+        try ch.close().wait()
+        return port
     }
 
     /// How many of this process's descriptors are open on `path`.
