@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include "clinux.h"
+#include "jail.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -21,11 +22,60 @@
 
 extern char **environ;
 
-static void child_fail(int pipefd, int err)
+// The steps of a child's setup, so a failure says which one failed.
+enum {
+    STEP_CGROUP = 1,
+    STEP_SESSION,
+    STEP_EXECUTABLE,
+    STEP_CWD,
+    STEP_IDENTITY,
+    STEP_USERNS,
+    STEP_DEATH_SIGNAL,
+    STEP_AFFINITY,
+    STEP_DESCRIPTORS,
+    STEP_FILE_GUARD,
+    STEP_EXEC,
+};
+
+const char *clinux_spawn_step_name(int step)
 {
-    (void)!write(pipefd, &err, sizeof err);
+    switch (step) {
+    case STEP_CGROUP: return "joining its control groups";
+    case STEP_SESSION: return "starting its session";
+    case STEP_EXECUTABLE: return "opening its executable";
+    case STEP_CWD: return "entering its working directory";
+    case STEP_IDENTITY: return "taking its uid and gid";
+    case STEP_USERNS: return "entering its user namespace";
+    case STEP_DEATH_SIGNAL: return "setting its death signal";
+    case STEP_AFFINITY: return "setting its CPU affinity";
+    case STEP_DESCRIPTORS: return "arranging its descriptors";
+    case STEP_FILE_GUARD: return "installing its seccomp filter";
+    case STEP_EXEC: return "executing it";
+    case JAIL_STEP_NAMESPACES: return "making its mount, network and IPC namespaces";
+    case JAIL_STEP_ROOT: return "mounting its root (a tmpfs over /tmp)";
+    case JAIL_STEP_PIVOT: return "pivot_root into its root (a chrooted runner cannot)";
+    case JAIL_STEP_BIND: return "binding a path into its root";
+    case JAIL_STEP_DEVICES: return "making its /dev";
+    case JAIL_STEP_LINK: return "making a symbolic link in its root";
+    case JAIL_STEP_PROC: return "mounting its /proc";
+    case JAIL_STEP_DETACH: return "detaching the node's file system";
+    default: return NULL;
+    }
+}
+
+// What a failing child tells its parent through the close-on-exec pipe.
+typedef struct {
+    int err, step, index;
+} child_error;
+
+static void child_fail_at(int pipefd, int err, int step, int index)
+{
+    child_error c = {err, step, index};
+    (void)!write(pipefd, &c, sizeof c);
     _exit(127);
 }
+
+#define child_fail(fd, err) child_fail_at(fd, err, step, -1)
 
 // Writes `text` to /proc/<pid>/<file> (a user namespace's maps); 0 or -errno.
 static int write_proc(pid_t pid, const char *file, const char *text)
@@ -61,8 +111,10 @@ static int map_user_namespace(pid_t pid, int ready, int go, uid_t uid, gid_t gid
     return e;
 }
 
-pid_t clinux_spawn(const clinux_spawn_opts *o)
+pid_t clinux_spawn(clinux_spawn_opts *o)
 {
+    o->failed_step = 0;
+    o->failed_index = -1;
     int p[2], ready[2] = {-1, -1}, go[2] = {-1, -1};
     if (pipe2(p, O_CLOEXEC) != 0) return -errno;
     if (o->userns && (pipe2(ready, O_CLOEXEC) != 0 || pipe2(go, O_CLOEXEC) != 0)) {
@@ -82,6 +134,7 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
         return -e;
     }
     if (pid == 0) {
+        int step = STEP_CGROUP;
         close(p[0]);
         // Signals the parent may have blocked or ignored must not leak into the child.
         sigset_t all;
@@ -94,16 +147,34 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
             if (fd < 0 || write(fd, "0", 1) != 1) child_fail(p[1], errno); // "0": the writer itself
             close(fd);
         }
+        step = STEP_SESSION;
         if (o->new_session && setsid() < 0) child_fail(p[1], errno);
+        // A jailed child runs its executable by descriptor, opened while the node's files are in view.
+        int exec_fd = -1;
+        if (o->jail) {
+            step = STEP_EXECUTABLE;
+            if ((exec_fd = open(o->path, O_PATH | O_CLOEXEC)) < 0) child_fail(p[1], errno);
+            // Above the numbers the standard and passed descriptors will take.
+            int high = fcntl(exec_fd, F_DUPFD_CLOEXEC, 3 + (o->npass_fds > 0 ? o->npass_fds : 0));
+            if (high < 0) child_fail(p[1], errno);
+            close(exec_fd);
+            exec_fd = high;
+            clinux_jail j = {o->jail_binds, o->jail_writable, o->njail_binds, o->jail_links, o->njail_links};
+            int index, e = clinux_jail_enter(&j, &step, &index);
+            if (e < 0) child_fail_at(p[1], -e, step, index);
+        }
         // The directory first (its parents may be closed to the new identity), then the identity,
         // then the death signal: a change of credentials clears it.
+        step = STEP_CWD;
         if (o->cwd && chdir(o->cwd) != 0) child_fail(p[1], errno);
+        step = STEP_IDENTITY;
         if (o->set_ids) {
             if (setgroups((size_t)o->ngroups, o->groups) != 0 || setresgid(o->gid, o->gid, o->gid) != 0 ||
                 setresuid(o->uid, o->uid, o->uid) != 0)
                 child_fail(p[1], errno);
             if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(p[1], errno);
         }
+        step = STEP_USERNS;
         if (o->userns) {
             close(ready[0]);
             close(go[1]);
@@ -118,16 +189,19 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
             if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) child_fail(p[1], errno);
             if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail(p[1], errno);
         }
+        step = STEP_DEATH_SIGNAL;
         if (o->death_signal) {
             if (prctl(PR_SET_PDEATHSIG, o->death_signal) != 0) child_fail(p[1], errno);
             if (getppid() != parent) _exit(1); // the parent died before prctl took effect
         }
+        step = STEP_AFFINITY;
         if (o->ncpus > 0) {
             cpu_set_t set;
             CPU_ZERO(&set);
             for (int i = 0; i < o->ncpus; i++) CPU_SET(o->cpus[i], &set);
             if (sched_setaffinity(0, sizeof set, &set) != 0) child_fail(p[1], errno);
         }
+        step = STEP_DESCRIPTORS;
         int fds[3] = {o->stdin_fd, o->stdout_fd, o->stderr_fd};
         int null = -1;
         for (int i = 0; i < 3; i++) {
@@ -161,12 +235,17 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
         long maxfd = sysconf(_SC_OPEN_MAX);
         if (maxfd < 0 || maxfd > 65536) maxfd = 65536;
         for (int fd = floor; fd < maxfd; fd++)
-            if (fd != err_fd) close(fd);
+            if (fd != err_fd && fd != exec_fd) close(fd);
+        step = STEP_FILE_GUARD;
         if (o->file_guard) {
             int e = clinux_seccomp_file_guard();
             if (e < 0) child_fail(err_fd, -e);
         }
-        execve(o->path, o->argv, o->envp ? o->envp : environ);
+        step = STEP_EXEC;
+        if (exec_fd >= 0)
+            syscall(SYS_execveat, exec_fd, "", o->argv, o->envp ? o->envp : environ, AT_EMPTY_PATH);
+        else
+            execve(o->path, o->argv, o->envp ? o->envp : environ);
         child_fail(err_fd, errno);
     }
     close(p[1]);
@@ -184,16 +263,18 @@ pid_t clinux_spawn(const clinux_spawn_opts *o)
             return e;
         }
     }
-    int err = 0;
+    child_error c;
     ssize_t n;
     do {
-        n = read(p[0], &err, sizeof err);
+        n = read(p[0], &c, sizeof c);
     } while (n < 0 && errno == EINTR);
     close(p[0]);
-    if (n == (ssize_t)sizeof err) {
+    if (n == (ssize_t)sizeof c) {
         int st;
         waitpid(pid, &st, 0);
-        return -err;
+        o->failed_step = c.step;
+        o->failed_index = c.index;
+        return -c.err;
     }
     return pid;
 }

@@ -91,6 +91,13 @@ public enum Files {
     }
 
     /// Removes a file or a whole tree; missing is fine.
+    /// `p` with every symbolic link resolved (realpath(3)), nil if it does not exist.
+    public static func realPath(_ p: String) -> String? {
+        guard let r = realpath(p, nil) else { return nil }
+        defer { free(r) }
+        return String(cString: r)
+    }
+
     public static func remove(_ p: String) {
         try? FileManager.default.removeItem(atPath: p)
     }

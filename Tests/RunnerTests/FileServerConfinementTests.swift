@@ -18,25 +18,13 @@ import Glibc
 
     /// Runs `script` with sh as a file server would run, in `dir`; its output.
     func confined(_ script: String, in dir: String) throws -> String {
-        let out = dir + "/.out"
-        let fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        defer { close(fd) }
         var o = SpawnOptions()
         o.namespaceRoot = Self.nobody
         o.fileGuard = true
-        o.cwd = dir
-        o.stdout = fd; o.stderr = fd
-        let pid = try Processes.spawn("/bin/sh", ["-c", script], o)
-        #expect(Processes.wait(pid, timeout: 20))
-        return (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        return try ShellStandIn.run(script, in: dir, o)
     }
 
-    func scratch() throws -> String {
-        let dir = NSTemporaryDirectory() + "fsconfine-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        chmod(dir, 0o777)
-        return dir
-    }
+    func scratch() throws -> String { try ShellStandIn.scratch("fsconfine") }
 
     @Test func whatItCreatesBelongsToTheOwnerWithoutSetIDBits() throws {
         guard getuid() == 0 else {

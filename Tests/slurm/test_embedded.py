@@ -9,11 +9,12 @@ SVM), against a catalog built on the host (SLURM_VM_TEST_CATALOG). Needs root, l
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 
 import pytest
 
-from test_slurm import REPO, VM, Cluster, run
+from test_slurm import REPO, VM, Cluster, assert_jailed, run, wait_until
 
 HW = any(w in ("vmx", "svm") for l in open("/proc/cpuinfo") if l.startswith("flags") for w in l.split())
 if not HW:
@@ -29,6 +30,8 @@ srun -n2 sh -c 'grep -o "slurmvm.exitport=[^ ]*" /proc/cmdline' > platform.txt
 srun -n2 sh -c 'for h in $(grep -v localhost /etc/hosts | cut -d" " -f2); do nc -w 5 $h 9 </dev/null 2>&1 | grep -q refused && echo "net $(hostname) -> $h"; done' > net.txt
 for p in $(pgrep -x slurm-vm-vmm); do echo "vmm $(grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$p/status | tr -s '\t\n' '  ') $(grep -E ':(memory|cpuset):' /proc/$p/cgroup | tr '\n' ' ')"; done > vmms.txt
 for p in $(pgrep -x virtiofsd); do echo "fs $(grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/$p/status | tr -s '\t\n' '  ') $(grep -E ':(memory|cpuset):' /proc/$p/cgroup | tr '\n' ' ') map $(cat /proc/$p/uid_map | tr -s ' ' ' ')"; done > servers.txt
+# The guests stay up until the test (root, outside the job) has looked at their VMMs' jails.
+for i in $(seq 300); do [ -e inspected ] && break; sleep 1; done
 echo done
 """
 
@@ -53,7 +56,20 @@ def test_a_job_on_the_embedded_vmm_runs_its_steps_in_guests_sharing_the_working_
     w = cluster.work
     open(os.path.join(w, "job.sh"), "w").write(JOB)
     # As an ordinary user: the file servers act as the job's owner.
-    r = cluster.sh("sbatch -W job.sh", user="nobody", timeout=900)
+    cmd = f"runuser -u nobody -- env SLURM_CONF={cluster.env['SLURM_CONF']} sbatch -W job.sh"
+    job = subprocess.Popen(cmd, shell=True, cwd=w, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until("the job's steps to end", lambda: os.path.exists(os.path.join(w, "servers.txt")) or job.poll() is not None, timeout=900)
+        # Each VMM in a file system of its own: its run directory, /dev/null, its own /proc (it is
+        # statically linked and handed every other file open).
+        vmms = cluster.vmms()
+        assert len(vmms) == 2, (vmms, job.poll())
+        for pid in vmms:
+            assert_jailed(pid, dynamic=False)
+    finally:
+        open(os.path.join(w, "inspected"), "w").close()
+    stdout, stderr = job.communicate(timeout=300)
+    r = subprocess.CompletedProcess(cmd, job.returncode, stdout, stderr)
     out = open(os.path.join(w, "job.out")).read() if os.path.exists(os.path.join(w, "job.out")) else ""
     assert r.returncode == 0, f"{r.stderr}\n{out}"
     log = open(os.path.join(cluster.dir, "log", "slurm-vmd-node1.log")).read()

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from test_slurm import VM, new_cluster, run, state, submit, wait_step, wait_until
+from test_slurm import VM, assert_jailed, new_cluster, run, state, submit, wait_step, wait_until
 
 NOBODY = 65534
 
@@ -66,6 +66,15 @@ def file_servers(cluster, node):
     return pids
 
 
+def console_sinks(cluster, node):
+    """The process bounding each QEMU guest's console log (VMMLaunch.handBoundedConsole)."""
+    run_dir = os.path.join(cluster.dir, "vmd", node, "run")
+    pids = []
+    for d, _, files in os.walk(run_dir):
+        pids += [int(open(os.path.join(d, f)).read()) for f in files if f == "console-sink.pid"]
+    return pids
+
+
 def job_exec(cluster, job, command, root=False, user=None):
     sock = os.path.join(cluster.dir, "vmd", "node1.sock")
     flag = " --root" if root else ""
@@ -98,6 +107,12 @@ def test_every_vmm_and_file_server_of_a_job_runs_unprivileged_in_the_jobs_cgroup
                 assert uid == NOBODY, what
                 assert open(f"/proc/{pid}/uid_map").read().split() == ["0", str(NOBODY), "1"]
         assert len(uids) == 2, f"each VMM has a uid of its own: {uids}"
+        # Each VMM and its console sink in a file system of its own: its run directory, the
+        # distribution's read-only files, /dev/null, its own /proc; nothing else of the node's.
+        sinks = console_sinks(cluster, "node1")
+        assert len(sinks) == 2, sinks
+        for pid in vmms + sinks:
+            assert_jailed(pid, dynamic=True)
         mem = f"/sys/fs/cgroup/memory/{want}"
         limit = int(open(f"{mem}/memory.limit_in_bytes").read())
         assert limit == 2 * (256 + 256) << 20, f"guest RAM plus 256 MiB per guest, not {limit}"

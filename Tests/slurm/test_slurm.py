@@ -112,6 +112,40 @@ class Cluster:
         assert not re.search(r"svm[bxt][0-9a-f]", rules), rules
 
 
+def jailed_view(pid):
+    """What a jailed VMM sees of the node (Jail in Runner/Host/Processes.swift), read as root from
+    outside: whether its mount and network namespaces are its own, its mount points, and whether a
+    file of the node it was not given is visible."""
+    own = lambda ns: os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
+    mounts = {}
+    for line in open(f"/proc/{pid}/mountinfo"):
+        f = line.split()
+        mounts[f[4]] = set(f[5].split(","))
+    root = f"/proc/{pid}/root"
+    return {"own_mnt": own("mnt"), "own_net": own("net"), "mounts": mounts,
+            "sees_node_files": any(os.path.exists(root + p) for p in ("/etc/passwd", "/home", "/var", "/root"))}
+
+
+def assert_jailed(pid, dynamic, devices=()):
+    """A VMM (or its console sink) sees only its run directory (its working directory, writable,
+    noexec), /dev/null, its own /proc and `devices`; a dynamically linked one also /usr and the
+    loader's cache, read-only. Its root is a read-only tmpfs."""
+    v = jailed_view(pid)
+    what = f"process {pid} ({open(f'/proc/{pid}/comm').read().strip()}): {v}"
+    assert v["own_mnt"] and v["own_net"], what
+    assert not v["sees_node_files"], what
+    mounts = dict(v["mounts"])
+    assert "ro" in mounts.pop("/"), what
+    want = {"/dev/null", "/proc"} | set(devices) | ({"/usr", "/etc/ld.so.cache"} if dynamic else set())
+    cwd = os.readlink(f"/proc/{pid}/cwd")
+    if cwd != "/":
+        want.add(cwd)
+        assert {"rw", "noexec", "nosuid", "nodev"} <= mounts[cwd], what
+    assert set(mounts) == want, what
+    for p in ("/usr", "/etc/ld.so.cache"):
+        assert p not in mounts or "ro" in mounts[p], what
+
+
 def job_cgroups():
     """Job cgroups slurm-vmd made on this host."""
     return [d for d in glob.glob("/sys/fs/cgroup/*/slurm-vm_*/job_*") if os.path.isdir(d)]

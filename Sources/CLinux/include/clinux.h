@@ -35,11 +35,32 @@ typedef struct {
     // Control groups the child joins first, while it still may: paths of their cgroup.procs files.
     const char *const *cgroups;
     int ncgroups;
+    // jail: (needs root) the child gets mount, network and IPC namespaces of its own; its root becomes
+    // an empty read-only tmpfs holding only jail_binds (source, destination, …: each source, free of
+    // symbolic links, bound at its destination; read-only, or writable where jail_writable[i]; no
+    // set-uid, and no devices unless it is a device node),
+    // jail_links (symbolic links: path, target, path, target, …), /dev/null, /dev/fd and a /proc in
+    // which it sees only its own uid's processes. The executable is opened before and run by its
+    // descriptor, so it need not be inside (a static binary needs nothing else). cwd, if given, must
+    // be inside.
+    int jail;
+    const char *const *jail_binds;
+    const int *jail_writable;
+    int njail_binds;
+    const char *const *jail_links;
+    int njail_links;
+    // Output: on failure, the step of the child's setup that failed (clinux_spawn_step_name) and, for
+    // a jail bind or link, its index (else -1).
+    int failed_step;
+    int failed_index;
 } clinux_spawn_opts;
+
+/// What a child was doing when clinux_spawn failed with failed_step (a short phrase), or NULL.
+const char *clinux_spawn_step_name(int step);
 
 /// Starts a child; returns its pid, or -errno. An exec failure in the child is reported as -errno too
 /// (through a close-on-exec pipe), so the caller never mistakes a missing binary for a started one.
-pid_t clinux_spawn(const clinux_spawn_opts *o);
+pid_t clinux_spawn(clinux_spawn_opts *o);
 
 /// Opens the existing tap device `name` (IFF_TAP, no packet info, with virtio-net headers so QEMU can
 /// offload): the descriptor a VMM's virtio-net uses. Returns the descriptor (close-on-exec) or -errno.

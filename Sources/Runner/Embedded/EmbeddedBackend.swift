@@ -62,7 +62,9 @@ public struct EmbeddedBackend: Hypervisor {
             for i in (spec.shares ?? []).indices {
                 args += ["--fs", URL(fileURLWithPath: FileServers.socket(i, of: spec)).lastPathComponent + "," + FileServers.tag(i)]
             }
-            pid = try launch.spawn(binary, args, log: "vmm.log")
+            // Handed every file it reads; built statically, it needs nothing else of the node's.
+            let jail = launch.jail(dynamic: Jail.isDynamicallyLinked(binary))
+            pid = try launch.spawn(binary, args, log: "vmm.log", jail: jail)
         } catch {
             launch.abandon()
             throw error

@@ -32,50 +32,137 @@ public struct SpawnOptions: Sendable {
     public var namespaceRoot: HostIdentity? = nil
     /// The file guard seccomp filter (CLinux's clinux_seccomp_file_guard) goes on the child before exec.
     public var fileGuard = false
+    /// A file system of its own in which the child sees only these paths (needs root; Jail).
+    public var jail: Jail? = nil
     public init() {}
+}
+
+/// What a jailed child sees of the node's files (CLinux's `jail`): its mount, network and IPC
+/// namespaces; a read-only tmpfs root holding `paths` at their own paths, `links`, /dev/null, /dev/fd
+/// and a /proc showing only its own uid's processes. Its executable need not be inside.
+public struct Jail: Sendable, Equatable {
+    public struct Path: Sendable, Equatable {
+        public let path: String
+        public let writable: Bool
+        public init(_ path: String, writable: Bool = false) { self.path = path; self.writable = writable }
+    }
+    public struct Link: Sendable, Equatable {
+        public let path: String
+        public let target: String
+    }
+    public var paths: [Path]
+    public var links: [Link]
+    public init(paths: [Path], links: [Link] = []) { self.paths = paths; self.links = links }
+
+    /// What a dynamically linked program from the distribution needs besides its own files: /usr (read
+    /// only; programs, libraries, data such as QEMU's firmware), the loader's cache, and the top-level
+    /// directories a merged /usr makes links (bound themselves where they are not links).
+    public static func system(_ paths: [Path]) -> Jail {
+        var j = Jail(paths: [Path("/usr"), Path("/etc/ld.so.cache")] + paths)
+        for top in ["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"] {
+            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: top) {
+                j.links.append(Link(path: top, target: target))
+            } else if FileManager.default.fileExists(atPath: top) {
+                j.paths.append(Path(top))
+            }
+        }
+        return j
+    }
+}
+
+extension Jail {
+    /// Whether the ELF executable at `path` names a program interpreter (the dynamic loader), so
+    /// that it needs the distribution's libraries in its jail; false for a static one, or not ELF.
+    public static func isDynamicallyLinked(_ path: String) -> Bool {
+        guard let h = FileHandle(forReadingAtPath: path) else { return false }
+        defer { try? h.close() }
+        let head = [UInt8](h.readData(ofLength: 64))
+        // 64-bit little-endian ELF: e_phoff at 32, e_phentsize at 54, e_phnum at 56.
+        guard head.count == 64, head[0...3] == [0x7f, 0x45, 0x4c, 0x46], head[4] == 2, head[5] == 1 else { return false }
+        func le(_ d: [UInt8], _ at: Int, _ n: Int) -> Int { (0..<n).reduce(0) { $0 | Int(d[at + $1]) << (8 * $1) } }
+        let (off, size, count) = (le(head, 32, 8), le(head, 54, 2), le(head, 56, 2))
+        guard size >= 4, count < 256, (try? h.seek(toOffset: UInt64(off))) != nil else { return false }
+        let table = [UInt8](h.readData(ofLength: size * count))
+        guard table.count == size * count else { return false }
+        return (0..<count).contains { le(table, $0 * size, 4) == 3 }  // PT_INTERP
+    }
+}
+
+/// C strings and arrays for one call into C, freed together.
+final class CArrays {
+    private var blocks: [UnsafeMutableRawPointer] = []
+    deinit { blocks.forEach { free($0) } }
+
+    func string(_ s: String) -> UnsafePointer<CChar> {
+        let p = strdup(s)!
+        blocks.append(UnsafeMutableRawPointer(p))
+        return UnsafePointer(p)
+    }
+
+    /// A NULL-terminated array of C strings (`char *const *`).
+    func strings(_ list: [String]) -> UnsafePointer<UnsafeMutablePointer<CChar>?> {
+        let a = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: list.count + 1)
+        blocks.append(UnsafeMutableRawPointer(a))
+        for (i, s) in list.enumerated() { a[i] = UnsafeMutablePointer(mutating: string(s)) }
+        a[list.count] = nil
+        return UnsafePointer(a)
+    }
+
+    /// The same as `const char *const *`.
+    func constStrings(_ list: [String]) -> UnsafePointer<UnsafePointer<CChar>?> {
+        UnsafeRawPointer(strings(list)).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
+    }
+
+    /// A C array of values and its length (nil when empty).
+    func values<T>(_ list: [T]) -> (UnsafePointer<T>?, Int32) {
+        guard !list.isEmpty else { return (nil, 0) }
+        let a = UnsafeMutablePointer<T>.allocate(capacity: list.count)
+        blocks.append(UnsafeMutableRawPointer(a))
+        a.initialize(from: list, count: list.count)
+        return (UnsafePointer(a), Int32(list.count))
+    }
 }
 
 public enum Processes {
     public static func spawn(_ path: String, _ args: [String], _ o: SpawnOptions) throws -> Int32 {
-        let argv = ([path] + args).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        let envp: [UnsafeMutablePointer<CChar>?]? = o.env.map { $0.map { strdup($0) } + [nil] }
-        defer { envp?.forEach { free($0) } }
-        let cpus = o.cpus.map(Int32.init)
-        let pathC = strdup(path)
-        defer { free(pathC) }
-        let pass = o.passFDs
-        let cwdC: UnsafeMutablePointer<CChar>? = o.cwd.flatMap { strdup($0) }
-        let cgroupsC: [UnsafePointer<CChar>?] = o.cgroups.map { UnsafePointer(strdup($0 + "/cgroup.procs")) }
-        defer { cgroupsC.forEach { free(UnsafeMutableRawPointer(mutating: $0)) } }
-        defer { free(cwdC) }
-        let pid: Int32 = argv.withUnsafeBufferPointer { av in
-            cpus.withUnsafeBufferPointer { cp in
-                pass.withUnsafeBufferPointer { pf in
-                    o.groups.withUnsafeBufferPointer { gr in
-                        cgroupsC.withUnsafeBufferPointer { cg in
-                            func go(_ ep: UnsafePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-                                var opts = clinux_spawn_opts(
-                                    path: pathC, argv: av.baseAddress, envp: ep,
-                                    stdin_fd: o.stdin, stdout_fd: o.stdout, stderr_fd: o.stderr,
-                                    new_session: o.newSession ? 1 : 0, death_signal: o.dieWithParent ? SIGKILL : 0,
-                                    cpus: cp.baseAddress, ncpus: Int32(cp.count), cwd: UnsafePointer(cwdC),
-                                    pass_fds: pf.baseAddress, npass_fds: Int32(pf.count),
-                                    set_ids: o.identity == nil ? 0 : 1,
-                                    uid: (o.namespaceRoot ?? o.identity)?.uid ?? 0, gid: (o.namespaceRoot ?? o.identity)?.gid ?? 0,
-                                    userns: o.namespaceRoot == nil ? 0 : 1, file_guard: o.fileGuard ? 1 : 0,
-                                    groups: gr.baseAddress, ngroups: Int32(gr.count),
-                                    cgroups: cg.baseAddress.map { UnsafePointer($0) }, ncgroups: Int32(cg.count))
-                                return clinux_spawn(&opts)
-                            }
-                            if let envp { return envp.withUnsafeBufferPointer { go($0.baseAddress) } }
-                            return go(nil)
-                        }
-                    }
-                }
-            }
+        // Every C array the options point into lives until clinux_spawn returns.
+        let arrays = CArrays()
+        var opts = clinux_spawn_opts()
+        opts.path = arrays.string(path)
+        opts.argv = arrays.strings([path] + args)
+        opts.envp = o.env.map { arrays.strings($0) }
+        opts.stdin_fd = o.stdin; opts.stdout_fd = o.stdout; opts.stderr_fd = o.stderr
+        opts.new_session = o.newSession ? 1 : 0
+        opts.death_signal = o.dieWithParent ? SIGKILL : 0
+        (opts.cpus, opts.ncpus) = arrays.values(o.cpus.map(Int32.init))
+        opts.cwd = o.cwd.map { arrays.string($0) }
+        (opts.pass_fds, opts.npass_fds) = arrays.values(o.passFDs)
+        let ids = o.namespaceRoot ?? o.identity
+        opts.set_ids = o.identity == nil ? 0 : 1
+        opts.uid = ids?.uid ?? 0; opts.gid = ids?.gid ?? 0
+        opts.userns = o.namespaceRoot == nil ? 0 : 1
+        opts.file_guard = o.fileGuard ? 1 : 0
+        (opts.groups, opts.ngroups) = arrays.values(o.groups)
+        opts.cgroups = arrays.constStrings(o.cgroups.map { $0 + "/cgroup.procs" })
+        opts.ncgroups = Int32(o.cgroups.count)
+        if let jail = o.jail {
+            opts.jail = 1
+            // Bound from where they really are (a link in the way would resolve inside the jail), at
+            // the path the child is told.
+            opts.jail_binds = arrays.constStrings(jail.paths.flatMap { [Files.realPath($0.path) ?? $0.path, $0.path] })
+            (opts.jail_writable, opts.njail_binds) = arrays.values(jail.paths.map { $0.writable ? Int32(1) : 0 })
+            opts.jail_links = arrays.constStrings(jail.links.flatMap { [$0.path, $0.target] })
+            opts.njail_links = Int32(jail.links.count)
         }
-        if pid < 0 { throw RunnerError.spawn("cannot start \(path): \(String(cString: strerror(-pid)))") }
+        let pid = clinux_spawn(&opts)
+        if pid < 0 {
+            var doing = clinux_spawn_step_name(opts.failed_step).map { " (" + String(cString: $0) + ")" } ?? ""
+            if let jail = o.jail, opts.failed_index >= 0 {
+                let i = Int(opts.failed_index)
+                doing = doing.dropLast() + ": " + (doing.contains("link") ? jail.links[i].path : jail.paths[i].path) + ")"
+            }
+            throw RunnerError.spawn("cannot start \(path)\(doing): \(String(cString: strerror(-pid)))")
+        }
         return pid
     }
 

@@ -57,15 +57,26 @@ struct VMMLaunch {
         }
     }
 
-    /// Starts the VMM with the handed descriptors, in its run directory, as its uid; `groups`: the
-    /// supplementary groups it needs (the KVM device's, for QEMU with KVM).
-    func spawn(_ binary: String, _ args: [String], log: String, groups: [gid_t] = []) throws -> Int32 {
+    /// What a VMM running as its own uid sees of the node's files: its run directory (writable: its
+    /// sockets, logs, report) and `devices`; a dynamically linked one (QEMU) also the distribution's
+    /// read-only files (Jail.system). Everything else it gets as descriptors. nil when it keeps the
+    /// runner's identity (a runner that is not root cannot build one).
+    func jail(dynamic: Bool, devices: [String] = []) -> Jail? {
+        guard identity != nil else { return nil }
+        let own = [Jail.Path(spec.runDir, writable: true)] + devices.map { Jail.Path($0) }
+        return dynamic ? .system(own) : Jail(paths: own)
+    }
+
+    /// Starts the VMM with the handed descriptors, in its run directory, as its uid, in `jail`;
+    /// `groups`: the supplementary groups it needs (the KVM device's, for QEMU with KVM).
+    func spawn(_ binary: String, _ args: [String], log: String, jail: Jail?, groups: [gid_t] = []) throws -> Int32 {
         let out = try FileServers.openLog(log, for: spec)
         defer { close(out) }
         var o = FileServers.options(for: spec)
         o.passFDs = held
         o.cwd = spec.runDir
         o.identity = identity
+        o.jail = jail
         o.groups = groups
         o.stdout = out; o.stderr = out
         return try Processes.spawn(binary, args, o)
@@ -92,6 +103,7 @@ struct VMMLaunch {
         var o = FileServers.options(for: spec)
         o.stdin = ends[0]; o.stdout = log
         o.identity = identity
+        o.jail = identity == nil ? nil : .system([])  // it reads a pipe and writes the log it is handed
         let limit = spec.consoleLimit ?? GuestSpec.defaultConsoleLimit
         // Unbuffered: head writes each read as it comes (buffered, the log would lag the guest).
         let pid = try Processes.spawn("/usr/bin/stdbuf", ["-o0", "/usr/bin/head", "-c", String(limit)], o)

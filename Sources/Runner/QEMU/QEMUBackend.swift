@@ -146,7 +146,8 @@ public struct QEMUBackend: Hypervisor {
                 }
                 groups = [st.st_gid]
             }
-            pid = try launch.spawn(binary, args, log: "qemu.log", groups: groups)
+            let jail = launch.jail(dynamic: true, devices: accelerator == .kvm ? ["/dev/kvm"] : [])
+            pid = try launch.spawn(binary, args, log: "qemu.log", jail: jail, groups: groups)
         } catch {
             launch.abandon()
             throw error
