@@ -99,10 +99,12 @@ int clinux_jail_enter(const clinux_jail *j, int *step, int *index)
     // Its own processes only (hidepid), and nothing of /proc but the processes (subset=pid).
     *step = JAIL_STEP_PROC;
     if (mkdir("/proc", 0555) != 0 && errno != EEXIST) return -errno;
-    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid") != 0) return -errno;
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible,subset=pid") != 0)
+        return -errno;
     *step = JAIL_STEP_DETACH;
     if (umount2(OLD, MNT_DETACH) != 0) return -errno;
     if (rmdir(OLD) != 0) return -errno;
-    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0) return -errno;
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+        return -errno;
     return 0;
 }
