@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // PCRE2 is the regular-expression engine HTCondor itself uses, so regexp() & co. agree with it exactly.
@@ -82,7 +83,11 @@ let package = Package(
         // down in the epilog, tasks run in them, state on disk and its recovery after a restart.
         .target(
             name: "Node",
-            dependencies: ["Catalog", "Support", "Sizes", "Runner", "Broadcast", "Network", .product(name: "NIOPosix", package: "swift-nio")]),
+            dependencies: [
+                "Catalog", "Support", "Sizes", "Runner", "Broadcast", "Network", "Telemetry", .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
+        // What slurm-vmd counts and measures, in one Prometheus registry (its endpoint is the Daemon's).
+        .target(name: "Telemetry", dependencies: [.product(name: "Prometheus", package: "swift-prometheus")]),
         // Images to many nodes at link speed: the binomial pipeline plan, chunk verification, the transfer
         // state machine and its SwiftNIO driver, the coordinator that plans and coalesces transfers.
         .target(
@@ -97,14 +102,17 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "Catalog", "ClassAd", "Node", "Runner", "CLinux", "StrictTOML", "Broadcast", "Sizes", "Support", "Network",
+                "Catalog", "ClassAd", "Node", "Runner", "CLinux", "StrictTOML", "Broadcast", "Sizes", "Support", "Network", "Telemetry",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
         .executableTarget(
             name: "slurm-vmd",
             dependencies: [
-                "Daemon", "Node", "Support",
+                "Daemon", "Node", "Support", "Telemetry",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -133,7 +141,10 @@ let package = Package(
         .testTarget(name: "NetworkTests", dependencies: ["Network"]),
         .testTarget(
             name: "NodeTests",
-            dependencies: ["Node", "Daemon", "Runner", "Catalog", "Support", "Network", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "Node", "Daemon", "Runner", "Catalog", "Support", "Network", "Telemetry", .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]),
     ],
     swiftLanguageModes: [.v6]
 )

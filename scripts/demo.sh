@@ -7,8 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-swift build -c release --product slurm-vm 2>&1 | tail -1
-swift build -c release --product slurm-vmd 2>&1 | tail -1
+swift build -c release --static-swift-stdlib --product slurm-vm 2>&1 | tail -1
+swift build -c release --static-swift-stdlib --product slurm-vmd 2>&1 | tail -1
 bin=$PWD/.build/release/slurm-vm
 # A catalog and run directory of the demo's own, so nothing of the host's is touched.
 export SLURM_VM_CATALOG=${SLURM_VM_CATALOG:-$PWD/out/demo/catalog} SLURM_VM_RUNDIR=${SLURM_VM_RUNDIR:-$PWD/out/demo/run}

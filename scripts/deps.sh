@@ -13,10 +13,11 @@ set -euo pipefail
 # the job networks in their tests; mpich/libmpich-dev compile the MPI programs the job-network tests
 # and benchmark run in guests (and on the hosts, as their baseline); nftables walls the job networks off;
 # kmod (depmod, modprobe) indexes and loads the SVM sandbox's kernel modules (scripts/sandbox.py); file
-# tells a static busybox from a dynamic one.
+# tells a static busybox from a dynamic one; prometheus brings promtool, which checks slurm-vmd's metrics
+# (its server is not started: installed, it is not enabled where there is no systemd).
 pkgs=(libpcre2-dev libsqlite3-dev liblz4-dev qemu-system-x86 gcc libc6-dev make cpio lz4 python3 python3-pip
       slurm-wlm slurmctld slurmd slurm-client libslurm-dev libjansson-dev munge procps iproute2 coreutils acpica-tools clang-format iputils-ping
-      mpich libmpich-dev nftables kmod file)
+      mpich libmpich-dev nftables kmod file prometheus)
 need_apt=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need_apt+=("$p"); done
 if [ ${#need_apt[@]} -gt 0 ]; then

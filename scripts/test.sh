@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
-swift build -c release --product slurm-vm 2>&1 | tail -1
-swift build -c release --product slurm-vmd 2>&1 | tail -1
+swift build -c release --static-swift-stdlib --product slurm-vm 2>&1 | tail -1
+swift build -c release --static-swift-stdlib --product slurm-vmd 2>&1 | tail -1
 swift build -c release --product slurm-vm-vmm 2>&1 | tail -1
 swift build --build-tests 2>&1 | tail -1
 # Package.swift declares exactly what each target imports; the sources are formatted as

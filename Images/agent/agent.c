@@ -216,17 +216,26 @@ static void send_error(uint32_t id, const char *fmt, ...)
 typedef struct session {
     uint32_t id;
     pid_t pid;
-    int out, err, in; /* our ends of the command's pipes; -1 once closed */
-    buf_t inbuf;      /* stdin the command has not read yet */
-    int in_eof;       /* the host ended stdin: close once the buffer drains */
-    int relay;        /* our end of the command's relay socket (descriptor 3 in the command), or -1 */
-    buf_t relaybuf;   /* RELAY bytes the command has not read yet */
-    int relay_eof;    /* the host ended the relay: shut our side once the buffer drains */
-    int pmi;          /* the relay is a PMI-1 channel: see pmi_filter */
-    buf_t pmiline;    /* the command's PMI message being assembled */
+    int out, err, in;  /* our ends of the command's pipes; -1 once closed */
+    buf_t inbuf;       /* stdin the command has not read yet */
+    int in_eof;        /* the host ended stdin: close once the buffer drains */
+    int relay;         /* our end of the command's relay socket (descriptor 3 in the command), or -1 */
+    buf_t relaybuf;    /* RELAY bytes the command has not read yet */
+    int relay_eof;     /* the host ended the relay: shut our side once the buffer drains */
+    int pmi;           /* the relay is a PMI-1 channel: see pmi_filter */
+    buf_t pmiline;     /* the command's PMI message being assembled */
+    int tty;           /* the command runs on a pseudo-terminal: `out` is its master, `in` a copy */
+    uint64_t quiet_ms; /* tty: when the command was reaped or last wrote, whichever is later */
     int reaped, status;
     struct session *next;
 } session;
+
+static uint64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
+}
 
 static session *sessions;
 
@@ -279,6 +288,9 @@ static void finish(session *s)
  * so no output written before exit is lost. */
 static void maybe_finish(session *s)
 {
+    /* A terminal stays open while anything holds its other side (a process the command left in the
+     * background): once the command has ended, what it wrote has arrived within SVA_TTY_LINGER_MS. */
+    if (s->tty && s->reaped && s->out >= 0 && now_ms() - s->quiet_ms >= SVA_TTY_LINGER_MS) close_fd(&s->out);
     if (s->reaped && s->out < 0 && s->err < 0) finish(s);
 }
 
@@ -300,6 +312,36 @@ static void child_fail(const char *cmd, int err)
         snprintf(msg, sizeof msg, "slurm-vm: %s: %s\n", cmd, strerror(err));
     (void)!write(2, msg, strlen(msg));
     _exit(code);
+}
+
+/* A pseudo-terminal of rows x cols for a command: its master (non-blocking, close-on-exec) and the
+ * path of its other side, or -1. */
+static int open_terminal(uint32_t rows, uint32_t cols, char *path, size_t size)
+{
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0) return -1;
+    struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+    if (grantpt(m) != 0 || unlockpt(m) != 0 || ptsname_r(m, path, size) != 0 || ioctl(m, TIOCSWINSZ, &ws) != 0 ||
+        fcntl(m, F_SETFL, O_NONBLOCK) != 0) {
+        int e = errno;
+        close(m);
+        errno = e;
+        return -1;
+    }
+    return m;
+}
+
+/* In the command's child, after setsid: the terminal becomes its controlling terminal and its
+ * standard descriptors, owned by the command's user as login would leave it. */
+static void enter_terminal(const char *path, uid_t uid)
+{
+    int t = open(path, O_RDWR);
+    if (t < 0 || ioctl(t, TIOCSCTTY, 0) != 0) child_fail(path, errno);
+    /* Group tty (5), as Debian's login leaves it; the command works without (it holds the descriptors). */
+    if (fchown(t, uid, 5) == 0) (void)!fchmod(t, 0620);
+    for (int i = 0; i < 3; i++)
+        if (dup2(t, i) < 0) child_fail(path, errno);
+    if (t > 2) close(t);
 }
 
 static void start_session(uint32_t id, const uint8_t *p, size_t len)
@@ -344,6 +386,15 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
         envp[j] = NULL;
         if (!v) r.bad = 1;
     }
+    /* Optional after relay_env: the terminal's size, when the command is to get one. */
+    uint32_t rows = 0, cols = 0;
+    int want_tty = 0;
+    if (!r.bad && r.off < r.len) {
+        rows = r_u32(&r);
+        cols = r_u32(&r);
+        want_tty = !r.bad;
+        if (want_tty && (rows == 0 || cols == 0 || rows > 65535 || cols > 65535)) r.bad = 1;
+    }
     int want_relay = relay_env != NULL;
     int want_pmi = relay_env && !strcmp(relay_env, "PMI_FD");
     free(relay_env);
@@ -357,9 +408,15 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
         return;
     }
     int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1}, prel[2] = {-1, -1};
+    char tty_path[64] = "";
+    int master = -1;
     session *s = calloc(1, sizeof *s);
-    if (!s || pipe2(pin, O_CLOEXEC) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC) ||
+    if (!s ||
+        (want_tty ? (master = open_terminal(rows, cols, tty_path, sizeof tty_path)) < 0 ||
+                        (pin[1] = fcntl(master, F_DUPFD_CLOEXEC, 0)) < 0
+                  : pipe2(pin, O_CLOEXEC) || pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)) ||
         (want_relay && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, prel))) {
+        if (master >= 0) close(master);
         send_error(id, "cannot start %s: %s", argv[0], strerror(errno));
         uint8_t q[8] = {SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0};
         send_frame(SVA_EXIT, id, q, 8);
@@ -383,9 +440,13 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
         for (int sig = 1; sig < NSIG; sig++)
             if (sig != SIGKILL && sig != SIGSTOP) signal(sig, SIG_DFL);
         setsid(); /* its own process group, so a signal reaches everything it started */
-        dup2(pin[0], 0);
-        dup2(pout[1], 1);
-        dup2(perr[1], 2);
+        if (want_tty) {
+            enter_terminal(tty_path, uid);
+        } else {
+            dup2(pin[0], 0);
+            dup2(pout[1], 1);
+            dup2(perr[1], 2);
+        }
         /* dup2 clears close-on-exec on the copy; a descriptor already numbered 3 needs it cleared. */
         if (prel[1] == SVA_RELAY_FD)
             fcntl(SVA_RELAY_FD, F_SETFD, 0);
@@ -409,14 +470,20 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
         child_fail(argv[0], errno);
     }
     int fork_err = errno;
-    close(pin[0]);
-    close(pout[1]);
-    close(perr[1]);
+    if (!want_tty) {
+        close(pin[0]);
+        close(pout[1]);
+        close(perr[1]);
+    }
     if (prel[1] >= 0) close(prel[1]);
     if (pid < 0) {
         close(pin[1]);
-        close(pout[0]);
-        close(perr[0]);
+        if (want_tty)
+            close(master);
+        else {
+            close(pout[0]);
+            close(perr[0]);
+        }
         if (prel[0] >= 0) close(prel[0]);
         send_error(id, "cannot fork: %s", strerror(fork_err));
         uint8_t q[8] = {SVA_EXIT_CANNOT_EXEC, 0, 0, 0, 0, 0, 0, 0};
@@ -430,8 +497,9 @@ static void start_session(uint32_t id, const uint8_t *p, size_t len)
     s->id = id;
     s->pid = pid;
     s->in = pin[1];
-    s->out = pout[0];
-    s->err = perr[0];
+    s->out = want_tty ? master : pout[0];
+    s->err = want_tty ? -1 : perr[0];
+    s->tty = want_tty;
     s->relay = prel[0];
     s->pmi = want_pmi;
     fcntl(s->in, F_SETFL, O_NONBLOCK);
@@ -813,6 +881,14 @@ static void handle(uint8_t type, uint32_t id, const uint8_t *p, size_t len)
         if ((s = find(id)) && !r.bad && sig > 0 && sig < NSIG && !s->reaped) kill(-s->pid, (int)sig);
         break;
     }
+    case SVA_RESIZE: {
+        rd_t r = {p, len, 0, 0};
+        uint32_t rows = r_u32(&r), cols = r_u32(&r);
+        struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+        if ((s = find(id)) && s->tty && s->out >= 0 && !r.bad && rows > 0 && cols > 0 && rows <= 65535 && cols <= 65535)
+            ioctl(s->out, TIOCSWINSZ, &ws);
+        break;
+    }
     case SVA_SHUTDOWN: {
         rd_t r = {p, len, 0, 0};
         uint32_t mode = r_u32(&r);
@@ -871,6 +947,7 @@ static void pump_output(session *s, int *fd, uint8_t type)
     ssize_t n = read(*fd, buf, sizeof buf);
     if (n > 0) {
         send_frame(type, s->id, buf, (size_t)n);
+        if (s->tty && s->reaped) s->quiet_ms = now_ms();
         return;
     }
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
@@ -963,6 +1040,7 @@ static void reap(void)
             if (s->pid == pid && !s->reaped) {
                 s->reaped = 1;
                 s->status = st;
+                s->quiet_ms = now_ms();
                 break;
             }
         /* other pids: orphans adopted by init; reaping them is all there is to do */
@@ -1043,8 +1121,11 @@ int main(int argc, char **argv)
                 kind[n++] = 4;
             }
         }
-        /* While the host is away, look for it coming back every 100 ms. */
-        int r = poll(pf, (nfds_t)n, host_gone ? 100 : -1);
+        /* While the host is away, look for it coming back every 100 ms; a terminal's last output is
+         * waited for in steps too (maybe_finish). */
+        int lingering = 0;
+        for (session *s = sessions; s; s = s->next) lingering |= s->tty && s->reaped && s->out >= 0;
+        int r = poll(pf, (nfds_t)n, host_gone ? 100 : lingering ? SVA_TTY_LINGER_MS / 4 : -1);
         if (r < 0 && errno != EINTR) {
             logmsg("poll: %s", strerror(errno));
             usleep(10000);

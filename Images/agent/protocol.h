@@ -15,6 +15,7 @@
  *   SIGNAL   u32 signal number                       STDERR    bytes
  *   SHUTDOWN u32 0 power off, 1 reboot               EXIT      i32 exit code (-1 if signalled), i32 signal
  *   RELAY    bytes (empty: end of stream)            STDIN_ACK u32 bytes written to the command
+ *   RESIZE   u32 rows, u32 columns
  *                                                    ERROR     str message (then EXIT, for a session)
  *                                                    RELAY_OUT bytes (empty: the command closed it)
  * EXEC may end with `str relay_env` (absent or empty: no relay). Then the command gets one end of a
@@ -24,19 +25,27 @@
  * whose answer is wrong inside a guest (PMI_process_mapping, see agent.c). The agent buffers at most
  * SVA_RELAY_BUFFER bytes of RELAY the command has not read; beyond that the relay is closed with an
  * ERROR. The host keeps its end open until the task ends, whatever the guest does.
+ * EXEC may go on after relay_env (then present, empty for none) with `u32 rows, u32 columns`: the
+ * command gets a pseudo-terminal of that size as its controlling terminal and its stdin, stdout and
+ * stderr (agent version 3). Its output, echo included, arrives as STDOUT; STDIN is what is typed, so
+ * the terminal's special characters (Ctrl-C, Ctrl-Z, Ctrl-D) act on the guest's foreground process
+ * group; RESIZE changes the size (the foreground group gets SIGWINCH). The session ends when the
+ * command has ended and the terminal has no more output (or none for SVA_TTY_LINGER_MS, when a
+ * process left behind keeps it open).
  * Flow control: the host keeps at most SVA_STDIN_WINDOW unacknowledged stdin bytes per session. Output
  * needs none: the host reads the channel continuously, and a full channel blocks the agent's write.
  */
 #ifndef SVA_PROTOCOL_H
 #define SVA_PROTOCOL_H
 
-#define SVA_MAGIC        0x5653u
-#define SVA_HEADER       12u
-#define SVA_MAX_PAYLOAD  (1u << 20)
-#define SVA_STDIN_WINDOW (256u << 10)
-#define SVA_RELAY_BUFFER (4u << 20)
-#define SVA_RELAY_FD     3
-#define SVA_VERSION      "2"
+#define SVA_MAGIC         0x5653u
+#define SVA_HEADER        12u
+#define SVA_MAX_PAYLOAD   (1u << 20)
+#define SVA_STDIN_WINDOW  (256u << 10)
+#define SVA_RELAY_BUFFER  (4u << 20)
+#define SVA_RELAY_FD      3
+#define SVA_TTY_LINGER_MS 200
+#define SVA_VERSION       "3"
 
 enum sva_type {
     SVA_HELLO = 0x01,
@@ -45,6 +54,7 @@ enum sva_type {
     SVA_SIGNAL = 0x04,
     SVA_SHUTDOWN = 0x05,
     SVA_RELAY = 0x06,
+    SVA_RESIZE = 0x07,
     SVA_READY = 0x81,
     SVA_STARTED = 0x82,
     SVA_STDOUT = 0x83,

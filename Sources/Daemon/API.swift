@@ -1,6 +1,7 @@
 // The Unix-socket API of slurm-vmd (the messages are in Wire/Messages.swift): each connection sends
 // one Call line {"op": …} and gets one Reply line {"ok": true, …} or {"ok": false, "error": "…"}.
-// `exec` streams: after {"ok": true, "guest": …} the client may send ExecSignal lines {"signal": N},
+// `exec` streams: after {"ok": true, "guest": …} the client may send ExecControl lines {"signal": N}
+// or {"resize": {"rows": R, "columns": C}} (its terminal's new size),
 // and the daemon ends with ExecEnd {"exit": code|null, "signal": N|null}.
 //
 // Who may do what (peer uid from SO_PEERCRED):
@@ -16,6 +17,7 @@ import NIOPosix
 import Logging
 import Node
 import Runner
+import Telemetry
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -90,10 +92,17 @@ public final class API: @unchecked Sendable {
         let who = Requester(user: name, uid: Int(peer.uid), gid: Int(peer.gid), account: call.account, partition: call.partition)
         let submission: Submission
         do { submission = try Submission.parse(options: call.options, command: call.command, nodeCPUs: call.nodeCPUs, requester: who) } catch {
+            Telemetry.matched(.refused)
             return .failure("\(error)")
         }
+        let started = ContinuousClock.now
         let result = try catalog.match(submission)
-        guard let accepted = result.accepted else { return .failure(result.refusal ?? "refused") }
+        Telemetry.matchSeconds.record(ContinuousClock.now - started)
+        guard let accepted = result.accepted else {
+            Telemetry.matched(.refused)
+            return .failure(result.refusal ?? "refused")
+        }
+        Telemetry.matched(.accepted)
         logger.info(
             "match for \(name) (uid \(peer.uid)): \(accepted.imageLabel), \(accepted.sizing.guests) guest(s) × \(accepted.sizing.vcpus) vCPU(s)")
         var r = Reply()
@@ -116,6 +125,14 @@ public final class API: @unchecked Sendable {
         let s = node.prepare(p)
         var r = Reply(ok: s.phase == .ready, error: s.error)
         r.phase = s.phase; r.guests = s.guests; r.seconds = s.prepareSeconds
+        // What the job got, where its user sees it (scontrol show job): said once, by its first node.
+        if s.phase == .ready && p.nodeIndex == 0 {
+            let a = p.request
+            JobAnnotation.say(
+                job: p.job,
+                "slurm-vm: image=\(a.imageLabel) guests=\(a.sizing.guests) vcpus=\(a.sizing.vcpus) mem=\(a.memoryMB)M backend=\(s.backend ?? "?")",
+                logger: logger)
+        }
         return r
     }
 
@@ -147,7 +164,7 @@ public final class API: @unchecked Sendable {
         }
         let pmi = fds.count == 4 ? fds[3] : nil
         let out = fds[1], err = fds[2]
-        let req = ExecRequest(argv: e.argv, env: e.env, cwd: e.cwd)
+        let req = ExecRequest(argv: e.argv, env: e.env, cwd: e.cwd, terminal: e.terminal)
         if e.root == true, peer.uid != 0 {
             try c.send(Reply.failure("only root on the node may run commands as root in a job's guests")); return
         }
@@ -157,6 +174,7 @@ public final class API: @unchecked Sendable {
                 job: e.job, caller: peer.uid, localID: e.localid, exec: req, asRoot: e.root == true, stdin: fds[0], pmi: pmi,
                 stdout: { Self.writeAll(out, $0) }, stderr: { Self.writeAll(err, $0) })
         } catch {
+            Telemetry.failed(.exec)
             try c.send(Reply.failure("\(error)")); return
         }
         owned.removeAll { $0 == fds[0] || $0 == pmi }
@@ -166,7 +184,10 @@ public final class API: @unchecked Sendable {
         // Signals from the client; the end of its stream (the task was killed) kills the command.
         let cmd = started.command
         let reader = Thread {
-            while let msg = try? c.read(ExecSignal.self) { cmd.signal(msg.signal) }
+            while let msg = try? c.read(ExecControl.self) {
+                if let s = msg.signal { cmd.signal(s) }
+                if let t = msg.resize { cmd.resize(t) }
+            }
             cmd.signal(SIGKILL)
         }
         reader.start()
@@ -175,6 +196,7 @@ public final class API: @unchecked Sendable {
             for e in errors { Self.writeAll(err, Array("slurm-vm: \(e)\n".utf8)) }
             try? c.send(ExecEnd(exit: status.exitCode, signal: status.signal))
         } catch {
+            Telemetry.failed(.exec)
             // The guest itself may be what ended: then say which and how, not just that the channel broke.
             try? c.send(ExecEnd(exit: 255, signal: nil, error: node.lostGuest(job: e.job, waitingFor: started.guest) ?? "\(error)"))
         }

@@ -3,6 +3,7 @@
 //
 //   socket = "/run/slurm-vm/slurm-vmd.sock"   # the Unix-socket API
 //   slurm_user = "slurm"                       # may prepare/tear down guests, as root may
+//   metrics = "127.0.0.1:9469"                 # Prometheus endpoint, GET /metrics (default: none)
 //   [catalog]                                  # the catalog role (matching, image blobs)
 //   path = "/var/lib/slurm-vm"
 //   listen = "0.0.0.0:7420"                    # blob service for the nodes
@@ -38,6 +39,8 @@ public struct DaemonConfig: Sendable {
 
     public var socket: String
     public var slurmUser: String?
+    /// HOST:PORT of the Prometheus endpoint; nil: none.
+    public var metrics: String?
     public var catalog: CatalogRole?
     public var node: NodeConfig?
     public var path: String
@@ -48,7 +51,13 @@ public struct DaemonConfig: Sendable {
         let t = try StrictTable.load(path, hint: "docs/slurm.md")
         var c = DaemonConfig(
             socket: try t.optionalString("socket") ?? "/run/slurm-vm/slurm-vmd.sock",
-            slurmUser: try t.optionalString("slurm_user"), catalog: nil, node: nil, path: path)
+            slurmUser: try t.optionalString("slurm_user"), metrics: nil, catalog: nil, node: nil, path: path)
+        if let m = try t.optionalString("metrics") {
+            guard let colon = m.lastIndex(of: ":"), UInt16(m[m.index(after: colon)...]) != nil, colon > m.startIndex else {
+                throw TOMLConfigError("\(path): metrics must be HOST:PORT for the Prometheus endpoint (e.g. \"127.0.0.1:9469\"), not \"\(m)\"")
+            }
+            c.metrics = m
+        }
         if let ct = try t.optionalTable("catalog") {
             c.catalog = CatalogRole(
                 path: try ct.optionalString("path") ?? "/var/lib/slurm-vm",

@@ -8,6 +8,7 @@ import Foundation
 import Network
 import Runner
 import Support
+import Telemetry
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -134,6 +135,7 @@ public final class NodeManager: @unchecked Sendable {
                 try boot(r, into: job, state: &state)
                 state.phase = .ready
                 state.prepareSeconds = Date().timeIntervalSince(started)
+                Telemetry.prologSeconds.record(.milliseconds(Int(state.prepareSeconds! * 1000)))
                 log(
                     "job \(r.job): \(state.guests.count) guest(s) of \(r.request.imageLabel) ready in \(String(format: "%.2f", state.prepareSeconds!)) s"
                 )
@@ -143,11 +145,13 @@ public final class NodeManager: @unchecked Sendable {
                 job.guests = []; job.agents = []
                 state.phase = .failed
                 state.error = "\(error)"
+                Telemetry.failed(.prepare)
                 log("job \(r.job): cannot prepare guests: \(error)")
             }
             job.state = state
             try? store.save(state)
             lock.withLock { live[r.job] = job }
+            countRunning()
             return state
         }
     }
@@ -169,6 +173,9 @@ public final class NodeManager: @unchecked Sendable {
             share: share, sizing: accepted.sizing, jobCPUs: jobCPUs, node: r.node,
             allowed: CPUList.callerAffinity())
         state.placement = placement
+        state.backend = hv.name == "qemu" ? "qemu/\(accelerator.rawValue)" : hv.name
+        state.memoryMB = accepted.memoryMB
+        state.cpus = Array(Set(placement.plan.perGuest.flatMap { $0 } + placement.plan.housekeeping)).sorted()
         let image = try BootImage(rec, blobs: cache.blobs)
         let huge = try config.hugepages.use(forMB: accepted.memoryMB * share.guests)
         // The job's working directory, read-write at the same path in every guest.
@@ -215,8 +222,10 @@ public final class NodeManager: @unchecked Sendable {
             }
         }
         let ready: [ReadyGuest]
+        let booting = Date()
         do {
             ready = try set.boot(on: hv, accelerator: accelerator, records: records, bootTimeout: config.bootTimeout)
+            Telemetry.bootSeconds.record(.milliseconds(Int(Date().timeIntervalSince(booting) * 1000)))
         } catch {
             if network != nil { LinkDriver().detach(job: r.job, taps: state.networkTaps) }
             throw error
@@ -263,9 +272,17 @@ public final class NodeManager: @unchecked Sendable {
             if let s = job?.state ?? store.load(id), s.networkGuests != nil { LinkDriver().detach(job: id, taps: s.networkTaps) }
             cgroup(of: id)?.remove()
             store.remove(id)
+            countRunning()
             if job != nil || n > 0 { log("job \(id): \(n) guest(s) torn down") }
             return n
         }
+    }
+
+    /// The running-guests and running-jobs gauges, from the jobs held now.
+    func countRunning() {
+        let (jobs, guests) = lock.withLock { (live.values.filter { !$0.guests.isEmpty }.count, live.values.reduce(0) { $0 + $1.guests.count }) }
+        Telemetry.jobsRunning.set(to: Double(jobs))
+        Telemetry.guestsRunning.set(to: Double(guests))
     }
 
     /// Ends a guest known only from its record (adopted, or left by a daemon that died).
@@ -373,6 +390,7 @@ public final class NodeManager: @unchecked Sendable {
                 job.state.error = why
             }
             try? store.save(job.state)
+            Telemetry.failed(.guestLost)
             log("job \(id): \(why)")
             return why
         }

@@ -23,15 +23,20 @@ struct JobCommand: ParsableCommand {
         @Option(help: "Environment, NAME=VALUE (repeatable).") var env: [String] = []
         @Option(help: "The node's slurm-vmd socket (default: SLURM_VM_NODE_SOCKET, else slurm-vmd's default).")
         var socket: String = ProcessInfo.processInfo.environment["SLURM_VM_NODE_SOCKET"] ?? "/run/slurm-vm/slurm-vmd.sock"
+        @Flag(name: [.customShort("t"), .long], help: "Give the command a terminal, as ssh -t does (stdin and stdout must be one).")
+        var tty = false
         @Argument(parsing: .postTerminator) var command: [String] = []
 
         func run() throws {
             guard !command.isEmpty else { throw ValidationError("give the command after --") }
             guard guest >= 0 else { throw ValidationError("--guest counts from 0") }
+            let terminal = tty ? Terminal.size(of: 0) : nil
+            if tty && (terminal == nil || isatty(1) != 1) { throw ValidationError("-t needs a terminal as stdin and stdout") }
             SignalRelay.block()
-            let e = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] + env
+            var e = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] + env
+            if tty, let term = ProcessInfo.processInfo.environment["TERM"] { e.append("TERM=\(term)") }
             TaskWrapper.run(
-                ExecCall(job: job, argv: command, env: e, cwd: cwd, localid: guest, root: root ? true : nil), at: socket)
+                ExecCall(job: job, argv: command, env: e, cwd: cwd, localid: guest, root: root ? true : nil, terminal: terminal), at: socket)
         }
     }
 }

@@ -11,7 +11,8 @@ struct SlurmVM: ParsableCommand {
         commandName: "slurm-vm",
         abstract: "VM-on-demand jobs for Slurm: image matching, catalog and guests.",
         subcommands: [
-            ImageCommand.self, MatchCommand.self, VMCommand.self, JobCommand.self, ClassAdCommand.self, BenchCommand.self, BroadcastCommand.self,
+            ImageCommand.self, MatchCommand.self, VMCommand.self, JobCommand.self, JobsCommand.self, ClassAdCommand.self, BenchCommand.self,
+            BroadcastCommand.self,
             CacheCommand.self,
         ])
 

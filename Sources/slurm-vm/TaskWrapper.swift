@@ -23,6 +23,7 @@ enum TaskWrapper {
     static let hostOnly: [String] = [argv0Variable, socketVariable, "SLURM_VM_", "SPANK_", "SLURM_SPANK_", "_SLURM_SPANK", "LD_PRELOAD", "TMPDIR="]
 
     static func fail(_ msg: String) -> Never {
+        Terminal.restore()
         FileHandle.standardError.write(Data("slurm-vm: \(msg)\n".utf8))
         exit(1)
     }
@@ -51,15 +52,19 @@ enum TaskWrapper {
         if let why = refusedMPI(env) { fail(why) }
         let pmi = env["PMI_FD"].flatMap(Int32.init).flatMap { fcntl($0, F_GETFD) >= 0 && $0 > 2 ? $0 : nil }
         let cwd = FileManager.default.currentDirectoryPath
-        let call = ExecCall(job: job, argv: args, env: taskEnv, cwd: cwd, localid: Int(env["SLURM_LOCALID"] ?? "0") ?? 0)
+        var call = ExecCall(job: job, argv: args, env: taskEnv, cwd: cwd, localid: Int(env["SLURM_LOCALID"] ?? "0") ?? 0)
+        // srun --pty: the task's stdin and stdout are slurmstepd's terminal; the command gets one too.
+        if isatty(0) == 1 && isatty(1) == 1 { call.terminal = Terminal.size(of: 0) }
         run(call, at: socket, pmi: pmi)
     }
 
     /// Runs `call` through the node's slurm-vmd with our stdin, stdout and stderr (and `pmi`), forwards
-    /// signals, and ends as the command ended. SignalRelay.block() must have run first.
+    /// signals (and, with `call.terminal`, the terminal's size, in raw mode meanwhile), and ends as the
+    /// command ended. SignalRelay.block() must have run first.
     static func run(_ call: ExecCall, at socket: String, pmi: Int32? = nil) -> Never {
         let conn: LineConnection
         do { conn = try LineConnection.connect(socket) } catch { fail("\(error)") }
+        if call.terminal != nil { Terminal.makeRaw(1) }
         do {
             try conn.send(Call.exec(call), fds: [0, 1, 2] + (pmi.map { [$0] } ?? []))
             guard let first = try conn.read(Reply.self) else { fail("slurm-vmd closed the connection") }
@@ -69,10 +74,11 @@ enum TaskWrapper {
         // stdin open would steal input from the guest; stdout stays valid for our own last words.
         close(0)
         // The PMI descriptor stays open until we exit: slurmstepd must not see its end before the task's.
-        SignalRelay.start(conn)
+        SignalRelay.start(conn, terminal: call.terminal == nil ? nil : 1)
         let end: ExecEnd?
         do { end = try conn.read(ExecEnd.self) } catch { fail("lost slurm-vmd while the task ran: \(error)") }
         guard let end else { fail("slurm-vmd went away while the task ran; the task was killed") }
+        Terminal.restore()
         if let e = end.error { FileHandle.standardError.write(Data("slurm-vm: \(e)\n".utf8)) }
         if let sig = end.signal {
             // End as the task did, so srun reports the signal.
@@ -94,7 +100,7 @@ enum SignalRelay {
     static var set: sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
-        for s in forwarded { sigaddset(&set, s) }
+        for s in forwarded + [SIGWINCH] { sigaddset(&set, s) }
         return set
     }
 
@@ -104,14 +110,20 @@ enum SignalRelay {
         pthread_sigmask(SIG_BLOCK, &s, nil)
     }
 
-    /// A signal that arrived before the command started is delivered once it has.
-    static func start(_ c: LineConnection) {
+    /// A signal that arrived before the command started is delivered once it has. With `terminal` (the
+    /// descriptor of our terminal), SIGWINCH sends the terminal's new size instead of a signal.
+    static func start(_ c: LineConnection, terminal: Int32? = nil) {
         conn = c
         let t = Thread {
             var s = set
             while true {
                 var sig: Int32 = 0
-                if sigwait(&s, &sig) == 0 { try? conn?.send(ExecSignal(signal: sig)) }
+                guard sigwait(&s, &sig) == 0 else { continue }
+                if sig == SIGWINCH {
+                    if let fd = terminal, let size = Terminal.size(of: fd) { try? conn?.send(ExecControl(resize: size)) }
+                } else {
+                    try? conn?.send(ExecControl(signal: sig))
+                }
             }
         }
         t.start()

@@ -259,11 +259,16 @@ struct VMCommand: ParsableCommand {
         @Argument(help: "The guest id (see vm ls).") var guest: String
         @Option(help: "Environment, NAME=VALUE (repeatable).") var env: [String] = []
         @Option(help: "Working directory in the guest.") var cwd: String = "/"
+        @Flag(name: .customShort("i"), help: "Pass stdin to the command (otherwise it reads an empty one).") var interactive = false
+        @Flag(name: [.customShort("t"), .long], help: "Give the command a terminal, as ssh -t does (stdin and stdout must be one).")
+        var tty = false
         @Argument(parsing: .postTerminator) var command: [String] = []
 
         func run() throws {
             let code = try reporting { () throws -> Int32 in
                 guard !command.isEmpty else { throw ValidationError("give the command after --") }
+                let terminal = tty ? Terminal.size(of: 0) : nil
+                if tty && (terminal == nil || isatty(1) != 1) { throw ValidationError("-t needs a terminal as stdin and stdout") }
                 let records = try GuestRecords()
                 guard let r = records.load(guest), r.alive else { throw RunnerError.noSuchGuest(guest) }
                 guard r.spec.agent else { throw RunnerError.invalidRequest("guest \(guest) has no agent (raw mode)") }
@@ -276,13 +281,24 @@ struct VMCommand: ParsableCommand {
                 _ = try agent.handshake(timeout: 15)
                 var e = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] + env
                 e.append("SLURM_VM_GUEST=\(guest)")
+                if tty, let term = ProcessInfo.processInfo.environment["TERM"] { e.append("TERM=\(term)") }
                 let sinkOut = OutputSink(fd: 1), sinkErr = OutputSink(fd: 2)
                 let o = sinkOut.stream(tag: nil), er = sinkErr.stream(tag: nil)
                 let cmd = try agent.start(
-                    ExecRequest(argv: command, env: e, cwd: cwd, uid: getuid(), gid: getgid()),
-                    stdin: 0, stdout: { o.write($0) }, stderr: { er.write($0) })
+                    ExecRequest(argv: command, env: e, cwd: cwd, uid: getuid(), gid: getgid(), terminal: terminal),
+                    stdin: interactive || tty ? 0 : nil, stdout: { o.write($0) }, stderr: { er.write($0) })
                 let forward = SignalForwarder { cmd.signal($0) }
                 defer { _ = forward }
+                // On a terminal, what is typed goes to the guest's terminal as bytes; its size follows ours.
+                if tty { Terminal.makeRaw(0) }
+                defer { Terminal.restore() }
+                let resizes = tty ? DispatchSource.makeSignalSource(signal: SIGWINCH, queue: .global()) : nil
+                if let resizes {
+                    signal(SIGWINCH, SIG_IGN)
+                    resizes.setEventHandler { if let t = Terminal.size(of: 0) { cmd.resize(t) } }
+                    resizes.resume()
+                }
+                defer { resizes?.cancel() }
                 let (st, errs) = try cmd.wait()
                 for m in errs { warn(m) }
                 return st.code

@@ -5,7 +5,9 @@ import Daemon
 import Node
 import Foundation
 import Logging
+import NIOPosix
 import ServiceLifecycle
+import Telemetry
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -126,5 +128,21 @@ struct JobReaper: Service {
                 node.teardown(job: s.job)
             }
         }
+    }
+}
+
+/// The Prometheus endpoint (docs/operations.md), until graceful shutdown.
+struct MetricsService: Service {
+    let listen: String
+    let logger: Logger
+
+    func run() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let endpoint = try MetricsEndpoint(listen: listen, group: group)
+        Telemetry.start()
+        logger.info("metrics on http://\(endpoint.address)/metrics")
+        try? await gracefulShutdown()
+        endpoint.close()
+        try? await group.shutdownGracefully()
     }
 }

@@ -50,6 +50,7 @@ struct SlurmVMD: AsyncParsableCommand {
         if let c = cfg.catalog { services.append(ListenerService.blobs(api: api, listen: c.listen, logger: logger)) }
         if let node = api.node { services.append(JobReaper(node: node, logger: logger)) }
         if let l = api.node?.config.pushListen { services.append(ListenerService.push(api: api, listen: l, logger: logger)) }
+        if let m = cfg.metrics { services.append(MetricsService(listen: m, logger: logger)) }
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         try await group.run()
         api.node?.closeAgents()

@@ -119,6 +119,10 @@ struct Guests {
             let exec = Harness.run(["vm", "exec", id, "--", "nproc"])
             #expect(exec.code == 0 && exec.out == "2\n", "\(exec.err)")
             #expect(Harness.run(["vm", "exec", id, "--", "sh", "-c", "exit 5"]).code == 5)
+            // -it: a shell on a terminal of the caller's size, in the guest.
+            let term = Harness.runOnTerminal(["vm", "exec", "-it", id, "--", "sh"], keys: "tty; stty size; exit 4\n")
+            #expect(term.code == 4, "\(term.shown)")
+            #expect(term.shown.contains("33 97") && term.shown.contains("/dev/pts/"), "\(term.shown)")
             // An image in use cannot be removed.
             let rm = Harness.run(["image", "rm", "minimal:1.3"])
             #expect(rm.code == 1 && rm.err.contains("in use by \(id)"), "\(rm.err)")

@@ -101,6 +101,49 @@ enum Harness {
         return Result(code: p.terminationStatus, err: String(decoding: eb.d, as: UTF8.self), outBytes: od)
     }
 
+    /// Runs the CLI on a pseudo-terminal of rows x cols (its stdin, stdout and stderr), typing `keys`
+    /// once it has started; its exit status and everything it showed.
+    static func runOnTerminal(
+        _ args: [String], keys: String, rows: UInt16 = 33, cols: UInt16 = 97, timeout: TimeInterval = 120
+    ) -> (code: Int32, shown: String) {
+        // posix_openpt and friends by hand (Glibc's Swift module leaves them out): /dev/ptmx, unlock
+        // (TIOCSPTLCK), the number of the other side (TIOCGPTN); Linux x86-64's ioctl numbers.
+        let master = open("/dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        var unlock: Int32 = 0, number: UInt32 = 0
+        let unlocked = withUnsafeMutablePointer(to: &unlock) { ioctl(master, 0x4004_5431, $0) }
+        let numbered = withUnsafeMutablePointer(to: &number) { ioctl(master, 0x8004_5430, $0) }
+        precondition(master >= 0 && unlocked == 0 && numbered == 0, "no pseudo-terminal")
+        let slave = open("/dev/pts/\(number)", O_RDWR | O_NOCTTY | O_CLOEXEC)
+        var ws = winsize(ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0)
+        _ = withUnsafeMutablePointer(to: &ws) { ioctl(slave, UInt(TIOCSWINSZ), $0) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = args
+        p.environment = ProcessInfo.processInfo.environment.merging(["SLURM_VM_CATALOG": catalog, "SLURM_VM_RUNDIR": runDir, "TERM": "dumb"]) { $1 }
+        let t = FileHandle(fileDescriptor: slave, closeOnDealloc: false)
+        p.standardInput = t; p.standardOutput = t; p.standardError = t
+        try! p.run()
+        close(slave)
+        usleep(500_000)
+        _ = Array(keys.utf8).withUnsafeBytes { write(master, $0.baseAddress, $0.count) }
+        var shown = [UInt8](), buf = [UInt8](repeating: 0, count: 4096)
+        let deadline = Date(timeIntervalSinceNow: timeout)
+        var status: Int32? = nil
+        while Date() < deadline {
+            var pf = pollfd(fd: master, events: Int16(POLLIN), revents: 0)
+            guard poll(&pf, 1, 100) > 0 else { continue }
+            let n = buf.withUnsafeMutableBytes { read(master, $0.baseAddress, $0.count) }
+            if n > 0 { shown += buf[0..<n]; continue }
+            // EIO: nothing holds the terminal's other side any more, so the command has ended.
+            p.waitUntilExit()
+            status = p.terminationStatus
+            break
+        }
+        close(master)
+        if status == nil { p.terminate(); p.waitUntilExit(); status = -1 }
+        return (status!, String(decoding: shown, as: UTF8.self))
+    }
+
     /// The minimal image, built once per test process (the .deb cache makes later builds quick).
     static let minimal: Result = {
         if sharedCatalog != nil { return Result(code: 0, err: "", outBytes: Data()) }

@@ -67,7 +67,7 @@ final class LocalAgent: @unchecked Sendable {
     @Test func handshakeAnswersOurNonce() throws {
         let a = try LocalAgent()
         let info = try a.conn.handshake(timeout: 10)
-        #expect(info.agentVersion == "2")
+        #expect(info.agentVersion == "3")
         #expect(info.cpus >= 1)
         #expect(!info.hostname.isEmpty)
     }
@@ -241,6 +241,94 @@ final class LocalAgent: @unchecked Sendable {
         #expect(done.wait(timeout: .now() + 10) == .success)
         #expect(String(decoding: seen.bytes.filter { $0 != 0 }, as: UTF8.self) == "cmd=get kvsname=k key=mine\n")
         close(server)
+    }
+
+    /// Starts `argv` on a terminal of `size`, typing what is written to the returned descriptor.
+    func onTerminal(_ a: LocalAgent, _ argv: [String], size: TerminalSize) throws -> (AgentConnection.Command, LocalAgent.Collected, Int32) {
+        var p: [Int32] = [0, 0]
+        guard pipe(&p) == 0 else { throw AgentError("pipe") }
+        let c = LocalAgent.Collected()
+        let req = ExecRequest(argv: argv, env: ["PATH=/usr/bin:/bin", "TERM=dumb", "PS1=prompt$ "], uid: getuid(), gid: getgid(), terminal: size)
+        let cmd = try a.conn.start(
+            req, stdin: p[0], ownsStdin: true,
+            stdout: { b in
+                c.lock.lock(); c.out += b; c.lock.unlock()
+            },
+            stderr: { b in
+                c.lock.lock(); c.err += b; c.lock.unlock()
+            })
+        return (cmd, c, p[1])
+    }
+
+    func waitFor(_ text: String, in c: LocalAgent.Collected, after: Int = 0) -> Bool {
+        Processes.waitFor(timeout: 10, interval: 0.02) { String(c.stdout.dropFirst(after)).contains(text) ? true : nil } ?? false
+    }
+
+    func type(_ fd: Int32, _ text: String) { _ = text.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) } }
+
+    @Test func aCommandOnATerminalHasItsSizeAndItsSpecialCharacters() throws {
+        let a = try LocalAgent()
+        _ = try a.conn.handshake(timeout: 10)
+        let (cmd, c, keys) = try onTerminal(a, ["sh", "-i"], size: TerminalSize(rows: 33, columns: 97))
+        defer { close(keys) }
+        #expect(waitFor("prompt$ ", in: c), "a prompt: \(c.stdout)")
+        type(keys, "tty; stty size\n")
+        #expect(waitFor("33 97", in: c), "\(c.stdout)")
+        #expect(c.stdout.contains("/dev/pts/"), "tty names a terminal: \(c.stdout)")
+        // Ctrl-C is a byte here; the guest's terminal makes it SIGINT for its foreground job only.
+        var mark = c.stdout.count
+        type(keys, "sleep 30\n")
+        #expect(waitFor("sleep 30", in: c, after: mark))  // the terminal's echo
+        Thread.sleep(forTimeInterval: 0.3)
+        let interrupted = Date()
+        type(keys, "\u{03}")
+        mark = c.stdout.count
+        type(keys, "echo alive $((6*7))\n")
+        #expect(waitFor("alive 42", in: c, after: mark), "the shell lived on: \(c.stdout)")
+        #expect(Date().timeIntervalSince(interrupted) < 10, "sleep was interrupted")
+        // The size follows the host's terminal.
+        cmd.resize(TerminalSize(rows: 40, columns: 120))
+        mark = c.stdout.count
+        type(keys, "stty size\n")
+        #expect(waitFor("40 120", in: c, after: mark), "\(c.stdout)")
+        type(keys, "exit 3\n")
+        #expect(try cmd.wait().status.code == 3)
+    }
+
+    @Test func aResizedTerminalSignalsItsForegroundJob() throws {
+        let a = try LocalAgent()
+        _ = try a.conn.handshake(timeout: 10)
+        let script = "trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.05; done"
+        let (cmd, c, keys) = try onTerminal(a, ["sh", "-c", script], size: TerminalSize(rows: 24, columns: 80))
+        defer { close(keys) }
+        #expect(waitFor("ready", in: c))
+        cmd.resize(TerminalSize(rows: 50, columns: 132))
+        #expect(try cmd.wait().status.code == 0)
+        #expect(c.stdout.contains("50 132"), "\(c.stdout)")
+    }
+
+    @Test func theLastOutputOfACommandOnATerminalArrivesBeforeItsEnd() throws {
+        let a = try LocalAgent()
+        _ = try a.conn.handshake(timeout: 10)
+        // A large last write, and a process left behind holding the terminal: neither is lost or waited for.
+        let (cmd, c, keys) = try onTerminal(
+            a, ["sh", "-c", "sleep 30 & head -c 300000 /dev/zero | tr '\\0' x; echo end"], size: TerminalSize(rows: 24, columns: 80))
+        defer { close(keys) }
+        let start = Date()
+        #expect(try cmd.wait().status.code == 0)
+        #expect(Date().timeIntervalSince(start) < 10, "the session ended without the background sleep")
+        #expect(c.stdout.filter { $0 == "x" }.count == 300_000)
+        #expect(c.stdout.hasSuffix("end\r\n"), "the terminal's newline translation: \(c.stdout.suffix(20).debugDescription)")
+    }
+
+    @Test func anOldAgentIsAskedForNoTerminal() throws {
+        let a = try LocalAgent()
+        _ = try a.conn.handshake(timeout: 10)
+        a.conn.agentVersion = "2"
+        #expect(throws: AgentError.self) {
+            _ = try a.conn.start(
+                ExecRequest(argv: ["true"], env: [], terminal: TerminalSize(rows: 1, columns: 1)), stdout: { _ in }, stderr: { _ in })
+        }
     }
 
     @Test func malformedFramesDoNotKillTheAgent() throws {

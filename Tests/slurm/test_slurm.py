@@ -4,14 +4,18 @@ space sharing between jobs, and a slurm-vmd killed mid-job.
 
 Needs root (slurmd, slurm-vmd) and the built binaries (SLURM_VM_BIN_DIR, default .build/release).
 """
+import fcntl
 import glob
 import hashlib
 import json
 import os
 import re
+import select
 import shutil
+import struct
 import subprocess
 import tempfile
+import termios
 import time
 import warnings
 
@@ -632,3 +636,125 @@ def test_guests_reach_only_their_own_job(cluster):
     # The wall is one table for every job: it stays, and holds no per-job rule.
     table = run(["nft", "list", "table", "inet", "slurm_vm"]).stdout
     assert "guests never reach the host" in table and not re.search(r"svm[bxt][0-9a-f]", table), table
+
+
+class Terminal:
+    """A real pseudo-terminal for a command, as a user's terminal emulator gives one: the test types
+    into it and reads what the command shows."""
+
+    def __init__(self, cmd, env, cwd, rows=33, cols=97):
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+        def controlling():
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(cmd, shell=True, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=cwd,
+                                     start_new_session=True, preexec_fn=controlling)
+        os.close(slave)
+        self.seen = b""
+
+    def type(self, text):
+        os.write(self.master, text.encode())
+
+    def expect(self, pattern, timeout=120):
+        """Reads until `pattern` (a regex) appears in what came since the last match; returns the match."""
+        deadline = time.time() + timeout
+        while True:
+            m = re.search(pattern.encode(), self.seen)
+            if m:
+                self.seen = self.seen[m.end():]
+                return m
+            left = deadline - time.time()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} on the terminal within {timeout} s; it showed: {self.seen[-2000:]!r}")
+            if select.select([self.master], [], [], min(left, 1))[0]:
+                try:
+                    self.seen += os.read(self.master, 65536)
+                except OSError:  # the command ended and closed its side
+                    if self.proc.poll() is not None:
+                        raise AssertionError(f"the command ended ({self.proc.returncode}) before {pattern!r}: {self.seen[-2000:]!r}")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        os.close(self.master)
+
+
+def test_srun_pty_gives_a_shell_in_a_guest_a_real_terminal(cluster):
+    """srun --pty sh: a prompt, a terminal device, its size, Ctrl-C for the foreground job only, the
+    shell's exit status."""
+    cmd = f"runuser -u nobody -- env SLURM_CONF={cluster.env['SLURM_CONF']} TERM=xterm srun -N1 -n1 --vm-count=1 --pty sh"
+    t = Terminal(cmd, cluster.env, cluster.work)
+    try:
+        t.expect(r"\$ ", timeout=180)
+        t.type("tty; stty size; hostname\n")
+        t.expect(r"/dev/pts/\d+")
+        t.expect(r"33 97")
+        t.expect(r"vm0-job\d+")
+        t.type("sleep 60\n")
+        time.sleep(2)
+        t.type("\x03")
+        started = time.time()
+        t.type("echo alive $((6*7))\n")
+        t.expect(r"alive 42", timeout=30)
+        assert time.time() - started < 30, "Ctrl-C interrupted the sleep"
+        # Meanwhile, on the node: the job in `slurm-vm jobs`, for its owner (and root), not for others.
+        sock = os.path.join(cluster.dir, "vmd", "node1.sock")
+        mine = cluster.sh(f"{VM} jobs --socket {sock}", user="nobody")
+        assert mine.returncode == 0 and re.search(r"^\d+\s+nobody\s+ready\s+minimal:\S+\s+1\s+qemu/", mine.stdout, re.M), mine.stdout + mine.stderr
+        listed = json.loads(cluster.sh(f"{VM} jobs --json --socket {sock}").stdout)
+        assert len(listed) == 1 and listed[0]["memoryMB"] > 0 and listed[0]["cpus"] and listed[0]["backend"].startswith("qemu"), listed
+        t.type("exit 3\n")
+        assert t.proc.wait(timeout=60) == 3, t.seen[-2000:]
+    finally:
+        t.close()
+    cluster.expect_clean(timeout=60)
+
+
+METRICS_PORT0 = 17200  # scripts/cluster: the catalog's endpoint, node i's on + i
+
+
+def scrape(port):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4"), r.headers
+        return r.read().decode()
+
+
+def metric(text, name, labels=""):
+    """The value of one series (0 when absent), `labels` as written in the exposition: 'kind="prepare"'."""
+    pattern = "^" + re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)$"
+    m = re.search(pattern, text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_the_metrics_pass_promtool_and_move_when_a_job_runs(cluster):
+    node, catalog = METRICS_PORT0 + 1, METRICS_PORT0
+    before_node, before_catalog = scrape(node), scrape(catalog)
+    for text in (before_node, before_catalog):
+        r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert r.returncode == 0, f"promtool: {r.stdout}{r.stderr}\n{text}"
+    for series in ("slurm_vm_guests_running", "slurm_vm_prolog_seconds_count", "slurm_vm_cache_bytes"):
+        assert re.search(rf"^{series}", before_node, re.M), f"{series} missing:\n{before_node}"
+    assert 'slurm_vm_failures_total{kind="guest_lost"}' in before_node, before_node
+    r = cluster.sh("sbatch -W -N1 -n1 --vm-count=1 --wrap 'srun true'", timeout=300)
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.split()[-1]
+    after_node, after_catalog = scrape(node), scrape(catalog)
+    # What the job got is in its AdminComment, where scontrol shows it to its user.
+    wait_until("the job's AdminComment", lambda: "AdminComment=slurm-vm: image=minimal:" in cluster.sh(f"scontrol show job {job}").stdout, timeout=30)
+    shown = cluster.sh(f"scontrol show job {job}").stdout
+    assert re.search(r"AdminComment=slurm-vm: image=minimal:\S+ guests=1 vcpus=\d+ mem=\d+M backend=qemu/", shown), shown
+    r = subprocess.run(["promtool", "check", "metrics"], input=after_node, capture_output=True, text=True)
+    assert r.returncode == 0, f"promtool: {r.stdout}{r.stderr}"
+    moved = lambda name, labels="": metric(after_node, name, labels) - metric(before_node, name, labels)
+    assert moved("slurm_vm_prolog_seconds_count") == 1 and moved("slurm_vm_boot_seconds_count") == 1, after_node
+    assert moved("slurm_vm_cache_hits_total") + moved("slurm_vm_cache_misses_total") == 1, after_node
+    assert metric(after_node, "slurm_vm_cache_bytes") > 0, after_node
+    wait_until("the node's gauge to count no guests once the job has ended",
+               lambda: metric(scrape(node), "slurm_vm_guests_running") == 0, timeout=60)
+    accepted = 'result="accepted"'
+    assert metric(after_catalog, "slurm_vm_matches_total", accepted) > metric(before_catalog, "slurm_vm_matches_total", accepted)
+    assert metric(after_catalog, "slurm_vm_match_seconds_count") > metric(before_catalog, "slurm_vm_match_seconds_count")

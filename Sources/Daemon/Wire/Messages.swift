@@ -6,6 +6,7 @@
 import Catalog
 import Foundation
 import Node
+import Runner
 
 /// The first line of a connection.
 public enum Call: Sendable, Equatable {
@@ -48,8 +49,11 @@ public struct ExecCall: Codable, Sendable, Equatable {
     /// Run as root in the guest rather than as the job's owner: only root on the node may ask (an
     /// admin looking into a job's guests; root there gains nothing it lacks on the node).
     public var root: Bool?
-    public init(job: UInt32, argv: [String], env: [String], cwd: String, localid: Int, root: Bool? = nil) {
+    /// The task has a terminal (srun --pty): the command gets one of this size in the guest.
+    public var terminal: TerminalSize?
+    public init(job: UInt32, argv: [String], env: [String], cwd: String, localid: Int, root: Bool? = nil, terminal: TerminalSize? = nil) {
         self.job = job; self.argv = argv; self.env = env; self.cwd = cwd; self.localid = localid; self.root = root
+        self.terminal = terminal
     }
 }
 
@@ -113,10 +117,12 @@ public struct Reply: Codable, Sendable, Equatable {
     public static func failure(_ e: String) -> Reply { Reply(ok: false, error: e) }
 }
 
-/// exec, client to daemon while the task runs: a signal for the task.
-public struct ExecSignal: Codable, Sendable, Equatable {
-    public var signal: Int32
+/// exec, client to daemon while the task runs: a signal for the task, or its terminal's new size.
+public struct ExecControl: Codable, Sendable, Equatable {
+    public var signal: Int32?
+    public var resize: TerminalSize?
     public init(signal: Int32) { self.signal = signal }
+    public init(resize: TerminalSize) { self.resize = resize }
 }
 
 /// exec, the daemon's last line: how the task ended (exit code, or the signal that killed it).

@@ -9,6 +9,7 @@ import Catalog
 import Foundation
 import Sizes
 import Support
+import Telemetry
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -125,6 +126,7 @@ public struct ImageCache: Sendable {
         for c in candidates where total + needed > limit {
             total -= (try? remove(image: c.record.digest)) ?? 0
             evicted.append("\(c.record.name):\(c.record.version)")
+            Telemetry.cacheEvictions.increment()
         }
         return evicted
     }
@@ -173,7 +175,10 @@ public struct ImageCache: Sendable {
             let missing = rec.artefacts.filter { !blobs.has($0.digest) }.reduce(Int64(0)) { $0 + $1.size }
             if missing > 0 { try makeRoom(missing, limit: quota, keep: [digest]) }
         }
-        defer { touch(digest) }
+        defer {
+            touch(digest)
+            Telemetry.cacheBytes.set(to: Double(totalBytes()))
+        }
         let total = rec.artefacts.reduce(Int64(0)) { $0 + $1.size }
         var done: Int64 = 0
         for a in rec.artefacts {
@@ -191,14 +196,25 @@ public struct ImageCache: Sendable {
                     progress(before + part, total)
                 }
             }
-            if let job {
-                try broadcastBlob(a.digest, job: job, held: held, progress: chunks)
-            } else if !held {
-                try fetchBlob(a.digest, size: a.size)
+            let arriving = Date()
+            do {
+                if let job {
+                    try broadcastBlob(a.digest, job: job, held: held, progress: chunks)
+                } else if !held {
+                    try fetchBlob(a.digest, size: a.size)
+                }
+            } catch {
+                Telemetry.failed(.broadcast)
+                throw error
+            }
+            if !held {
+                Telemetry.broadcastBytes.increment(by: a.size)
+                Telemetry.broadcastRate.record(Double(a.size) / max(Date().timeIntervalSince(arriving), 1e-6))
             }
             done += a.size
             progress?(done, total)
         }
+        if received { Telemetry.cacheMisses.increment() } else { Telemetry.cacheHits.increment() }
         return (rec, received)
     }
 }

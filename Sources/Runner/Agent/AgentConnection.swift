@@ -151,6 +151,9 @@ public final class AgentConnection: @unchecked Sendable {
         /// Delivers a signal to the command's process group.
         public func signal(_ sig: Int32) { try? conn.send(AgentCodec.signal(sig, session: session)) }
 
+        /// Changes the size of the command's terminal (its foreground process group gets SIGWINCH).
+        public func resize(_ size: TerminalSize) { try? conn.send(AgentCodec.resize(size, session: session)) }
+
         /// Waits for the exit status. Errors the agent reported for the session go to `errors`.
         public func wait() throws -> (status: CommandStatus, errors: [String]) {
             conn.cond.lock(); defer { conn.cond.unlock() }
@@ -186,6 +189,14 @@ public final class AgentConnection: @unchecked Sendable {
                 cond.unlock()
                 throw AgentError(
                     "this guest's agent (version \(agentVersion ?? "unknown")) cannot carry the task's \(v) channel: rebuild the image with this slurm-vm (`slurm-vm image build RECIPE`)"
+                )
+            }
+        }
+        if req.terminal != nil {
+            guard let version = agentVersion.flatMap({ Int($0) }), version >= AgentCodec.terminalVersion else {
+                cond.unlock()
+                throw AgentError(
+                    "this guest's agent (version \(agentVersion ?? "unknown")) cannot give a command a terminal: rebuild the image with this slurm-vm (`slurm-vm image build RECIPE`)"
                 )
             }
         }
@@ -225,6 +236,12 @@ public final class AgentConnection: @unchecked Sendable {
             let alive = sessions[session].map { $0.status == nil } ?? false
             cond.unlock()
             if !alive || failure != nil { return }
+            // Wait for input a while at a time: a terminal (srun --pty) never reaches its end by itself,
+            // and its other side must be let go once the command has ended.
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&p, 1, 200)
+            if ready < 0 && errno == EINTR { continue }
+            if ready == 0 { continue }
             let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, cap) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { try? send(AgentFrame(.stdin, session: session)); return }

@@ -4,7 +4,7 @@
 import Foundation
 
 public enum AgentFrameType: UInt8, Sendable {
-    case hello = 0x01, exec = 0x02, stdin = 0x03, signal = 0x04, shutdown = 0x05, relay = 0x06
+    case hello = 0x01, exec = 0x02, stdin = 0x03, signal = 0x04, shutdown = 0x05, relay = 0x06, resize = 0x07
     case ready = 0x81, started = 0x82, stdout = 0x83, stderr = 0x84, exit = 0x85, stdinAck = 0x86, error = 0x87, relayOut = 0x88
 }
 
@@ -82,6 +82,13 @@ public struct GuestInfo: Sendable, Equatable, Codable {
 }
 
 /// A command to run in a guest.
+/// A terminal's size in character cells.
+public struct TerminalSize: Sendable, Equatable, Codable {
+    public var rows: UInt32
+    public var columns: UInt32
+    public init(rows: UInt32, columns: UInt32) { self.rows = rows; self.columns = columns }
+}
+
 public struct ExecRequest: Sendable, Equatable {
     public var argv: [String]
     public var env: [String]
@@ -92,11 +99,15 @@ public struct ExecRequest: Sendable, Equatable {
     /// The command gets a relay socket as descriptor 3, its number in this variable (a task's PMI
     /// channel: "PMI_FD"); nil for none.
     public var relayVariable: String?
+    /// The command runs on a pseudo-terminal of this size (its stdin, stdout and stderr, and its
+    /// controlling terminal); nil: on pipes.
+    public var terminal: TerminalSize?
     public init(
-        argv: [String], env: [String], cwd: String = "/", uid: UInt32 = 0, gid: UInt32 = 0, groups: [UInt32] = [], relayVariable: String? = nil
+        argv: [String], env: [String], cwd: String = "/", uid: UInt32 = 0, gid: UInt32 = 0, groups: [UInt32] = [], relayVariable: String? = nil,
+        terminal: TerminalSize? = nil
     ) {
         self.argv = argv; self.env = env; self.cwd = cwd; self.uid = uid; self.gid = gid; self.groups = groups
-        self.relayVariable = relayVariable
+        self.relayVariable = relayVariable; self.terminal = terminal
     }
 }
 
@@ -112,6 +123,8 @@ public struct CommandStatus: Sendable, Equatable, CustomStringConvertible {
 public enum AgentCodec {
     /// The first agent version that carries relays (protocol.h).
     public static let relayVersion = 2
+    /// The first agent version that runs commands on a terminal.
+    public static let terminalVersion = 3
 
     public static func hello(nonce: UInt64) -> AgentFrame {
         var p = [UInt8](); p.appendLE(nonce); return AgentFrame(.hello, payload: p)
@@ -124,8 +137,15 @@ public enum AgentCodec {
         p.appendString(r.cwd)
         p.appendLE(UInt32(r.argv.count)); for a in r.argv { p.appendString(a) }
         p.appendLE(UInt32(r.env.count)); for e in r.env { p.appendString(e) }
-        if let v = r.relayVariable { p.appendString(v) }  // optional trailing field (agent version 2)
+        // Optional trailing fields: the relay's variable (agent version 2; empty for none when a
+        // terminal follows), the terminal's size (version 3).
+        if r.relayVariable != nil || r.terminal != nil { p.appendString(r.relayVariable ?? "") }
+        if let t = r.terminal { p.appendLE(t.rows); p.appendLE(t.columns) }
         return AgentFrame(.exec, session: session, payload: p)
+    }
+
+    public static func resize(_ t: TerminalSize, session: UInt32) -> AgentFrame {
+        var p = [UInt8](); p.appendLE(t.rows); p.appendLE(t.columns); return AgentFrame(.resize, session: session, payload: p)
     }
 
     public static func signal(_ sig: Int32, session: UInt32) -> AgentFrame {

@@ -23,9 +23,14 @@ public struct EmbeddedBackend: Hypervisor {
         }
         if let binary { self.binary = binary; return }
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        let beside = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("slurm-vm-vmm").path
-        let candidates = [ProcessInfo.processInfo.environment["SLURM_VM_VMM"], beside, "/usr/local/bin/slurm-vm-vmm", "/usr/bin/slurm-vm-vmm"]
-            .compactMap { $0 }
+        let dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
+        // Beside us (a build tree, or bin/ for the CLI), or in bin/ beside sbin/ (an installed slurm-vmd).
+        let beside = dir.appendingPathComponent("slurm-vm-vmm").path
+        let installed = dir.deletingLastPathComponent().appendingPathComponent("bin/slurm-vm-vmm").path
+        let candidates = [
+            ProcessInfo.processInfo.environment["SLURM_VM_VMM"], beside, installed, "/usr/local/bin/slurm-vm-vmm", "/usr/bin/slurm-vm-vmm",
+        ]
+        .compactMap { $0 }
         guard let b = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
             throw RunnerError.vmmMissing(
                 "slurm-vm-vmm is not installed (looked in \(candidates.joined(separator: ", "))); build it with swift build, or use --backend qemu")
