@@ -85,10 +85,19 @@ SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Ben
 # Linux on the embedded VMM against QEMU with KVM in one machine with hardware virtualization (the SVM
 # sandbox here): boot to agent ready, 1 and 4 guests, and RSS beyond guest RAM.
 # Its 4 concurrent boots meet the emulated-SVM flake too (with QEMU-KVM in L1 as well as with our
-# VMM; docs/vmm.md): a failed run is run once more, loudly.
-SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/sandbox_boot.py --runs 3 --catalog "$bench/catalog" || {
+# VMM; docs/vmm.md): a failed run is run once more, loudly. If L1 itself is lost again (status 75:
+# hung and cut off, or reset; never a failure of the benchmark's own checks), the numbers are said
+# NOT MEASURED in this run and CI goes on: the embedded VMM's correctness is gated by the sandbox
+# stages above; any other failure fails the run.
+sandbox_bench() { SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/sandbox_boot.py --runs 3 --catalog "$bench/catalog"; }
+sandbox_bench || {
   echo "*** Benchmarks/sandbox_boot.py failed: RETRIED once, as emulated SVM has a known flake (docs/vmm.md) ***"
-  SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/sandbox_boot.py --runs 3 --catalog "$bench/catalog"
+  rc=0; sandbox_bench || rc=$?
+  if [ "$rc" = 75 ]; then
+    echo "*** Benchmarks/sandbox_boot.py: L1 was lost twice (the emulated-SVM flake, docs/vmm.md); its numbers are NOT MEASURED in this run ***"
+  elif [ "$rc" != 0 ]; then
+    exit "$rc"
+  fi
 }
 # MPI over the job network against the same program between the hosts: latency, bandwidth, allreduce.
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/mpi_network.py --runs 2
