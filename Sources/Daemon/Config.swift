@@ -30,6 +30,7 @@ import Node
 import Runner
 import Sizes
 import StrictTOML
+import Support
 
 public struct DaemonConfig: Sendable {
     public struct CatalogRole: Sendable {
@@ -53,7 +54,7 @@ public struct DaemonConfig: Sendable {
             socket: try t.optionalString("socket") ?? "/run/slurm-vm/slurm-vmd.sock",
             slurmUser: try t.optionalString("slurm_user"), metrics: nil, catalog: nil, node: nil, path: path)
         if let m = try t.optionalString("metrics") {
-            guard let colon = m.lastIndex(of: ":"), UInt16(m[m.index(after: colon)...]) != nil, colon > m.startIndex else {
+            guard let hp = HostPort.split(m), !hp.host.isEmpty else {
                 throw TOMLConfigError("\(path): metrics must be HOST:PORT for the Prometheus endpoint (e.g. \"127.0.0.1:9469\"), not \"\(m)\"")
             }
             c.metrics = m
@@ -106,7 +107,7 @@ public struct DaemonConfig: Sendable {
                 n.cacheQuota = b
             }
             if let l = try nt.optionalString("listen") {
-                guard let colon = l.lastIndex(of: ":"), UInt16(l[l.index(after: colon)...]) != nil else {
+                guard HostPort.split(l) != nil else {
                     throw TOMLConfigError("\(path): node.listen must be HOST:PORT (e.g. \"0.0.0.0:7421\"), not \"\(l)\"")
                 }
                 n.pushListen = l

@@ -59,7 +59,7 @@ public struct JobState: Codable, Sendable, Equatable {
     /// How many guests the job's network holds (all nodes); nil: the job has no network. Its devices
     /// and names follow from the job id (JobNetworkPlan).
     public var networkGuests: Int?
-    /// What booted the guests ("embedded", "qemu (tcg)"), each guest's memory, and the host CPUs the
+    /// What booted the guests ("embedded", "qemu/tcg"), each guest's memory, and the host CPUs the
     /// guests run on (vCPUs and housekeeping): for `slurm-vm jobs`.
     public var backend: String?
     public var memoryMB: Int?

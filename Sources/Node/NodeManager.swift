@@ -85,6 +85,7 @@ public final class NodeManager: @unchecked Sendable {
         cache = try ImageCache(
             root: c.cacheDir, source: c.catalogAddress, quota: c.cacheQuota,
             inUse: { Set(jobs.all().map(\.image)) })
+        Telemetry.cacheBytes.set(to: Double(cache.totalBytes()))
         var chosen = ""
         (hv, accelerator) = try c.backend.make(forced: c.accelerator, qemuBinary: c.qemu, records: records) {
             chosen += (chosen.isEmpty ? "" : "; ") + "\($0)"

@@ -47,11 +47,12 @@ public enum Telemetry {
         help: "Time to match a submission's VM request against the catalog.")
 
     public enum MatchResult: String, CaseIterable, Sendable { case accepted, refused }
-    public static func matched(_ r: MatchResult) {
+    public static func matched(_ r: MatchResult) { matches(r).increment() }
+
+    static func matches(_ r: MatchResult) -> Counter {
         registry.makeCounter(
             name: "slurm_vm_matches_total", labels: [("result", r.rawValue)],
-            help: "VM requests matched at submission, by result (refused: no image fits, or a bad request)."
-        ).increment()
+            help: "VM requests matched at submission, by result (refused: no image fits, or a bad request).")
     }
 
     // MARK: failures
@@ -81,11 +82,7 @@ public enum Telemetry {
         _ = (guestsRunning, jobsRunning, prologSeconds, bootSeconds, cacheBytes, cacheHits, cacheMisses, cacheEvictions)
         _ = (broadcastBytes, broadcastRate, matchSeconds)
         for f in Failure.allCases { _ = failures(f) }
-        for r in MatchResult.allCases {
-            _ = registry.makeCounter(
-                name: "slurm_vm_matches_total", labels: [("result", r.rawValue)],
-                help: "VM requests matched at submission, by result (refused: no image fits, or a bad request).")
-        }
+        for r in MatchResult.allCases { _ = matches(r) }
     }
 
     /// The exposition text (Prometheus text format 0.0.4).

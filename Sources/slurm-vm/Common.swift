@@ -11,6 +11,12 @@ import Support
 import Glibc
 #endif
 
+/// The node's slurm-vmd, for the commands that ask it (`job exec`, `jobs`).
+struct NodeSocketOption: ParsableArguments {
+    @Option(name: .customLong("socket"), help: "The node's slurm-vmd socket (default: SLURM_VM_NODE_SOCKET, else slurm-vmd's default).")
+    var path: String = ProcessInfo.processInfo.environment["SLURM_VM_NODE_SOCKET"] ?? "/run/slurm-vm/slurm-vmd.sock"
+}
+
 struct CatalogOption: ParsableArguments {
     @Option(
         name: .customLong("catalog"), help: ArgumentHelp("The catalog directory (default: $SLURM_VM_CATALOG or /var/lib/slurm-vm).", valueName: "dir")

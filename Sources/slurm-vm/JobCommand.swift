@@ -21,8 +21,7 @@ struct JobCommand: ParsableCommand {
         @Flag(help: "Run as root in the guest (root on the node only); otherwise as the job's owner.") var root = false
         @Option(help: "Working directory in the guest.") var cwd: String = "/"
         @Option(help: "Environment, NAME=VALUE (repeatable).") var env: [String] = []
-        @Option(help: "The node's slurm-vmd socket (default: SLURM_VM_NODE_SOCKET, else slurm-vmd's default).")
-        var socket: String = ProcessInfo.processInfo.environment["SLURM_VM_NODE_SOCKET"] ?? "/run/slurm-vm/slurm-vmd.sock"
+        @OptionGroup var socket: NodeSocketOption
         @Flag(name: [.customShort("t"), .long], help: "Give the command a terminal, as ssh -t does (stdin and stdout must be one).")
         var tty = false
         @Argument(parsing: .postTerminator) var command: [String] = []
@@ -30,13 +29,13 @@ struct JobCommand: ParsableCommand {
         func run() throws {
             guard !command.isEmpty else { throw ValidationError("give the command after --") }
             guard guest >= 0 else { throw ValidationError("--guest counts from 0") }
-            let terminal = tty ? Terminal.size(of: 0) : nil
-            if tty && (terminal == nil || isatty(1) != 1) { throw ValidationError("-t needs a terminal as stdin and stdout") }
+            let terminal = try Terminal.requested(tty)
             SignalRelay.block()
             var e = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] + env
-            if tty, let term = ProcessInfo.processInfo.environment["TERM"] { e.append("TERM=\(term)") }
+            e += terminal?.env ?? []
             TaskWrapper.run(
-                ExecCall(job: job, argv: command, env: e, cwd: cwd, localid: guest, root: root ? true : nil, terminal: terminal), at: socket)
+                ExecCall(job: job, argv: command, env: e, cwd: cwd, localid: guest, root: root ? true : nil, terminal: terminal?.size),
+                at: socket.path)
         }
     }
 }

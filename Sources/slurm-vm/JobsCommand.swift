@@ -14,14 +14,13 @@ struct JobsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "jobs", abstract: "List this node's VM jobs: their guests, backend, image, CPUs, memory, state and boot time.")
     @Flag(help: "JSON output (each job's full record).") var json = false
-    @Option(help: "The node's slurm-vmd socket (default: SLURM_VM_NODE_SOCKET, else slurm-vmd's default).")
-    var socket: String = ProcessInfo.processInfo.environment["SLURM_VM_NODE_SOCKET"] ?? "/run/slurm-vm/slurm-vmd.sock"
+    @OptionGroup var socket: NodeSocketOption
 
     func run() throws {
         try reporting {
-            let conn = try LineConnection.connect(socket)
+            let conn = try LineConnection.connect(socket.path)
             try conn.send(Call.jobs)
-            guard let reply = try conn.read(Reply.self) else { throw ValidationError("slurm-vmd at \(socket) closed the connection") }
+            guard let reply = try conn.read(Reply.self) else { throw ValidationError("slurm-vmd at \(socket.path) closed the connection") }
             guard reply.ok else { throw ValidationError(reply.error ?? "slurm-vmd refused the job list") }
             let jobs = (reply.jobs ?? []).sorted { $0.job < $1.job }
             if json {

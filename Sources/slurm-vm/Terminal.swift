@@ -4,6 +4,7 @@
 // included — reaches the guest's terminal as bytes and acts on the guest's foreground process group
 // there, not on us. Its modes are restored before we end.
 
+import ArgumentParser
 import Foundation
 import Runner
 #if canImport(Glibc)
@@ -25,6 +26,14 @@ enum Terminal {
             return TerminalSize(rows: r, columns: c)
         }
         return TerminalSize(rows: 24, columns: 80)
+    }
+
+    /// For `-t`: the size of the terminal that stdin and stdout must be, and the TERM to pass along
+    /// (as ssh -t does); nil when not asked for.
+    static func requested(_ tty: Bool) throws -> (size: TerminalSize, env: [String])? {
+        guard tty else { return nil }
+        guard let size = size(of: 0), isatty(1) == 1 else { throw ValidationError("-t needs a terminal as stdin and stdout") }
+        return (size, ProcessInfo.processInfo.environment["TERM"].map { ["TERM=\($0)"] } ?? [])
     }
 
     nonisolated(unsafe) private static var saved: (fd: Int32, modes: termios)?

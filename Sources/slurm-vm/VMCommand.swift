@@ -267,8 +267,7 @@ struct VMCommand: ParsableCommand {
         func run() throws {
             let code = try reporting { () throws -> Int32 in
                 guard !command.isEmpty else { throw ValidationError("give the command after --") }
-                let terminal = tty ? Terminal.size(of: 0) : nil
-                if tty && (terminal == nil || isatty(1) != 1) { throw ValidationError("-t needs a terminal as stdin and stdout") }
+                let terminal = try Terminal.requested(tty)
                 let records = try GuestRecords()
                 guard let r = records.load(guest), r.alive else { throw RunnerError.noSuchGuest(guest) }
                 guard r.spec.agent else { throw RunnerError.invalidRequest("guest \(guest) has no agent (raw mode)") }
@@ -281,11 +280,11 @@ struct VMCommand: ParsableCommand {
                 _ = try agent.handshake(timeout: 15)
                 var e = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] + env
                 e.append("SLURM_VM_GUEST=\(guest)")
-                if tty, let term = ProcessInfo.processInfo.environment["TERM"] { e.append("TERM=\(term)") }
+                e += terminal?.env ?? []
                 let sinkOut = OutputSink(fd: 1), sinkErr = OutputSink(fd: 2)
                 let o = sinkOut.stream(tag: nil), er = sinkErr.stream(tag: nil)
                 let cmd = try agent.start(
-                    ExecRequest(argv: command, env: e, cwd: cwd, uid: getuid(), gid: getgid(), terminal: terminal),
+                    ExecRequest(argv: command, env: e, cwd: cwd, uid: getuid(), gid: getgid(), terminal: terminal?.size),
                     stdin: interactive || tty ? 0 : nil, stdout: { o.write($0) }, stderr: { er.write($0) })
                 let forward = SignalForwarder { cmd.signal($0) }
                 defer { _ = forward }

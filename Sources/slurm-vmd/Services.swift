@@ -7,6 +7,7 @@ import Foundation
 import Logging
 import NIOPosix
 import ServiceLifecycle
+import Support
 import Telemetry
 #if canImport(Glibc)
 import Glibc
@@ -87,10 +88,7 @@ struct ListenerService: Service {
 
 enum TCPListener {
     static func open(_ address: String) throws -> Int32 {
-        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
-            throw DaemonError.config("listen address '\(address)' is not HOST:PORT")
-        }
-        let host = String(address[..<colon])
+        guard let (host, port) = HostPort.split(address) else { throw DaemonError.config("listen address '\(address)' is not HOST:PORT") }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw DaemonError.connection("socket: \(String(cString: strerror(errno)))") }
         var one: Int32 = 1

@@ -5,6 +5,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Support
 import Telemetry
 
 public final class MetricsEndpoint: Sendable {
@@ -14,10 +15,7 @@ public final class MetricsEndpoint: Sendable {
 
     /// Binds `listen` (HOST:PORT) on `group`.
     public init(listen: String, group: EventLoopGroup) throws {
-        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
-            throw DaemonError.connection("metrics address '\(listen)' is not HOST:PORT")
-        }
-        let host = String(listen[..<colon]).trimmingCharacters(in: ["[", "]"])
+        guard let (host, port) = HostPort.split(listen) else { throw DaemonError.connection("metrics address '\(listen)' is not HOST:PORT") }
         let boot = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
@@ -26,10 +24,10 @@ public final class MetricsEndpoint: Sendable {
                     try ch.pipeline.syncOperations.addHandler(Handler())
                 }
             }
-        do { channel = try boot.bind(host: host, port: port).wait() } catch {
+        do { channel = try boot.bind(host: host, port: Int(port)).wait() } catch {
             throw DaemonError.connection("cannot serve metrics on \(listen): \(error)")
         }
-        address = "\(host):\(channel.localAddress?.port ?? port)"
+        address = "\(host):\(channel.localAddress?.port ?? Int(port))"
     }
 
     public func close() { try? channel.close().wait() }

@@ -2,6 +2,7 @@
 // into memory or a file. Used by the node cache (the client) and slurm-vmd's catalog role (the server).
 
 import Foundation
+import Support
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,10 +10,7 @@ import Glibc
 public enum BlobWire {
     /// Connects to host:port with a timeout on every read and write.
     public static func connect(_ address: String, timeout: TimeInterval) throws -> Int32 {
-        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
-            throw NodeError.catalog("'\(address)' is not HOST:PORT")
-        }
-        let host = String(address[..<colon])
+        guard let (host, port) = HostPort.split(address) else { throw NodeError.catalog("'\(address)' is not HOST:PORT") }
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)

@@ -177,7 +177,8 @@ public struct ImageCache: Sendable {
         }
         defer {
             touch(digest)
-            Telemetry.cacheBytes.set(to: Double(totalBytes()))
+            // The cache changed only if something came (eviction makes room only for that).
+            if received { Telemetry.cacheBytes.set(to: Double(totalBytes())) }
         }
         let total = rec.artefacts.reduce(Int64(0)) { $0 + $1.size }
         var done: Int64 = 0

@@ -16,12 +16,20 @@ import Glibc
 public struct EmbeddedBackend: Hypervisor {
     public let name = "embedded"
     public let binary: String
+    /// Whether the VMM binary needs the distribution's libraries in its jail (built as this package
+    /// builds it, statically, it does not); read once, not at every boot.
+    let dynamic: Bool
 
     public init(binary: String? = nil) throws {
         guard FileManager.default.fileExists(atPath: "/dev/kvm") else {
             throw RunnerError.unsupported("the embedded VMM needs /dev/kvm, which this host lacks; use --backend qemu")
         }
-        if let binary { self.binary = binary; return }
+        self.binary = try binary ?? Self.find()
+        dynamic = Jail.isDynamicallyLinked(self.binary)
+    }
+
+    /// The slurm-vm-vmm to run: SLURM_VM_VMM, else beside us, else where `make install` puts it.
+    static func find() throws -> String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
         // Beside us (a build tree, or bin/ for the CLI), or in bin/ beside sbin/ (an installed slurm-vmd).
@@ -35,7 +43,7 @@ public struct EmbeddedBackend: Hypervisor {
             throw RunnerError.vmmMissing(
                 "slurm-vm-vmm is not installed (looked in \(candidates.joined(separator: ", "))); build it with swift build, or use --backend qemu")
         }
-        self.binary = b
+        return b
     }
 
     public func boot(_ spec: GuestSpec) throws -> RunningGuest {
@@ -68,8 +76,7 @@ public struct EmbeddedBackend: Hypervisor {
                 args += ["--fs", URL(fileURLWithPath: FileServers.socket(i, of: spec)).lastPathComponent + "," + FileServers.tag(i)]
             }
             // Handed every file it reads; built statically, it needs nothing else of the node's.
-            let jail = launch.jail(dynamic: Jail.isDynamicallyLinked(binary))
-            pid = try launch.spawn(binary, args, log: "vmm.log", jail: jail)
+            pid = try launch.spawn(binary, args, log: "vmm.log", jail: launch.jail(dynamic: dynamic))
         } catch {
             launch.abandon()
             throw error

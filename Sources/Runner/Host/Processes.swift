@@ -58,7 +58,14 @@ public struct Jail: Sendable, Equatable {
     /// only; programs, libraries, data such as QEMU's firmware), the loader's cache, and the top-level
     /// directories a merged /usr makes links (bound themselves where they are not links).
     public static func system(_ paths: [Path]) -> Jail {
-        var j = Jail(paths: [Path("/usr"), Path("/etc/ld.so.cache")] + paths)
+        var j = distribution
+        j.paths += paths
+        return j
+    }
+
+    /// The distribution's part of `system`, read from the node's root once.
+    static let distribution: Jail = {
+        var j = Jail(paths: [Path("/usr"), Path("/etc/ld.so.cache")])
         for top in ["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"] {
             if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: top) {
                 j.links.append(Link(path: top, target: target))
@@ -67,7 +74,7 @@ public struct Jail: Sendable, Equatable {
             }
         }
         return j
-    }
+    }()
 }
 
 extension Jail {
