@@ -18,8 +18,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
-from netns_testbed import Testbed  # noqa: E402
+from netns_testbed import QUEUES, Testbed  # noqa: E402
 
+CHAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chain_relay.py")
 BIN = os.environ.get("SLURM_VM_BIN") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".build", "release", "slurm-vm")
 
 
@@ -55,29 +56,47 @@ class CPUSampler:
         return (b[1] - a[1]) / max(1, b[2] - a[2])
 
 
-def transfer(tb, kind, src, workdir, chunk, extra=None):
+def command(kind, rank, tb, src, dst, chunk, port, t0):
+    """The argv of one rank: slurm-vm's engine for its schedules, the benchmark's own relay for the chain."""
+    nodes = ",".join(tb.addr(i) for i in range(tb.n))
+    if kind == "chain":
+        argv = [sys.executable, CHAIN, "--rank", str(rank), "--nodes", nodes, "--port", str(port), "--json", "--start-at", f"{t0:.3f}"]
+        return argv + (["--src", src] if rank == 0 else ["--dst", dst])
+    argv = [BIN, "broadcast", "--rank", str(rank), "--nodes", nodes, "--port", str(port), "--schedule", kind,
+            "--chunk-size", chunk, "--json", "--timeout", "120", "--start-at", f"{t0:.3f}"]
+    return argv + (["--src", src, "--manifest", src + ".manifest"] if rank == 0 else ["--dst", dst])
+
+
+def transfer(tb, kind, src, workdir, chunk, env=None):
     """One broadcast on the testbed; returns (seconds until the last verified copy, per-rank reports,
     the start instant, the CPU sampler)."""
-    nodes = ",".join(tb.addr(i) for i in range(tb.n))
     procs = []
     cpu = CPUSampler()
     # Every rank begins at the same instant (a parallel launcher's start), not as spawned one by one.
     t0 = time.time() + 0.3 + 0.06 * tb.n
     for i in range(tb.n):
-        argv = [BIN, "broadcast", "--rank", str(i), "--nodes", nodes, "--port", "17500", "--schedule", kind,
-                "--chunk-size", chunk, "--json", "--timeout", "120", "--start-at", f"{t0:.3f}"]
-        argv += ["--src", src, "--manifest", src + ".manifest"] if i == 0 else ["--dst", os.path.join(workdir, f"copy{i}")]
-        argv += (extra or {}).get(i, [])
-        procs.append(tb.popen(i, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        argv = command(kind, i, tb, src, os.path.join(workdir, f"copy{i}"), chunk, 17500, t0)
+        procs.append(tb.popen(i, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, **(env or {}))))
     reports = []
     for i, p in enumerate(procs):
         out, err = p.communicate(timeout=900)
         if p.returncode != 0:
             reports.append({"rank": i, "error": (err.strip() or out.strip())[-400:], "code": p.returncode})
         else:
-            reports.append(json.loads(out.strip().splitlines()[-1]))
+            rep = json.loads(out.strip().splitlines()[-1])
+            if "done_unix" in rep:   # the chain's copy is complete and synced; the harness verifies it afterwards
+                rep["verified_unix"] = rep["done_unix"]
+            if err.strip():
+                rep["trace"] = err
+            reports.append(rep)
     ends = [r["verified_unix"] for r in reports[1:] if "verified_unix" in r]
     return (max(ends) - t0 if ends else float("nan")), reports, t0, cpu
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def main():
@@ -86,88 +105,142 @@ def main():
     ap.add_argument("--sizes", default="64,256", help="MiB")
     ap.add_argument("--mbit", type=int, default=200)
     ap.add_argument("--chunk", default="1M")
-    ap.add_argument("--kinds", default="central,binomial,pipeline")
-    ap.add_argument("--slow", action="store_true", help="also: one node at a quarter of the rate (pipeline)")
-    ap.add_argument("--dir", default="/var/tmp/slurm-vm-bench",
-                    help="where the image and the copies go: a disk filesystem, as a node's cache would be")
+    ap.add_argument("--kinds", default="chain,central,binomial,pipeline",
+                    help="chain (the benchmark's own relay, the baseline), and slurm-vm's schedules central, binomial, pipeline")
+    ap.add_argument("--slow", action="store_true", help="also: one node at a quarter of the rate (pipeline and chain)")
+    ap.add_argument("--queues", default="prio", help=f"port queues to run, of {','.join(QUEUES)} (scripts/netns_testbed.py)")
     ap.add_argument("--congestion", default="cubic",
-                    help="the nodes' TCP congestion control: Debian's default, cubic, unless given ('host': the host's own)")
+                    help="the nodes' TCP congestion controls, comma-separated: cubic (Debian's default), bbr; 'host' keeps the host's")
+    ap.add_argument("--dir", default="/var/tmp/slurm-vm-bench",
+                    help="where the image and the copies go, comma-separated for several: a disk filesystem, as a node's cache would be; /dev/shm for tmpfs")
+    ap.add_argument("--runs", type=int, default=1, help="runs of each cell; the table shows the median, the JSON every run")
+    ap.add_argument("--baselines-in-first-variant-only", action="store_true",
+                    help="run central and binomial only in the first variant (they take minutes and do not depend on the queue)")
+    ap.add_argument("--trace", metavar="DIR", help="keep SLURM_VM_BROADCAST_TRACE logs of every rank of slurm-vm's schedules in DIR")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("SKIPPED: the broadcast benchmark needs root (network namespaces and tc)")
-    shutil.rmtree(a.dir, ignore_errors=True)
-    os.makedirs(a.dir)
     kinds = a.kinds.split(",")
-    cc = None if a.congestion == "host" else a.congestion
+    variants = [(q, c, d) for d in a.dir.split(",") for q in a.queues.split(",") for c in a.congestion.split(",")]
     rows = []
-    print(f"broadcast benchmark: {a.mbit} Mbit/s per node port and direction, chunks {a.chunk}, TCP {a.congestion}; "
+    print(f"broadcast benchmark: {a.mbit} Mbit/s per node port and direction, chunks {a.chunk}, {a.runs} run(s) per cell (median shown); "
           f"time until the last node holds a verified copy, as a multiple of size/rate", flush=True)
-    print(f"| nodes | size | " + " | ".join(kinds) + " |")
-    print("|---|---|" + "---|" * len(kinds))
+    print("| queue | TCP | copies on | nodes | size | " + " | ".join(kinds) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(kinds))
     bad = 0
     notes = []
-    for size in [int(s) for s in a.sizes.split(",")]:
-        src = os.path.join(a.dir, f"image-{size}")
-        with open(src, "wb") as f:
-            for _ in range(size):
-                f.write(os.urandom(1 << 20))
-        digest = file_digest(src)
-        # The root's manifest (chunk hashes), computed once per image as the catalog does and reused by
-        # every run; what computing it costs is printed, since a first broadcast of an image pays it.
-        began = time.time()
-        subprocess.run([BIN, "broadcast", "--rank", "0", "--nodes", "127.0.0.1", "--port", "17599", "--src", src,
-                        "--manifest", src + ".manifest"], check=True, stdout=subprocess.DEVNULL)
-        notes.append(f"{size} MiB: the root's manifest was computed once, in {time.time() - began:.2f} s with the process start, and reused")
-        limit = size * (1 << 20) * 8 / (a.mbit * 1e6)
-        for n in [int(x) for x in a.nodes.split(",")]:
-            cells = []
-            with Testbed(n, mbit=a.mbit, congestion=cc) as tb:
-                for kind in kinds:
-                    work = os.path.join(a.dir, f"{kind}-{n}")
-                    os.makedirs(work)
-                    secs, reports, t0, cpu = transfer(tb, kind, src, work, a.chunk)
-                    busy = cpu.busy(t0, t0 + secs)
-                    errors = [r for r in reports if "error" in r]
-                    copies = [os.path.join(work, f"copy{i}") for i in range(1, n)]
-                    wrong = [c for c in copies if not os.path.exists(c) or file_digest(c) != digest]
-                    if errors or wrong:
-                        bad += 1
-                        cells.append("FAILED")
-                        print(f"  {kind} N={n}: errors {errors} wrong copies {wrong}", file=sys.stderr)
-                    else:
-                        cells.append(f"{secs / limit:.2f}× ({secs:.1f} s, CPU {busy:.0%})")
-                    rows.append({"kind": kind, "nodes": n, "mib": size, "seconds": secs, "ratio": secs / limit, "cpu_busy": busy,
-                                 "sent": sum(r.get("sent", 0) for r in reports),
-                                 "sent_from_memory": sum(r.get("sent_from_memory", 0) for r in reports),
-                                 "repairs": sum(r.get("repairs", 0) for r in reports),
-                                 "duplicates": sum(r.get("duplicates", 0) for r in reports)})
-                    shutil.rmtree(work)
-            print(f"| {n} | {size} MiB | " + " | ".join(cells) + " |", flush=True)
-        if a.slow:
-            n = max(int(x) for x in a.nodes.split(","))
-            with Testbed(n, mbit=a.mbit, slow={n // 2: a.mbit // 4}, congestion=cc) as tb:
-                work = os.path.join(a.dir, f"slow-{n}")
-                os.makedirs(work)
-                secs, reports, _, cpu = transfer(tb, "pipeline", src, work, a.chunk)
-                others = [r["verified_unix"] for r in reports[1:] if "verified_unix" in r and r["rank"] != n // 2]
-                slow = [r for r in reports if r["rank"] == n // 2][0]
-                t0 = min(others) - min(r["seconds"] for r in reports[1:] if "seconds" in r and r["rank"] != n // 2)
-                rest = max(others) - t0
-                busy = cpu.busy(t0, max(others))   # while the others receive
-                ok = all(os.path.exists(os.path.join(work, f"copy{i}")) and file_digest(os.path.join(work, f"copy{i}")) == digest for i in range(1, n))
-                gaps = " | ".join("—" for k in kinds if k != "pipeline")
-                print(f"| {n}, node {n // 2} at {a.mbit // 4} Mbit/s | {size} MiB | {gaps} | the others {rest / limit:.2f}× ({rest:.1f} s, "
-                      f"CPU {busy:.0%}), the slow node {slow.get('seconds', float('nan')) / limit:.2f}×{'' if ok else ' FAILED'} |", flush=True)
-                if not ok:
-                    bad += 1
-                shutil.rmtree(work)
-        os.unlink(src)
-        os.unlink(src + ".manifest")
-    shutil.rmtree(a.dir, ignore_errors=True)
+    for vi, (queue, cc, base) in enumerate(variants):
+        shutil.rmtree(base, ignore_errors=True)
+        os.makedirs(base)
+        fs = subprocess.run(["stat", "-f", "-c", "%T", base], stdout=subprocess.PIPE, text=True).stdout.strip().replace("ext2/ext3", "ext4")
+        label = f"| {queue} | {cc} | {fs} |"
+        these = [k for k in kinds if vi == 0 or not a.baselines_in_first_variant_only or k not in ("central", "binomial")]
+        for size in [int(s) for s in a.sizes.split(",")]:
+            src = os.path.join(base, f"image-{size}")
+            with open(src, "wb") as f:
+                for _ in range(size):
+                    f.write(os.urandom(1 << 20))
+            digest = file_digest(src)
+            # The root's manifest (chunk hashes), computed once per image as the catalog does and reused by
+            # every run; what computing it costs is printed, since a first broadcast of an image pays it.
+            began = time.time()
+            subprocess.run([BIN, "broadcast", "--rank", "0", "--nodes", "127.0.0.1", "--port", "17599", "--src", src,
+                            "--manifest", src + ".manifest"], check=True, stdout=subprocess.DEVNULL)
+            if vi == 0:
+                notes.append(f"{size} MiB: the root's manifest was computed once, in {time.time() - began:.2f} s with the process start, and reused")
+            limit = size * (1 << 20) * 8 / (a.mbit * 1e6)
+            for n in [int(x) for x in a.nodes.split(",")]:
+                cells = []
+                with Testbed(n, mbit=a.mbit, congestion=None if cc == "host" else cc, queue=queue) as tb:
+                    for kind in kinds:
+                        if kind not in these:
+                            cells.append("—")
+                            continue
+                        ratios = []
+                        for run in range(a.runs):
+                            work = os.path.join(base, f"{kind}-{n}")
+                            os.makedirs(work)
+                            env = {"SLURM_VM_BROADCAST_TRACE": "1"} if a.trace and kind != "chain" else None
+                            secs, reports, t0, cpu = transfer(tb, kind, src, work, a.chunk, env)
+                            busy = cpu.busy(t0, t0 + secs)
+                            errors = [r for r in reports if "error" in r]
+                            copies = [os.path.join(work, f"copy{i}") for i in range(1, n)]
+                            wrong = [c for c in copies if not os.path.exists(c) or file_digest(c) != digest]
+                            if a.trace and kind != "chain":
+                                keep_traces(a.trace, f"{kind}-{queue}-{cc}-{fs}-{n}-{size}-{run}", reports, t0)
+                            if errors or wrong:
+                                bad += 1
+                                print(f"  {kind} N={n}: errors {errors} wrong copies {wrong}", file=sys.stderr)
+                                ratios.append(float("nan"))
+                            else:
+                                ratios.append(secs / limit)
+                            rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size,
+                                         "run": run, "seconds": secs, "ratio": secs / limit, "cpu_busy": busy,
+                                         "sent": sum(r.get("sent", 0) for r in reports),
+                                         "repairs": sum(r.get("repairs", 0) for r in reports),
+                                         "duplicates": sum(r.get("duplicates", 0) for r in reports)})
+                            shutil.rmtree(work)
+                        m = median(ratios)
+                        spread = f", {min(ratios):.2f}–{max(ratios):.2f}" if a.runs > 1 else ""
+                        cells.append(f"{m:.2f}× ({m * limit:.1f} s{spread})" if m == m else "FAILED")
+                print(f"{label} {n} | {size} MiB | " + " | ".join(cells) + " |", flush=True)
+            if a.slow:
+                bad += slow_row(a, tb_args=(queue, cc), label=label, kinds=kinds, base=base, src=src, digest=digest, limit=limit,
+                                size=size, rows=rows, fs=fs)
+            os.unlink(src)
+            os.unlink(src + ".manifest")
+        shutil.rmtree(base, ignore_errors=True)
     for n in notes:
         print(n)
     print(json.dumps(rows))
     sys.exit(1 if bad else 0)
+
+
+def slow_row(a, tb_args, label, kinds, base, src, digest, limit, size, rows, fs):
+    """The largest N with node N/2 at a quarter of the rate: how long the others take (from the common
+    start), for the pipeline and the chain."""
+    queue, cc = tb_args
+    n = max(int(x) for x in a.nodes.split(","))
+    slow = n // 2
+    cells, bad = [], 0
+    with Testbed(n, mbit=a.mbit, slow={slow: a.mbit // 4}, congestion=None if cc == "host" else cc, queue=queue) as tb:
+        for kind in kinds:
+            if kind not in ("pipeline", "chain"):
+                cells.append("—")
+                continue
+            others, slows = [], []
+            for run in range(a.runs):
+                work = os.path.join(base, f"slow-{kind}-{n}")
+                os.makedirs(work)
+                _, reports, t0, cpu = transfer(tb, kind, src, work, a.chunk)
+                cpu.busy(t0, t0)
+                ends = [r.get("verified_unix", float("nan")) for r in reports[1:] if r["rank"] != slow]
+                rest = max(ends) - t0
+                slow_end = [r.get("verified_unix", float("nan")) for r in reports if r["rank"] == slow][0] - t0
+                ok = all(os.path.exists(os.path.join(work, f"copy{i}")) and file_digest(os.path.join(work, f"copy{i}")) == digest
+                         for i in range(1, n))
+                if not ok:
+                    bad += 1
+                    print(f"  slow {kind}: {[r for r in reports if 'error' in r]}", file=sys.stderr)
+                others.append(rest / limit if ok else float("nan"))
+                slows.append(slow_end / limit)
+                rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size, "slow_node": slow,
+                             "run": run, "others_ratio": rest / limit, "slow_ratio": slow_end / limit})
+                shutil.rmtree(work)
+            m = median(others)
+            spread = f", {min(others):.2f}–{max(others):.2f}" if a.runs > 1 else ""
+            cells.append(f"the others {m:.2f}× ({m * limit:.1f} s{spread}), the slow node {median(slows):.2f}×" if m == m else "FAILED")
+    print(f"{label} {n}, node {slow} at {a.mbit // 4} Mbit/s | {size} MiB | " + " | ".join(cells) + " |", flush=True)
+    return bad
+
+
+def keep_traces(where, name, reports, t0):
+    """Each rank's trace (its actions with their instants) as <where>/<name>/rank-R.log, the start first."""
+    d = os.path.join(where, name)
+    os.makedirs(d, exist_ok=True)
+    for r in reports:
+        with open(os.path.join(d, f"rank-{r['rank']}.log"), "w") as f:
+            f.write(f"start {t0:.4f}\n" + r.get("trace", r.get("error", "")))
 
 
 if __name__ == "__main__":

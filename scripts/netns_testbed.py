@@ -9,6 +9,15 @@ import os
 import subprocess
 
 PREFIX = "svmb"
+# How a port queues packets waiting for the wire. Real switches and NICs differ here, and a transfer tuned
+# to one kind can lose a third of the link on another:
+#   prio  - htb, small packets (ACKs, requests) in a class of their own ahead of a 64-packet bulk FIFO:
+#           a port with fair queueing, imitated (this kernel has no fq_codel, fq, sfq or cake)
+#   bfifo - htb with one drop-tail FIFO of 10 ms at the port's rate: ACKs wait behind data, as on a NIC
+#           without fair queueing
+#   tbf   - a token bucket holding 10 ms at the port's rate, drop-tail, and no classes at all
+QUEUES = ("prio", "bfifo", "tbf")
+QUEUE_MS = 10
 ALLOWED_CC = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
 
 
@@ -18,11 +27,14 @@ def sh(*args, check=True):
 
 class Testbed:
     __test__ = False   # not a pytest class
-    def __init__(self, n, mbit=200, slow=None, prefix=PREFIX, congestion=None):
+    def __init__(self, n, mbit=200, slow=None, prefix=PREFIX, congestion=None, queue="prio"):
         """n nodes at `mbit` Mbit/s per port and direction; `slow` maps a node index to its own rate;
-        `congestion` names the nodes' TCP congestion control (None: whatever the host's is)."""
+        `congestion` names the nodes' TCP congestion control (None: whatever the host's is); `queue` is
+        how each port queues what waits for the wire (QUEUES)."""
+        if queue not in QUEUES:
+            raise ValueError(f"unknown port queue {queue!r}: one of {', '.join(QUEUES)}")
         self.n, self.mbit, self.slow, self.prefix = n, mbit, dict(slow or {}), prefix
-        self.congestion = congestion
+        self.congestion, self.queue = congestion, queue
         self.allowed_before = None
         self.hub = f"{prefix}-hub"
 
@@ -48,7 +60,7 @@ class Testbed:
             rate = self.slow.get(i, self.mbit)
             # Upload: the node's own egress. Download: the hub's egress towards the node.
             for where, dev in ((ns, "eth0"), (self.hub, f"{self.prefix}h{i}")):
-                self.shape(where, dev, rate)
+                self.shape(where, dev, rate, self.queue)
         if self.congestion:
             try:
                 self.set_congestion(self.congestion)
@@ -71,13 +83,24 @@ class Testbed:
             sh("ip", "netns", "exec", self.ns(i), "sysctl", "-qw", f"net.ipv4.tcp_congestion_control={algo}")
 
     @staticmethod
-    def shape(where, dev, rate):
-        """htb at `rate` with two classes under it: pure ACKs (IP packets under 128 bytes) first, then
+    def shape(where, dev, rate, queue="prio"):
+        """`queue` prio: htb at `rate` with two classes under it: pure ACKs (IP packets under 128 bytes) first, then
         the bulk in a short FIFO. Without the first, a node's ACKs wait behind its own uploads and its
         downloads starve; without the second, htb's 1000-packet default queue adds 60 ms of delay.
         (This kernel has no fq_codel or sfq.)"""
         def tc(*a):
             sh("tc", "-n", where, *a)
+        depth = max(3000, rate * 1_000_000 // 8 * QUEUE_MS // 1000)   # bytes the port holds: QUEUE_MS at rate
+        if queue == "tbf":
+            tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate", f"{rate}mbit", "burst", "64k",
+               "limit", str(depth + 65536))   # tbf counts its burst in the limit
+            return
+        if queue == "bfifo":
+            tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1")
+            tc("class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", f"{rate}mbit", "ceil", f"{rate}mbit",
+               "burst", "64k", "cburst", "64k")
+            tc("qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "bfifo", "limit", str(depth))
+            return
         tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "20")
         tc("class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", f"{rate}mbit", "ceil", f"{rate}mbit",
            "burst", "64k", "cburst", "64k")

@@ -426,6 +426,10 @@ public final class Participant: @unchecked Sendable {
             verifiedAt = now
         case .fail(let why):
             fail(why)
+        case .pace(let p, let rate):
+            guard let ch = channels[p], let file else { return }
+            let bytes = min(Double(UInt32.max - 1), rate * Double(file.manifest.chunkSize))
+            _ = ch.setOption(ChannelOptions.socketOption(.init(rawValue: SO_MAX_PACING_RATE)), value: Int(bytes))
         }
     }
 

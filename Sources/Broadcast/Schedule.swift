@@ -51,6 +51,23 @@ public struct Bitset: Equatable, Sendable {
 
     public var isFull: Bool { population == count }
 
+    /// Adds every member of other (of the same count).
+    public mutating func formUnion(_ other: Bitset) {
+        var n = 0
+        for w in words.indices {
+            words[w] |= other.words[w]
+            n += words[w].nonzeroBitCount
+        }
+        population = n
+    }
+
+    /// The chunks c with c % 2 == stripe.
+    public static func stripe(_ stripe: Int, count: Int) -> Bitset {
+        var b = Bitset(count: count)
+        for c in stride(from: stripe, to: count, by: 2) { b.insert(c) }
+        return b
+    }
+
     /// The highest index in self and not in other.
     public func newest(notIn other: Bitset) -> Int? {
         for w in stride(from: words.count - 1, through: 0, by: -1) {
@@ -68,6 +85,15 @@ public enum ScheduleKind: String, Sendable, CaseIterable {
     case binomial
     /// Every rank receives the whole image from the root.
     case central
+    /// Two binary trees over the receivers, each carrying half of the chunks (even ones down the first,
+    /// odd ones down the second); a rank inner in one tree is a leaf in the other. Every rank receives
+    /// two continuous streams at half the rate each and sends at most two: few flows per port, so the
+    /// port's queueing discipline matters little. Receiver-driven like the pipeline. Being evaluated
+    /// against it (docs/broadcast.md); not yet the default.
+    case twoTree = "twotree"
+
+    /// Whether receivers pull (TransferMachine.pull) rather than senders working through a plan.
+    public var pulls: Bool { self == .pipeline || self == .twoTree }
 }
 
 /// One rank's share of a plan.
@@ -105,6 +131,8 @@ public struct Plan: Sendable {
     public let uploadSlots: Int
     /// Whether a rank may forward before it holds the whole image.
     public let forwardsEarly: Bool
+    /// Two-tree: for each rank, the rank it receives stripe s (chunks c with c % 2 == s) from; -1 for the root.
+    public let treeParents: [[Int]]
 
     public init(kind: ScheduleKind, ranks n: Int, chunks k: Int) {
         precondition(n >= 1 && k >= 1)
@@ -119,7 +147,33 @@ public struct Plan: Sendable {
             s[to].neighbors.insert(from)
         }
         var steps = 0
+        var parents = Array(repeating: [-1, -1], count: n)
         switch kind {
+        case .twoTree:
+            // Receivers 1…M in breadth-first order make the first tree (position i feeds 2i+1 and 2i+2);
+            // the same shape over the reversed order makes the second. The inner positions are the first
+            // ⌊M/2⌋, so a rank inner in one tree is a leaf in the other, and no rank uploads more than
+            // two half-rate streams. The root feeds the top of each.
+            let m = n - 1
+            if m >= 1 {
+                for stripe in 0..<2 {
+                    let order = stripe == 0 ? Array(1...m) : Array((1...m).reversed())
+                    for i in 0..<m {
+                        let parent = i == 0 ? 0 : order[(i - 1) / 2]
+                        parents[order[i]][stripe] = parent
+                        s[order[i]].neighbors.insert(parent)
+                        s[parent].neighbors.insert(order[i])
+                    }
+                }
+            }
+            let d = max(1, (n - 1).bitWidthNeeded)
+            for r in 0..<n {
+                for j in 0..<d where (1 << j) < n {
+                    let p = (r + (1 << j)) % n
+                    if p != r { s[r].neighbors.insert(p); s[p].neighbors.insert(r) }
+                }
+            }
+            steps = k + 2 * max(1, m.bitWidthNeeded)
         case .pipeline:
             let d = max(1, (n - 1).bitWidthNeeded)
             var have = (0..<n).map { Bitset(count: k, full: $0 == 0) }
@@ -161,7 +215,13 @@ public struct Plan: Sendable {
         for r in 0..<n { s[r].sends.sort { ($0.step, $0.to) < ($1.step, $1.to) } }
         schedules = s
         self.steps = steps
-        uploadSlots = kind == .central ? max(1, n - 1) : (kind == .pipeline ? 3 : 1)
+        treeParents = parents
+        switch kind {
+        case .central: uploadSlots = max(1, n - 1)
+        case .pipeline: uploadSlots = 3
+        case .twoTree: uploadSlots = 4  // two children, and repairs beside them
+        case .binomial: uploadSlots = 1
+        }
         forwardsEarly = kind != .binomial
     }
 }

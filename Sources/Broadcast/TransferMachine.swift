@@ -35,13 +35,18 @@ public struct TransferMachine: Sendable {
         public var maxWantsPerPeer = 2
         /// Requests a rank keeps open at once in the pipeline (each to a different neighbor).
         public var pullDepth = 8
+        /// Two-tree: requests a rank keeps open at each stripe's parent.
+        public var treeWindow = 4
+        /// Two-tree: chunks a stripe may trail the other before its parent counts as slow and the
+        /// stripe is also pulled from anyone.
+        public var treeLag = 8
         /// Whether lateness and stalls trigger repairs (the baselines only repair after a loss).
         public var repairs = true
 
         public init(plan: Plan) {
             let d = max(1, (plan.ranks - 1).bitWidthNeeded)
             lateSlack = 2 * d + 2
-            repairs = plan.kind == .pipeline
+            repairs = plan.kind.pulls
         }
     }
 
@@ -65,6 +70,10 @@ public struct TransferMachine: Sendable {
         /// Every chunk is here and verified: check the whole and keep it.
         case complete
         case fail(String)
+        /// Pace the stream to this peer at most at this many chunks a second (two-tree: a parent
+        /// forwards a stripe no faster than it arrives, so each chunk leaves evenly spaced instead of
+        /// as one burst that a drop-tail port would cut).
+        case pace(to: Int, chunksPerSecond: Double)
     }
 
     struct PeerState: Sendable {
@@ -98,6 +107,15 @@ public struct TransferMachine: Sendable {
     var typicalSend: Double?
     var typicalReceive: Double?
     var pullRotation = 0
+    /// Two-tree: per stripe, the lowest chunk of it not yet held, and how many of it are held.
+    var treeCursor = [0, 1]
+    var stripeHeld = [0, 0]
+    let stripeMasks: [Bitset]
+    /// Two-tree: per stripe, when its last chunk arrived and the smoothed gap between arrivals.
+    var stripeArrival: [Double?] = [nil, nil]
+    var stripeGap: [Double?] = [nil, nil]
+    var stripeSamples = [0, 0]
+    var paced: [Int: Double] = [:]
     var askedForRoot = false
     public private(set) var finished = false
     let outNeighbors: [Int]
@@ -125,6 +143,8 @@ public struct TransferMachine: Sendable {
             if p != rank && !outs.contains(p) { outs.append(p) }
         }
         outNeighbors = outs
+        stripeMasks = plan.kind == .twoTree ? [Bitset.stripe(0, count: plan.chunks), Bitset.stripe(1, count: plan.chunks)] : []
+        if holdsAll { stripeHeld = [(plan.chunks + 1) / 2, plan.chunks / 2] }
         lastArrival = now
     }
 
@@ -176,6 +196,12 @@ public struct TransferMachine: Sendable {
                 stats.duplicates += 1
             } else {
                 have.insert(c)
+                stripeHeld[c & 1] += 1
+                if let t = stripeArrival[c & 1] {
+                    stripeGap[c & 1] = stripeGap[c & 1].map { 0.8 * $0 + 0.2 * (now - t) } ?? (now - t)
+                    stripeSamples[c & 1] += 1
+                }
+                stripeArrival[c & 1] = now
                 stats.received += 1
                 suspect.remove(c)
                 peers[p]?.has.insert(c)
@@ -238,7 +264,7 @@ public struct TransferMachine: Sendable {
     mutating func pump(_ now: Double, _ out: inout [Action]) {
         upload(now, &out)
         if !finished {
-            if plan.kind == .pipeline { expireWants(now); pull(now, &out); fallBackToRoot(now, &out) } else { repair(now, &out) }
+            if plan.kind.pulls { expireWants(now); pull(now, &out); fallBackToRoot(now, &out) } else { repair(now, &out) }
         }
         if !finished && have.isFull {
             finished = true
@@ -278,6 +304,8 @@ public struct TransferMachine: Sendable {
                     }
                 }
             }
+            // A two-tree child asks its parent for chunks before the parent holds them: kept until they come.
+            if !have[c] && plan.kind == .twoTree && !peer.has[c] { i += 1; continue }
             guard have[c], !peer.has[c] else { wantQueue.remove(at: i); continue }
             wantQueue.remove(at: i)
             start(p, c, now, &out)
@@ -285,7 +313,7 @@ public struct TransferMachine: Sendable {
             busy += 1
         }
         guard busy < plan.uploadSlots, plan.forwardsEarly || have.isFull else { return }
-        if plan.kind == .pipeline { return }  // receivers pull (see pull)
+        if plan.kind.pulls { return }  // receivers pull (see pull)
         var j = firstOpen
         while busy < plan.uploadSlots && j < schedule.sends.count {
             defer { j += 1 }
@@ -312,16 +340,26 @@ public struct TransferMachine: Sendable {
     mutating func pull(_ now: Double, _ out: inout [Action]) {
         let typical = typicalReceive ?? 0.5
         let slow = max(0.05, 3 * typical)
-        var active = peers.values.reduce(0) { n, s in
-            n + s.myWants.values.filter { now - $0 < slow }.count + (s.anyAsked.map { now - $0 < slow ? 1 : 0 } ?? 0)
+        var mask = have
+        var skip = Set<Int>()
+        if plan.kind == .twoTree {
+            // The tree streams first; the rest of this pull only fetches the stripes they fail to bring.
+            let fallback = treePull(now, &out)
+            if !fallback[0] && !fallback[1] { return }
+            for stripe in 0..<2 where !fallback[stripe] { mask.formUnion(stripeMasks[stripe]) }
+            skip = Set(plan.treeParents[rank].filter { $0 >= 0 && peers[$0] != nil })
+            if now - lastArrival <= options.stallSeconds { skip.insert(0) }  // the root's upload feeds the trees
         }
-        let order = peers.keys.sorted()
+        var active = peers.reduce(0) { n, e in
+            skip.contains(e.key)
+                ? n : n + e.value.myWants.values.filter { now - $0 < slow }.count + (e.value.anyAsked.map { now - $0 < slow ? 1 : 0 } ?? 0)
+        }
+        let order = peers.keys.sorted().filter { !skip.contains($0) }
         guard !order.isEmpty else { return }
         // A neighbor that answers far slower than the rest (its link is slow, or it is overloaded) is
         // asked only when nobody else has anything for us; what we asked of it long ago may be asked
         // of someone else (at worst it then arrives twice).
         func sluggish(_ s: PeerState) -> Bool { (s.service ?? 0) > 2.5 * typical && s.service! > 0.05 }
-        var mask = have
         for (c, q) in wanted { if let t = peers[q]?.myWants[c], now - t < slow { mask.insert(c) } }
         for pass in 0..<2 where active < options.pullDepth {
             if pass == 1 && active > 0 { break }
@@ -330,7 +368,7 @@ public struct TransferMachine: Sendable {
                 let q = order[(pullRotation + tries) % order.count]
                 tries += 1
                 guard let s = peers[q], s.myWants.isEmpty, s.anyAsked == nil, pass == 1 || !sluggish(s) else { continue }
-                if q == 0 && s.has.isFull && injectable(from: s) {
+                if q == 0 && s.has.isFull && plan.kind == .pipeline && injectable(from: s) {
                     peers[q]?.anyAsked = now
                     out.append(.want(from: q, chunk: Self.anyChunk))
                 } else {
@@ -347,6 +385,36 @@ public struct TransferMachine: Sendable {
         }
     }
 
+    /// Two-tree: keeps `treeWindow` requests open at each stripe's parent for the lowest chunks of that
+    /// stripe this rank lacks, in order, so each parent's stream to it never waits for a request. Returns,
+    /// per stripe, whether anyone else should be asked too: its parent is gone, or the stripe trails the
+    /// other by more than `treeLag` chunks (the parent, or its own parent, is slow).
+    mutating func treePull(_ now: Double, _ out: inout [Action]) -> [Bool] {
+        var fallback = [false, false]
+        let stalled = now - lastArrival > options.stallSeconds
+        for stripe in 0..<2 {
+            while treeCursor[stripe] < plan.chunks && have[treeCursor[stripe]] { treeCursor[stripe] += 2 }
+            let q = plan.treeParents[rank][stripe]
+            guard q >= 0, treeCursor[stripe] < plan.chunks else { continue }
+            guard let parent = peers[q] else { fallback[stripe] = true; continue }
+            let expected = stripe == 0 ? (plan.chunks + 1) / 2 : plan.chunks / 2
+            let otherLeft = (plan.chunks - expected) - stripeHeld[1 - stripe]
+            if stalled || stripeHeld[stripe] + options.treeLag < stripeHeld[1 - stripe] && otherLeft > 0 { fallback[stripe] = true }
+            var open = parent.myWants.keys.filter { $0 & 1 == stripe }.count
+            var c = treeCursor[stripe]
+            while open < options.treeWindow && c < plan.chunks {
+                if !have[c] && wanted[c] == nil {
+                    wanted[c] = q
+                    peers[q]?.myWants[c] = now
+                    out.append(.want(from: q, chunk: c))
+                    open += 1
+                }
+                c += 2
+            }
+        }
+        return fallback
+    }
+
     /// Whether the root still has something for us that no request is already bringing.
     func injectable(from s: PeerState) -> Bool { have.population + wanted.count < plan.chunks }
 
@@ -354,6 +422,17 @@ public struct TransferMachine: Sendable {
     public static let anyChunk = -1
 
     mutating func start(_ p: Int, _ c: Int, _ now: Double, _ out: inout [Action]) {
+        if plan.kind == .twoTree && rank != 0 && plan.treeParents[p][c & 1] == rank && stripeSamples[c & 1] >= 4,
+            let gap = stripeGap[c & 1], gap > 0
+        {
+            // A quarter above the stripe's arrival rate, so the child catches up after a hiccup.
+            let rate = 1.25 / gap
+            if let last = paced[p], abs(rate - last) < 0.1 * last {
+            } else {
+                paced[p] = rate
+                out.append(.pace(to: p, chunksPerSecond: rate))
+            }
+        }
         peers[p]?.sending = (c, now)
         peers[p]?.has.insert(c)  // on its way; a corrupted arrival is asked for again
         stats.sent += 1

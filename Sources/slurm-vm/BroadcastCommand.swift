@@ -33,8 +33,10 @@ struct BroadcastCommand: ParsableCommand {
     @Option(help: "Other ranks: where the verified copy goes (appears only once verified).") var dst: String?
     @Option(help: "The SHA-256 the file must have (sha256:HEX); a transfer of anything else is refused.") var digest: String?
     @Option(help: ArgumentHelp("Chunk size (64K…16M, a multiple of 64 bytes; K and M suffixes).", valueName: "size")) var chunkSize: String = "1M"
-    @Option(help: ArgumentHelp("pipeline (binomial pipeline), binomial (store-and-forward tree) or central.", valueName: "kind")) var schedule:
-        String = "pipeline"
+    @Option(
+        help: ArgumentHelp(
+            "pipeline (binomial pipeline), binomial (store-and-forward tree), central, or twotree (experimental: two half-rate trees).",
+            valueName: "kind")) var schedule: String = "pipeline"
     @Option(help: "Seconds without progress before giving up.") var timeout: Double = 60
     @Option(help: "Seconds to keep dialing neighbors that are not up yet.") var dialTimeout: Double = 30
     @Flag(help: "Print the result as one JSON line (for harnesses).") var json = false

@@ -108,6 +108,8 @@ final class Network {
                 doneAt[r] = now
             case .fail(let why):
                 failed[r] = why
+            case .pace:
+                break  // this network has no queues for pacing to matter in
             }
         }
     }
@@ -146,6 +148,34 @@ final class Network {
         print("N=\(n): worst of 12 orders: \(worstDup) duplicates, done at \(worstTime)")
         #expect(worstTime <= Double(k) * 1.15 + 2 * Double((n - 1).bitWidthNeeded) + 2, "N=\(n): \(worstTime)")
         #expect(worstDup <= 2 * n, "N=\(n): \(worstDup) duplicate chunks")
+    }
+
+    @Test(arguments: [2, 3, 4, 8, 13, 16])
+    func twoTreeCompletes(n: Int) {
+        let k = 64
+        let net = Network(.twoTree, ranks: n, chunks: k)
+        net.run()
+        #expect(net.failed.allSatisfy { $0 == nil } && net.doneAt.allSatisfy { $0 != nil })
+        // Each stripe flows down a tree of depth about log2 N, one chunk per unit per link.
+        let last = net.doneAt.compactMap { $0 }.max() ?? .infinity
+        #expect(last <= Double(k) * 1.15 + 4 * Double((n - 1).bitWidthNeeded) + 2, "N=\(n): \(last)")
+        #expect(net.machines.map(\.stats.duplicates).reduce(0, +) <= n)
+    }
+
+    @Test func twoTreeSurvivesAKilledInnerRankACorruptChunkAndAStalledSender() {
+        let killed = Network(.twoTree, ranks: 16, chunks: 64)
+        killed.killAt = (2, 20)  // inner in the first tree: ranks 4 and 5 lose their even-chunk parent
+        killed.run()
+        for r in 0..<16 where r != 2 { #expect(killed.doneAt[r] != nil && killed.failed[r] == nil, "rank \(r)") }
+        let corrupt = Network(.twoTree, ranks: 8, chunks: 32)
+        corrupt.corrupt = [3, 17]
+        corrupt.run()
+        #expect(corrupt.doneAt.allSatisfy { $0 != nil })
+        #expect(corrupt.machines.map(\.stats.corrupted).reduce(0, +) == 2)
+        let stalled = Network(.twoTree, ranks: 8, chunks: 32)
+        stalled.stalled = [2]
+        stalled.run()
+        for r in 0..<8 { #expect(stalled.doneAt[r] != nil, "rank \(r)") }
     }
 
     @Test func baselinesComplete() {

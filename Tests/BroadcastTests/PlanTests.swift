@@ -70,4 +70,29 @@ import Testing
         #expect(Bitset(count: 130, full: true).population == 130)
         #expect(Bitset(count: 128, full: true).newest(notIn: Bitset(count: 128)) == 127)
     }
+
+    /// Two trees over the receivers: every receiver has a parent in each, reaches the root within
+    /// ⌈log2 N⌉ + 1 hops in each, and feeds children in at most one of them (so it uploads at most two
+    /// half-rate streams).
+    @Test(arguments: [2, 3, 4, 7, 16, 100, 1024])
+    func twoTreesAreDisjointInTheirInnerRanks(n: Int) {
+        let plan = Plan(kind: .twoTree, ranks: n, chunks: 8)
+        var children = Array(repeating: [0, 0], count: n)
+        for r in 1..<n {
+            for stripe in 0..<2 {
+                let p = plan.treeParents[r][stripe]
+                #expect(p >= 0 && p < n && p != r)
+                #expect(plan.schedules[r].neighbors.contains(p), "a tree edge is a connection")
+                children[p][stripe] += 1
+                var hops = 0
+                var q = r
+                while q != 0 && hops <= n { q = plan.treeParents[q][stripe]; hops += 1 }
+                #expect(q == 0 && hops <= (n - 1).bitWidthNeeded + 1, "N=\(n) rank \(r) stripe \(stripe): \(hops) hops")
+            }
+        }
+        for r in 1..<n {
+            #expect(children[r][0] + children[r][1] <= 2 && (children[r][0] == 0 || children[r][1] == 0), "rank \(r): \(children[r])")
+        }
+        #expect(plan.treeParents[0] == [-1, -1])
+    }
 }

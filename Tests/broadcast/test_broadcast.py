@@ -17,7 +17,7 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
-from netns_testbed import Testbed  # noqa: E402
+from netns_testbed import QUEUES, Testbed  # noqa: E402
 
 BIN = os.environ.get("SLURM_VM_BIN") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".build", "release", "slurm-vm")
 
@@ -48,12 +48,12 @@ def image(work, mib, name="image"):
     return path, digest(path)
 
 
-def start(tb, src, work, want, extra=None, dst=None, chunk="256K", timeout=30):
+def start(tb, src, work, want, extra=None, dst=None, chunk="256K", timeout=30, schedule="pipeline"):
     nodes = ",".join(tb.addr(i) for i in range(tb.n))
     procs = []
     for i in range(tb.n):
         argv = [BIN, "broadcast", "--rank", str(i), "--nodes", nodes, "--port", "17600", "--json",
-                "--chunk-size", chunk, "--timeout", str(timeout), "--digest", want]
+                "--chunk-size", chunk, "--timeout", str(timeout), "--digest", want, "--schedule", schedule]
         argv += ["--src", src] if i == 0 else ["--dst", (dst or {}).get(i, os.path.join(work, f"copy{i}"))]
         argv += (extra or {}).get(i, [])
         procs.append(tb.popen(i, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -81,10 +81,18 @@ def test_every_node_gets_a_verified_copy(work, n):
     assert not [f for f in os.listdir(work) if f.startswith(".partial")]
 
 
-def test_a_node_killed_mid_transfer_does_not_stop_the_others(work):
+# The fault tests run on every kind of port queue the testbed has. The experimental two-tree schedule
+# passes the corruption and slow-node cases but not yet a mid-transfer kill (docs/broadcast.md), so it
+# runs only those until it does.
+VARIANTS = [(q, "pipeline") for q in QUEUES]
+TWO_TREE = [(q, "twotree") for q in QUEUES]
+
+
+@pytest.mark.parametrize("queue,schedule", VARIANTS)
+def test_a_node_killed_mid_transfer_does_not_stop_the_others(work, queue, schedule):
     src, want = image(work, 12)
-    with Testbed(6, mbit=40) as tb:           # 12 MiB at 40 Mbit/s: about 2.5 s
-        procs = start(tb, src, work, want)
+    with Testbed(6, mbit=40, queue=queue) as tb:           # 12 MiB at 40 Mbit/s: about 2.5 s
+        procs = start(tb, src, work, want, schedule=schedule)
         time.sleep(1.2)
         procs[3].send_signal(signal.SIGKILL)
         results = finish(procs)
@@ -99,10 +107,11 @@ def test_a_node_killed_mid_transfer_does_not_stop_the_others(work):
     assert not os.path.exists(os.path.join(work, "copy3"))
 
 
-def test_a_corrupted_chunk_is_detected_and_fetched_again(work):
+@pytest.mark.parametrize("queue,schedule", VARIANTS + TWO_TREE)
+def test_a_corrupted_chunk_is_detected_and_fetched_again(work, queue, schedule):
     src, want = image(work, 4)
-    with Testbed(4, mbit=400) as tb:
-        results = finish(start(tb, src, work, want, extra={0: ["--corrupt", "0,3,7"], 2: ["--corrupt", "5"]}))
+    with Testbed(4, mbit=400, queue=queue) as tb:
+        results = finish(start(tb, src, work, want, extra={0: ["--corrupt", "0,3,7"], 2: ["--corrupt", "5"]}, schedule=schedule))
     assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
     assert sum(rep.get("corrupted", 0) for _, rep, _ in results) >= 3
     for i in range(1, 4):
@@ -122,10 +131,11 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_file(work):
     assert results[1][0] == 0 and digest(os.path.join(work, "copy1")) == want
 
 
-def test_a_slow_node_finishes_and_so_do_the_others(work):
+@pytest.mark.parametrize("queue,schedule", VARIANTS + TWO_TREE)
+def test_a_slow_node_finishes_and_so_do_the_others(work, queue, schedule):
     src, want = image(work, 8)
-    with Testbed(8, mbit=200, slow={4: 50}) as tb:
-        results = finish(start(tb, src, work, want))
+    with Testbed(8, mbit=200, slow={4: 50}, queue=queue) as tb:
+        results = finish(start(tb, src, work, want, schedule=schedule))
     assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
     for i in range(1, 8):
         assert digest(os.path.join(work, f"copy{i}")) == want
