@@ -13,8 +13,8 @@ PREFIX = "svmb"
 # to one kind can lose a third of the link on another:
 #   prio  - htb, small packets (ACKs, requests) in a class of their own ahead of a 64-packet bulk FIFO:
 #           a port with fair queueing, imitated (this kernel has no fq_codel, fq, sfq or cake)
-#   bfifo - htb with one drop-tail FIFO of 10 ms at the port's rate: ACKs wait behind data, as on a NIC
-#           without fair queueing
+#   bfifo - htb with one drop-tail FIFO of 10 ms at the port's rate (at least 128 KiB): ACKs wait behind
+#           data, as on a NIC without fair queueing
 #   tbf   - a token bucket holding 10 ms at the port's rate, drop-tail, and no classes at all
 QUEUES = ("prio", "bfifo", "tbf")
 QUEUE_MS = 10
@@ -90,10 +90,15 @@ class Testbed:
         (This kernel has no fq_codel or sfq.)"""
         def tc(*a):
             sh("tc", "-n", where, *a)
-        depth = max(3000, rate * 1_000_000 // 8 * QUEUE_MS // 1000)   # bytes the port holds: QUEUE_MS at rate
+        # Bytes the port holds: QUEUE_MS at its rate, but at least two 64 KiB GSO packets. The stack hands
+        # the qdisc segments of up to 64 KiB, and a byte FIFO shorter than one drops every such segment:
+        # at 40 Mbit/s, 10 ms is 50 KB, and TCP then crawled on retransmission timeouts.
+        depth = max(2 * 65536, rate * 1_000_000 // 8 * QUEUE_MS // 1000)
         if queue == "tbf":
-            tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate", f"{rate}mbit", "burst", "64k",
-               "limit", str(depth + 65536))   # tbf counts its burst in the limit
+            # The bucket holds more than one 64 KiB GSO segment: tbf splits any packet larger than its
+            # bucket into MTU-sized ones in software, which took 4x the CPU of the other queues here.
+            tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate", f"{rate}mbit", "burst", "128k",
+               "limit", str(depth + 131072))   # tbf counts its bucket in the limit
             return
         if queue == "bfifo":
             tc("qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1")

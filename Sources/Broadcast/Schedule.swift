@@ -61,6 +61,13 @@ public struct Bitset: Equatable, Sendable {
         population = n
     }
 
+    /// How many members self shares with other.
+    public func countShared(with other: Bitset) -> Int {
+        var n = 0
+        for w in words.indices { n += (words[w] & other.words[w]).nonzeroBitCount }
+        return n
+    }
+
     /// The chunks c with c % 2 == stripe.
     public static func stripe(_ stripe: Int, count: Int) -> Bitset {
         var b = Bitset(count: count)

@@ -111,11 +111,12 @@ public struct TransferMachine: Sendable {
     var treeCursor = [0, 1]
     var stripeHeld = [0, 0]
     let stripeMasks: [Bitset]
-    /// Two-tree: per stripe, when its last chunk arrived and the smoothed gap between arrivals.
-    var stripeArrival: [Double?] = [nil, nil]
-    var stripeGap: [Double?] = [nil, nil]
-    var stripeSamples = [0, 0]
+    /// Two-tree: per stripe, when its last `pacingWindow` chunks arrived, and the highest rate (chunks a
+    /// second) seen over such a window.
+    var stripeArrivals: [[Double]] = [[], []]
+    var stripePeak: [Double] = [0, 0]
     var paced: [Int: Double] = [:]
+    static let pacingWindow = 8
     var askedForRoot = false
     public private(set) var finished = false
     let outNeighbors: [Int]
@@ -197,11 +198,7 @@ public struct TransferMachine: Sendable {
             } else {
                 have.insert(c)
                 stripeHeld[c & 1] += 1
-                if let t = stripeArrival[c & 1] {
-                    stripeGap[c & 1] = stripeGap[c & 1].map { 0.8 * $0 + 0.2 * (now - t) } ?? (now - t)
-                    stripeSamples[c & 1] += 1
-                }
-                stripeArrival[c & 1] = now
+                if plan.kind == .twoTree { noteStripeArrival(c & 1, now) }
                 stats.received += 1
                 suspect.remove(c)
                 peers[p]?.has.insert(c)
@@ -415,6 +412,14 @@ public struct TransferMachine: Sendable {
         return fallback
     }
 
+    mutating func noteStripeArrival(_ stripe: Int, _ now: Double) {
+        stripeArrivals[stripe].append(now)
+        if stripeArrivals[stripe].count > Self.pacingWindow { stripeArrivals[stripe].removeFirst() }
+        if stripeArrivals[stripe].count == Self.pacingWindow, let first = stripeArrivals[stripe].first, now > first {
+            stripePeak[stripe] = max(stripePeak[stripe], Double(Self.pacingWindow - 1) / (now - first))
+        }
+    }
+
     /// Whether the root still has something for us that no request is already bringing.
     func injectable(from s: PeerState) -> Bool { have.population + wanted.count < plan.chunks }
 
@@ -422,13 +427,17 @@ public struct TransferMachine: Sendable {
     public static let anyChunk = -1
 
     mutating func start(_ p: Int, _ c: Int, _ now: Double, _ out: inout [Action]) {
-        if plan.kind == .twoTree && rank != 0 && plan.treeParents[p][c & 1] == rank && stripeSamples[c & 1] >= 4,
-            let gap = stripeGap[c & 1], gap > 0
-        {
-            // A quarter above the stripe's arrival rate, so the child catches up after a hiccup.
-            let rate = 1.25 / gap
-            if let last = paced[p], abs(rate - last) < 0.1 * last {
-            } else {
+        if plan.kind == .twoTree && rank != 0 && plan.treeParents[p][c & 1] == rank && stripePeak[c & 1] > 0 {
+            // A quarter above the fastest the stripe has reached us, so a child catches up after a
+            // hiccup. The peak, not the current rate: pacing by the current rate fed on itself when a
+            // stripe stalled (a parent killed), each level pacing the next below its own slowed arrival
+            // until the tree crawled.
+            // Once the child holds all of the other stripe, this one may take its whole download: unpaced
+            // (a rate no link reaches), or the stripe that lags at the end would finish at half the rate.
+            let other = stripeMasks[1 - (c & 1)]
+            let otherDone = peers[p].map { $0.announced.countShared(with: other) == other.population } ?? false
+            let rate = otherDone ? 1e9 : 1.25 * stripePeak[c & 1]
+            if paced[p].map({ rate > 1.1 * $0 }) ?? true {
                 paced[p] = rate
                 out.append(.pace(to: p, chunksPerSecond: rate))
             }

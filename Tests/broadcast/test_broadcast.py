@@ -81,11 +81,9 @@ def test_every_node_gets_a_verified_copy(work, n):
     assert not [f for f in os.listdir(work) if f.startswith(".partial")]
 
 
-# The fault tests run on every kind of port queue the testbed has. The experimental two-tree schedule
-# passes the corruption and slow-node cases but not yet a mid-transfer kill (docs/broadcast.md), so it
-# runs only those until it does.
-VARIANTS = [(q, "pipeline") for q in QUEUES]
-TWO_TREE = [(q, "twotree") for q in QUEUES]
+# The fault tests run on every kind of port queue the testbed has, with the pipeline and with the
+# experimental two-tree schedule.
+VARIANTS = [(q, s) for s in ("pipeline", "twotree") for q in QUEUES]
 
 
 @pytest.mark.parametrize("queue,schedule", VARIANTS)
@@ -107,7 +105,7 @@ def test_a_node_killed_mid_transfer_does_not_stop_the_others(work, queue, schedu
     assert not os.path.exists(os.path.join(work, "copy3"))
 
 
-@pytest.mark.parametrize("queue,schedule", VARIANTS + TWO_TREE)
+@pytest.mark.parametrize("queue,schedule", VARIANTS)
 def test_a_corrupted_chunk_is_detected_and_fetched_again(work, queue, schedule):
     src, want = image(work, 4)
     with Testbed(4, mbit=400, queue=queue) as tb:
@@ -131,7 +129,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_file(work):
     assert results[1][0] == 0 and digest(os.path.join(work, "copy1")) == want
 
 
-@pytest.mark.parametrize("queue,schedule", VARIANTS + TWO_TREE)
+@pytest.mark.parametrize("queue,schedule", VARIANTS)
 def test_a_slow_node_finishes_and_so_do_the_others(work, queue, schedule):
     src, want = image(work, 8)
     with Testbed(8, mbit=200, slow={4: 50}, queue=queue) as tb:
