@@ -47,10 +47,13 @@ class CPUSampler:
             self.samples.append((time.time(), sum(v) - idle, sum(v)))
             self.stop.wait(0.05)
 
-    def busy(self, t0, t1):
-        """Fraction of all CPUs busy between t0 and t1."""
+    def finish(self):
         self.stop.set()
         self.thread.join()
+
+    def busy(self, t0, t1):
+        """Fraction of all CPUs busy between t0 and t1."""
+        self.finish()
         a = min(self.samples, key=lambda s: abs(s[0] - t0))
         b = min(self.samples, key=lambda s: abs(s[0] - t1))
         return (b[1] - a[1]) / max(1, b[2] - a[2])
@@ -187,7 +190,7 @@ def main():
                         cells.append(f"{m:.2f}× ({m * limit:.1f} s{spread})" if m == m else "FAILED")
                 print(f"{label} {n} | {size} MiB | " + " | ".join(cells) + " |", flush=True)
             if a.slow:
-                bad += slow_row(a, tb_args=(queue, cc), label=label, kinds=kinds, base=base, src=src, digest=digest, limit=limit,
+                bad += slow_row(a, queue, cc, label=label, kinds=kinds, base=base, src=src, digest=digest, limit=limit,
                                 size=size, rows=rows, fs=fs)
             os.unlink(src)
             os.unlink(src + ".manifest")
@@ -198,10 +201,9 @@ def main():
     sys.exit(1 if bad else 0)
 
 
-def slow_row(a, tb_args, label, kinds, base, src, digest, limit, size, rows, fs):
+def slow_row(a, queue, cc, label, kinds, base, src, digest, limit, size, rows, fs):
     """The largest N with node N/2 at a quarter of the rate: how long the others take (from the common
     start), for the pulling schedules (and the chain with --slow-chain)."""
-    queue, cc = tb_args
     n = max(int(x) for x in a.nodes.split(","))
     slow = n // 2
     cells, bad = [], 0
@@ -215,7 +217,7 @@ def slow_row(a, tb_args, label, kinds, base, src, digest, limit, size, rows, fs)
                 work = os.path.join(base, f"slow-{kind}-{n}")
                 os.makedirs(work)
                 _, reports, t0, cpu = transfer(tb, kind, src, work, a.chunk)
-                cpu.busy(t0, t0)
+                cpu.finish()
                 ends = [r.get("verified_unix", float("nan")) for r in reports[1:] if r["rank"] != slow]
                 rest = max(ends) - t0
                 slow_end = [r.get("verified_unix", float("nan")) for r in reports if r["rank"] == slow][0] - t0

@@ -428,8 +428,9 @@ public final class Participant: @unchecked Sendable {
             fail(why)
         case .pace(let p, let rate):
             guard let ch = channels[p], let file else { return }
-            let bytes = min(Double(UInt32.max - 1), rate * Double(file.manifest.chunkSize))
-            _ = ch.setOption(ChannelOptions.socketOption(.init(rawValue: SO_MAX_PACING_RATE)), value: Int(bytes))
+            // Bytes a second as a 64-bit value (the kernel takes one when given 8 bytes); all ones is unpaced.
+            let bytes = rate * Double(file.manifest.chunkSize)
+            _ = ch.setOption(ChannelOptions.socketOption(.init(rawValue: SO_MAX_PACING_RATE)), value: bytes < 1e18 ? Int(bytes) : -1)
         }
     }
 

@@ -153,6 +153,16 @@ public struct Plan: Sendable {
             s[from].neighbors.insert(to)
             s[to].neighbors.insert(from)
         }
+        /// Links r with r ± 2^j mod N for every j < ⌈log2 N⌉: the circulant graph of the pipeline.
+        func linkCirculant() {
+            let d = max(1, (n - 1).bitWidthNeeded)
+            for r in 0..<n {
+                for j in 0..<d where (1 << j) < n {
+                    let p = (r + (1 << j)) % n
+                    if p != r { s[r].neighbors.insert(p); s[p].neighbors.insert(r) }
+                }
+            }
+        }
         var steps = 0
         var parents = Array(repeating: [-1, -1], count: n)
         switch kind {
@@ -173,13 +183,7 @@ public struct Plan: Sendable {
                     }
                 }
             }
-            let d = max(1, (n - 1).bitWidthNeeded)
-            for r in 0..<n {
-                for j in 0..<d where (1 << j) < n {
-                    let p = (r + (1 << j)) % n
-                    if p != r { s[r].neighbors.insert(p); s[p].neighbors.insert(r) }
-                }
-            }
+            linkCirculant()  // repair paths beside the trees
             steps = k + 2 * max(1, m.bitWidthNeeded)
         case .pipeline:
             let d = max(1, (n - 1).bitWidthNeeded)
@@ -198,12 +202,7 @@ public struct Plan: Sendable {
                 t += 1
             }
             // Every edge of the graph, even one the lock-step plan left unused, is a repair path.
-            for r in 0..<n {
-                for j in 0..<d where (1 << j) < n {
-                    let p = (r + (1 << j)) % n
-                    if p != r { s[r].neighbors.insert(p); s[p].neighbors.insert(r) }
-                }
-            }
+            linkCirculant()
             steps = t
         case .binomial:
             // Round i: every rank r < 2^i holding the image sends all of it to r + 2^i.

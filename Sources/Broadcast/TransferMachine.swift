@@ -70,7 +70,7 @@ public struct TransferMachine: Sendable {
         /// Every chunk is here and verified: check the whole and keep it.
         case complete
         case fail(String)
-        /// Pace the stream to this peer at most at this many chunks a second (two-tree: a parent
+        /// Pace the stream to this peer at most at this many chunks a second, infinity lifting it (two-tree: a parent
         /// forwards a stripe no faster than it arrives, so each chunk leaves evenly spaced instead of
         /// as one burst that a drop-tail port would cut).
         case pace(to: Int, chunksPerSecond: Double)
@@ -145,7 +145,7 @@ public struct TransferMachine: Sendable {
         }
         outNeighbors = outs
         stripeMasks = plan.kind == .twoTree ? [Bitset.stripe(0, count: plan.chunks), Bitset.stripe(1, count: plan.chunks)] : []
-        if holdsAll { stripeHeld = [(plan.chunks + 1) / 2, plan.chunks / 2] }
+        if holdsAll { stripeHeld = [(plan.chunks + 1) / 2, plan.chunks / 2] }  // even and odd chunks
         lastArrival = now
     }
 
@@ -394,8 +394,7 @@ public struct TransferMachine: Sendable {
             let q = plan.treeParents[rank][stripe]
             guard q >= 0, treeCursor[stripe] < plan.chunks else { continue }
             guard let parent = peers[q] else { fallback[stripe] = true; continue }
-            let expected = stripe == 0 ? (plan.chunks + 1) / 2 : plan.chunks / 2
-            let otherLeft = (plan.chunks - expected) - stripeHeld[1 - stripe]
+            let otherLeft = stripeMasks[1 - stripe].population - stripeHeld[1 - stripe]
             if stalled || stripeHeld[stripe] + options.treeLag < stripeHeld[1 - stripe] && otherLeft > 0 { fallback[stripe] = true }
             var open = parent.myWants.keys.filter { $0 & 1 == stripe }.count
             var c = treeCursor[stripe]
@@ -432,11 +431,11 @@ public struct TransferMachine: Sendable {
             // hiccup. The peak, not the current rate: pacing by the current rate fed on itself when a
             // stripe stalled (a parent killed), each level pacing the next below its own slowed arrival
             // until the tree crawled.
-            // Once the child holds all of the other stripe, this one may take its whole download: unpaced
-            // (a rate no link reaches), or the stripe that lags at the end would finish at half the rate.
+            // Once the child holds all of the other stripe, this one may take its whole download: unpaced,
+            // or the stripe that lags at the end would finish at half the rate.
             let other = stripeMasks[1 - (c & 1)]
             let otherDone = peers[p].map { $0.announced.countShared(with: other) == other.population } ?? false
-            let rate = otherDone ? 1e9 : 1.25 * stripePeak[c & 1]
+            let rate = otherDone ? Double.infinity : 1.25 * stripePeak[c & 1]
             if paced[p].map({ rate > 1.1 * $0 }) ?? true {
                 paced[p] = rate
                 out.append(.pace(to: p, chunksPerSecond: rate))
