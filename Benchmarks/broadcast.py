@@ -163,31 +163,17 @@ def main():
                             continue
                         ratios = []
                         for run in range(a.runs):
-                            work = os.path.join(base, f"{kind}-{n}")
-                            os.makedirs(work)
-                            env = {"SLURM_VM_BROADCAST_TRACE": "1"} if a.trace and kind != "chain" else None
-                            secs, reports, t0, cpu = transfer(tb, kind, src, work, a.chunk, env)
-                            busy = cpu.busy(t0, t0 + secs)
-                            errors = [r for r in reports if "error" in r]
-                            copies = [os.path.join(work, f"copy{i}") for i in range(1, n)]
-                            wrong = [c for c in copies if not os.path.exists(c) or file_digest(c) != digest]
-                            if a.trace and kind != "chain":
-                                keep_traces(a.trace, f"{kind}-{queue}-{cc}-{fs}-{n}-{size}-{run}", reports, t0)
-                            if errors or wrong:
+                            secs, reports, _, busy, problem = one_run(a, tb, kind, src, base, digest, f"{kind}-{queue}-{cc}-{fs}-{n}-{size}-{run}")
+                            if problem:
                                 bad += 1
-                                print(f"  {kind} N={n}: errors {errors} wrong copies {wrong}", file=sys.stderr)
-                                ratios.append(float("nan"))
-                            else:
-                                ratios.append(secs / limit)
+                                print(f"  {kind} N={n}: {problem}", file=sys.stderr)
+                            ratios.append(float("nan") if problem else secs / limit)
                             rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size,
                                          "run": run, "seconds": secs, "ratio": secs / limit, "cpu_busy": busy,
                                          "sent": sum(r.get("sent", 0) for r in reports),
                                          "repairs": sum(r.get("repairs", 0) for r in reports),
                                          "duplicates": sum(r.get("duplicates", 0) for r in reports)})
-                            shutil.rmtree(work)
-                        m = median(ratios)
-                        spread = f", {min(ratios):.2f}–{max(ratios):.2f}" if a.runs > 1 else ""
-                        cells.append(f"{m:.2f}× ({m * limit:.1f} s{spread})" if m == m else "FAILED")
+                        cells.append(cell(ratios, limit))
                 print(f"{label} {n} | {size} MiB | " + " | ".join(cells) + " |", flush=True)
             if a.slow:
                 bad += slow_row(a, queue, cc, label=label, kinds=kinds, base=base, src=src, digest=digest, limit=limit,
@@ -214,28 +200,44 @@ def slow_row(a, queue, cc, label, kinds, base, src, digest, limit, size, rows, f
                 continue
             others, slows = [], []
             for run in range(a.runs):
-                work = os.path.join(base, f"slow-{kind}-{n}")
-                os.makedirs(work)
-                _, reports, t0, cpu = transfer(tb, kind, src, work, a.chunk)
-                cpu.finish()
-                ends = [r.get("verified_unix", float("nan")) for r in reports[1:] if r["rank"] != slow]
-                rest = max(ends) - t0
-                slow_end = [r.get("verified_unix", float("nan")) for r in reports if r["rank"] == slow][0] - t0
-                ok = all(os.path.exists(os.path.join(work, f"copy{i}")) and file_digest(os.path.join(work, f"copy{i}")) == digest
-                         for i in range(1, n))
-                if not ok:
+                _, reports, t0, _, problem = one_run(a, tb, kind, src, base, digest, f"slow-{kind}-{queue}-{cc}-{fs}-{n}-{size}-{run}")
+                if problem:
                     bad += 1
-                    print(f"  slow {kind}: {[r for r in reports if 'error' in r]}", file=sys.stderr)
-                others.append(rest / limit if ok else float("nan"))
+                    print(f"  slow {kind}: {problem}", file=sys.stderr)
+                rest = max(r.get("verified_unix", float("nan")) for r in reports[1:] if r["rank"] != slow) - t0
+                slow_end = reports[slow].get("verified_unix", float("nan")) - t0
+                others.append(float("nan") if problem else rest / limit)
                 slows.append(slow_end / limit)
                 rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size, "slow_node": slow,
                              "run": run, "others_ratio": rest / limit, "slow_ratio": slow_end / limit})
-                shutil.rmtree(work)
-            m = median(others)
-            spread = f", {min(others):.2f}–{max(others):.2f}" if a.runs > 1 else ""
-            cells.append(f"the others {m:.2f}× ({m * limit:.1f} s{spread}), the slow node {median(slows):.2f}×" if m == m else "FAILED")
+            c = cell(others, limit)
+            cells.append(c if c == "FAILED" else f"the others {c}, the slow node {median(slows):.2f}×")
     print(f"{label} {n}, node {slow} at {a.mbit // 4} Mbit/s | {size} MiB | " + " | ".join(cells) + " |", flush=True)
     return bad
+
+
+def one_run(a, tb, kind, src, base, digest, name):
+    """One broadcast into a fresh directory, every copy hashed; returns (seconds until the last verified
+    copy, per-rank reports, the start instant, CPU busy meanwhile, what went wrong or None)."""
+    work = os.path.join(base, f"{kind}-{tb.n}")
+    os.makedirs(work)
+    env = {"SLURM_VM_BROADCAST_TRACE": "1"} if a.trace and kind != "chain" else None
+    secs, reports, t0, cpu = transfer(tb, kind, src, work, a.chunk, env)
+    busy = cpu.busy(t0, t0 + secs)
+    errors = [r for r in reports if "error" in r]
+    copies = [os.path.join(work, f"copy{i}") for i in range(1, tb.n)]
+    wrong = [c for c in copies if not os.path.exists(c) or file_digest(c) != digest]
+    if a.trace and kind != "chain":
+        keep_traces(a.trace, name, reports, t0)
+    shutil.rmtree(work)
+    return secs, reports, t0, busy, (f"errors {errors} wrong copies {wrong}" if errors or wrong else None)
+
+
+def cell(ratios, limit):
+    """The median of the runs' ratios with its time, and their range when there are several."""
+    m = median(ratios)
+    spread = f", {min(ratios):.2f}–{max(ratios):.2f}" if len(ratios) > 1 else ""
+    return f"{m:.2f}× ({m * limit:.1f} s{spread})" if m == m else "FAILED"
 
 
 def keep_traces(where, name, reports, t0):
