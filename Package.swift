@@ -97,6 +97,9 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 "CSHA256",
             ]),
+        // The curve past one machine: real TransferMachines on a simulated network of TCP connections,
+        // calibrated against the namespace testbed.
+        .target(name: "BroadcastSimulator", dependencies: ["Broadcast"]),
         // slurm-vmd's pieces: configuration, the Unix-socket API (JSON lines, SO_PEERCRED), the catalog
         // role (matching, blobs over TCP) and the node role (Node) behind it.
         .target(
@@ -120,7 +123,7 @@ let package = Package(
         .executableTarget(
             name: "slurm-vm",
             dependencies: [
-                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner", "Broadcast", "Node", "Sizes", "Support", "Network",
+                "ClassAd", "Catalog", "Daemon", "ImageBuilder", "Runner", "Broadcast", "BroadcastSimulator", "Node", "Sizes", "Support", "Network",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
@@ -137,6 +140,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ]),
+        .testTarget(name: "BroadcastSimulatorTests", dependencies: ["BroadcastSimulator", "Broadcast"]),
         .testTarget(name: "VMMTests", dependencies: ["VMM", "CLinux", "Runner", "Support"], exclude: ["Guests"]),
         .testTarget(name: "NetworkTests", dependencies: ["Network"]),
         .testTarget(

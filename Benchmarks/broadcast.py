@@ -121,6 +121,7 @@ def main():
     ap.add_argument("--runs", type=int, default=1, help="runs of each cell; the table shows the median, the JSON every run")
     ap.add_argument("--baselines-in-first-variant-only", action="store_true",
                     help="run central and binomial only in the first variant (they take minutes and do not depend on the queue)")
+    ap.add_argument("--json-out", metavar="FILE", help="also write every run's row to FILE (what `slurm-vm bench broadcast-sim --calibrate` reads)")
     ap.add_argument("--trace", metavar="DIR", help="keep SLURM_VM_BROADCAST_TRACE logs of every rank of slurm-vm's schedules in DIR")
     a = ap.parse_args()
     if os.geteuid() != 0:
@@ -184,6 +185,10 @@ def main():
     for n in notes:
         print(n)
     print(json.dumps(rows))
+    if a.json_out:
+        with open(a.json_out + ".tmp", "w") as f:
+            json.dump(rows, f)
+        os.replace(a.json_out + ".tmp", a.json_out)
     sys.exit(1 if bad else 0)
 
 

@@ -78,11 +78,20 @@ trap 'rm -rf "$bench"' EXIT
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-vm image build Images/minimal.toml >/dev/null 2>&1
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-vm bench guest --runs 3
 # Image distribution at the target point (16 nodes, 256 MiB, 200 Mbit/s): the benchmark's own pipelined
-# chain (the baseline), the store-and-forward tree and the binomial pipeline side by side, and one node at
-# a quarter of the rate, on every kind of port queue with cubic and BBR (the tree in the first only; the
-# central server, 16x, and the experimental two-tree schedule are measured by hand: docs/broadcast.md).
+# chain (the baseline), the store-and-forward tree, the binomial pipeline and the two trees side by side,
+# and one node at a quarter of the rate, on every kind of port queue with cubic and BBR (the tree in the
+# first only; the central server, 16x, is measured by hand: docs/broadcast.md).
 SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --nodes 16 --sizes 256 --slow \
-  --kinds chain,binomial,pipeline --queues prio,bfifo,tbf --congestion cubic,bbr --baselines-in-first-variant-only
+  --kinds chain,binomial,pipeline,twotree --queues prio,bfifo,tbf --congestion cubic,bbr --baselines-in-first-variant-only \
+  --json-out "$bench/broadcast-16.json"
+# The simulator against the testbed (docs/broadcast.md, "The curve to 1,024 nodes"): 4 and 8 nodes too,
+# then the error of each cell, then the simulated curve with a slow and a failing node.
+SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --nodes 4,8 --sizes 256 \
+  --kinds pipeline,twotree --queues prio,bfifo,tbf --json-out "$bench/broadcast-4-8.json"
+python3 -c 'import json,sys; json.dump(sum((json.load(open(f)) for f in sys.argv[2:]), []), open(sys.argv[1], "w"))' \
+  "$bench/broadcast.json" "$bench/broadcast-4-8.json" "$bench/broadcast-16.json"
+.build/release/slurm-vm bench broadcast-sim --calibrate "$bench/broadcast.json"
+.build/release/slurm-vm bench broadcast-sim --nodes 16,64,256 --schedules pipeline,twotree --faults none,both
 # Prolog latency of VM jobs through the local cluster, against booting the same guests by hand.
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/prolog_latency.py --runs 5
 # Linux on the embedded VMM against QEMU with KVM in one machine with hardware virtualization (the SVM

@@ -38,14 +38,18 @@ public struct TransferMachine: Sendable {
         /// Two-tree: requests a rank keeps open at each stripe's parent.
         public var treeWindow = 4
         /// Two-tree: chunks a stripe may trail the other before its parent counts as slow and the
-        /// stripe is also pulled from anyone.
-        public var treeLag = 8
+        /// stripe is also pulled from anyone. A rank deep in one tree and shallow in the other trails
+        /// by about a chunk per level of difference, so this grows with the depth: a fixed 8 sent ranks
+        /// 9 levels deep (N = 512, simulated) pulling from anyone, the root among them, until the
+        /// root's upload went to repairs and every rank slowed to 1.34× of size/rate.
+        public var treeLag: Int
         /// Whether lateness and stalls trigger repairs (the baselines only repair after a loss).
         public var repairs = true
 
         public init(plan: Plan) {
             let d = max(1, (plan.ranks - 1).bitWidthNeeded)
             lateSlack = 2 * d + 2
+            treeLag = max(8, 2 * d + 2)
             repairs = plan.kind.pulls
         }
     }

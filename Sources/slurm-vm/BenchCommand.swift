@@ -5,7 +5,8 @@ import ClassAd
 import Foundation
 
 struct BenchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "bench", abstract: "Benchmarks.", subcommands: [MatchBench.self, GuestBench.self])
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Benchmarks.", subcommands: [MatchBench.self, GuestBench.self, BroadcastSimBench.self])
 }
 
 /// CPU seconds used by this thread (the matchmaker runs on one core).

@@ -1,0 +1,157 @@
+// `slurm-vm bench broadcast-sim`: the broadcast's completion time past what one machine can hold, from
+// real TransferMachines on the simulated network (BroadcastSimulator), next to the bound
+// size/rate + ⌈log2 N⌉ chunk/rate. With --calibrate, the simulator's error against the namespace
+// testbed's measured times (Benchmarks/broadcast.py --json-out).
+
+import ArgumentParser
+import Broadcast
+import BroadcastSimulator
+import Foundation
+import Sizes
+
+struct BroadcastSimBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "broadcast-sim",
+        abstract: "Simulated image broadcast to up to thousands of nodes (the TransferMachine on a simulated network).",
+        discussion: """
+            Every rank runs the real TransferMachine; the network is fluid at the level of TCP connections (see
+            Sources/BroadcastSimulator). Faults: 'slow' puts rank 8 of every 64 (8, 72, …) at a quarter of the rate,
+            'fail' kills rank N/2+1 at half of size/rate; the others' time is reported without them.
+            """)
+
+    @Option(help: "Node counts, comma-separated.") var nodes = "16,32,64,128,256,512,1024"
+    @Option(help: "Image sizes, comma-separated (256M, 2G).") var sizes = "256M"
+    @Option(help: "Chunk size.") var chunk = "1M"
+    @Option(help: "Link rate per port and direction, Mbit/s.") var mbit = 200.0
+    @Option(help: "Port queues, comma-separated, of prio, bfifo, tbf.") var queues = "prio"
+    @Option(help: "Schedules, comma-separated.") var schedules = "pipeline"
+    @Option(help: "Fault cases, comma-separated, of none, slow, fail, both.") var faults = "none"
+    @Option(help: "Measured rows to compare with (the JSON Benchmarks/broadcast.py writes with --json-out); runs only their cells.")
+    var calibrate: String?
+    @Flag(help: "One JSON object per line instead of the table.") var json = false
+    @Option(help: "Override the model: bytes a socket accepts ahead of the wire (calibration).") var sendBuffer: Double?
+    @Option(help: "Override the model: seconds a small message waits in a busy drop-tail port (calibration).") var busyDelay: Double?
+    @Option(help: "Override the model: share of a drop-tail port competing flows keep (calibration).") var sharedEfficiency: Double?
+    @Option(help: "Override the model: seconds from the common start until a rank can first ask (calibration).") var startup: Double?
+
+    func link(_ q: LinkModel.Queue) -> LinkModel {
+        var l = LinkModel(bitsPerSecond: mbit * 1e6, queue: q)
+        if let sendBuffer { l.sendBuffer = sendBuffer }
+        if let busyDelay { l.busyPortDelay = busyDelay }
+        if let sharedEfficiency { l.sharedEfficiency = sharedEfficiency }
+        if let startup { l.startup = startup }
+        return l
+    }
+
+    func run() throws {
+        guard let chunkBytes = try? Int(ByteSize.parse(chunk, bare: .bytes)), chunkBytes > 0 else {
+            throw ValidationError("--chunk '\(chunk)' is not a size like 1M")
+        }
+        if let file = calibrate { return try compare(file, chunkBytes: chunkBytes) }
+        let ns = try list(nodes, "--nodes") { Int($0).flatMap { $0 >= 2 ? $0 : nil } }
+        let bytes = try list(sizes, "--sizes") { (try? ByteSize.parse($0, bare: .mebibytes)).map { Int($0) } }
+        let qs = try list(queues, "--queues") { LinkModel.Queue(rawValue: $0) }
+        let ks = try list(schedules, "--schedules") { ScheduleKind(rawValue: $0) }
+        let fs = try list(faults, "--faults") { ["none", "slow", "fail", "both"].contains($0) ? $0 : nil }
+        if !json {
+            print("simulated broadcast: \(Int(mbit)) Mbit/s per port and direction, chunks \(chunk); times in seconds, ratios to size/rate")
+            print(
+                "| queue | schedule | faults | nodes | size | time | × size/rate | bound | × bound | median rank | root sent | duplicates | events | wall |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        }
+        for q in qs {
+            for k in ks {
+                for f in fs {
+                    for size in bytes {
+                        for n in ns {
+                            var s = Scenario(kind: k, ranks: n, imageBytes: size, chunkBytes: chunkBytes, link: link(q))
+                            var excluded = Set<Int>()
+                            if f == "slow" || f == "both" {
+                                for r in stride(from: 8, to: n, by: 64) { s.slow[r] = 0.25; excluded.insert(r) }
+                            }
+                            if f == "fail" || f == "both" {
+                                s.failure = .init(rank: n / 2 + 1, at: s.sizeOverRate / 2)
+                                excluded.insert(n / 2 + 1)
+                            }
+                            let t0 = Date()
+                            let out = Simulation.run(s)
+                            let wall = Date().timeIntervalSince(t0)
+                            let t = out.lastDone(excluding: excluded)
+                            report(s, fault: f, time: t, outcome: out, wall: wall)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func report(_ s: Scenario, fault: String, time: Double?, outcome: Outcome, wall: Double) {
+        let events = outcome.events
+        let done = outcome.doneAt.compactMap { $0 }.sorted()
+        let median = done.isEmpty ? 0 : done[done.count / 2]
+        let size = s.imageBytes >= 1 << 30 ? "\(s.imageBytes >> 30) GiB" : "\(s.imageBytes >> 20) MiB"
+        if json {
+            var o: [String: Any] = [
+                "queue": s.link.queue.rawValue, "schedule": s.kind.rawValue, "faults": fault, "nodes": s.ranks,
+                "bytes": s.imageBytes, "bound": s.bound, "size_over_rate": s.sizeOverRate, "events": events, "wall": wall,
+                "median": median, "duplicates": outcome.duplicates, "root_sent": outcome.stats[0].sent,
+            ]
+            if let time { o["time"] = time }
+            let data = try! JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        let t = time.map { String(format: "%.2f", $0) } ?? "not done"
+        let r = time.map { String(format: "%.3f×", $0 / s.sizeOverRate) } ?? "–"
+        let b = time.map { String(format: "%.3f×", $0 / s.bound) } ?? "–"
+        print(
+            "| \(s.link.queue.rawValue) | \(s.kind.rawValue) | \(fault) | \(s.ranks) | \(size) | \(t) | \(r) | \(String(format: "%.2f", s.bound)) | \(b) | \(String(format: "%.2f", median)) | \(outcome.stats[0].sent) | \(outcome.duplicates) | \(events) | \(String(format: "%.1f s", wall)) |"
+        )
+    }
+
+    /// Runs the cells of a benchmark JSON (every row without a slow node, of a schedule slurm-vm has) and
+    /// prints the simulated time next to the measured median, with the error.
+    func compare(_ file: String, chunkBytes: Int) throws {
+        guard let data = FileManager.default.contents(atPath: file),
+            let rows = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]]
+        else { throw ValidationError("\(file): not the JSON list Benchmarks/broadcast.py --json-out writes") }
+        struct Cell: Hashable { var queue: String, congestion: String, kind: String, nodes: Int, mib: Int }
+        var measured: [Cell: [Double]] = [:]
+        var order: [Cell] = []
+        for row in rows where row["slow_node"] == nil {
+            guard let kind = row["kind"] as? String, ScheduleKind(rawValue: kind) != nil, let n = row["nodes"] as? Int,
+                let mib = row["mib"] as? Int, let secs = row["seconds"] as? Double, secs.isFinite
+            else { continue }
+            let cell = Cell(queue: row["queue"] as? String ?? "prio", congestion: row["congestion"] as? String ?? "", kind: kind, nodes: n, mib: mib)
+            if measured[cell] == nil { order.append(cell) }
+            measured[cell, default: []].append(secs)
+        }
+        print("simulator against the namespace testbed (\(file)): measured median of the runs, \(Int(mbit)) Mbit/s")
+        print("| queue | TCP | schedule | nodes | size | runs | measured | simulated | error |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        var worst = 0.0
+        for cell in order {
+            guard let q = LinkModel.Queue(rawValue: cell.queue), let kind = ScheduleKind(rawValue: cell.kind) else { continue }
+            let times = measured[cell]!.sorted()
+            let median = times[times.count / 2]
+            let s = Scenario(kind: kind, ranks: cell.nodes, imageBytes: cell.mib << 20, chunkBytes: chunkBytes, link: link(q))
+            let simulated = Simulation.run(s).lastDone()
+            let error = simulated.map { ($0 - median) / median }
+            worst = max(worst, abs(error ?? .infinity))
+            print(
+                "| \(cell.queue) | \(cell.congestion) | \(cell.kind) | \(cell.nodes) | \(cell.mib) MiB | \(times.count) | "
+                    + "\(String(format: "%.2f s", median)) | \(simulated.map { String(format: "%.2f s", $0) } ?? "not done") | "
+                    + "\(error.map { String(format: "%+.1f%%", $0 * 100) } ?? "–") |")
+        }
+        print(String(format: "worst error: %.1f%%", worst * 100))
+    }
+
+    func list<T>(_ s: String, _ name: String, _ parse: (String) -> T?) throws -> [T] {
+        try s.split(separator: ",").map { part in
+            let p = part.trimmingCharacters(in: .whitespaces)
+            guard let v = parse(p) else { throw ValidationError("\(name): '\(p)' is not one of the values it takes (see --help)") }
+            return v
+        }
+    }
+}
