@@ -88,9 +88,7 @@ SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --node
 # then the error of each cell, then the simulated curve with a slow and a failing node.
 SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --nodes 4,8 --sizes 256 \
   --kinds pipeline,twotree --queues prio,bfifo,tbf --json-out "$bench/broadcast-4-8.json"
-python3 -c 'import json,sys; json.dump(sum((json.load(open(f)) for f in sys.argv[2:]), []), open(sys.argv[1], "w"))' \
-  "$bench/broadcast.json" "$bench/broadcast-4-8.json" "$bench/broadcast-16.json"
-.build/release/slurm-vm bench broadcast-sim --calibrate "$bench/broadcast.json"
+.build/release/slurm-vm bench broadcast-sim --calibrate "$bench/broadcast-4-8.json,$bench/broadcast-16.json"
 .build/release/slurm-vm bench broadcast-sim --nodes 16,64,256 --schedules pipeline,twotree --faults none,both
 # Prolog latency of VM jobs through the local cluster, against booting the same guests by hand.
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/prolog_latency.py --runs 5

@@ -234,5 +234,5 @@ public struct Plan: Sendable {
 
 extension Int {
     /// Bits needed to write self (0 for 0): ⌈log2(self + 1)⌉.
-    var bitWidthNeeded: Int { self <= 0 ? 0 : Int.bitWidth - leadingZeroBitCount }
+    public var bitWidthNeeded: Int { self <= 0 ? 0 : Int.bitWidth - leadingZeroBitCount }
 }

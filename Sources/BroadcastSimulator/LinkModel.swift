@@ -39,7 +39,7 @@ public struct LinkModel: Sendable {
     public init(bitsPerSecond: Double, queue: Queue) {
         self.bitsPerSecond = bitsPerSecond
         self.queue = queue
-        (busyPortDelay, sharedEfficiency) = Self.calibrated[queue]!
+        (busyPortDelay, sharedEfficiency) = Self.calibrated(queue)
     }
 
     /// Payload bytes a second a port carries at full rate.
@@ -49,9 +49,11 @@ public struct LinkModel: Sendable {
     /// (docs/broadcast.md, "The curve to 1,024 nodes"): a small message waits about a quarter of the
     /// 10 ms queue on a busy drop-tail port; only bfifo's 250 KB, four 64 KiB GSO segments, costs
     /// competing flows rate (tbf holds its bucket besides).
-    public static let calibrated: [Queue: (Double, Double)] = [
-        .prio: (0, 1.0),
-        .bfifo: (0.0025, 0.93),
-        .tbf: (0.0025, 1.0),
-    ]
+    public static func calibrated(_ queue: Queue) -> (busyPortDelay: Double, sharedEfficiency: Double) {
+        switch queue {
+        case .prio: (0, 1.0)
+        case .bfifo: (0.0025, 0.93)
+        case .tbf: (0.0025, 1.0)
+        }
+    }
 }

@@ -54,7 +54,7 @@ public struct Scenario: Sendable {
     /// the least.
     public var bound: Double {
         let rate = link.payloadBytesPerSecond
-        return Double(imageBytes) / rate + Double(Int.bitWidth - (ranks - 1).leadingZeroBitCount) * Double(chunkBytes) / rate
+        return Double(imageBytes) / rate + Double((ranks - 1).bitWidthNeeded) * Double(chunkBytes) / rate
     }
 
     /// size/rate at the link's rate, as the benchmark's ratios are given.
@@ -282,7 +282,7 @@ public final class Simulation {
             let left = c.written - min(c.written, c.delivered + c.rate * (now - c.since))
             delay += c.rate > 0 ? left / c.rate : left / upCapacity[r]
         }
-        if scenario.link.queue != .prio && !upActive[r].isEmpty { delay += scenario.link.busyPortDelay }
+        if !upActive[r].isEmpty { delay += scenario.link.busyPortDelay }
         let at = max(now + delay, c.lastMessage)
         connections[i].lastMessage = at
         heap.push(at, .deliver(rank: p, event: e))

@@ -26,7 +26,8 @@ struct BroadcastSimBench: ParsableCommand {
     @Option(help: "Port queues, comma-separated, of prio, bfifo, tbf.") var queues = "prio"
     @Option(help: "Schedules, comma-separated.") var schedules = "pipeline"
     @Option(help: "Fault cases, comma-separated, of none, slow, fail, both.") var faults = "none"
-    @Option(help: "Measured rows to compare with (the JSON Benchmarks/broadcast.py writes with --json-out); runs only their cells.")
+    @Option(
+        help: "Measured rows to compare with (JSON files Benchmarks/broadcast.py writes with --json-out), comma-separated; runs only their cells.")
     var calibrate: String?
     @Flag(help: "One JSON object per line instead of the table.") var json = false
     @Option(help: "Override the model: bytes a socket accepts ahead of the wire (calibration).") var sendBuffer: Double?
@@ -47,7 +48,7 @@ struct BroadcastSimBench: ParsableCommand {
         guard let chunkBytes = try? Int(ByteSize.parse(chunk, bare: .bytes)), chunkBytes > 0 else {
             throw ValidationError("--chunk '\(chunk)' is not a size like 1M")
         }
-        if let file = calibrate { return try compare(file, chunkBytes: chunkBytes) }
+        if let files = calibrate { return try compare(files.split(separator: ",").map(String.init), chunkBytes: chunkBytes) }
         let ns = try list(nodes, "--nodes") { Int($0).flatMap { $0 >= 2 ? $0 : nil } }
         let bytes = try list(sizes, "--sizes") { (try? ByteSize.parse($0, bare: .mebibytes)).map { Int($0) } }
         let qs = try list(queues, "--queues") { LinkModel.Queue(rawValue: $0) }
@@ -60,29 +61,21 @@ struct BroadcastSimBench: ParsableCommand {
             )
             print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         }
-        for q in qs {
-            for k in ks {
-                for f in fs {
-                    for size in bytes {
-                        for n in ns {
-                            var s = Scenario(kind: k, ranks: n, imageBytes: size, chunkBytes: chunkBytes, link: link(q))
-                            var excluded = Set<Int>()
-                            if f == "slow" || f == "both" {
-                                for r in stride(from: 8, to: n, by: 64) { s.slow[r] = 0.25; excluded.insert(r) }
-                            }
-                            if f == "fail" || f == "both" {
-                                s.failure = .init(rank: n / 2 + 1, at: s.sizeOverRate / 2)
-                                excluded.insert(n / 2 + 1)
-                            }
-                            let t0 = Date()
-                            let out = Simulation.run(s)
-                            let wall = Date().timeIntervalSince(t0)
-                            let t = out.lastDone(excluding: excluded)
-                            report(s, fault: f, time: t, outcome: out, wall: wall)
-                        }
-                    }
-                }
+        // Every combination, in the table's order: queue, schedule, faults, size, then N.
+        let cells = qs.flatMap { q in ks.flatMap { k in fs.flatMap { f in bytes.flatMap { size in ns.map { (q, k, f, size, $0) } } } } }
+        for (q, k, f, size, n) in cells {
+            var s = Scenario(kind: k, ranks: n, imageBytes: size, chunkBytes: chunkBytes, link: link(q))
+            var excluded = Set<Int>()
+            if f == "slow" || f == "both" {
+                for r in stride(from: 8, to: n, by: 64) { s.slow[r] = 0.25; excluded.insert(r) }
             }
+            if f == "fail" || f == "both" {
+                s.failure = .init(rank: n / 2 + 1, at: s.sizeOverRate / 2)
+                excluded.insert(n / 2 + 1)
+            }
+            let t0 = Date()
+            let out = Simulation.run(s)
+            report(s, fault: f, time: out.lastDone(excluding: excluded), outcome: out, wall: Date().timeIntervalSince(t0))
         }
     }
 
@@ -113,10 +106,14 @@ struct BroadcastSimBench: ParsableCommand {
     /// Runs the cells of a benchmark JSON that the model is calibrated for (the pipeline and the two trees
     /// under cubic, no slow node) and prints the simulated time next to the measured median, with the error.
     /// The model has no congestion control of its own: BBR rows are left out.
-    func compare(_ file: String, chunkBytes: Int) throws {
-        guard let data = FileManager.default.contents(atPath: file),
-            let rows = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]]
-        else { throw ValidationError("\(file): not the JSON list Benchmarks/broadcast.py --json-out writes") }
+    func compare(_ files: [String], chunkBytes: Int) throws {
+        var rows: [[String: Any]] = []
+        for file in files {
+            guard let data = FileManager.default.contents(atPath: file),
+                let list = try? JSONSerialization.jsonObject(with: data) as? [[String: Any]]
+            else { throw ValidationError("\(file): not the JSON list Benchmarks/broadcast.py --json-out writes") }
+            rows += list
+        }
         struct Cell: Hashable { var queue: String, congestion: String, kind: String, nodes: Int, mib: Int }
         var measured: [Cell: [Double]] = [:]
         var order: [Cell] = []
@@ -129,14 +126,15 @@ struct BroadcastSimBench: ParsableCommand {
             if measured[cell] == nil { order.append(cell) }
             measured[cell, default: []].append(secs)
         }
-        print("simulator against the namespace testbed (\(file)): measured median of the runs, \(Int(mbit)) Mbit/s")
+        print("simulator against the namespace testbed (\(files.joined(separator: ", "))): measured median of the runs, \(Int(mbit)) Mbit/s")
         print("| queue | TCP | schedule | nodes | size | runs | measured | simulated | error |")
         print("|---|---|---|---|---|---|---|---|---|")
         var worst = 0.0
         for cell in order {
             guard let q = LinkModel.Queue(rawValue: cell.queue), let kind = ScheduleKind(rawValue: cell.kind) else { continue }
             let times = measured[cell]!.sorted()
-            let median = times[times.count / 2]
+            // As the benchmark takes it: the middle run, or the mean of the middle two.
+            let median = (times[(times.count - 1) / 2] + times[times.count / 2]) / 2
             let s = Scenario(kind: kind, ranks: cell.nodes, imageBytes: cell.mib << 20, chunkBytes: chunkBytes, link: link(q))
             let simulated = Simulation.run(s).lastDone()
             let error = simulated.map { ($0 - median) / median }
