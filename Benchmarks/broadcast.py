@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -77,13 +78,20 @@ def transfer(tb, kind, src, workdir, chunk, env=None):
     cpu = CPUSampler()
     # Every rank begins at the same instant (a parallel launcher's start), not as spawned one by one.
     t0 = time.time() + 0.3 + 0.06 * tb.n
+    errs = []
     for i in range(tb.n):
         argv = command(kind, i, tb, src, os.path.join(workdir, f"copy{i}"), chunk, 17500, t0)
-        procs.append(tb.popen(i, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # stderr to a file, not a pipe: the ranks are read one after another, and a traced rank writing
+        # more than a pipe holds would block, mid-transfer, until the harness reached it.
+        errs.append(tempfile.TemporaryFile(mode="w+", dir=workdir))
+        procs.append(tb.popen(i, argv, stdout=subprocess.PIPE, stderr=errs[-1], text=True,
                               env=dict(os.environ, **(env or {}))))
     reports = []
     for i, p in enumerate(procs):
-        out, err = p.communicate(timeout=900)
+        out, _ = p.communicate(timeout=900)
+        errs[i].seek(0)
+        err = errs[i].read()
+        errs[i].close()
         if p.returncode != 0:
             reports.append({"rank": i, "error": (err.strip() or out.strip())[-400:], "code": p.returncode})
         else:
@@ -169,7 +177,7 @@ def main():
                                 bad += 1
                                 print(f"  {kind} N={n}: {problem}", file=sys.stderr)
                             ratios.append(float("nan") if problem else secs / limit)
-                            rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size,
+                            rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size, "chunk": a.chunk,
                                          "run": run, "seconds": secs, "ratio": secs / limit, "cpu_busy": busy,
                                          "sent": sum(r.get("sent", 0) for r in reports),
                                          "repairs": sum(r.get("repairs", 0) for r in reports),
@@ -213,7 +221,7 @@ def slow_row(a, queue, cc, label, kinds, base, src, digest, limit, size, rows, f
                 slow_end = reports[slow].get("verified_unix", float("nan")) - t0
                 others.append(float("nan") if problem else rest / limit)
                 slows.append(slow_end / limit)
-                rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size, "slow_node": slow,
+                rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size, "chunk": a.chunk, "slow_node": slow,
                              "run": run, "others_ratio": rest / limit, "slow_ratio": slow_end / limit})
             c = cell(others, limit)
             cells.append(c if c == "FAILED" else f"the others {c}, the slow node {median(slows):.2f}×")

@@ -359,7 +359,7 @@ public final class Participant: @unchecked Sendable {
         }
         manifest = m
         let plan = Plan(kind: config.kind, ranks: config.addresses.count, chunks: m.count)
-        var opts = TransferMachine.Options(plan: plan)
+        var opts = TransferMachine.Options(plan: plan, chunkBytes: m.chunkSize)
         opts.giveUpSeconds = config.giveUpSeconds
         machine = TransferMachine(rank: config.rank, plan: plan, holdsAll: config.source != nil, now: now, options: opts)
         for ch in channels.values { send(.manifest(m), on: ch) }

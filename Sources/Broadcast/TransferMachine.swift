@@ -35,8 +35,9 @@ public struct TransferMachine: Sendable {
         public var maxWantsPerPeer = 2
         /// Requests a rank keeps open at once in the pipeline (each to a different neighbor).
         public var pullDepth = 8
-        /// Two-tree: requests a rank keeps open at each stripe's parent.
-        public var treeWindow = 4
+        /// Two-tree: requests a rank keeps open at each stripe's parent: 4 MiB of chunks, so that the
+        /// parent's stream never waits for a request whatever the chunk size (and at least 4).
+        public var treeWindow: Int
         /// Two-tree: chunks a stripe may trail the other before its parent counts as slow and the
         /// stripe is also pulled from anyone. A rank deep in one tree and shallow in the other trails
         /// by about a chunk per level of difference, so this grows with the depth: a fixed 8 sent ranks
@@ -47,8 +48,9 @@ public struct TransferMachine: Sendable {
         /// Whether lateness and stalls trigger repairs (the baselines only repair after a loss).
         public var repairs = true
 
-        public init(plan: Plan) {
+        public init(plan: Plan, chunkBytes: Int = 1 << 20) {
             let d = max(1, (plan.ranks - 1).bitWidthNeeded)
+            treeWindow = max(4, (4 << 20) / max(1, chunkBytes))
             lateSlack = 2 * d + 2
             treeLag = max(16, 2 * d + 2)
             repairs = plan.kind.pulls

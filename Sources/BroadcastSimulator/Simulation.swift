@@ -139,7 +139,7 @@ public final class Simulation {
         scenario = s
         let n = s.ranks
         let plan = Plan(kind: s.kind, ranks: n, chunks: s.chunks)
-        let options = TransferMachine.Options(plan: plan)
+        let options = TransferMachine.Options(plan: plan, chunkBytes: s.chunkBytes)
         machines = (0..<n).map { TransferMachine(rank: $0, plan: plan, holdsAll: $0 == 0, now: 0, options: options) }
         upActive = Array(repeating: [], count: n)
         downActive = Array(repeating: [], count: n)

@@ -105,7 +105,8 @@ struct BroadcastSimBench: ParsableCommand {
 
     /// Runs the cells of a benchmark JSON that the model is calibrated for (the pipeline and the two trees
     /// under cubic, no slow node) and prints the simulated time next to the measured median, with the error.
-    /// The model has no congestion control of its own: BBR rows are left out.
+    /// The model has no congestion control of its own: BBR rows are left out. A row's own chunk size
+    /// (rows record it since 2026-12-06) wins over `--chunk`.
     func compare(_ files: [String], chunkBytes: Int) throws {
         var rows: [[String: Any]] = []
         for file in files {
@@ -114,7 +115,7 @@ struct BroadcastSimBench: ParsableCommand {
             else { throw ValidationError("\(file): not the JSON list Benchmarks/broadcast.py --json-out writes") }
             rows += list
         }
-        struct Cell: Hashable { var queue: String, congestion: String, kind: String, nodes: Int, mib: Int }
+        struct Cell: Hashable { var queue: String, congestion: String, kind: String, nodes: Int, mib: Int, chunk: Int }
         var measured: [Cell: [Double]] = [:]
         var order: [Cell] = []
         for row in rows where row["slow_node"] == nil {
@@ -122,25 +123,28 @@ struct BroadcastSimBench: ParsableCommand {
                 row["congestion"] as? String ?? "cubic" == "cubic", let n = row["nodes"] as? Int,
                 let mib = row["mib"] as? Int, let secs = row["seconds"] as? Double, secs.isFinite
             else { continue }
-            let cell = Cell(queue: row["queue"] as? String ?? "prio", congestion: row["congestion"] as? String ?? "", kind: kind, nodes: n, mib: mib)
+            let chunk = (row["chunk"] as? String).flatMap { try? Int(ByteSize.parse($0, bare: .bytes)) } ?? chunkBytes
+            let cell = Cell(
+                queue: row["queue"] as? String ?? "prio", congestion: row["congestion"] as? String ?? "", kind: kind, nodes: n, mib: mib, chunk: chunk
+            )
             if measured[cell] == nil { order.append(cell) }
             measured[cell, default: []].append(secs)
         }
         print("simulator against the namespace testbed (\(files.joined(separator: ", "))): measured median of the runs, \(Int(mbit)) Mbit/s")
-        print("| queue | TCP | schedule | nodes | size | runs | measured | simulated | error |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| queue | TCP | schedule | nodes | size | chunk | runs | measured | simulated | error |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         var worst = 0.0
         for cell in order {
             guard let q = LinkModel.Queue(rawValue: cell.queue), let kind = ScheduleKind(rawValue: cell.kind) else { continue }
             let times = measured[cell]!.sorted()
             // As the benchmark takes it: the middle run, or the mean of the middle two.
             let median = (times[(times.count - 1) / 2] + times[times.count / 2]) / 2
-            let s = Scenario(kind: kind, ranks: cell.nodes, imageBytes: cell.mib << 20, chunkBytes: chunkBytes, link: link(q))
+            let s = Scenario(kind: kind, ranks: cell.nodes, imageBytes: cell.mib << 20, chunkBytes: cell.chunk, link: link(q))
             let simulated = Simulation.run(s).lastDone()
             let error = simulated.map { ($0 - median) / median }
             worst = max(worst, abs(error ?? .infinity))
             print(
-                "| \(cell.queue) | \(cell.congestion) | \(cell.kind) | \(cell.nodes) | \(cell.mib) MiB | \(times.count) | "
+                "| \(cell.queue) | \(cell.congestion) | \(cell.kind) | \(cell.nodes) | \(cell.mib) MiB | \(cell.chunk >> 10) KiB | \(times.count) | "
                     + "\(String(format: "%.2f s", median)) | \(simulated.map { String(format: "%.2f s", $0) } ?? "not done") | "
                     + "\(error.map { String(format: "%+.1f%%", $0 * 100) } ?? "–") |")
         }
