@@ -119,6 +119,8 @@ def main():
     ap.add_argument("--kinds", default="chain,central,binomial,pipeline",
                     help="chain (the benchmark's own relay, the baseline), and slurm-vm's schedules central, binomial, pipeline")
     ap.add_argument("--slow", action="store_true", help="also: one node at a quarter of the rate (slurm-vm's pulling schedules)")
+    ap.add_argument("--slow-node", type=int, metavar="R",
+                    help="with --slow, which node is slow (default N/2, a leaf of both trees; 2 forwards in one)")
     ap.add_argument("--slow-chain", action="store_true",
                     help="with --slow, the chain too (everyone behind the slow node gets its rate: about 4.2x, 45 s per run at 256 MiB)")
     ap.add_argument("--queues", default="prio", help=f"port queues to run, of {','.join(QUEUES)} (scripts/netns_testbed.py)")
@@ -204,7 +206,9 @@ def slow_row(a, queue, cc, label, kinds, base, src, digest, limit, size, rows, f
     """The largest N with node N/2 at a quarter of the rate: how long the others take (from the common
     start), for the pulling schedules (and the chain with --slow-chain)."""
     n = max(int(x) for x in a.nodes.split(","))
-    slow = n // 2
+    slow = n // 2 if a.slow_node is None else a.slow_node
+    if not 0 < slow < n:
+        sys.exit(f"--slow-node {slow}: give a receiving node, 1 to {n - 1}")
     cells, bad = [], 0
     with Testbed(n, mbit=a.mbit, slow={slow: a.mbit // 4}, congestion=None if cc == "host" else cc, queue=queue) as tb:
         for kind in kinds:

@@ -330,6 +330,9 @@ public final class Participant: @unchecked Sendable {
             apply(.wanted(by: r, chunk: c == Int(UInt32.max) ? TransferMachine.anyChunk : c))
         case .chunk:
             break  // streamed by the reader, never gathered
+        case .replan(let slow):
+            guard handler.rank != nil, machine != nil else { return }
+            apply(.replanned(slow: slow))
         case .abort(let why):
             if let r = handler.rank { FileHandle.standardError.write(Data("rank \(config.rank): rank \(r) aborted: \(why)\n".utf8)) }
             ch.close(promise: nil)
@@ -421,6 +424,8 @@ public final class Participant: @unchecked Sendable {
             for ch in channels.values { send(.have(c), on: ch) }
         case .connect(let p):
             dial(p, until: now + 10)
+        case .replan(let slow):
+            for ch in channels.values { send(.replan(slow: slow), on: ch) }
         case .complete:
             do { try file?.finish() } catch { return fail("\(error)") }
             verifiedAt = now

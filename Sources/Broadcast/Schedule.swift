@@ -140,6 +140,9 @@ public struct Plan: Sendable {
     public let forwardsEarly: Bool
     /// Two-tree: for each rank, the rank it receives stripe s (chunks c with c % 2 == s) from; -1 for the root.
     public let treeParents: [[Int]]
+    /// Two-tree: a receiver that is a leaf in both trees, so its upload is idle (there is one when the
+    /// receivers' count is odd). A rank whose own link proves slow trades places with it.
+    public let treeSpare: Int?
 
     public init(kind: ScheduleKind, ranks n: Int, chunks k: Int) {
         precondition(n >= 1 && k >= 1)
@@ -222,6 +225,13 @@ public struct Plan: Sendable {
         schedules = s
         self.steps = steps
         treeParents = parents
+        if kind == .twoTree {
+            var inner = Set<Int>()
+            for r in 1..<max(n, 1) { for q in parents[r] where q > 0 { inner.insert(q) } }
+            treeSpare = (1..<max(n, 1)).first { !inner.contains($0) }
+        } else {
+            treeSpare = nil
+        }
         switch kind {
         case .central: uploadSlots = max(1, n - 1)
         case .pipeline: uploadSlots = 3

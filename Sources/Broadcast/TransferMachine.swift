@@ -45,12 +45,16 @@ public struct TransferMachine: Sendable {
         /// root's upload went to repairs and every rank slowed to 1.34× of size/rate. Over a long
         /// transfer the stripes also drift a little apart: at 16 nodes and 2 GiB, 10 cost 1.20×, 16 1.14×.
         public var treeLag: Int
+        /// Two-tree: chunks both parents may hold beyond this rank before its own link counts as slow
+        /// (16 MiB: a level's lag on a drop-tail port is about 4 MiB).
+        public var slowLinkLag: Int
         /// Whether lateness and stalls trigger repairs (the baselines only repair after a loss).
         public var repairs = true
 
         public init(plan: Plan, chunkBytes: Int = 1 << 20) {
             let d = max(1, (plan.ranks - 1).bitWidthNeeded)
             treeWindow = max(4, (4 << 20) / max(1, chunkBytes))
+            slowLinkLag = max(16, (16 << 20) / max(1, chunkBytes))
             lateSlack = 2 * d + 2
             treeLag = max(16, 2 * d + 2)
             repairs = plan.kind.pulls
@@ -64,6 +68,8 @@ public struct TransferMachine: Sendable {
         case received(from: Int, chunk: Int, valid: Bool)
         case sent(to: Int, chunk: Int)
         case wanted(by: Int, chunk: Int)
+        /// Two-tree: a peer passed on that this rank's link is slow and it trades places with the spare leaf.
+        case replanned(slow: Int)
         case tick
     }
 
@@ -81,6 +87,9 @@ public struct TransferMachine: Sendable {
         /// forwards a stripe no faster than it arrives, so each chunk leaves evenly spaced instead of
         /// as one burst that a drop-tail port would cut).
         case pace(to: Int, chunksPerSecond: Double)
+        /// Two-tree: tell every connected peer that this slow rank trades places with the spare leaf
+        /// (each rank passes it on once, so it floods the graph).
+        case replan(slow: Int)
     }
 
     struct PeerState: Sendable {
@@ -125,6 +134,11 @@ public struct TransferMachine: Sendable {
     var paced: [Int: Double] = [:]
     static let pacingWindow = 8
     var askedForRoot = false
+    /// Two-tree: each rank's parent per stripe, the plan's until a slow rank trades places with the
+    /// spare leaf (`replan`); at most once, since the plan has one spare.
+    public private(set) var treeParents: [[Int]]
+    var replanned = false
+    var hasTreeChildren = false
     public private(set) var finished = false
     let outNeighbors: [Int]
     var rotation = 0
@@ -135,6 +149,8 @@ public struct TransferMachine: Sendable {
         public var received = 0, duplicates = 0, corrupted = 0, repairs = 0, sent = 0, served = 0
         /// Requests lost with a neighbor that left or went unanswered, and asked again elsewhere.
         public var reasked = 0
+        /// Two-tree: the slow rank the trees were re-planned around, if any.
+        public var replannedSlow: Int?
     }
 
     public init(rank: Int, plan: Plan, holdsAll: Bool, now: Double, options: Options? = nil) {
@@ -151,6 +167,8 @@ public struct TransferMachine: Sendable {
             if p != rank && !outs.contains(p) { outs.append(p) }
         }
         outNeighbors = outs
+        treeParents = plan.treeParents
+        hasTreeChildren = plan.treeParents.contains { $0.contains(rank) }
         stripeMasks = plan.kind == .twoTree ? [Bitset.stripe(0, count: plan.chunks), Bitset.stripe(1, count: plan.chunks)] : []
         if holdsAll { stripeHeld = [(plan.chunks + 1) / 2, plan.chunks / 2] }  // even and odd chunks
         lastArrival = now
@@ -227,6 +245,8 @@ public struct TransferMachine: Sendable {
                 peers[p]?.has.remove(c)  // it says it lacks it (what we sent arrived corrupted): believe it
             }
             if c == Self.anyChunk || (c >= 0 && c < plan.chunks) { wantQueue.append((p, c)) }
+        case .replanned(let s):
+            replan(slow: s, &out)
         case .tick:
             break
         }
@@ -351,7 +371,7 @@ public struct TransferMachine: Sendable {
             let fallback = treePull(now, &out)
             if !fallback[0] && !fallback[1] { return }
             for stripe in 0..<2 where !fallback[stripe] { mask.formUnion(stripeMasks[stripe]) }
-            skip = Set(plan.treeParents[rank].filter { $0 >= 0 && peers[$0] != nil })
+            skip = Set(treeParents[rank].filter { $0 >= 0 && peers[$0] != nil })
             if now - lastArrival <= options.stallSeconds { skip.insert(0) }  // the root's upload feeds the trees
         }
         var active = peers.reduce(0) { n, e in
@@ -394,11 +414,12 @@ public struct TransferMachine: Sendable {
     /// per stripe, whether anyone else should be asked too: its parent is gone, or the stripe trails the
     /// other by more than `treeLag` chunks (the parent, or its own parent, is slow).
     mutating func treePull(_ now: Double, _ out: inout [Action]) -> [Bool] {
+        checkOwnLink(&out)
         var fallback = [false, false]
         let stalled = now - lastArrival > options.stallSeconds
         for stripe in 0..<2 {
             while treeCursor[stripe] < plan.chunks && have[treeCursor[stripe]] { treeCursor[stripe] += 2 }
-            let q = plan.treeParents[rank][stripe]
+            let q = treeParents[rank][stripe]
             guard q >= 0, treeCursor[stripe] < plan.chunks else { continue }
             guard let parent = peers[q] else { fallback[stripe] = true; continue }
             let otherLeft = stripeMasks[1 - stripe].population - stripeHeld[1 - stripe]
@@ -418,6 +439,48 @@ public struct TransferMachine: Sendable {
         return fallback
     }
 
+    /// Two-tree: whether this rank's own download is what holds it back: both stripes' parents hold
+    /// 16 MiB more of their stripe than has reached it. A rank held back by a slow ancestor finds its
+    /// parent just as far behind, and an upload that is slow leaves its parent no further ahead; only a
+    /// slow download of its own starves it from two unrelated senders at once. Such a rank forwards at
+    /// that slow rate to its whole subtree, and the trees leave no spare upload anywhere to route around
+    /// it (docs/broadcast.md), so it trades places with the spare leaf: its children get their stripe
+    /// at full rate from there, and it receives as a leaf of both trees.
+    mutating func checkOwnLink(_ out: inout [Action]) {
+        guard !replanned, hasTreeChildren, rank != 0, let spare = plan.treeSpare, spare != rank else { return }
+        for stripe in 0..<2 {
+            guard let p = peers[treeParents[rank][stripe]] else { return }
+            let ahead = p.announced.countShared(with: stripeMasks[stripe]) - stripeHeld[stripe]
+            guard ahead > options.slowLinkLag else { return }
+        }
+        replan(slow: rank, &out)
+    }
+
+    /// The slow rank and the spare leaf trade places in both trees; passed on to every peer once.
+    mutating func replan(slow s: Int, _ out: inout [Action]) {
+        guard !replanned, let spare = plan.treeSpare, s != spare, s > 0, s < plan.ranks else { return }
+        replanned = true
+        stats.replannedSlow = s
+        let before = treeParents[rank]
+        for x in 0..<plan.ranks { for t in 0..<2 where treeParents[x][t] == s { treeParents[x][t] = spare } }
+        treeParents.swapAt(s, spare)
+        hasTreeChildren = treeParents.contains { $0.contains(rank) }
+        out.append(.replan(slow: s))
+        for t in 0..<2 where treeParents[rank][t] != before[t] {
+            // What was asked of the old parent is asked of the new one (at worst it arrives twice).
+            for (c, q) in wanted where q == before[t] && c & 1 == t {
+                wanted[c] = nil
+                peers[q]?.myWants[c] = nil
+            }
+            if treeParents[rank][t] >= 0 && peers[treeParents[rank][t]] == nil { out.append(.connect(treeParents[rank][t])) }
+        }
+        if rank == s {
+            // No children any more: whatever it still sends (repairs) may use its whole upload.
+            for p in paced.keys.sorted() { out.append(.pace(to: p, chunksPerSecond: .infinity)) }
+            paced = [:]
+        }
+    }
+
     mutating func noteStripeArrival(_ stripe: Int, _ now: Double) {
         stripeArrivals[stripe].append(now)
         if stripeArrivals[stripe].count > Self.pacingWindow { stripeArrivals[stripe].removeFirst() }
@@ -433,7 +496,7 @@ public struct TransferMachine: Sendable {
     public static let anyChunk = -1
 
     mutating func start(_ p: Int, _ c: Int, _ now: Double, _ out: inout [Action]) {
-        if plan.kind == .twoTree && rank != 0 && plan.treeParents[p][c & 1] == rank && stripePeak[c & 1] > 0 {
+        if plan.kind == .twoTree && rank != 0 && treeParents[p][c & 1] == rank && stripePeak[c & 1] > 0 {
             // A quarter above the fastest the stripe has reached us, so a child catches up after a
             // hiccup. The peak, not the current rate: pacing by the current rate fed on itself when a
             // stripe stalled (a parent killed), each level pacing the next below its own slowed arrival

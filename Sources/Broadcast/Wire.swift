@@ -18,11 +18,13 @@ public enum Frame: Sendable {
     case want(Int)
     case chunk(Int, ByteBuffer)
     case abort(String)
+    /// Two-tree: this slow rank trades places with the spare leaf (see TransferMachine.replan).
+    case replan(slow: Int)
 
     static let magic: UInt32 = 0x5356_4D42  // "SVMB"
-    static let version: UInt8 = 1
+    static let version: UInt8 = 2  // 2: the replan frame
 
-    enum Kind: UInt8 { case hello = 1, manifest, have, want, chunk, abort }
+    enum Kind: UInt8 { case hello = 1, manifest, have, want, chunk, abort, replan }
 
     /// Writes the frame; a chunk's bytes are appended as they are (no copy beyond the socket's).
     public func encode(into b: inout ByteBuffer) {
@@ -53,6 +55,9 @@ public enum Frame: Sendable {
             let s = Array(why.utf8.prefix(4096))
             header(&b, .abort, s.count)
             b.writeBytes(s)
+        case .replan(let slow):
+            header(&b, .replan, 4)
+            b.writeInteger(UInt32(slow))
         }
     }
 
@@ -172,6 +177,7 @@ public struct FrameReader {
             let c = try u32()
             return .chunk(c, b)  // only when parsed whole (tests); the reader streams chunks
         case .abort: return .abort(b.readString(length: b.readableBytes) ?? "")
+        case .replan: return .replan(slow: try u32())
         case nil: throw BroadcastError.protocolViolation("a peer sent a frame of unknown type \(type)")
         }
     }

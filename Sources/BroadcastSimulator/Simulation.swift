@@ -210,6 +210,8 @@ public final class Simulation {
                 message(from: r, to: p, .wanted(by: r, chunk: c))
             case .announce(let c):
                 for p in linked[r] where !dead[p] { message(from: r, to: p, .peerHas(peer: r, chunk: c)) }
+            case .replan(let slow):
+                for p in linked[r] where !dead[p] { message(from: r, to: p, .replanned(slow: slow)) }
             case .connect(let p):
                 if !dead[p] && !linked[r].contains(p) { link(r, p, after: 3 * scenario.link.latency) }
             case .complete:

@@ -84,7 +84,7 @@ struct BroadcastCommand: ParsableCommand {
                 let line: [String: Any] = [
                     "rank": rank, "seconds": report.seconds, "verified_unix": began.timeIntervalSince1970 + report.seconds,
                     "received": s.received, "duplicates": s.duplicates, "corrupted": s.corrupted, "repairs": s.repairs, "sent": s.sent,
-                    "served": s.served,
+                    "served": s.served, "replanned_slow": s.replannedSlow ?? -1,
                     "sent_from_memory": report.sentFromMemory, "uncached": report.bypassedPageCache,
                 ]
                 print(String(data: try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]), encoding: .utf8)!)

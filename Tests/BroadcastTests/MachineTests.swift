@@ -102,8 +102,10 @@ final class Network {
             case .announce(let c):
                 for p in announceOrder(r) where !dead.contains(p) { post(0.01, p, .peerHas(peer: r, chunk: c)) }
             case .connect(let p):
-                post(0.01, r, .connected(peer: p, complete: true))
-                post(0.01, p, .connected(peer: r, complete: false))
+                post(0.01, r, .connected(peer: p, complete: machines[p].complete))
+                post(0.01, p, .connected(peer: r, complete: machines[r].complete))
+            case .replan(let slow):
+                for p in announceOrder(r) where !dead.contains(p) { post(0.01, p, .replanned(slow: slow)) }
             case .complete:
                 doneAt[r] = now
             case .fail(let why):

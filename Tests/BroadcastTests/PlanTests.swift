@@ -95,4 +95,39 @@ import Testing
         }
         #expect(plan.treeParents[0] == [-1, -1])
     }
+
+    /// A slow inner rank and the spare leaf trade places (TransferMachine.replan): every rank computes
+    /// the same new trees, which are still two trees of the same depth, the slow rank is a leaf in both,
+    /// and the spare forwards in its place. The spare may sit in the slow rank's own subtree.
+    @Test(arguments: [16, 32, 64, 100, 1024])
+    func aSlowRankTradesPlacesWithTheSpareLeaf(n: Int) {
+        let plan = Plan(kind: .twoTree, ranks: n, chunks: 8)
+        guard let spare = plan.treeSpare else {
+            Issue.record("N=\(n): no spare leaf")
+            return
+        }
+        #expect(!plan.treeParents.contains { $0.contains(spare) }, "the spare is a leaf in both trees")
+        for slow in [1, n / 2 - 1, n - 1] where slow != spare {
+            var views: [[[Int]]] = []
+            for r in [0, slow, spare, n / 3] {
+                var m = TransferMachine(rank: r, plan: plan, holdsAll: r == 0, now: 0)
+                let out = m.handle(.replanned(slow: slow), now: 0)
+                #expect(out.contains(.replan(slow: slow)), "rank \(r) passes it on")
+                #expect(m.handle(.replanned(slow: slow), now: 0).contains(.replan(slow: slow)) == false, "only once")
+                views.append(m.treeParents)
+            }
+            let t = views[0]
+            #expect(views.allSatisfy { $0 == t }, "N=\(n): every rank computes the same trees")
+            #expect(!t.contains { $0.contains(slow) }, "N=\(n): the slow rank \(slow) has no children")
+            #expect(t[spare] == plan.treeParents[slow].map { $0 == slow ? spare : $0 })
+            for r in 1..<n {
+                for stripe in 0..<2 {
+                    var hops = 0
+                    var q = r
+                    while q != 0 && hops <= n { q = t[q][stripe]; hops += 1 }
+                    #expect(q == 0 && hops <= (n - 1).bitWidthNeeded + 1, "N=\(n) rank \(r) stripe \(stripe): \(hops) hops")
+                }
+            }
+        }
+    }
 }

@@ -139,6 +139,21 @@ def test_a_slow_node_finishes_and_so_do_the_others(work, queue, schedule):
         assert digest(os.path.join(work, f"copy{i}")) == want
 
 
+@pytest.mark.parametrize("queue", QUEUES)
+def test_a_slow_inner_rank_trades_places_with_the_spare_leaf(work, queue):
+    """Two trees at 8 nodes: rank 2 forwards stripe 0 to ranks 4 (the spare leaf) and 5. At a quarter of
+    the rate it falls 16 MiB behind both its parents, tells everyone, and trades places with rank 4;
+    the new edges (4 to 5, 2 under 4) are dialed mid-transfer."""
+    src, want = image(work, 64)
+    with Testbed(8, mbit=200, slow={2: 50}, queue=queue) as tb:
+        results = finish(start(tb, src, work, want, schedule="twotree", timeout=60))
+    assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
+    for i in range(1, 8):
+        assert digest(os.path.join(work, f"copy{i}")) == want
+    replanned = [rep.get("replanned_slow") for _, rep, _ in results]
+    assert replanned[2] == 2 and all(r in (2, -1) for r in replanned), replanned
+
+
 def test_the_wrong_image_is_refused(work):
     src, want = image(work, 1)
     other = "sha256:" + "0" * 64
