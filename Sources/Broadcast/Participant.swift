@@ -73,6 +73,8 @@ public final class Participant: @unchecked Sendable {
     var channels: [Int: Channel] = [:]
     /// Peers seen before the manifest arrived: (rank, holds everything, chunks announced).
     var early: [Int: (complete: Bool, haves: [Int])] = [:]
+    /// A replan heard before the manifest, applied once the machine exists.
+    var earlyReplan: Int?
     var server: Channel?
     var ticker: RepeatedTask?
     var verifiedAt: Double?
@@ -316,6 +318,8 @@ public final class Participant: @unchecked Sendable {
             if let m = manifest { send(.manifest(m), on: ch) }
             if let m = machine {
                 if !m.complete { for c in 0..<m.plan.chunks where m.have[c] { send(.have(c), on: ch) } }
+                // A peer that connects after the flood (a new tree edge, the root dialed late) learns it here.
+                if let s = m.stats.replannedSlow { send(.replan(slow: s), on: ch) }
                 apply(.connected(peer: r, complete: complete))
             } else {
                 early[r] = (complete, [])
@@ -331,8 +335,8 @@ public final class Participant: @unchecked Sendable {
         case .chunk:
             break  // streamed by the reader, never gathered
         case .replan(let slow):
-            guard handler.rank != nil, machine != nil else { return }
-            apply(.replanned(slow: slow))
+            guard handler.rank != nil else { return }
+            if machine != nil { apply(.replanned(slow: slow)) } else { earlyReplan = slow }
         case .abort(let why):
             if let r = handler.rank { FileHandle.standardError.write(Data("rank \(config.rank): rank \(r) aborted: \(why)\n".utf8)) }
             ch.close(promise: nil)
@@ -372,6 +376,7 @@ public final class Participant: @unchecked Sendable {
             apply(.connected(peer: r, complete: e.complete))
             for c in e.haves { apply(.peerHas(peer: r, chunk: c)) }
         }
+        if let s = earlyReplan { apply(.replanned(slow: s)) }
     }
 
     // MARK: actions

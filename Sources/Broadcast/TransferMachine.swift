@@ -248,7 +248,8 @@ public struct TransferMachine: Sendable {
         case .replanned(let s):
             replan(slow: s, &out)
         case .tick:
-            break
+            // Off the per-event path: it counts both parents' announcements, and 0.1 s is soon enough.
+            if plan.kind == .twoTree { checkOwnLink(&out) }
         }
         pump(now, &out)
         return out
@@ -414,7 +415,6 @@ public struct TransferMachine: Sendable {
     /// per stripe, whether anyone else should be asked too: its parent is gone, or the stripe trails the
     /// other by more than `treeLag` chunks (the parent, or its own parent, is slow).
     mutating func treePull(_ now: Double, _ out: inout [Action]) -> [Bool] {
-        checkOwnLink(&out)
         var fallback = [false, false]
         let stalled = now - lastArrival > options.stallSeconds
         for stripe in 0..<2 {
