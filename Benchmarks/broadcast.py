@@ -117,7 +117,7 @@ def main():
     ap.add_argument("--mbit", type=int, default=200)
     ap.add_argument("--chunk", default="1M")
     ap.add_argument("--kinds", default="chain,central,binomial,pipeline",
-                    help="chain (the benchmark's own relay, the baseline), and slurm-vm's schedules central, binomial, pipeline")
+                    help="chain (the benchmark's own relay, the baseline), and slurm-vm's schedules central, binomial, pipeline, twotree, relay")
     ap.add_argument("--slow", action="store_true", help="also: one node at a quarter of the rate (slurm-vm's pulling schedules)")
     ap.add_argument("--slow-node", type=int, metavar="R",
                     help="with --slow, which node is slow (default N/2, a leaf of both trees; 2 forwards in one)")
@@ -212,7 +212,7 @@ def slow_row(a, queue, cc, label, kinds, base, src, digest, limit, size, rows, f
     cells, bad = [], 0
     with Testbed(n, mbit=a.mbit, slow={slow: a.mbit // 4}, congestion=None if cc == "host" else cc, queue=queue) as tb:
         for kind in kinds:
-            if kind not in ("pipeline", "twotree") and not (kind == "chain" and a.slow_chain):
+            if kind not in ("pipeline", "twotree", "relay") and not (kind == "chain" and a.slow_chain):
                 cells.append("—")
                 continue
             others, slows = [], []

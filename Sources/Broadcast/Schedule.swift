@@ -98,9 +98,17 @@ public enum ScheduleKind: String, Sendable, CaseIterable {
     /// port's queueing discipline matters little. Receiver-driven like the pipeline. Being evaluated
     /// against it (docs/broadcast.md); not yet the default.
     case twoTree = "twotree"
+    /// A pipelined chain: rank r receives every chunk from rank r - 1 and passes it on to r + 1, one
+    /// TCP stream per port each way, which a drop-tail port serves at the full rate where two or three
+    /// competing streams lose about a tenth of it (docs/broadcast.md). The depth is N chunks, so it
+    /// suits few ranks or many chunks. Receiver-driven through the two trees' machinery, with both
+    /// stripes from the one parent.
+    case relay
 
     /// Whether receivers pull (TransferMachine.pull) rather than senders working through a plan.
-    public var pulls: Bool { self == .pipeline || self == .twoTree }
+    public var pulls: Bool { self == .pipeline || self == .twoTree || self == .relay }
+    /// Whether every rank has a fixed parent per stripe (`Plan.treeParents`) that streams to it.
+    public var streamsFromParents: Bool { self == .twoTree || self == .relay }
 }
 
 /// One rank's share of a plan.
@@ -138,10 +146,11 @@ public struct Plan: Sendable {
     public let uploadSlots: Int
     /// Whether a rank may forward before it holds the whole image.
     public let forwardsEarly: Bool
-    /// Two-tree: for each rank, the rank it receives stripe s (chunks c with c % 2 == s) from; -1 for the root.
+    /// Two-tree and relay: for each rank, the rank it receives stripe s (chunks c with c % 2 == s)
+    /// from; -1 for the root.
     public let treeParents: [[Int]]
-    /// Two-tree: a receiver that is a leaf in both trees, so its upload is idle (there is one when the
-    /// receivers' count is odd). A rank whose own link proves slow trades places with it.
+    /// Two-tree and relay: a receiver that is a leaf in both trees (the chain's last rank), so its
+    /// upload is idle. A rank whose own link proves slow trades places with it.
     public let treeSpare: Int?
 
     public init(kind: ScheduleKind, ranks n: Int, chunks k: Int) {
@@ -188,6 +197,14 @@ public struct Plan: Sendable {
             }
             linkCirculant()  // repair paths beside the trees
             steps = k + 2 * max(1, m.bitWidthNeeded)
+        case .relay:
+            for r in 1..<max(n, 1) {
+                parents[r] = [r - 1, r - 1]
+                s[r].neighbors.insert(r - 1)
+                s[r - 1].neighbors.insert(r)
+            }
+            linkCirculant()  // repair paths beside the chain
+            steps = k + n - 1
         case .pipeline:
             let d = max(1, (n - 1).bitWidthNeeded)
             var have = (0..<n).map { Bitset(count: k, full: $0 == 0) }
@@ -225,7 +242,7 @@ public struct Plan: Sendable {
         schedules = s
         self.steps = steps
         treeParents = parents
-        if kind == .twoTree {
+        if kind.streamsFromParents {
             var inner = Set<Int>()
             for r in 1..<max(n, 1) { for q in parents[r] where q > 0 { inner.insert(q) } }
             treeSpare = (1..<max(n, 1)).first { !inner.contains($0) }
@@ -236,6 +253,7 @@ public struct Plan: Sendable {
         case .central: uploadSlots = max(1, n - 1)
         case .pipeline: uploadSlots = 3
         case .twoTree: uploadSlots = 4  // two children, and repairs beside them
+        case .relay: uploadSlots = 3  // the next rank, and repairs beside it
         case .binomial: uploadSlots = 1
         }
         forwardsEarly = kind != .binomial

@@ -45,8 +45,10 @@ public struct TransferMachine: Sendable {
         /// root's upload went to repairs and every rank slowed to 1.34× of size/rate. Over a long
         /// transfer the stripes also drift a little apart: at 16 nodes and 2 GiB, 10 cost 1.20×, 16 1.14×.
         public var treeLag: Int
-        /// Two-tree: chunks both parents may hold beyond this rank before its own link counts as slow
-        /// (16 MiB: a level's lag on a drop-tail port is about 4 MiB).
+        /// Two-tree: chunks of each stripe both parents may hold beyond this rank before its own link
+        /// counts as slow (16 MiB: a level's lag on a drop-tail port is about 4 MiB). Relay: 4 MiB, as
+        /// its one parent is ahead by no more than what is in flight, and every rank behind the slow
+        /// one (the spare among them) stays behind by what it lagged when the trade came.
         public var slowLinkLag: Int
         /// Whether lateness and stalls trigger repairs (the baselines only repair after a loss).
         public var repairs = true
@@ -54,7 +56,7 @@ public struct TransferMachine: Sendable {
         public init(plan: Plan, chunkBytes: Int = 1 << 20) {
             let d = max(1, (plan.ranks - 1).bitWidthNeeded)
             treeWindow = max(4, (4 << 20) / max(1, chunkBytes))
-            slowLinkLag = max(16, (16 << 20) / max(1, chunkBytes))
+            slowLinkLag = plan.kind == .relay ? max(4, (4 << 20) / max(1, chunkBytes)) : max(16, (16 << 20) / max(1, chunkBytes))
             lateSlack = 2 * d + 2
             treeLag = max(16, 2 * d + 2)
             repairs = plan.kind.pulls
@@ -169,7 +171,7 @@ public struct TransferMachine: Sendable {
         outNeighbors = outs
         treeParents = plan.treeParents
         hasTreeChildren = plan.treeParents.contains { $0.contains(rank) }
-        stripeMasks = plan.kind == .twoTree ? [Bitset.stripe(0, count: plan.chunks), Bitset.stripe(1, count: plan.chunks)] : []
+        stripeMasks = plan.kind.streamsFromParents ? [Bitset.stripe(0, count: plan.chunks), Bitset.stripe(1, count: plan.chunks)] : []
         if holdsAll { stripeHeld = [(plan.chunks + 1) / 2, plan.chunks / 2] }  // even and odd chunks
         lastArrival = now
     }
@@ -223,7 +225,7 @@ public struct TransferMachine: Sendable {
             } else {
                 have.insert(c)
                 stripeHeld[c & 1] += 1
-                if plan.kind == .twoTree { noteStripeArrival(c & 1, now) }
+                if plan.kind.streamsFromParents { noteStripeArrival(c & 1, now) }
                 stats.received += 1
                 suspect.remove(c)
                 peers[p]?.has.insert(c)
@@ -249,7 +251,7 @@ public struct TransferMachine: Sendable {
             replan(slow: s, &out)
         case .tick:
             // Off the per-event path: it counts both parents' announcements, and 0.1 s is soon enough.
-            if plan.kind == .twoTree { checkOwnLink(&out) }
+            if plan.kind.streamsFromParents { checkOwnLink(&out) }
         }
         pump(now, &out)
         return out
@@ -329,8 +331,8 @@ public struct TransferMachine: Sendable {
                     }
                 }
             }
-            // A two-tree child asks its parent for chunks before the parent holds them: kept until they come.
-            if !have[c] && plan.kind == .twoTree && !peer.has[c] { i += 1; continue }
+            // A two-tree or relay child asks its parent for chunks before the parent holds them: kept until they come.
+            if !have[c] && plan.kind.streamsFromParents && !peer.has[c] { i += 1; continue }
             guard have[c], !peer.has[c] else { wantQueue.remove(at: i); continue }
             wantQueue.remove(at: i)
             start(p, c, now, &out)
@@ -367,7 +369,7 @@ public struct TransferMachine: Sendable {
         let slow = max(0.05, 3 * typical)
         var mask = have
         var skip = Set<Int>()
-        if plan.kind == .twoTree {
+        if plan.kind.streamsFromParents {
             // The tree streams first; the rest of this pull only fetches the stripes they fail to bring.
             let fallback = treePull(now, &out)
             if !fallback[0] && !fallback[1] { return }
@@ -448,6 +450,9 @@ public struct TransferMachine: Sendable {
     /// at full rate from there, and it receives as a leaf of both trees.
     mutating func checkOwnLink(_ out: inout [Action]) {
         guard !replanned, hasTreeChildren, rank != 0, let spare = plan.treeSpare, spare != rank else { return }
+        // The root holds everything from the start, so only a parent that receives too can be ahead by
+        // its download's rate: the relay's rank 1, fed by the root alone, cannot tell.
+        guard treeParents[rank].contains(where: { $0 > 0 }) else { return }
         for stripe in 0..<2 {
             guard let p = peers[treeParents[rank][stripe]] else { return }
             let ahead = p.announced.countShared(with: stripeMasks[stripe]) - stripeHeld[stripe]

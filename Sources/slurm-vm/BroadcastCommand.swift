@@ -35,7 +35,7 @@ struct BroadcastCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Chunk size (64K…16M, a multiple of 64 bytes; K and M suffixes).", valueName: "size")) var chunkSize: String = "1M"
     @Option(
         help: ArgumentHelp(
-            "pipeline (binomial pipeline), binomial (store-and-forward tree), central, or twotree (experimental: two half-rate trees).",
+            "pipeline (binomial pipeline), binomial (store-and-forward tree), central, twotree (experimental: two half-rate trees), or relay (experimental: a pipelined chain).",
             valueName: "kind")) var schedule: String = "pipeline"
     @Option(help: "Seconds without progress before giving up.") var timeout: Double = 60
     @Option(help: "Seconds to keep dialing neighbors that are not up yet.") var dialTimeout: Double = 30

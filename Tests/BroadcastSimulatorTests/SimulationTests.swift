@@ -84,7 +84,18 @@ import Testing
 
     /// Every other rank completes, and so does the slow one. How long they take is the curve in
     /// docs/broadcast.md.
-    @Test(arguments: [ScheduleKind.pipeline, .twoTree])
+    /// One stream per port each way keeps a drop-tail port's whole rate, which the two trees' pairs of
+    /// streams do not; but the chain's depth is N chunks, so at many ranks the trees win.
+    @Test func theRelayWinsOnADropTailPortAtFewRanksAndLosesAtMany() {
+        let relay16 = Simulation.run(scenario(.relay, 16, mib: 256, queue: .bfifo, chunk: 256 << 10)).lastDone()!
+        let trees16 = Simulation.run(scenario(.twoTree, 16, mib: 256, queue: .bfifo, chunk: 256 << 10)).lastDone()!
+        #expect(relay16 < trees16, "16 ranks: relay \(relay16) s, two trees \(trees16) s")
+        let relay256 = Simulation.run(scenario(.relay, 256)).lastDone()!
+        let trees256 = Simulation.run(scenario(.twoTree, 256)).lastDone()!
+        #expect(relay256 > trees256 * 1.5, "256 ranks: relay \(relay256) s, two trees \(trees256) s")
+    }
+
+    @Test(arguments: [ScheduleKind.pipeline, .twoTree, .relay])
     func aSlowRankAndAFailingOneDoNotStopTheOthers(kind: ScheduleKind) {
         var s = scenario(kind, 64)
         s.slow[8] = 0.25

@@ -164,20 +164,35 @@ final class Network {
         #expect(net.machines.map(\.stats.duplicates).reduce(0, +) <= n)
     }
 
-    @Test func twoTreeSurvivesAKilledInnerRankACorruptChunkAndAStalledSender() {
-        let killed = Network(.twoTree, ranks: 16, chunks: 64)
-        killed.killAt = (2, 20)  // inner in the first tree: ranks 4 and 5 lose their even-chunk parent
+    /// Rank 2 is inner in the first tree (ranks 4 and 5 lose their even-chunk parent) and the relay's
+    /// third link (ranks 3 to 15 lose their way down the chain).
+    @Test(arguments: [ScheduleKind.twoTree, .relay])
+    func survivesAKilledInnerRankACorruptChunkAndAStalledSender(kind: ScheduleKind) {
+        let killed = Network(kind, ranks: 16, chunks: 64)
+        killed.killAt = (2, 20)
         killed.run()
-        for r in 0..<16 where r != 2 { #expect(killed.doneAt[r] != nil && killed.failed[r] == nil, "rank \(r)") }
-        let corrupt = Network(.twoTree, ranks: 8, chunks: 32)
+        for r in 0..<16 where r != 2 { #expect(killed.doneAt[r] != nil && killed.failed[r] == nil, "\(kind) rank \(r)") }
+        let corrupt = Network(kind, ranks: 8, chunks: 32)
         corrupt.corrupt = [3, 17]
         corrupt.run()
         #expect(corrupt.doneAt.allSatisfy { $0 != nil })
         #expect(corrupt.machines.map(\.stats.corrupted).reduce(0, +) == 2)
-        let stalled = Network(.twoTree, ranks: 8, chunks: 32)
+        let stalled = Network(kind, ranks: 8, chunks: 32)
         stalled.stalled = [2]
         stalled.run()
-        for r in 0..<8 { #expect(stalled.doneAt[r] != nil, "rank \(r)") }
+        for r in 0..<8 { #expect(stalled.doneAt[r] != nil, "\(kind) rank \(r)") }
+    }
+
+    @Test(arguments: [2, 3, 8, 16])
+    func relayCompletes(n: Int) {
+        let k = 64
+        let net = Network(.relay, ranks: n, chunks: k)
+        net.run()
+        #expect(net.failed.allSatisfy { $0 == nil } && net.doneAt.allSatisfy { $0 != nil })
+        // One chunk per unit per link down a chain of n - 1 links.
+        let last = net.doneAt.compactMap { $0 }.max() ?? .infinity
+        #expect(last <= Double(k) * 1.15 + 2 * Double(n) + 2, "N=\(n): \(last)")
+        #expect(net.machines.map(\.stats.duplicates).reduce(0, +) <= n)
     }
 
     @Test func baselinesComplete() {

@@ -130,4 +130,29 @@ import Testing
             }
         }
     }
+
+    /// The relay is one chain in rank order, both stripes from the rank before; its last rank is the
+    /// spare, and a slow rank's trade moves it to the end of the chain, the others keeping their order.
+    @Test(arguments: [2, 3, 16, 100])
+    func theRelayIsOneChainAndASlowRankMovesToItsEnd(n: Int) {
+        let plan = Plan(kind: .relay, ranks: n, chunks: 8)
+        #expect(plan.treeParents[0] == [-1, -1])
+        for r in 1..<n {
+            #expect(plan.treeParents[r] == [r - 1, r - 1])
+            #expect(plan.schedules[r].neighbors.contains(r - 1), "a chain edge is a connection")
+        }
+        #expect(plan.treeSpare == n - 1)
+        for slow in Set([1, n / 2, n - 2]) where slow >= 1 && slow != n - 1 {
+            var m = TransferMachine(rank: 0, plan: plan, holdsAll: true, now: 0)
+            _ = m.handle(.replanned(slow: slow), now: 0)
+            // Walk the chain from the root: each rank's unique child.
+            var order = [0]
+            while let next = (0..<n).first(where: { m.treeParents[$0][0] == order.last! }) {
+                #expect(m.treeParents[next][1] == order.last!)
+                order.append(next)
+            }
+            #expect(order.count == n, "N=\(n), slow \(slow): \(order)")
+            #expect(order.last == slow, "N=\(n): the slow rank ends the chain: \(order)")
+        }
+    }
 }

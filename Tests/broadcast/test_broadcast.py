@@ -82,8 +82,8 @@ def test_every_node_gets_a_verified_copy(work, n):
 
 
 # The fault tests run on every kind of port queue the testbed has, with the pipeline and with the
-# experimental two-tree schedule.
-VARIANTS = [(q, s) for s in ("pipeline", "twotree") for q in QUEUES]
+# experimental two-tree and relay schedules.
+VARIANTS = [(q, s) for s in ("pipeline", "twotree", "relay") for q in QUEUES]
 
 
 @pytest.mark.parametrize("queue,schedule", VARIANTS)
@@ -139,19 +139,20 @@ def test_a_slow_node_finishes_and_so_do_the_others(work, queue, schedule):
         assert digest(os.path.join(work, f"copy{i}")) == want
 
 
-@pytest.mark.parametrize("queue", QUEUES)
-def test_a_slow_inner_rank_trades_places_with_the_spare_leaf(work, queue):
+@pytest.mark.parametrize("queue,schedule,slow", [(q, s, n) for s, n in (("twotree", 2), ("relay", 3)) for q in QUEUES])
+def test_a_slow_inner_rank_trades_places_with_the_spare_leaf(work, queue, schedule, slow):
     """Two trees at 8 nodes: rank 2 forwards stripe 0 to ranks 4 (the spare leaf) and 5. At a quarter of
     the rate it falls 16 MiB behind both its parents, tells everyone, and trades places with rank 4;
-    the new edges (4 to 5, 2 under 4) are dialed mid-transfer."""
+    the new edges (4 to 5, 2 under 4) are dialed mid-transfer. The relay: rank 3 falls 8 MiB behind
+    rank 2 and trades places with rank 7, the chain's end (2 to 7, 7 to 4, 6 to 3 are dialed)."""
     src, want = image(work, 64)
-    with Testbed(8, mbit=200, slow={2: 50}, queue=queue) as tb:
-        results = finish(start(tb, src, work, want, schedule="twotree", timeout=60))
+    with Testbed(8, mbit=200, slow={slow: 50}, queue=queue) as tb:
+        results = finish(start(tb, src, work, want, schedule=schedule, timeout=60))
     assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
     for i in range(1, 8):
         assert digest(os.path.join(work, f"copy{i}")) == want
     replanned = [rep.get("replanned_slow") for _, rep, _ in results]
-    assert replanned[2] == 2 and all(r in (2, -1) for r in replanned), replanned
+    assert replanned[slow] == slow and all(r in (slow, -1) for r in replanned), replanned
 
 
 def test_the_wrong_image_is_refused(work):
