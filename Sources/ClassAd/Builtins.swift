@@ -166,7 +166,8 @@ public enum Builtins {
         t["stringlistsubsetmatch"] = { _, a, st throws in try stringListSubset(a, &st, ignoreCase: false) }
         t["stringlistisubsetmatch"] = { _, a, st throws in try stringListSubset(a, &st, ignoreCase: true) }
         t["stringlistsintersect"] = { _, a, st throws in try stringListsIntersect(a, &st) }
-        t["stringlistregexpmember"] = { _, a, st throws in try stringListRegexpMember(a, &st) }
+        // HTCondor's name has the underscore; stringListRegexpMember is an unknown function there.
+        t["stringlist_regexpmember"] = { _, a, st throws in try stringListRegexpMember(a, &st) }
         t["split"] = { _, a, st throws in try split(a, &st) }
         t["splitusername"] = { _, a, st throws in try splitAt(a, &st, slot: false) }
         t["splitslotname"] = { _, a, st throws in try splitAt(a, &st, slot: true) }
@@ -328,7 +329,8 @@ public enum Builtins {
         let alen = bytes.count
         var offset = Int(Int32(truncatingIfNeeded: o64))
         var len = Int(Int32(truncatingIfNeeded: l64))
-        if offset < 0 { offset = alen + offset } else if offset >= alen { offset = alen }
+        // A negative offset counts from the end; one reaching before the start is the start.
+        if offset < 0 { offset = Swift.max(0, alen + offset) } else if offset >= alen { offset = alen }
         if len <= 0 {
             len = alen - offset + len
             if len < 0 { len = 0 }
@@ -336,7 +338,6 @@ public enum Builtins {
             len = alen - offset
         }
         if a.count == 3 && Int32(truncatingIfNeeded: l64) == 0 { len = 0 }
-        if offset < 0 { return .error }  // std::string::assign would throw out_of_range
         return .string(Bytes(bytes[offset..<Swift.min(alen, offset + len)]))
     }
 
@@ -380,14 +381,14 @@ public enum Builtins {
         if l.isUndefined || r.isUndefined { return .undefined }
         guard let sl = Convert.stringBytes(l), let sr = Convert.stringBytes(r) else { return .error }
         let c = naturalCompare(sl.cString, sr.cString)
-        // Only versioncmp ignores case in its name; the others must be spelled as HTCondor registers them.
-        if name.lowercased() == "versioncmp" { return .integer(Int64(c)) }
-        switch name {
-        case "versionLE": return .boolean(c <= 0)
-        case "versionLT": return .boolean(c < 0)
-        case "versionGE": return .boolean(c >= 0)
-        case "versionGT": return .boolean(c > 0)
-        case "versionEQ": return .boolean(c == 0)
+        // Any capitalisation of the names, as HTCondor 25 looks them up.
+        switch name.lowercased() {
+        case "versioncmp": return .integer(Int64(c))
+        case "versionle": return .boolean(c <= 0)
+        case "versionlt": return .boolean(c < 0)
+        case "versionge": return .boolean(c >= 0)
+        case "versiongt": return .boolean(c > 0)
+        case "versioneq": return .boolean(c == 0)
         default: return .error
         }
     }
@@ -751,8 +752,8 @@ public enum Builtins {
         guard let s = try optionalStrings(a, &st, min: 2, max: 3) else { return .error }
         if s[0] == nil && s[1] == nil { return .undefined }
         guard let item = s[0], let list = s[1] else { return .boolean(false) }
-        if s.count == 3 && s[2] == nil { return .boolean(false) }
-        let items = stringListItems(list, s.count == 3 ? s[2]! : defaultDelims)
+        // An UNDEFINED delimiter set is the default one.
+        let items = stringListItems(list, s.count == 3 ? (s[2] ?? defaultDelims) : defaultDelims)
         return .boolean(items.contains { ignoreCase ? Bytes.caseEqual($0, item) : $0 == item })
     }
 

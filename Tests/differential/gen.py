@@ -8,7 +8,8 @@ import random
 NAMES = ["a", "b", "c", "x", "y", "Cpus", "Memory", "OS", "Owner", "Libs", "Version", "KernelVersion", "Name"]
 STRINGS = ["", "a", "A", "abc", "ABC", "debian", "Debian", "6.1.0", "6.10", "6.9.2", "x86_64", "mpich",
            "libfftw3", "alice", "bob", "a,b,c", "a, b ,,c", "1,2,3", "1.5,2", "u@d", "slot1@host", "3", "-2",
-           "2.5", "1e3", "12abc", "  7", "true", "FALSE", "a.c", "(a)(b)", "\\\\d+", "[0-9]+", "^a", "b$", "x|y"]
+           "2.5", "1e3", "12abc", "  7", "true", "FALSE", "a.c", "(a)(b)", "\\\\d+", "[0-9]+", "^a", "b$", "x|y",
+           "a\tb\tc", "\t", "i"]
 FUNCS = {
     # name: (min args, max args, argument kinds)
     "member": (2, 2), "identicalMember": (2, 2), "size": (1, 1), "strcat": (0, 4), "join": (1, 4),
@@ -24,6 +25,9 @@ FUNCS = {
     "min": (1, 1), "max": (1, 1), "anyCompare": (3, 3), "allCompare": (3, 3), "versioncmp": (2, 2),
     "versionLT": (2, 2), "versionLE": (2, 2), "versionGT": (2, 2), "versionGE": (2, 2), "versionEQ": (2, 2),
     "version_in_range": (3, 3), "unparse": (1, 1), "eval": (1, 1), "interval": (1, 1),
+    # Other capitalisations, and the string-list functions the first list lacked.
+    "VERSIONGT": (2, 2), "versionLe": (2, 2), "Version_In_Range": (3, 3), "stringList_regexpMember": (2, 4),
+    "stringListISubsetMatch": (2, 3),
 }
 BINOPS = ["||", "&&", "|", "^", "&", "==", "!=", "=?=", "=!=", "is", "isnt", "<", "<=", ">", ">=",
           "<<", ">>", ">>>", "+", "-", "*", "/", "%"]

@@ -40,6 +40,15 @@ def test_hand_written_cases_agree():
         "regexp(\"^deb\", \"debian\")", "versioncmp(\"6.10\", \"6.9\")", "stringListMember(\"b\", \"a, b ,c\")",
         "split(\"a, b,,c\")", "string(1.5)", "int(\"0x10\")", "real(\"INF\")", "quantize(5, {2, 4, 8})",
         "sum({1, true, undefined})", "1 << 64", "-8 >>> 1", "9223372036854775807 + 1", "ifThenElse(undefined, 1, 2)",
+        # Issue 22's findings: a negative offset before the start, other capitalisations of the version
+        # functions, HTCondor's name of the regexp list member, UNDEFINED and tab delimiters.
+        "substr(\"abc\", -5)", "substr(\"abc\", -5, 2)", "substr(\"abc\", -5, -1)", "substr(\"abc\", -2, -5)",
+        "versionGT(\"1.10\", \"1.9\")", "VERSIONLE(\"1\", \"2\")", "Version_In_Range(\"1.5\", \"1\", \"2\")",
+        "stringList_regexpMember(\"^a\", \"b, ab\")", "stringListRegexpMember(\"^a\", \"b, ab\")",
+        "stringList_regexpMember(\"^a\", \"b, ab\", undefined)", "stringListMember(\"a\", \"a b\", undefined)",
+        "stringListIMember(\"A\", \"a b\", undefined)", "stringListSubsetMatch(\"a\", \"a b\", undefined)",
+        "stringListSize(\"a,b\", undefined)", "stringListSum(\"1,2\", undefined)", "stringListsIntersect(\"a,b\", \"b\", undefined)",
+        "stringListSize(\"a\\tb\", \"\\t\")", "stringListMember(\"b\", \"a\\tb\", \"\\t\")",
     ]
     reqs = [{"id": str(i), "kind": "expr", "expr": c} for i, c in enumerate(cases)]
     assert compare.run(reqs, BIN) == []
