@@ -40,8 +40,9 @@ if ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
     local attempt rc
     for attempt in 1 2; do
       rc=0
-      # A normal stage takes 2-3 minutes; an L1 that hangs is cut off after 15.
-      python3 scripts/sandbox.py --out "$sbx/out" --timeout 900 "$@" >"$log" 2>&1 || rc=$?
+      # A normal stage takes 2-4 minutes; an L1 that hangs (seen in the first minute of a stage) is
+      # cut off after 10.
+      python3 scripts/sandbox.py --out "$sbx/out" --timeout 600 "$@" >"$log" 2>&1 || rc=$?
       echo "$title:"
       eval "$summary" || true
       [ "$rc" -eq 0 ] && return 0
