@@ -106,7 +106,7 @@ public enum ScheduleKind: String, Sendable, CaseIterable {
     case relay
 
     /// Whether receivers pull (TransferMachine.pull) rather than senders working through a plan.
-    public var pulls: Bool { self == .pipeline || self == .twoTree || self == .relay }
+    public var pulls: Bool { self == .pipeline || streamsFromParents }
     /// Whether every rank has a fixed parent per stripe (`Plan.treeParents`) that streams to it.
     public var streamsFromParents: Bool { self == .twoTree || self == .relay }
 }

@@ -56,7 +56,8 @@ public struct TransferMachine: Sendable {
         public init(plan: Plan, chunkBytes: Int = 1 << 20) {
             let d = max(1, (plan.ranks - 1).bitWidthNeeded)
             treeWindow = max(4, (4 << 20) / max(1, chunkBytes))
-            slowLinkLag = plan.kind == .relay ? max(4, (4 << 20) / max(1, chunkBytes)) : max(16, (16 << 20) / max(1, chunkBytes))
+            let lagMiB = plan.kind == .relay ? 4 : 16
+            slowLinkLag = max(lagMiB, (lagMiB << 20) / max(1, chunkBytes))
             lateSlack = 2 * d + 2
             treeLag = max(16, 2 * d + 2)
             repairs = plan.kind.pulls
@@ -447,7 +448,8 @@ public struct TransferMachine: Sendable {
     /// slow download of its own starves it from two unrelated senders at once. Such a rank forwards at
     /// that slow rate to its whole subtree, and the trees leave no spare upload anywhere to route around
     /// it (docs/broadcast.md), so it trades places with the spare leaf: its children get their stripe
-    /// at full rate from there, and it receives as a leaf of both trees.
+    /// at full rate from there, and it receives as a leaf of both trees. In the relay both stripes come
+    /// from the one parent, so the test is the lag behind it, and the slow rank moves to the chain's end.
     mutating func checkOwnLink(_ out: inout [Action]) {
         guard !replanned, hasTreeChildren, rank != 0, let spare = plan.treeSpare, spare != rank else { return }
         // The root holds everything from the start, so only a parent that receives too can be ahead by

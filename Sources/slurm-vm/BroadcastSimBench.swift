@@ -119,7 +119,7 @@ struct BroadcastSimBench: ParsableCommand {
         var measured: [Cell: [Double]] = [:]
         var order: [Cell] = []
         for row in rows where row["slow_node"] == nil {
-            guard let kind = row["kind"] as? String, let k = ScheduleKind(rawValue: kind), k == .pipeline || k.streamsFromParents,
+            guard let kind = row["kind"] as? String, ScheduleKind(rawValue: kind)?.pulls == true,
                 row["congestion"] as? String ?? "cubic" == "cubic", let n = row["nodes"] as? Int,
                 let mib = row["mib"] as? Int, let secs = row["seconds"] as? Double, secs.isFinite
             else { continue }

@@ -82,8 +82,6 @@ import Testing
         #expect(out.doneAt[8] != nil, "the slow rank completes too")
     }
 
-    /// Every other rank completes, and so does the slow one. How long they take is the curve in
-    /// docs/broadcast.md.
     /// One stream per port each way keeps a drop-tail port's whole rate, which the two trees' pairs of
     /// streams do not; but the chain's depth is N chunks, so at many ranks the trees win.
     @Test func theRelayWinsOnADropTailPortAtFewRanksAndLosesAtMany() {
@@ -95,6 +93,8 @@ import Testing
         #expect(relay256 > trees256 * 1.5, "256 ranks: relay \(relay256) s, two trees \(trees256) s")
     }
 
+    /// Every other rank completes, and so does the slow one. How long they take is the curve in
+    /// docs/broadcast.md.
     @Test(arguments: [ScheduleKind.pipeline, .twoTree, .relay])
     func aSlowRankAndAFailingOneDoNotStopTheOthers(kind: ScheduleKind) {
         var s = scenario(kind, 64)

@@ -152,15 +152,17 @@ final class Network {
         #expect(worstDup <= 2 * n, "N=\(n): \(worstDup) duplicate chunks")
     }
 
-    @Test(arguments: [2, 3, 4, 8, 13, 16])
-    func twoTreeCompletes(n: Int) {
+    @Test(arguments: [ScheduleKind.twoTree, .relay], [2, 3, 4, 8, 13, 16])
+    func streamingFromParentsCompletes(kind: ScheduleKind, n: Int) {
         let k = 64
-        let net = Network(.twoTree, ranks: n, chunks: k)
+        let net = Network(kind, ranks: n, chunks: k)
         net.run()
         #expect(net.failed.allSatisfy { $0 == nil } && net.doneAt.allSatisfy { $0 != nil })
-        // Each stripe flows down a tree of depth about log2 N, one chunk per unit per link.
+        // Each stripe flows down a tree of depth about log2 N, or the relay's chain of n - 1 links, one
+        // chunk per unit per link.
+        let depth = kind == .relay ? 2 * Double(n) : 4 * Double((n - 1).bitWidthNeeded)
         let last = net.doneAt.compactMap { $0 }.max() ?? .infinity
-        #expect(last <= Double(k) * 1.15 + 4 * Double((n - 1).bitWidthNeeded) + 2, "N=\(n): \(last)")
+        #expect(last <= Double(k) * 1.15 + depth + 2, "\(kind) N=\(n): \(last)")
         #expect(net.machines.map(\.stats.duplicates).reduce(0, +) <= n)
     }
 
@@ -181,18 +183,6 @@ final class Network {
         stalled.stalled = [2]
         stalled.run()
         for r in 0..<8 { #expect(stalled.doneAt[r] != nil, "\(kind) rank \(r)") }
-    }
-
-    @Test(arguments: [2, 3, 8, 16])
-    func relayCompletes(n: Int) {
-        let k = 64
-        let net = Network(.relay, ranks: n, chunks: k)
-        net.run()
-        #expect(net.failed.allSatisfy { $0 == nil } && net.doneAt.allSatisfy { $0 != nil })
-        // One chunk per unit per link down a chain of n - 1 links.
-        let last = net.doneAt.compactMap { $0 }.max() ?? .infinity
-        #expect(last <= Double(k) * 1.15 + 2 * Double(n) + 2, "N=\(n): \(last)")
-        #expect(net.machines.map(\.stats.duplicates).reduce(0, +) <= n)
     }
 
     @Test func baselinesComplete() {
