@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Image distribution to N nodes, side by side in one run on a namespace testbed (scripts/netns_testbed.py):
-a central server (every node receives from one), a store-and-forward binomial tree, and slurm-vm's
-binomial pipeline -- all three are schedules of the same engine (`slurm-vm broadcast --schedule`), so
-only the schedule differs. Each time is the moment the last node holds a verified copy, as a multiple
+the benchmark's own pipelined chain (the baseline), and slurm-vm's schedules -- a central server, a
+store-and-forward binomial tree, the binomial pipeline, the two trees, the relay, and auto (the default:
+the relay or the two trees, as the ranks choose from the image; its cells say which) -- all schedules of
+the same engine (`slurm-vm broadcast --schedule`), so only the schedule differs. Each time is the moment the last node holds a verified copy, as a multiple
 of the physical limit size/rate; every copy's SHA-256 is checked independently afterwards.
 
     sudo python3 Benchmarks/broadcast.py [--nodes 2,4,8,16] [--sizes 64,256] [--mbit 200] [--slow]
@@ -117,7 +118,7 @@ def main():
     ap.add_argument("--mbit", type=int, default=200)
     ap.add_argument("--chunk", default="1M")
     ap.add_argument("--kinds", default="chain,central,binomial,pipeline",
-                    help="chain (the benchmark's own relay, the baseline), and slurm-vm's schedules central, binomial, pipeline, twotree, relay")
+                    help="chain (the benchmark's own relay, the baseline), and slurm-vm's schedules central, binomial, pipeline, twotree, relay, auto")
     ap.add_argument("--slow", action="store_true", help="also: one node at a quarter of the rate (slurm-vm's pulling schedules)")
     ap.add_argument("--slow-node", type=int, metavar="R",
                     help="with --slow, which node is slow (default N/2, a leaf of both trees; 2 forwards in one)")
@@ -172,19 +173,21 @@ def main():
                         if kind not in these:
                             cells.append("—")
                             continue
-                        ratios = []
+                        ratios, ran = [], set()
                         for run in range(a.runs):
                             secs, reports, _, busy, problem = one_run(a, tb, kind, src, base, digest, f"{kind}-{queue}-{cc}-{fs}-{n}-{size}-{run}")
                             if problem:
                                 bad += 1
                                 print(f"  {kind} N={n}: {problem}", file=sys.stderr)
                             ratios.append(float("nan") if problem else secs / limit)
-                            rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size, "chunk": a.chunk,
+                            chosen = schedule_of(kind, reports)
+                            ran.add(chosen)
+                            rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "schedule": chosen, "nodes": n, "mib": size, "chunk": a.chunk,
                                          "run": run, "seconds": secs, "ratio": secs / limit, "cpu_busy": busy,
                                          "sent": sum(r.get("sent", 0) for r in reports),
                                          "repairs": sum(r.get("repairs", 0) for r in reports),
                                          "duplicates": sum(r.get("duplicates", 0) for r in reports)})
-                        cells.append(cell(ratios, limit))
+                        cells.append(cell(ratios, limit) + (f" {'/'.join(sorted(ran))}" if kind == "auto" else ""))
                 print(f"{label} {n} | {size} MiB | " + " | ".join(cells) + " |", flush=True)
             if a.slow:
                 bad += slow_row(a, queue, cc, label=label, kinds=kinds, base=base, src=src, digest=digest, limit=limit,
@@ -212,10 +215,10 @@ def slow_row(a, queue, cc, label, kinds, base, src, digest, limit, size, rows, f
     cells, bad = [], 0
     with Testbed(n, mbit=a.mbit, slow={slow: a.mbit // 4}, congestion=None if cc == "host" else cc, queue=queue) as tb:
         for kind in kinds:
-            if kind not in ("pipeline", "twotree", "relay") and not (kind == "chain" and a.slow_chain):
+            if kind not in ("pipeline", "twotree", "relay", "auto") and not (kind == "chain" and a.slow_chain):
                 cells.append("—")
                 continue
-            others, slows = [], []
+            others, slows, ran = [], [], set()
             for run in range(a.runs):
                 _, reports, t0, _, problem = one_run(a, tb, kind, src, base, digest, f"slow-{kind}-{queue}-{cc}-{fs}-{n}-{size}-{run}")
                 if problem:
@@ -225,10 +228,12 @@ def slow_row(a, queue, cc, label, kinds, base, src, digest, limit, size, rows, f
                 slow_end = reports[slow].get("verified_unix", float("nan")) - t0
                 others.append(float("nan") if problem else rest / limit)
                 slows.append(slow_end / limit)
-                rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "nodes": n, "mib": size, "chunk": a.chunk, "slow_node": slow,
+                ran.add(schedule_of(kind, reports))
+                rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "schedule": schedule_of(kind, reports), "nodes": n, "mib": size, "chunk": a.chunk, "slow_node": slow,
                              "run": run, "others_ratio": rest / limit, "slow_ratio": slow_end / limit})
             c = cell(others, limit)
-            cells.append(c if c == "FAILED" else f"the others {c}, the slow node {median(slows):.2f}×")
+            chose = f" {'/'.join(sorted(ran))}" if kind == "auto" else ""
+            cells.append(c if c == "FAILED" else f"the others {c}, the slow node {median(slows):.2f}×{chose}")
     print(f"{label} {n}, node {slow} at {a.mbit // 4} Mbit/s | {size} MiB | " + " | ".join(cells) + " |", flush=True)
     return bad
 
@@ -248,6 +253,11 @@ def one_run(a, tb, kind, src, base, digest, name):
         keep_traces(a.trace, name, reports, t0)
     shutil.rmtree(work)
     return secs, reports, t0, busy, (f"errors {errors} wrong copies {wrong}" if errors or wrong else None)
+
+
+def schedule_of(kind, reports):
+    """The schedule a run of slurm-vm ran (what auto chose, as every rank reports it), or the kind."""
+    return next((r["schedule"] for r in reports if "schedule" in r), kind)
 
 
 def cell(ratios, limit):

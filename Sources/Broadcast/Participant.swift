@@ -13,7 +13,8 @@ public struct ParticipantConfig: Sendable {
     public var rank: Int
     /// host:port of every rank, rank 0 first.
     public var addresses: [String]
-    public var kind: ScheduleKind = .pipeline
+    /// The schedule; nil: `ScheduleKind.chosen` for the ranks and the manifest's chunks.
+    public var kind: ScheduleKind?
     public var chunkSize = Manifest.defaultChunkSize
     /// Rank 0 (or any rank that holds the image): the file to send, and its manifest if known.
     public var source: String?
@@ -52,6 +53,8 @@ public struct ParticipantReport: Sendable {
     /// Seconds from start until this rank's copy was verified (0 for the source).
     public var seconds: Double
     public var stats: TransferMachine.Stats
+    /// The schedule the transfer ran (the one chosen from the manifest when none was named).
+    public var kind: ScheduleKind
     /// Chunks sent from memory (the newest of a copy written around the page cache); the rest went by
     /// sendfile.
     public var sentFromMemory = 0
@@ -205,9 +208,11 @@ public final class Participant: @unchecked Sendable {
         return (host, port)
     }
 
-    /// The neighbors this rank dials: those of lower rank (one connection per pair).
+    /// The neighbors this rank dials before the manifest is known: those of lower rank (one connection
+    /// per pair). With the schedule left to the manifest, the circulant graph every pulling schedule
+    /// has (the relay's whole graph); `adopt` dials the rest of the plan's, e.g. the two trees' edges.
     func initialDials() -> [Int] {
-        let plan = Plan(kind: config.kind, ranks: config.addresses.count, chunks: 1)
+        let plan = Plan(kind: config.kind ?? .relay, ranks: config.addresses.count, chunks: 1)
         return plan.schedules[config.rank].neighbors.filter { $0 < config.rank }.sorted()
     }
 
@@ -365,7 +370,8 @@ public final class Participant: @unchecked Sendable {
             do { use(try ChunkFile(destination: dst, manifest: m, keepInMemory: config.keepInMemory)) } catch { return fail("\(error)") }
         }
         manifest = m
-        let plan = Plan(kind: config.kind, ranks: config.addresses.count, chunks: m.count)
+        let kind = config.kind ?? .chosen(ranks: config.addresses.count, chunks: m.count)
+        let plan = Plan(kind: kind, ranks: config.addresses.count, chunks: m.count)
         var opts = TransferMachine.Options(plan: plan, chunkBytes: m.chunkSize)
         opts.giveUpSeconds = config.giveUpSeconds
         machine = TransferMachine(rank: config.rank, plan: plan, holdsAll: config.source != nil, now: now, options: opts)
@@ -377,6 +383,12 @@ public final class Participant: @unchecked Sendable {
             for c in e.haves { apply(.peerHas(peer: r, chunk: c)) }
         }
         if let s = earlyReplan { apply(.replanned(slow: s)) }
+        if begun {
+            let dialed = Set(initialDials())
+            for p in plan.schedules[config.rank].neighbors.sorted() where p < config.rank && !dialed.contains(p) {
+                dial(p, until: now + config.dialSeconds)
+            }
+        }
     }
 
     // MARK: actions
@@ -456,7 +468,7 @@ public final class Participant: @unchecked Sendable {
         shutdown()
         result.succeed(
             ParticipantReport(
-                rank: config.rank, seconds: config.source != nil ? 0 : verifiedAt ?? now, stats: m.stats,
+                rank: config.rank, seconds: config.source != nil ? 0 : verifiedAt ?? now, stats: m.stats, kind: m.plan.kind,
                 sentFromMemory: sentFromMemory, bypassedPageCache: file?.bypassesPageCache ?? false))
     }
 

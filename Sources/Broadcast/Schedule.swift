@@ -86,7 +86,7 @@ public struct Bitset: Equatable, Sendable {
 }
 
 public enum ScheduleKind: String, Sendable, CaseIterable {
-    /// The binomial pipeline (the default).
+    /// The binomial pipeline.
     case pipeline
     /// The store-and-forward binomial tree: a rank forwards only once it holds the whole image.
     case binomial
@@ -95,15 +95,25 @@ public enum ScheduleKind: String, Sendable, CaseIterable {
     /// Two binary trees over the receivers, each carrying half of the chunks (even ones down the first,
     /// odd ones down the second); a rank inner in one tree is a leaf in the other. Every rank receives
     /// two continuous streams at half the rate each and sends at most two: few flows per port, so the
-    /// port's queueing discipline matters little. Receiver-driven like the pipeline. Being evaluated
-    /// against it (docs/broadcast.md); not yet the default.
+    /// port's queueing discipline matters little. Receiver-driven like the pipeline. The default for
+    /// many ranks or few chunks (`chosen`).
     case twoTree = "twotree"
     /// A pipelined chain: rank r receives every chunk from rank r - 1 and passes it on to r + 1, one
     /// TCP stream per port each way, which a drop-tail port serves at the full rate where two or three
     /// competing streams lose about a tenth of it (docs/broadcast.md). The depth is N chunks, so it
     /// suits few ranks or many chunks. Receiver-driven through the two trees' machinery, with both
-    /// stripes from the one parent.
+    /// stripes from the one parent. The default for few ranks and many chunks (`chosen`).
     case relay
+
+    /// The schedule a transfer uses when none is named: the relay while its depth, N − 1 chunks, is at
+    /// most a sixteenth of the image, the two trees beyond. The relay's one stream per port keeps a
+    /// drop-tail port at its full rate, where the two trees' two or three streams lose about a tenth
+    /// (docs/broadcast.md); its depth costs (N − 1)/k of the transfer against the trees' 2⌈log2 N⌉/k.
+    /// A sixteenth sits between the two: at 16 nodes, 256 MiB in 1 MiB chunks is a relay, 64 MiB two
+    /// trees. Every rank derives it from the manifest (ranks, chunks), so nothing travels.
+    public static func chosen(ranks n: Int, chunks k: Int) -> ScheduleKind {
+        (n - 1) * 16 <= k ? .relay : .twoTree
+    }
 
     /// Whether receivers pull (TransferMachine.pull) rather than senders working through a plan.
     public var pulls: Bool { self == .pipeline || streamsFromParents }

@@ -123,6 +123,7 @@ public struct TransferMachine: Sendable {
     var lost = Set<Int>()
     var progressStep = -1
     var lastArrival: Double
+    let startedAt: Double
     var typicalSend: Double?
     var typicalReceive: Double?
     var pullRotation = 0
@@ -175,6 +176,7 @@ public struct TransferMachine: Sendable {
         stripeMasks = plan.kind.streamsFromParents ? [Bitset.stripe(0, count: plan.chunks), Bitset.stripe(1, count: plan.chunks)] : []
         if holdsAll { stripeHeld = [(plan.chunks + 1) / 2, plan.chunks / 2] }  // even and odd chunks
         lastArrival = now
+        startedAt = now
     }
 
     public var complete: Bool { have.isFull }
@@ -422,8 +424,18 @@ public struct TransferMachine: Sendable {
         let stalled = now - lastArrival > options.stallSeconds
         for stripe in 0..<2 {
             while treeCursor[stripe] < plan.chunks && have[treeCursor[stripe]] { treeCursor[stripe] += 2 }
-            let q = treeParents[rank][stripe]
+            var q = treeParents[rank][stripe]
             guard q >= 0, treeCursor[stripe] < plan.chunks else { continue }
+            // A parent that is gone or never came (a stall's time after the start: connections come one
+            // by one): the stripe falls back to the other neighbors (pull), or, when the only neighbors
+            // connected are this rank's parents (three ranks, say, one of them dead), the other stripe's
+            // parent streams this stripe too.
+            let other = treeParents[rank][1 - stripe]
+            if peers[q] == nil, lost.contains(q) || now - startedAt > options.stallSeconds, other >= 0, peers[other] != nil,
+                peers.keys.allSatisfy({ treeParents[rank].contains($0) })
+            {
+                q = other
+            }
             guard let parent = peers[q] else { fallback[stripe] = true; continue }
             let otherLeft = stripeMasks[1 - stripe].population - stripeHeld[1 - stripe]
             if stalled || stripeHeld[stripe] + options.treeLag < stripeHeld[1 - stripe] && otherLeft > 0 { fallback[stripe] = true }

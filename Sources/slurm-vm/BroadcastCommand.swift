@@ -35,8 +35,8 @@ struct BroadcastCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Chunk size (64K…16M, a multiple of 64 bytes; K and M suffixes).", valueName: "size")) var chunkSize: String = "1M"
     @Option(
         help: ArgumentHelp(
-            "pipeline (binomial pipeline), binomial (store-and-forward tree), central, twotree (experimental: two half-rate trees), or relay (experimental: a pipelined chain).",
-            valueName: "kind")) var schedule: String = "pipeline"
+            "auto (the relay for few nodes and many chunks, the two trees otherwise: docs/broadcast.md), relay (a pipelined chain), twotree (two half-rate trees), pipeline (binomial pipeline), binomial (store-and-forward tree) or central.",
+            valueName: "kind")) var schedule: String = "auto"
     @Option(help: "Seconds without progress before giving up.") var timeout: Double = 60
     @Option(help: "Seconds to keep dialing neighbors that are not up yet.") var dialTimeout: Double = 30
     @Flag(help: "Print the result as one JSON line (for harnesses).") var json = false
@@ -48,8 +48,10 @@ struct BroadcastCommand: ParsableCommand {
 
     func run() throws {
         try reporting {
-            guard let kind = ScheduleKind(rawValue: schedule) else {
-                throw ValidationError("--schedule must be one of \(ScheduleKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(schedule)'")
+            let kind = ScheduleKind(rawValue: schedule)
+            guard kind != nil || schedule == "auto" else {
+                throw ValidationError(
+                    "--schedule must be auto or one of \(ScheduleKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(schedule)'")
             }
             guard let cs = Self.size(chunkSize) else { throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 1M or 512K") }
             let addrs = nodes.split(separator: ",").map { a -> String in
@@ -84,7 +86,7 @@ struct BroadcastCommand: ParsableCommand {
                 let line: [String: Any] = [
                     "rank": rank, "seconds": report.seconds, "verified_unix": began.timeIntervalSince1970 + report.seconds,
                     "received": s.received, "duplicates": s.duplicates, "corrupted": s.corrupted, "repairs": s.repairs, "sent": s.sent,
-                    "served": s.served, "replanned_slow": s.replannedSlow ?? -1,
+                    "served": s.served, "replanned_slow": s.replannedSlow ?? -1, "schedule": report.kind.rawValue,
                     "sent_from_memory": report.sentFromMemory, "uncached": report.bypassedPageCache,
                 ]
                 print(String(data: try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]), encoding: .utf8)!)

@@ -24,7 +24,8 @@ struct BroadcastSimBench: ParsableCommand {
     @Option(help: "Chunk size.") var chunk = "1M"
     @Option(help: "Link rate per port and direction, Mbit/s.") var mbit = 200.0
     @Option(help: "Port queues, comma-separated, of prio, bfifo, tbf.") var queues = "prio"
-    @Option(help: "Schedules, comma-separated.") var schedules = "pipeline"
+    @Option(help: "Schedules, comma-separated: auto (the default's choice for each cell), relay, twotree, pipeline, binomial, central.")
+    var schedules = "auto"
     @Option(help: "Fault cases, comma-separated, of none, slow, fail, both.") var faults = "none"
     @Option(
         help: "Measured rows to compare with (JSON files Benchmarks/broadcast.py writes with --json-out), comma-separated; runs only their cells.")
@@ -52,7 +53,8 @@ struct BroadcastSimBench: ParsableCommand {
         let ns = try list(nodes, "--nodes") { Int($0).flatMap { $0 >= 2 ? $0 : nil } }
         let bytes = try list(sizes, "--sizes") { (try? ByteSize.parse($0, bare: .mebibytes)).map { Int($0) } }
         let qs = try list(queues, "--queues") { LinkModel.Queue(rawValue: $0) }
-        let ks = try list(schedules, "--schedules") { ScheduleKind(rawValue: $0) }
+        // nil: auto, resolved for each cell as a transfer resolves it (ScheduleKind.chosen).
+        let ks: [ScheduleKind?] = try list(schedules, "--schedules") { $0 == "auto" ? .some(nil) : ScheduleKind(rawValue: $0).map { .some($0) } }
         let fs = try list(faults, "--faults") { ["none", "slow", "fail", "both"].contains($0) ? $0 : nil }
         if !json {
             print("simulated broadcast: \(Int(mbit)) Mbit/s per port and direction, chunks \(chunk); times in seconds, ratios to size/rate")
@@ -63,7 +65,8 @@ struct BroadcastSimBench: ParsableCommand {
         }
         // Every combination, in the table's order: queue, schedule, faults, size, then N.
         let cells = qs.flatMap { q in ks.flatMap { k in fs.flatMap { f in bytes.flatMap { size in ns.map { (q, k, f, size, $0) } } } } }
-        for (q, k, f, size, n) in cells {
+        for (q, named, f, size, n) in cells {
+            let k = named ?? .chosen(ranks: n, chunks: (size + chunkBytes - 1) / chunkBytes)
             var s = Scenario(kind: k, ranks: n, imageBytes: size, chunkBytes: chunkBytes, link: link(q))
             var excluded = Set<Int>()
             if f == "slow" || f == "both" {
@@ -75,18 +78,18 @@ struct BroadcastSimBench: ParsableCommand {
             }
             let t0 = Date()
             let out = Simulation.run(s)
-            report(s, fault: f, time: out.lastDone(excluding: excluded), outcome: out, wall: Date().timeIntervalSince(t0))
+            report(s, auto: named == nil, fault: f, time: out.lastDone(excluding: excluded), outcome: out, wall: Date().timeIntervalSince(t0))
         }
     }
 
-    func report(_ s: Scenario, fault: String, time: Double?, outcome: Outcome, wall: Double) {
+    func report(_ s: Scenario, auto: Bool, fault: String, time: Double?, outcome: Outcome, wall: Double) {
         let events = outcome.events
         let done = outcome.doneAt.compactMap { $0 }.sorted()
         let median = done.isEmpty ? 0 : done[done.count / 2]
         let size = s.imageBytes >= 1 << 30 ? "\(s.imageBytes >> 30) GiB" : "\(s.imageBytes >> 20) MiB"
         if json {
             var o: [String: Any] = [
-                "queue": s.link.queue.rawValue, "schedule": s.kind.rawValue, "faults": fault, "nodes": s.ranks,
+                "queue": s.link.queue.rawValue, "schedule": s.kind.rawValue, "auto": auto, "faults": fault, "nodes": s.ranks,
                 "bytes": s.imageBytes, "bound": s.bound, "size_over_rate": s.sizeOverRate, "events": events, "wall": wall,
                 "median": median, "duplicates": outcome.duplicates, "root_sent": outcome.stats[0].sent,
             ]
@@ -99,7 +102,7 @@ struct BroadcastSimBench: ParsableCommand {
         let r = time.map { String(format: "%.3f×", $0 / s.sizeOverRate) } ?? "–"
         let b = time.map { String(format: "%.3f×", $0 / s.bound) } ?? "–"
         print(
-            "| \(s.link.queue.rawValue) | \(s.kind.rawValue) | \(fault) | \(s.ranks) | \(size) | \(t) | \(r) | \(String(format: "%.2f", s.bound)) | \(b) | \(String(format: "%.2f", median)) | \(outcome.stats[0].sent) | \(outcome.duplicates) | \(events) | \(String(format: "%.1f s", wall)) |"
+            "| \(s.link.queue.rawValue) | \(auto ? "auto: " : "")\(s.kind.rawValue) | \(fault) | \(s.ranks) | \(size) | \(t) | \(r) | \(String(format: "%.2f", s.bound)) | \(b) | \(String(format: "%.2f", median)) | \(outcome.stats[0].sent) | \(outcome.duplicates) | \(events) | \(String(format: "%.1f s", wall)) |"
         )
     }
 
@@ -119,7 +122,8 @@ struct BroadcastSimBench: ParsableCommand {
         var measured: [Cell: [Double]] = [:]
         var order: [Cell] = []
         for row in rows where row["slow_node"] == nil {
-            guard let kind = row["kind"] as? String, ScheduleKind(rawValue: kind)?.pulls == true,
+            // An auto row ran the schedule its ranks chose ("schedule"); the chain is the benchmark's own.
+            guard let kind = row["schedule"] as? String ?? row["kind"] as? String, ScheduleKind(rawValue: kind)?.pulls == true,
                 row["congestion"] as? String ?? "cubic" == "cubic", let n = row["nodes"] as? Int,
                 let mib = row["mib"] as? Int, let secs = row["seconds"] as? Double, secs.isFinite
             else { continue }

@@ -262,6 +262,16 @@ final class Network {
         for r in [0, 2, 3] { #expect(net.doneAt[r] != nil, "rank \(r)") }
     }
 
+    /// Three ranks in two trees: rank 1 gets its odd chunks from rank 2. Rank 2 dead from the start
+    /// (a full disk) or midway leaves rank 1 only the root, which then streams that stripe too.
+    @Test(arguments: [0.0, 5.0]) func aTreeParentThatDiesLeavesTheOtherParentStreamingBothStripes(at: Double) {
+        let net = Network(.twoTree, ranks: 3, chunks: 32)
+        #expect(net.machines[1].treeParents[1] == [0, 2])
+        net.killAt = (2, at)
+        net.run()
+        #expect(net.doneAt[1] != nil && net.failed[1] == nil, "\(net.failed[1] ?? "not done")")
+    }
+
     @Test func givesUpWhenNothingArrives() {
         let net = Network(.pipeline, ranks: 2, chunks: 4)
         net.killAt = (0, 0)

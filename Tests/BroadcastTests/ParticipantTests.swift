@@ -28,7 +28,7 @@ import Testing
 
     /// Runs one transfer of `size` bytes to n ranks; returns each receiving rank's result.
     static func transfer(
-        n: Int, size: Int, kind: ScheduleKind = .pipeline, corrupt: [Int: Set<Int>] = [:],
+        n: Int, size: Int, kind: ScheduleKind? = .pipeline, corrupt: [Int: Set<Int>] = [:],
         digestOverride: String? = nil
     ) throws -> (String, String, [Result<ParticipantReport, Error>]) {
         let dir = scratch()
@@ -69,6 +69,23 @@ import Testing
         // Nothing partial is left behind.
         let left = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".partial") }
         #expect(left.isEmpty)
+    }
+
+    /// With no schedule named, every rank chooses the same one from the manifest; the two trees' edges
+    /// beyond the circulant graph are dialed once it is known.
+    @Test(arguments: [(1 << 20, ScheduleKind.twoTree), (6 << 20, .relay)])
+    func aScheduleLeftOpenIsChosenFromTheManifest(size: Int, chosen: ScheduleKind) throws {
+        let n = 6  // relay from 16 × 5 = 80 chunks of 64 KiB
+        #expect(ScheduleKind.chosen(ranks: n, chunks: size >> 16) == chosen)
+        let (dir, want, results) = try Self.transfer(n: n, size: size, kind: nil)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for (i, r) in results.enumerated() {
+            switch r {
+            case .success(let rep): #expect(rep.kind == chosen, "rank \(i + 1)")
+            case .failure(let e): Issue.record("rank \(i + 1): \(e)")
+            }
+            #expect(Self.digest(dir + "/copy\(i + 1)") == want, "rank \(i + 1)")
+        }
     }
 
     @Test func aCorruptedChunkIsDetectedAndFetchedAgain() throws {

@@ -155,4 +155,29 @@ import Testing
             #expect(order.last == slow, "N=\(n): the slow rank ends the chain: \(order)")
         }
     }
+
+    /// The default: the relay while its depth (N − 1 chunks) is at most a sixteenth of the image.
+    @Test func theDefaultIsTheRelayWhileItsDepthIsASixteenthOfTheImage() {
+        #expect(ScheduleKind.chosen(ranks: 16, chunks: 256) == .relay)  // 256 MiB in 1 MiB chunks
+        #expect(ScheduleKind.chosen(ranks: 16, chunks: 239) == .twoTree)
+        #expect(ScheduleKind.chosen(ranks: 16, chunks: 64) == .twoTree)  // 64 MiB
+        #expect(ScheduleKind.chosen(ranks: 16, chunks: 256 * 4) == .relay)  // 256 MiB in 256 KiB chunks
+        #expect(ScheduleKind.chosen(ranks: 17, chunks: 256) == .relay)
+        #expect(ScheduleKind.chosen(ranks: 18, chunks: 256) == .twoTree)
+        #expect(ScheduleKind.chosen(ranks: 2, chunks: 16) == .relay)
+        #expect(ScheduleKind.chosen(ranks: 1024, chunks: 2048) == .twoTree)
+    }
+
+    /// A rank that does not know the schedule yet dials the relay's neighbors (Participant.initialDials):
+    /// every pulling schedule has them, and the relay has no others.
+    @Test(arguments: [2, 3, 5, 16, 17, 100])
+    func theRelaysNeighborsAreInEveryPullingPlan(n: Int) {
+        let relay = Plan(kind: .relay, ranks: n, chunks: 1).schedules
+        for kind in ScheduleKind.allCases where kind.pulls {
+            let other = Plan(kind: kind, ranks: n, chunks: 1).schedules
+            for r in 0..<n { #expect(relay[r].neighbors.isSubset(of: other[r].neighbors), "\(kind), N=\(n), rank \(r)") }
+        }
+        let pipeline = Plan(kind: .pipeline, ranks: n, chunks: 1).schedules
+        for r in 0..<n { #expect(relay[r].neighbors == pipeline[r].neighbors, "N=\(n), rank \(r): the circulant graph") }
+    }
 }

@@ -48,7 +48,7 @@ def image(work, mib, name="image"):
     return path, digest(path)
 
 
-def start(tb, src, work, want, extra=None, dst=None, chunk="256K", timeout=30, schedule="pipeline"):
+def start(tb, src, work, want, extra=None, dst=None, chunk="256K", timeout=30, schedule="auto"):
     nodes = ",".join(tb.addr(i) for i in range(tb.n))
     procs = []
     for i in range(tb.n):
@@ -74,15 +74,18 @@ def test_every_node_gets_a_verified_copy(work, n):
     src, want = image(work, 6)
     with Testbed(n, mbit=400) as tb:
         results = finish(start(tb, src, work, want))
+    # The default: the relay while its depth (n - 1 chunks) is a sixteenth of the 25 chunks at most.
+    chosen = "relay" if (n - 1) * 16 <= 25 else "twotree"
     for i, (rc, rep, err) in enumerate(results):
         assert rc == 0, f"rank {i}: {err}"
+        assert rep["schedule"] == chosen, rep
     for i in range(1, n):
         assert digest(os.path.join(work, f"copy{i}")) == want
     assert not [f for f in os.listdir(work) if f.startswith(".partial")]
 
 
-# The fault tests run on every kind of port queue the testbed has, with the pipeline and with the
-# experimental two-tree and relay schedules.
+# The fault tests run on every kind of port queue the testbed has, with each schedule the default may
+# choose (the two trees and the relay) and with the pipeline. The other tests run the default (auto).
 VARIANTS = [(q, s) for s in ("pipeline", "twotree", "relay") for q in QUEUES]
 
 
@@ -175,7 +178,7 @@ def test_the_wrong_image_is_refused(work):
     (["--rank", "3", "--nodes", "a,b", "--src", "/x"], "not a position"),
     (["--rank", "0", "--nodes", "a,b"], "give --src"),
     (["--rank", "1", "--nodes", "a,b"], "give --dst"),
-    (["--rank", "0", "--nodes", "a", "--src", "/x", "--schedule", "ring"], "must be one of"),
+    (["--rank", "0", "--nodes", "a", "--src", "/x", "--schedule", "ring"], "must be auto or one of"),
     (["--rank", "0", "--nodes", "a", "--src", "/x", "--chunk-size", "1X"], "is not a size"),
 ])
 def test_bad_input_is_explained(args, message):
