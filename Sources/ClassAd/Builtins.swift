@@ -141,6 +141,8 @@ public enum Builtins {
         }
         t["eval"] = { _, a, st throws in try evalString(a, &st) }
         t["interval"] = { _, a, st throws in try interval(a, &st) }
+        t["splittime"] = { _, a, st throws in try splitTime(a, &st) }
+        t["formattime"] = { _, a, st throws in try formatTime(a, &st) }
         t["debug"] = { _, a, st throws in a.count == 1 ? try ev(a[0], &st) : .error }
 
         // time
@@ -286,7 +288,6 @@ public enum Builtins {
         }
         var buf: [UInt8] = []
         var sep: [UInt8] = []
-        var joined = 0
         var skipped = false
         for (i, e) in args.enumerated() {
             let v = try ev(e, &st)
@@ -301,8 +302,9 @@ public enum Builtins {
             }
             if join {
                 if i == 0 { sep = s; continue }
-                if joined > 0 { buf += sep }
-                joined += 1
+                // The separator goes in once the result holds something: join(",", "", "a") is "a",
+                // join(",", "a", "") is "a," (HTCondor's join).
+                if !buf.isEmpty { buf += sep }
             }
             buf += s
         }
@@ -360,19 +362,21 @@ public enum Builtins {
         var n1 = i
         while n1 > 0 && dig(s1[n1 - 1]) { n1 -= 1 }
         let n2 = n1  // both strings share the prefix up to i
-        if n1 == i && (!dig(s1[i]) || !dig(s2[i])) { return Int(s1[i]) - Int(s2[i]) }
+        // C's char is signed here: a byte past ASCII counts as negative, as in HTCondor's natural_cmp.
+        func ch(_ c: UInt8) -> Int { Int(Int8(bitPattern: c)) }
+        if n1 == i && (!dig(s1[i]) || !dig(s2[i])) { return ch(s1[i]) - ch(s2[i]) }
         var z1 = n1, z2 = n2
         while s1[z1] == 48 { z1 += 1 }
         while s2[z2] == 48 { z2 += 1 }
         if z1 > n1 && !dig(s1[z1]) { z1 -= 1 }
         if z2 > n2 && !dig(s2[z2]) { z2 -= 1 }
         if z1 - n1 != z2 - n2 { return (z2 - n2) - (z1 - n1) }
-        if z1 > n1 { return Int(s1[i]) - Int(s2[i]) }
+        if z1 > n1 { return ch(s1[i]) - ch(s2[i]) }
         var e1 = z1, e2 = z2
         while dig(s1[e1]) { e1 += 1 }
         while dig(s2[e2]) { e2 += 1 }
         if e1 - n1 != e2 - n2 { return (e1 - n1) - (e2 - n2) }
-        return Int(s1[i]) - Int(s2[i])
+        return ch(s1[i]) - ch(s2[i])
     }
 
     static func compareVersion(_ name: String, _ a: [Expr], _ st: inout EvalState) throws -> Value {
@@ -429,8 +433,8 @@ public enum Builtins {
                 if v.isUndefined { couldBeUndefined = true; continue }
                 return .error
             }
-            guard let m = RegexEngine.matches(pat.cString, s.cString, options: RegexEngine.options(opts.b)) else { return .error }
-            if m { return .boolean(true) }
+            // A pattern that does not compile matches nothing here (HTCondor: FALSE), unlike regexp's ERROR.
+            if RegexEngine.matches(pat.cString, s.cString, options: RegexEngine.options(opts.b)) == true { return .boolean(true) }
         }
         return couldBeUndefined ? .undefined : .boolean(false)
     }
@@ -491,7 +495,7 @@ public enum Builtins {
         if a.count == 2 {
             switch try ev(a[1], &st) {
             case .integer(let i): offset = Int64(Int32(truncatingIfNeeded: i))
-            case .real(let r): offset = Int64(Int32(truncatingIfNeeded: Convert.truncate(r)))
+            case .real(let r): offset = Int64(Convert.cInt(r))
             case .relTime(let r): offset = Convert.truncate(r)
             default: return .error
             }
@@ -500,11 +504,15 @@ public enum Builtins {
         case .undefined: return .undefined
         case .integer(let i):
             let s = Int64(Int32(truncatingIfNeeded: i))
+            if offset == -1 { return .error }  // HTCondor's mark of an offset it could not find
             return .absTime(secs: s, offset: offset ?? localOffset(s))
         case .real(let r):
-            let s = Int64(Int32(truncatingIfNeeded: Convert.truncate(r)))
+            let s = Int64(Convert.cInt(r))
             return .absTime(secs: s, offset: offset ?? localOffset(s))
         case .absTime: return v
+        // A string written in the call became a time when parsed (Parser, TimeParse); one computed
+        // at run time comes back unchanged, as HTCondor's absTime() returns it.
+        case .string: return v
         case .relTime(let r):
             let s = Convert.truncate(r)
             return .absTime(secs: s, offset: offset ?? localOffset(s))
@@ -520,6 +528,9 @@ public enum Builtins {
         case .real(let r): return .relTime(r)
         case .absTime(let s, _): return .relTime(Double(s))
         case .relTime(let r): return .relTime(r)
+        // A string literal was read when parsed (its value is a real there, as in HTCondor); a string
+        // computed at run time is zero seconds, as HTCondor's relTime() makes it.
+        case .string: return a[0].isStringLiteral ? TimeParse.relTime(a[0].stringLiteral!).map { .real($0) } ?? .error : .relTime(0)
         default: return .error
         }
     }
@@ -623,11 +634,14 @@ public enum Builtins {
         guard a.count <= 1 else { return .error }
         let v: Value = a.isEmpty ? .real(1) : try ev(a[0], &st)
         switch v {
+        // HTCondor's bound is a C int (2^31 wraps negative) and must be positive, or the evaluation fails.
         case .integer(let m):
             let mx = Int64(Int32(truncatingIfNeeded: m))
-            guard mx != 0 else { return .error }
+            guard mx > 0 else { return .error }
             return .integer(Int64.random(in: 0..<Int64(Int32.max)) % mx)
-        case .real(let m): return .real(m * Double.random(in: 0..<1))
+        case .real(let m):
+            if m <= 0 { return .error }  // NaN passes, as in HTCondor
+            return .real(m * Double.random(in: 0..<1))
         default: return .error
         }
     }
@@ -644,6 +658,123 @@ public enum Builtins {
         let holder = ClassAd()
         holder.parentScope = st.curAd
         do { return try ev(e, &st) } catch { return .error }
+    }
+
+    /// splitTime(t): a time's parts as a record. A number is an absolute time at the local offset; a
+    /// record is refused (formatTime takes one).
+    static func splitTime(_ a: [Expr], _ st: inout EvalState) throws -> Value {
+        guard a.count == 1 else { return .error }
+        let v = try ev(a[0], &st)
+        if v.isUndefined { return .undefined }
+        if case .classad = v { return .error }
+        return split(v).map { .classad($0) } ?? .error
+    }
+
+    /// HTCondor's doSplitTime: Type, Year, Month, Day, Hours, Minutes, Seconds, Offset of an absolute
+    /// time (read in its own offset), Type, Days, Hours, Minutes, Seconds of a relative one (the first
+    /// part that is not zero carries the sign; Seconds keeps the fraction). A record is itself.
+    static func split(_ v: Value) -> ClassAd? {
+        func absolute(_ secs: Int64, _ offset: Int64) -> ClassAd {
+            var clock = time_t(secs &+ offset)
+            var t = tm()
+            gmtime_r(&clock, &t)  // a time past the year 2^31 leaves what glibc leaves, as in HTCondor
+            let ad = ClassAd()
+            ad.insert("Type", .string(Bytes("AbsoluteTime")))
+            ad.insert("Year", .integer(Int64(t.tm_year) + 1900))
+            ad.insert("Month", .integer(Int64(t.tm_mon) + 1))
+            ad.insert("Day", .integer(Int64(t.tm_mday)))
+            ad.insert("Hours", .integer(Int64(t.tm_hour)))
+            ad.insert("Minutes", .integer(Int64(t.tm_min)))
+            ad.insert("Seconds", .integer(Int64(t.tm_sec)))
+            ad.insert("Offset", .integer(offset))
+            return ad
+        }
+        switch v {
+        case .integer(let i): return absolute(i, localOffset(i))
+        case .real(let r):
+            let s = Int64(Convert.cInt(r))
+            return absolute(s, localOffset(s))
+        case .absTime(let s, let o): return absolute(s, o)
+        case .relTime(var r):
+            let negative = r < 0
+            if negative { r = -r }
+            let whole = Int32(truncatingIfNeeded: Convert.truncate(r))
+            var days = whole, hrs = whole % 86400, mins = hrs % 3600
+            var secs = Double(mins % 60) + (r - r.rounded(.down))
+            days /= 86400; hrs /= 3600; mins /= 60
+            if negative {
+                if days > 0 { days = -days } else if hrs > 0 { hrs = -hrs } else if mins > 0 { mins = -mins } else { secs = -secs }
+            }
+            let ad = ClassAd()
+            ad.insert("Type", .string(Bytes("RelativeTime")))
+            ad.insert("Days", .integer(Int64(days)))
+            ad.insert("Hours", .integer(Int64(hrs)))
+            ad.insert("Minutes", .integer(Int64(mins)))
+            ad.insert("Seconds", .real(secs))
+            return ad
+        case .classad(let c): return c
+        default: return nil
+        }
+    }
+
+    /// formatTime([t [, format]]): strftime of an absolute time (a number, or a record of splitTime's
+    /// parts) read in its own offset; "%c" by default, the current local time without arguments.
+    static func formatTime(_ a: [Expr], _ st: inout EvalState) throws -> Value {
+        var t = tm()
+        if a.isEmpty {
+            var now = Foundation.time(nil)
+            localtime_r(&now, &t)
+            return .string(Bytes(strftime("%c", t)))
+        }
+        guard a.count <= 2 else { return .error }
+        let v = try ev(a[0], &st)
+        if case .relTime = v { return .error }
+        guard let parts = split(v) else { return .error }
+        /// A part as HTCondor's EvaluateAttrInt reads it: an integer, or a real truncated; else 0.
+        func part(_ name: String) -> Int32? {
+            switch parts.evaluate(name) {
+            case .integer(let i): return Int32(truncatingIfNeeded: i)
+            case .real(let r): return Int32(truncatingIfNeeded: Convert.truncate(r))
+            default: return nil
+            }
+        }
+        t.tm_sec = part("Seconds") ?? 0
+        t.tm_min = part("Minutes") ?? 0
+        t.tm_hour = part("Hours") ?? 0
+        t.tm_mday = part("Day") ?? 0
+        t.tm_mon = part("Month").map { $0 &- 1 } ?? 0
+        t.tm_year = part("Year").map { $0 &- 1900 } ?? 0
+        (t.tm_wday, t.tm_yday) = dayNumbers(year: t.tm_year &+ 1900, month: t.tm_mon &+ 1, day: t.tm_mday)
+        var format = "%c"
+        if a.count == 2 {
+            guard case .string(let f) = try ev(a[1], &st) else { return .error }
+            format = String(decoding: f.cString, as: UTF8.self)
+        }
+        return .string(Bytes(strftime(format, t)))
+    }
+
+    /// The weekday (Sunday 0) and the day of the year (0-based) as HTCondor's formatTime computes them:
+    /// from the date's day number in the proleptic Gregorian calendar (day 1 is 0001-01-01, a Monday),
+    /// in C int arithmetic, without normalising the month or day (a weekday below 0 prints as "?").
+    static func dayNumbers(year: Int32, month: Int32, day: Int32) -> (Int32, Int32) {
+        func leap(_ y: Int32) -> Bool {
+            let m400 = y % 400
+            return y % 4 == 0 && m400 != 100 && m400 != 200 && m400 != 300
+        }
+        func fixed(_ y: Int32, _ m: Int32, _ d: Int32) -> Int32 {
+            let adjust: Int32 = m <= 2 ? 0 : leap(y) ? -1 : -2
+            let p = y &- 1
+            return 365 &* p &+ p / 4 &- p / 100 &+ p / 400 &+ (367 &* m &- 362) / 12 &+ adjust &+ d
+        }
+        let f = fixed(year, month, day)
+        return (f % 7, f &- fixed(year, 1, 1))
+    }
+
+    static func strftime(_ format: String, _ t: tm) -> String {
+        var t = t
+        var buf = [CChar](repeating: 0, count: 1024)
+        let n = Glibc.strftime(&buf, 1023, format, &t)
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func interval(_ a: [Expr], _ st: inout EvalState) throws -> Value {
@@ -688,6 +819,9 @@ public enum Builtins {
     }
 
     static let defaultDelims = Array(", ".utf8)
+    /// The membership and subset tests split on white space too when no delimiters are given (HTCondor
+    /// tokenizes them differently from stringListSize and the others: "a\tb" is one item there, two here).
+    static let memberDelims = Array(", \t\r\n".utf8)
 
     /// Evaluates the arguments, all of which must be strings; nil args means ERROR.
     static func stringArgs(_ a: [Expr], _ st: inout EvalState, min: Int, max: Int) throws -> [[UInt8]]? {
@@ -753,16 +887,19 @@ public enum Builtins {
         if s[0] == nil && s[1] == nil { return .undefined }
         guard let item = s[0], let list = s[1] else { return .boolean(false) }
         // An UNDEFINED delimiter set is the default one.
-        let items = stringListItems(list, s.count == 3 ? (s[2] ?? defaultDelims) : defaultDelims)
+        let items = stringListItems(list, s.count == 3 ? (s[2] ?? memberDelims) : memberDelims)
         return .boolean(items.contains { ignoreCase ? Bytes.caseEqual($0, item) : $0 == item })
     }
 
     static func stringListSubset(_ a: [Expr], _ st: inout EvalState, ignoreCase: Bool) throws -> Value {
         guard let s = try optionalStrings(a, &st, min: 2, max: 3) else { return .error }
-        let d = s.count == 3 ? (s[2] ?? defaultDelims) : defaultDelims
+        let d = s.count == 3 ? (s[2] ?? memberDelims) : memberDelims
         if s[0] == nil && s[1] == nil { return .undefined }
-        guard let supList = s[1] else { return .boolean(false) }
+        // The empty list is a subset even of an absent one.
+        guard let supList = s[1] else { return .boolean(s[0]?.isEmpty == true) }
         let sub = s[0].map { stringListItems($0, d) } ?? []
+        // A list that is not empty but holds no item (blanks, delimiters) is a subset of nothing.
+        if let text = s[0], !text.isEmpty, sub.isEmpty { return .boolean(false) }
         let sup = stringListItems(supList, d)
         return .boolean(sub.allSatisfy { x in sup.contains { ignoreCase ? Bytes.caseEqual($0, x) : $0 == x } })
     }
@@ -787,9 +924,9 @@ public enum Builtins {
     static func stringListRegexpMember(_ a: [Expr], _ st: inout EvalState) throws -> Value {
         guard let s = try stringArgs(a, &st, min: 2, max: 4) else { return .error }
         let items = stringListItems(s[1], s.count >= 3 ? s[2] : defaultDelims)
+        let opts = RegexEngine.options(s.count == 4 ? s[3] : [], anyCase: true)
+        guard RegexEngine.compile(s[0], opts) != nil else { return .error }  // before the empty list's UNDEFINED
         if items.isEmpty { return .undefined }
-        let opts = RegexEngine.options(s.count == 4 ? s[3] : [])
-        guard RegexEngine.compile(s[0], opts) != nil else { return .error }
         for item in items where RegexEngine.matches(s[0], item, options: opts) == true { return .boolean(true) }
         return .boolean(false)
     }

@@ -8,7 +8,7 @@ enum Convert {
         switch v {
         case .undefined, .error, .string: return v
         case .absTime(let s, let o): return .string(Bytes(TimeFormat.absTimeString(secs: s, offset: o)))
-        case .relTime(let r): return .string(Bytes(TimeFormat.relTimeString(r)))
+        case .relTime(let r): return .string(Bytes(TimeFormat.relTimeText(r)))
         default: return .string(Bytes(Unparser.unparse(v, style: .htcondor)))
         }
     }
@@ -22,6 +22,12 @@ enum Convert {
     static func truncate(_ r: Double) -> Int64 {
         if r.isNaN || r >= 9223372036854775808.0 || r < -9223372036854775808.0 { return .min }
         return Int64(r.rounded(.towardZero))
+    }
+
+    /// C's (int) cast of a double as x86-64 performs it: out of the int's range and NaN give INT_MIN.
+    static func cInt(_ r: Double) -> Int32 {
+        if r.isNaN || r >= 2147483648.0 || r <= -2147483649.0 { return .min }
+        return Int32(r.rounded(.towardZero))
     }
 
     static func toInteger(_ v: Value) -> Value {
@@ -47,7 +53,7 @@ enum Convert {
         case .integer(let i): return .real(Double(i))
         case .real: return v
         case .absTime(let s, _): return .real(Double(s))
-        case .relTime(let r): return .real(r)
+        case .relTime(let r): return .real(Double(truncate(r)))  // whole seconds, as HTCondor converts it
         case .list, .classad: return .error
         case .string(let s):
             var buf = s.cString + [0]

@@ -101,6 +101,27 @@ public enum Parser {
 
         mutating func advance() throws(ParseError) { tok = try lex.next() }
 
+        /// absTime("…") with one string literal is a time, read now; relTime("…") is checked now and
+        /// read when evaluated (its value is a real there). A string neither reads is a parse error, as
+        /// in HTCondor (TimeParse).
+        func timeLiteral(_ name: String, _ args: [Expr]) throws(ParseError) -> Expr? {
+            guard args.count == 1, let text = args[0].stringLiteral else { return nil }
+            switch name.lowercased() {
+            case "abstime":
+                guard let t = TimeParse.absTime(text) else {
+                    throw lex.error(
+                        "absTime(\"\(String(decoding: text, as: UTF8.self))\") is not a time: write it as YYYY-MM-DDTHH:MM:SS, with Z or ±HH:MM")
+                }
+                return .literal(.absTime(secs: t.secs, offset: t.offset))
+            case "reltime":
+                guard TimeParse.relTime(text) != nil else {
+                    throw lex.error("relTime(\"\(String(decoding: text, as: UTF8.self))\") is not a duration: write it as [-][D+][HH:][MM:]SS")
+                }
+                return nil
+            default: return nil
+            }
+        }
+
         mutating func expect(_ p: String, _ what: String) throws(ParseError) {
             guard tok == .punct(p) else { throw lex.error("expected '\(p)' \(what), found \(describe(tok))") }
             try advance()
@@ -203,7 +224,7 @@ public enum Parser {
                         guard tok == .punct(")") else { throw lex.error("expected ',' or ')' in the arguments of \(name)(), found \(describe(tok))") }
                     }
                     try expect(")", "to close the argument list of \(name)()")
-                    return .call(Function(name: name), args)
+                    return try timeLiteral(name, args) ?? .call(Function(name: name), args)
                 }
                 return .attr(AttrName(name), absolute: false)
             case .punct("."):

@@ -28,10 +28,13 @@ enum RegexEngine {
     }
 
     /// Options letters as HTCondor reads them: i (caseless), m (multiline), s (dotall), x (extended).
-    static func options(_ s: [UInt8]) -> UInt32 {
+    /// PCRE2 options from HTCondor's option letters: lower-case only for regexp() and its kin, which
+    /// ignore "I", "M", …; either case for stringList_regexpMember (`anyCase`), which reads them
+    /// differently (both measured against HTCondor's library).
+    static func options(_ s: [UInt8], anyCase: Bool = false) -> UInt32 {
         var o: UInt32 = 0
         for c in s {
-            switch Bytes.lowerASCII(c) {
+            switch anyCase ? Bytes.lowerASCII(c) : c {
             case UInt8(ascii: "i"): o |= UInt32(PCRE2_CASELESS)
             case UInt8(ascii: "m"): o |= UInt32(PCRE2_MULTILINE)
             case UInt8(ascii: "s"): o |= UInt32(PCRE2_DOTALL)

@@ -20,7 +20,10 @@ public enum TypedJSON {
             return ["type": "real", "value": r]
         case .string(let s): return ["type": "string", "value": String(decoding: s.b, as: UTF8.self)]
         case .absTime(let s, let o): return ["type": "abstime", "value": s, "offset": o]
-        case .relTime(let r): return ["type": "reltime", "value": r]
+        case .relTime(let r):
+            if r.isNaN { return ["type": "reltime", "value": "nan"] }
+            if r.isInfinite { return ["type": "reltime", "value": r < 0 ? "-inf" : "inf"] }
+            return ["type": "reltime", "value": r]
         case .list(let l):
             if depth >= maxDepth { return ["type": "list", "value": "…"] }
             var items: [Any] = []

@@ -269,11 +269,26 @@ enum TimeFormat {
         var t = time_t(secs + offset)
         var tmv = tm()
         gmtime_r(&t, &tmv)
-        let sign = offset < 0 ? "-" : "+"
+        // HTCondor writes an offset of zero as -00:00, and the year without padding.
+        let sign = offset > 0 ? "+" : "-"
         let o = abs(offset)
         return String(
-            format: "%04d-%02d-%02dT%02d:%02d:%02d%@%02d:%02d", Int(tmv.tm_year) + 1900, Int(tmv.tm_mon) + 1, Int(tmv.tm_mday),
+            format: "%d-%02d-%02dT%02d:%02d:%02d%@%02d:%02d", Int(tmv.tm_year) + 1900, Int(tmv.tm_mon) + 1, Int(tmv.tm_mday),
             Int(tmv.tm_hour), Int(tmv.tm_min), Int(tmv.tm_sec), sign, Int(o / 3600), Int((o % 3600) / 60))
+    }
+
+    /// string() of a relative time: whole seconds in a C int ([-][D+][HH:][MM:]SS), as HTCondor
+    /// converts it; a value out of the int's range wraps as C's conversion does on x86-64.
+    static func relTimeText(_ r: Double) -> String {
+        let t = Convert.truncate(r)
+        var secs = Int32(truncatingIfNeeded: t == .min ? Int64(Int32.min) : t)
+        var out = ""
+        if secs < 0 { out += "-"; secs = 0 &- secs }
+        let days = secs / 86400, hrs = (secs % 86400) / 3600, mins = (secs % 3600) / 60, s = secs % 60
+        if days != 0 { out += "\(days)+" }
+        if days != 0 || hrs != 0 { out += String(format: "%02d:", hrs) }
+        if days != 0 || hrs != 0 || mins != 0 { out += String(format: "%02d:", mins) }
+        return out + String(format: "%02d", s)
     }
 
     static func relTimeString(_ r: Double) -> String {

@@ -120,4 +120,32 @@ private func same(_ a: Value, _ b: Value) -> Bool {
             #expect(same(e.evaluate(), again.evaluate()) || e.evaluate().typeName == again.evaluate().typeName)
         }
     }
+
+    /// Time strings are read as HTCondor reads them when it parses absTime("…") and relTime("…"); the
+    /// values were taken from HTCondor 25.14's library (classad2).
+    @Test(arguments: [
+        ("string(absTime(\"2024-02-29T12:00:00Z\"))", "2024-02-29T12:00:00-00:00"),
+        ("string(absTime(\"20240229T120000Z\"))", "2024-02-29T12:00:00-00:00"),
+        ("string(absTime(\"2024-02-29T12:00:00 +01:00\"))", "2024-02-29T12:00:00+01:00"),
+        ("string(absTime(\"2024-02-29T12:00:00-0530\"))", "2024-02-29T12:00:00-05:30"),
+        ("string(absTime(\"2024-02-30\"))", "2024-03-01T00:00:00-00:00"),
+        ("string(absTime(\"1970\"))", "1969-12-31T00:00:00-00:00"),
+        ("string(absTime(\"24-02-29\"))", "24-02-29T00:00:00-00:00"),
+        ("string(absTime(\"2024-ab-29\"))", "2026-04-30T00:00:00-00:00"),
+        ("string(absTime(0, 3600))", "1970-01-01T01:00:00+01:00"),
+        ("string(relTime(-1.5))", "-01"), ("string(relTime(100))", "01:40"), ("string(relTime(86400*3+3661))", "3+01:01:01"),
+        ("string(relTime(-100000))", "-1+03:46:40"), ("string(relTime(1e300))", "--24855+-3:-14:-8"),
+        ("string(relTime(\"1d 2h\"))", "9.360000000000000E+04"), ("string(absTime(\"2024-02-29\", 60))", "2024-02-29"),
+    ])
+    func timeStrings(_ text: String, _ expected: String) throws {
+        #expect(same(try eval(text), .string(Bytes(expected))), "\(text)")
+    }
+
+    @Test(arguments: [
+        "absTime(\"2024-02-29T12:00:00.5Z\")", "absTime(\"2024-2-9\")", "absTime(\"1969-12-31T23:59:59Z\")",
+        "absTime(\"2024-02-29T12:00:00+01:00 \")", "relTime(\"1:x\")", "absTime(\"\")",
+    ])
+    func timeStringsHTCondorCannotReadAreParseErrors(_ text: String) {
+        #expect(throws: ParseError.self) { _ = try Parser.parseExpression(text) }
+    }
 }

@@ -70,7 +70,8 @@ class Oracle:
             self.proc.wait()
 
 
-def run(requests, binary, crashed=None):
+def answers(requests, binary, crashed=None):
+    """(request, HTCondor's answer or None where its library crashed, slurm-vm's answer or None) for each."""
     data = "".join(json.dumps(r) + "\n" for r in requests)
     p = subprocess.run([binary, "classad", "eval", "--jsonl"], input=data.encode(), capture_output=True, timeout=600)
     if p.returncode != 0:
@@ -79,19 +80,20 @@ def run(requests, binary, crashed=None):
     for line in p.stdout.decode().splitlines():
         o = json.loads(line)
         ours[o["id"]] = o
-    mismatches = []
+    out = []
     orc = Oracle()
     for r in requests:
-        theirs = orc.answer(r)
-        if theirs is None:  # HTCondor's library crashed on this request: nothing to compare with
-            continue
-        mine = ours.get(r["id"])
-        if mine is None or not same(mine, theirs):
-            mismatches.append((r, theirs, mine))
+        out.append((r, orc.answer(r), ours.get(r["id"])))
     orc.close()
     if crashed is not None:
         crashed.extend(orc.crashed)
-    return mismatches
+    return out
+
+
+def run(requests, binary, crashed=None):
+    """The requests on which slurm-vm and HTCondor's library disagree, as (request, theirs, ours)."""
+    return [(r, theirs, mine) for r, theirs, mine in answers(requests, binary, crashed)
+            if theirs is not None and (mine is None or not same(mine, theirs))]
 
 
 def main():

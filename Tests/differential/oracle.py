@@ -1,5 +1,6 @@
 """HTCondor's own ClassAd library as the reference: evaluates the same JSON requests as
 `slurm-vm classad eval --jsonl` and returns the same typed results."""
+import datetime
 import math
 import os
 
@@ -24,6 +25,11 @@ def typed(text, value, my, target, depth=0):
         return {"type": "boolean", "value": value}
     if isinstance(value, int):
         return {"type": "integer", "value": value}
+    if isinstance(value, float) and safe_eval(f"isReltime({text})", my, target) is True:
+        # The bindings give a relative time as a float of seconds; the ClassAd type is kept.
+        if math.isnan(value) or math.isinf(value):
+            return {"type": "reltime", "value": "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"}
+        return {"type": "reltime", "value": value}
     if isinstance(value, float):
         if math.isnan(value):
             return {"type": "real", "value": "nan"}
@@ -32,6 +38,14 @@ def typed(text, value, my, target, depth=0):
         return {"type": "real", "value": value}
     if isinstance(value, str):
         return {"type": "string", "value": value}
+    if isinstance(value, AbsTime):
+        return {"type": "abstime", "value": value.secs, "offset": value.offset}
+    if isinstance(value, datetime.datetime):
+        # The bindings round the offset to minutes; splitTime() gives it exactly.
+        offset = safe_eval(f"splitTime({text}).Offset", my, target)
+        return {"type": "abstime", "value": math.floor(value.timestamp()), "offset": offset if isinstance(offset, int) else None}
+    if isinstance(value, datetime.timedelta):
+        return {"type": "reltime", "value": value.total_seconds()}
     if isinstance(value, list):
         if depth >= MAX_DEPTH:
             return {"type": "list", "value": "…"}
@@ -51,9 +65,23 @@ def typed(text, value, my, target, depth=0):
     return {"type": "unsupported", "value": repr(value)}
 
 
+class AbsTime:
+    def __init__(self, secs, offset):
+        self.secs, self.offset = secs, offset
+
+
 def safe_eval(text, my, target):
     try:
         return _eval(text, my, target)
+    except UnicodeDecodeError as e:
+        # A string that is not UTF-8 (a byte-wise substr, say): the bindings cannot return it, but the
+        # exception holds its bytes. Compared as slurm-vm shows them, each bad byte as U+FFFD.
+        return e.object.decode("utf-8", "replace")
+    except ValueError:
+        # An absolute time Python's datetime cannot hold (the year 0, say): read its parts instead.
+        if _eval(f"isAbstime({text})", my, target) is True:
+            return AbsTime(_eval(f"int({text})", my, target), _eval(f"splitTime({text}).Offset", my, target))
+        return classad2.Value.Error
     except Exception:
         # HTCondor's Evaluate() returned false (e.g. an absolute reference with no root): slurm-vm reports ERROR.
         return classad2.Value.Error
