@@ -173,6 +173,7 @@ public enum Builtins {
         t["split"] = { _, a, st throws in try split(a, &st) }
         t["splitusername"] = { _, a, st throws in try splitAt(a, &st, slot: false) }
         t["splitslotname"] = { _, a, st throws in try splitAt(a, &st, slot: true) }
+        registerCompat(&t)
         return t
     }()
 

@@ -148,4 +148,32 @@ private func same(_ a: Value, _ b: Value) -> Bool {
     func timeStringsHTCondorCannotReadAreParseErrors(_ text: String) {
         #expect(throws: ParseError.self) { _ = try Parser.parseExpression(text) }
     }
+    /// The compat layer's functions, with values taken from HTCondor 25.14's library (classad2).
+    @Test(arguments: [
+        ("listToArgs({\"a\", \"b c\", \"it's\", \"\"})", "a b' 'c it''''s ''"),
+        ("listToArgs({\"a  b\"})", "a'  'b"),
+        ("envV1ToV2(\"B=1;A=x y;;A=2\")", "A=2 B=1"),
+        ("envV1ToV2(\"|A=1|B=x y\")", "A=1 B=x' 'y"),
+        ("envV1ToV2(\" A=1\")", "A=1"),
+        ("mergeEnvironment(\"A=1 B='x y'\", undefined, \"A=2\")", "A=2 B=x' 'y"),
+        ("join(\",\", \"\", \"a\", \"\")", "a,"),
+        ("formatTime([Year=2024; Month=13; Day=1])", "Wed ?  1 00:00:00 2024"),
+        ("formatTime(absTime(\"2024-02-29T12:00:00Z\"), \"%Y-%m-%d %j %a\")", "2024-02-29 060 Thu"),
+    ])
+    func compatFunctions(_ text: String, _ expected: String) throws {
+        #expect(same(try eval(text), .string(Bytes(expected))), "\(text)")
+    }
+
+    @Test func argumentsAndContexts() throws {
+        #expect(same(try eval("size(argsToList(\" 'a b' c''d '' \"))"), .integer(3)))
+        #expect(same(try eval("argsToList(\"'open\")"), .error))
+        let ad = try Parser.parseClassAd(
+            "[x = 1; r = x + 1; a = evalInEachContext(r, {[x = 5]})[0]; b = evalInEachContext(x, {[x = 5]})[0]; c = countMatches(x + 0 == 5, {[x = 5], [x = 6], 7})]"
+        )
+        #expect(same(ad.evaluate("a"), .integer(6)))
+        #expect(same(ad.evaluate("b"), .integer(1)))
+        #expect(same(ad.evaluate("c"), .integer(1)))
+        #expect(same(try eval("userMap(\"m\", \"alice\", \"p\", \"d\")"), .string(Bytes("d"))))
+        #expect(same(try eval("userHome(\"no such user here\", \"/d\")"), .string(Bytes("/d"))))
+    }
 }

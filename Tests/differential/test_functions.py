@@ -16,10 +16,14 @@ COUNT = int(os.environ.get("FUNC_COUNT", "2000"))
 NOT_YET = {
     "eval": "a minus before a number with a leading zero: eval(relTime(-1.5)) parses \"-01\" (HTCondor: -1), "
             "and HTCondor's reading of \"B..y\"",
-    "unresolved": "not implemented",
-    "userHome": "not implemented", "userMap": "not implemented", "envV1ToV2": "not implemented",
-    "mergeEnvironment": "not implemented", "listToArgs": "not implemented", "argsToList": "not implemented",
-    "evalInEachContext": "not implemented", "countMatches": "not implemented",
+    "unresolved": "not implemented (HTCondor's own spelling and order of the references it lists)",
+}
+
+
+# Where HTCondor's library itself crashes (the worker restarts; those calls are not compared).
+CRASHES = {
+    "evalInEachContext": "a list-valued attribute as the expression, e.g. evalInEachContext(l, {1, [x = 1]}) with "
+                         "l = {1, \"a\", 2.5}: a segfault, about 7% of the calls",
 }
 
 
@@ -43,7 +47,8 @@ def test_every_call_agrees(name, section):
     answers = compare.answers(reqs, BIN, crashed)
     compared = [(r, t, m) for r, t, m in answers if t is not None]
     bad = [(r, t, m) for r, t, m in compared if not functions.agree(name, t, m, r["expr"])]
-    assert len(crashed) <= len(reqs) // 500, f"HTCondor's library crashed on {len(crashed)} calls"
+    allowed = len(reqs) // 10 if name in CRASHES else len(reqs) // 500
+    assert len(crashed) <= allowed, f"HTCondor's library crashed on {len(crashed)} calls, e.g. {crashed[0]['expr'][:120]}"
     # A function of no arguments has few distinct calls (its wrong arities); the others thousands.
     most = next(f[3] for f in functions.FUNCTIONS if f[0] == name)
     assert len(compared) >= min(COUNT, 400 if most > 0 else 100), f"only {len(compared)} distinct calls of {name} ({section})"
