@@ -15,6 +15,7 @@ extension Builtins {
         t["countmatches"] = { _, a, st throws in try inEachContext(a, &st, count: true) }
         t["userhome"] = { _, a, st throws in try userHome(a, &st) }
         t["usermap"] = { _, a, st throws in try userMap(a, &st) }
+        t["unresolved"] = { _, a, st throws in try unresolved(a, &st) }
     }
 
     // MARK: users

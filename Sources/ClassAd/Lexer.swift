@@ -123,8 +123,19 @@ struct Lexer {
 
     private mutating func number() throws(ParseError) -> Token {
         let start = pos
-        if src[pos] == UInt8(ascii: "-") { pos += 1 }
+        let negative = src[pos] == UInt8(ascii: "-")
+        if negative { pos += 1 }
         let digitsStart = pos
+        // A negative literal goes through HTCondor's other scanner, which takes -0x… (as 0: the value is
+        // then read in base 10) and -0… with octal digits (read in decimal): "-0x1f" is 0, "-010" is
+        // -10, "-08" an error (measured against its library; eval(string(relTime(-1.5))) reads "-01").
+        if negative, src[pos] == UInt8(ascii: "0"), let x = peekByte(1), x == UInt8(ascii: "x") || x == UInt8(ascii: "X") {
+            pos += 2
+            let hexStart = pos
+            while let c = peekByte(), Lexer.isDigit(c) || (c | 0x20 >= UInt8(ascii: "a") && c | 0x20 <= UInt8(ascii: "f")) { pos += 1 }
+            guard pos > hexStart else { throw error("a hexadecimal number needs digits after 0x", at: start) }
+            return .integer(0)
+        }
         while Lexer.isDigit(peekByte()) { pos += 1 }
         let intDigits = pos - digitsStart
         var isReal = false
@@ -146,7 +157,10 @@ struct Lexer {
             return .real(strtodValue(text))
         }
         if intDigits > 1 && src[digitsStart] == UInt8(ascii: "0") {
-            throw error("integers may not have leading zeros (octal and hexadecimal are not ClassAd syntax)", at: start)
+            let octal = src[(digitsStart + 1)..<(digitsStart + intDigits)].allSatisfy { $0 >= 48 && $0 <= 55 }
+            if !negative || !octal {
+                throw error("integers may not have leading zeros (octal and hexadecimal are not ClassAd syntax)", at: start)
+            }
         }
         // HTCondor reads an integer literal that does not fit in 64 bits as 0.
         return .integer(Int64(text) ?? 0)

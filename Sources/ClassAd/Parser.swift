@@ -183,7 +183,10 @@ public enum Parser {
             var e = try primary()
             while true {
                 if tok == .punct(".") {
+                    let dot = lex.tokenStart
                     try advance()
+                    // HTCondor reads "a..b" (the dots adjacent) as a.b.
+                    if tok == .punct("."), lex.tokenStart == dot + 1 { try advance() }
                     guard case .identifier(let n) = tok else { throw lex.error("expected an attribute name after '.', found \(describe(tok))") }
                     try advance()
                     e = .select(e, AttrName(n))

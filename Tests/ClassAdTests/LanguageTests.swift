@@ -164,6 +164,20 @@ private func same(_ a: Value, _ b: Value) -> Bool {
         #expect(same(try eval(text), .string(Bytes(expected))), "\(text)")
     }
 
+    @Test func negativeLiteralsAndDoubleDotsAsHTCondorReadsThem() throws {
+        #expect(same(try eval("-010"), .integer(-10)))
+        #expect(same(try eval("-0x1f + 1"), .integer(1)))
+        #expect(same(try eval("eval(string(relTime(-1.5)))"), .integer(-1)))
+        #expect(same(try eval("[B = [y = 1]; a = B..y].a"), .integer(1)))
+        for bad in ["-08", "01", "-0x", "x.  .y"] {
+            #expect(throws: ParseError.self, "\(bad)") { _ = try Parser.parseExpression(bad) }
+        }
+        let ad = try Parser.parseClassAd("[x = 1; q = zz * 2 + TARGET.a + other.b + r; r = x + g; k = a.b.c + parent.y]")
+        #expect(same(ad.evaluate(expr: try Parser.parseExpression("unresolved(q)")), .string(Bytes("g,other.b,a,zz"))))
+        #expect(same(ad.evaluate(expr: try Parser.parseExpression("unresolved(k)")), .string(Bytes("'parent'.y,a.b.c"))))
+        #expect(same(ad.evaluate(expr: try Parser.parseExpression("unresolved(q, \"^Z\")")), .boolean(true)))
+    }
+
     @Test func argumentsAndContexts() throws {
         #expect(same(try eval("size(argsToList(\" 'a b' c''d '' \"))"), .integer(3)))
         #expect(same(try eval("argsToList(\"'open\")"), .error))

@@ -15,7 +15,8 @@ from gen import quote
 
 # What a called function's attribute references can see: MY's attributes.
 MY_AD = ('[x = 1; y = 2.5; s = "abc"; t = "a, b ,c"; l = {1, "a", 2.5}; n = {}; ad = [a = 1; b = "x"]; '
-         'u = undefined; e = error; r = x + 1; env = "A=1 B=\'x y\'"; nested = [p = [q = {1, [z = 3]}]]]')
+         'u = undefined; e = error; r = x + 1; env = "A=1 B=\'x y\'"; nested = [p = [q = {1, [z = 3]}]]; '
+         'q = zz * 2 + TARGET.a + other.b + ad.zz + {zz, Y}[0] + r + [w = k].w; k = a.b.c + parent.y + MY.q + size(g)]')
 
 HUGE = "x" * 5000
 
@@ -60,7 +61,7 @@ TYPED = {
             '"plain"', '"%e %p %y"'],
     "sprintf": ['"%d"', '"%5.2f"', '"%s"', '"%x %o"', '"%-4d|"', '"%c"', '"%%"', '"%e"', '"%g"', '"%s %s"', '"%i"',
                 '"%u"', '"%05d"', '"%+d"', '"plain"', '"%q"', '"%"', '"%*d"', '"%.3s"', '"%X"', '"%ld"'],
-    "expr": ["x", "x + 1", "s", "l", "ad", "u", "e", "missing", "ad.a", "1 + 2", '"a"'],
+    "expr": ["x", "x + 1", "s", "l", "ad", "u", "e", "missing", "ad.a", "1 + 2", '"a"', "q", "k", "MY.q", "nested"],
     "exprstr": ['"x + 1"', '"1 +"', '"[a = 1].a"', '"s"', '"l[1]"', '"missing"', '""', '"x =?= 1"'],
     "time": ANY["time"] + ["0", "1700000000", "-1", "86399", "1.5", "2147483648"],
     "env": ['"A=1"', '"A=1;B=2"', '"A=1 B=2"', "\"A='x y'\"", '"A=1|B=2"', '""', '"A"', '"=1"', '"A=1 B=\'it\'\'s\'"',
