@@ -116,7 +116,7 @@ def main():
     ap.add_argument("--nodes", default="2,4,8,16")
     ap.add_argument("--sizes", default="64,256", help="MiB")
     ap.add_argument("--mbit", type=int, default=200)
-    ap.add_argument("--chunk", default="1M")
+    ap.add_argument("--chunk", default="auto", help="slurm-vm's --chunk-size (default auto: 1M, smaller for images under 256 MiB)")
     ap.add_argument("--kinds", default="chain,central,binomial,pipeline",
                     help="chain (the benchmark's own relay, the baseline), and slurm-vm's schedules central, binomial, pipeline, twotree, relay, auto")
     ap.add_argument("--slow", action="store_true", help="also: one node at a quarter of the rate (slurm-vm's pulling schedules)")
@@ -162,7 +162,7 @@ def main():
             # every run; what computing it costs is printed, since a first broadcast of an image pays it.
             began = time.time()
             subprocess.run([BIN, "broadcast", "--rank", "0", "--nodes", "127.0.0.1", "--port", "17599", "--src", src,
-                            "--manifest", src + ".manifest"], check=True, stdout=subprocess.DEVNULL)
+                            "--chunk-size", a.chunk, "--manifest", src + ".manifest"], check=True, stdout=subprocess.DEVNULL)
             if vi == 0:
                 notes.append(f"{size} MiB: the root's manifest was computed once, in {time.time() - began:.2f} s with the process start, and reused")
             limit = size * (1 << 20) * 8 / (a.mbit * 1e6)
@@ -182,7 +182,7 @@ def main():
                             ratios.append(float("nan") if problem else secs / limit)
                             chosen = schedule_of(kind, reports)
                             ran.add(chosen)
-                            rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "schedule": chosen, "nodes": n, "mib": size, "chunk": a.chunk,
+                            rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "schedule": chosen, "nodes": n, "mib": size, "chunk": chunk_of(reports, a.chunk),
                                          "run": run, "seconds": secs, "ratio": secs / limit, "cpu_busy": busy,
                                          "sent": sum(r.get("sent", 0) for r in reports),
                                          "repairs": sum(r.get("repairs", 0) for r in reports),
@@ -229,7 +229,7 @@ def slow_row(a, queue, cc, label, kinds, base, src, digest, limit, size, rows, f
                 others.append(float("nan") if problem else rest / limit)
                 slows.append(slow_end / limit)
                 ran.add(schedule_of(kind, reports))
-                rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "schedule": schedule_of(kind, reports), "nodes": n, "mib": size, "chunk": a.chunk, "slow_node": slow,
+                rows.append({"queue": queue, "congestion": cc, "fs": fs, "kind": kind, "schedule": schedule_of(kind, reports), "nodes": n, "mib": size, "chunk": chunk_of(reports, a.chunk), "slow_node": slow,
                              "run": run, "others_ratio": rest / limit, "slow_ratio": slow_end / limit})
             c = cell(others, limit)
             chose = f" {'/'.join(sorted(ran))}" if kind == "auto" else ""
@@ -253,6 +253,12 @@ def one_run(a, tb, kind, src, base, digest, name):
         keep_traces(a.trace, name, reports, t0)
     shutil.rmtree(work)
     return secs, reports, t0, busy, (f"errors {errors} wrong copies {wrong}" if errors or wrong else None)
+
+
+def chunk_of(reports, asked):
+    """The chunk size a run of slurm-vm used (what auto chose), as "256K"; what was asked otherwise."""
+    size = next((r["chunk_size"] for r in reports if "chunk_size" in r), None)
+    return f"{size >> 10}K" if size else asked
 
 
 def schedule_of(kind, reports):

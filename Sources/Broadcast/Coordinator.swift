@@ -36,7 +36,8 @@ public final class Coordinator: @unchecked Sendable {
     let source: @Sendable (String) -> String?
     public var gatherSeconds: Double = 0.3
     public var waitSeconds: Double = 10
-    public var chunkSize = Manifest.defaultChunkSize
+    /// nil: each blob's own (Manifest.chunkSize(forBytes:)).
+    public var chunkSize: Int?
     public private(set) var transfers = 0
     /// Manifests of the catalog's blobs by "digest chunk-size": a blob never changes, so each is
     /// computed once (a pass over the image every receiver would wait for) and reused.
@@ -100,13 +101,20 @@ public final class Coordinator: @unchecked Sendable {
         let rank = i + 1
         switch plan {
         case .failure(let e): throw e
-        case .success(let addrs): return Assignment(transfer: id, rank: rank, addresses: addrs, chunkSize: chunkSize)
+        case .success(let addrs): return Assignment(transfer: id, rank: rank, addresses: addrs, chunkSize: chunkSize(of: path))
         }
+    }
+
+    func chunkSize(of path: String) -> Int {
+        if let chunkSize { return chunkSize }
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value ?? 0
+        return Manifest.chunkSize(forBytes: size)
     }
 
     /// Rank 0: the catalog's copy, served until every node has verified its own.
     func startRoot(id: String, path: String, host: String, members: [String]) throws -> [String] {
         var c = ParticipantConfig(rank: 0, addresses: [])
+        let chunkSize = chunkSize(of: path)
         c.source = path
         let key = "\(groups[id]?.digest ?? "") \(chunkSize)"
         if manifests[key] == nil {

@@ -55,6 +55,8 @@ public struct ParticipantReport: Sendable {
     public var stats: TransferMachine.Stats
     /// The schedule the transfer ran (the one chosen from the manifest when none was named).
     public var kind: ScheduleKind
+    /// The transfer's chunk size (the manifest's).
+    public var chunkSize: Int
     /// Chunks sent from memory (the newest of a copy written around the page cache); the rest went by
     /// sendfile.
     public var sentFromMemory = 0
@@ -469,6 +471,7 @@ public final class Participant: @unchecked Sendable {
         result.succeed(
             ParticipantReport(
                 rank: config.rank, seconds: config.source != nil ? 0 : verifiedAt ?? now, stats: m.stats, kind: m.plan.kind,
+                chunkSize: manifest?.chunkSize ?? config.chunkSize,
                 sentFromMemory: sentFromMemory, bypassedPageCache: file?.bypassesPageCache ?? false))
     }
 

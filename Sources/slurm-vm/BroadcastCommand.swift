@@ -32,7 +32,10 @@ struct BroadcastCommand: ParsableCommand {
     ) var manifest: String?
     @Option(help: "Other ranks: where the verified copy goes (appears only once verified).") var dst: String?
     @Option(help: "The SHA-256 the file must have (sha256:HEX); a transfer of anything else is refused.") var digest: String?
-    @Option(help: ArgumentHelp("Chunk size (64K…16M, a multiple of 64 bytes; K and M suffixes).", valueName: "size")) var chunkSize: String = "1M"
+    @Option(
+        help: ArgumentHelp(
+            "Chunk size (64K…16M, a multiple of 64 bytes; K and M suffixes), or auto: 1M, halved down to 256K until the file has 256 chunks.",
+            valueName: "size")) var chunkSize: String = "auto"
     @Option(
         help: ArgumentHelp(
             "auto (the relay for few nodes and many chunks, the two trees otherwise: docs/broadcast.md), relay (a pipelined chain), twotree (two half-rate trees), pipeline (binomial pipeline), binomial (store-and-forward tree) or central.",
@@ -53,7 +56,17 @@ struct BroadcastCommand: ParsableCommand {
                 throw ValidationError(
                     "--schedule must be auto or one of \(ScheduleKind.allCases.map(\.rawValue).joined(separator: ", ")), not '\(schedule)'")
             }
-            guard let cs = Self.size(chunkSize) else { throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 1M or 512K") }
+            let cs: Int
+            if chunkSize == "auto" {
+                // The root picks by the file's size; the others learn it from the manifest.
+                let bytes = (try? FileManager.default.attributesOfItem(atPath: src ?? "")[.size] as? NSNumber)?.int64Value
+                cs = rank == 0 && bytes != nil ? Manifest.chunkSize(forBytes: bytes!) : Manifest.defaultChunkSize
+            } else {
+                guard let c = Self.size(chunkSize) else {
+                    throw ValidationError("--chunk-size '\(chunkSize)' is not a size like 1M or 512K, or auto")
+                }
+                cs = c
+            }
             let addrs = nodes.split(separator: ",").map { a -> String in
                 let s = String(a).trimmingCharacters(in: .whitespaces)
                 return s.contains(":") ? s : "\(s):\(port)"  // IPv6 with a port: [ADDR]:PORT
@@ -86,7 +99,7 @@ struct BroadcastCommand: ParsableCommand {
                 let line: [String: Any] = [
                     "rank": rank, "seconds": report.seconds, "verified_unix": began.timeIntervalSince1970 + report.seconds,
                     "received": s.received, "duplicates": s.duplicates, "corrupted": s.corrupted, "repairs": s.repairs, "sent": s.sent,
-                    "served": s.served, "replanned_slow": s.replannedSlow ?? -1, "schedule": report.kind.rawValue,
+                    "served": s.served, "replanned_slow": s.replannedSlow ?? -1, "schedule": report.kind.rawValue, "chunk_size": report.chunkSize,
                     "sent_from_memory": report.sentFromMemory, "uncached": report.bypassedPageCache,
                 ]
                 print(String(data: try JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]), encoding: .utf8)!)
