@@ -123,6 +123,8 @@ public struct TransferMachine: Sendable {
     var lost = Set<Int>()
     var progressStep = -1
     var lastArrival: Double
+    /// Ranks this one has asked to be connected to (once each).
+    var dialing = Set<Int>()
     let startedAt: Double
     var typicalSend: Double?
     var typicalReceive: Double?
@@ -435,6 +437,18 @@ public struct TransferMachine: Sendable {
                 peers.keys.allSatisfy({ treeParents[rank].contains($0) })
             {
                 q = other
+            }
+            // Relay: a dead parent's own parent (the nearest live rank before it in the chain) streams
+            // instead, so the chain closes over the gap. Its upload is free, as its child is the dead
+            // rank, and in rank order it is a circulant neighbor (r − 2), connected from the start.
+            if plan.kind == .relay, peers[q] == nil, lost.contains(q) {
+                var a = q
+                while a > 0, lost.contains(a) { a = treeParents[a][stripe] }
+                if a >= 0, peers[a] != nil {
+                    q = a
+                } else if a >= 0, dialing.insert(a).inserted {
+                    out.append(.connect(a))  // after a trade the chain is out of rank order: not a neighbor yet
+                }
             }
             guard let parent = peers[q] else { fallback[stripe] = true; continue }
             let otherLeft = stripeMasks[1 - stripe].population - stripeHeld[1 - stripe]

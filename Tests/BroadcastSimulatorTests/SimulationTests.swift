@@ -107,6 +107,21 @@ import Testing
         for (r, why) in out.failed.enumerated() where r != 33 { #expect(why == nil, "\(kind): rank \(r) failed: \(why ?? "")") }
     }
 
+    /// Relay: when a rank of the chain dies, the rank after it streams from the one before it, so the
+    /// chain closes over the gap; after a slow rank's trade the chain is out of rank order and the two
+    /// must connect first. Measured: 2.1× of size/rate while the rank after the gap pulled chunk by chunk
+    /// from its neighbors, 1.37× (the slow rank's own cost, as without a failure) once it streams.
+    @Test func aRelayClosesOverADeadRankEvenAfterATrade() {
+        var s = scenario(.relay, 16, mib: 256)
+        s.slow[8] = 0.25
+        s.failure = .init(rank: 9, at: s.sizeOverRate / 2)
+        let both = Simulation.run(s).lastDone(excluding: [8, 9])!
+        var slowOnly = scenario(.relay, 16, mib: 256)
+        slowOnly.slow[8] = 0.25
+        let slow = Simulation.run(slowOnly).lastDone(excluding: [8])!
+        #expect(both < slow * 1.1, "a failure after the trade: \(both) s, the slow rank alone: \(slow) s")
+    }
+
     @Test func eventsComeOutInTimeThenInsertionOrder() {
         var h = EventHeap<Int>()
         for (i, t) in [3.0, 1.0, 2.0, 1.0, 0.5].enumerated() { h.push(t, i) }
