@@ -32,13 +32,18 @@ struct MatchBench: ParsableCommand {
     @Option(help: "Image ads, one per line.") var images: String?
     @Option(parsing: .upToNextOption, help: "Generate JOBS IMAGES synthetic ads instead.") var generate: [Int] = []
     @Option(help: "Seed for --generate.") var seed: UInt64 = 1
+    @Option(
+        help:
+            "With --generate: the share of jobs and images, 0 to 1, that carry constants of their own (0: few distinct clauses, which autoclustering folds; 1: every job different)."
+    ) var distinct: Double = 0
     @Option(help: "Jobs evaluated pair by pair for the baseline and the cross-check.") var sample = 200
     @Option(help: "Also write the workload to DIR/jobs.ads and DIR/images.ads (one ad per line).") var dump: String?
 
     func run() throws {
         var jobAds: [ClassAd], imageAds: [ClassAd]
         if generate.count == 2 {
-            var g = SyntheticWorkload(seed: seed)
+            guard (0...1).contains(distinct) else { throw ValidationError("--distinct \(distinct): give a share from 0 to 1") }
+            var g = SyntheticWorkload(seed: seed, distinct: distinct)
             imageAds = (0..<generate[1]).map { g.image($0) }
             jobAds = (0..<generate[0]).map { g.job($0) }
         } else if let jobs, let images {

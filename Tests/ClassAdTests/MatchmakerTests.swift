@@ -50,6 +50,20 @@ import Testing
         agree(jobs, images)
     }
 
+    /// Every job with constants of its own (bench match --distinct 1): the batch matcher still agrees
+    /// with the exact evaluator, and the jobs no longer share their clauses.
+    @Test func batchMatcherAgreesWhenEveryJobIsDifferent() {
+        var g = SyntheticWorkload(seed: 7, distinct: 1)
+        let images = (0..<60).map { g.image($0) }
+        let jobs = (0..<300).map { g.job($0) }
+        agree(jobs, images)
+        let alike = SyntheticWorkload(seed: 7)
+        var a = alike
+        let shared = BatchMatcher(images: (0..<60).map { a.image($0) }).matchAll((0..<300).map { a.job($0) })
+        let own = BatchMatcher(images: images).matchAll(jobs)
+        #expect(own.jobClauses > 10 * shared.jobClauses, "distinct: \(own.jobClauses) job clauses, alike: \(shared.jobClauses)")
+    }
+
     @Test func batchMatcherAgreesOnTrickyAds() throws {
         // non-literal attributes, references back and forth, whole-ad references, cycles, shadowed scope names
         let jobs = try [
