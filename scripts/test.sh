@@ -104,7 +104,7 @@ SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --node
 SLURM_VM_BIN=$PWD/.build/release/slurm-vm python3 Benchmarks/broadcast.py --nodes 4,8 --sizes 256 \
   --kinds twotree --queues prio,bfifo,tbf --json-out "$bench/broadcast-4-8.json"
 .build/release/slurm-vm bench broadcast-sim --calibrate "$bench/broadcast-4-8.json,$bench/broadcast-16.json"
-.build/release/slurm-vm bench broadcast-sim --nodes 16,64,256 --schedules auto,pipeline --faults none,both
+.build/release/slurm-vm bench broadcast-sim --nodes 16,64,256 --schedules auto --faults none,both
 # Prolog latency of VM jobs through the local cluster, against booting the same guests by hand.
 stage "prolog latency benchmark"
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_BIN_DIR=$PWD/.build/release python3 Benchmarks/prolog_latency.py --runs 5

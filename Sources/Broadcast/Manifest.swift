@@ -43,13 +43,14 @@ public struct Manifest: Codable, Sendable, Equatable {
     public static let defaultChunkSize = 1 << 20
 
     /// The chunk size a transfer uses when none is named: 1 MiB, halved down to 256 KiB until the image
-    /// has at least 256 chunks. A schedule's depth costs a few chunks' time, so small images need small
-    /// chunks; 256 chunks keep the relay, one stream per port, the default up to 17 nodes
-    /// (ScheduleKind.chosen): 64 MiB at 16 nodes measured 1.15× of size/rate in 256 KiB chunks as a
-    /// relay, 1.27-1.32× in 1 MiB chunks as two trees (docs/broadcast.md).
+    /// has at least 1,024 chunks. A schedule's depth costs a few chunks' time, so smaller images need
+    /// smaller chunks; the relay (one stream per port, the default for few nodes: ScheduleKind.chosen)
+    /// is N − 1 chunks deep. Measured at 16 nodes on a drop-tail port (docs/broadcast.md): 64 MiB
+    /// 1.15× of size/rate in 256 KiB chunks as a relay, 1.27-1.32× in 1 MiB chunks as two trees; 256 MiB
+    /// 1.08× in 256 KiB chunks, 1.13× in 1 MiB (the chain 1.12×). From 1 GiB on, 1 MiB chunks.
     public static func chunkSize(forBytes n: Int64) -> Int {
         var c = defaultChunkSize
-        while c > 256 << 10 && n / Int64(c) < 256 { c /= 2 }
+        while c > 256 << 10 && n / Int64(c) < 1024 { c /= 2 }
         return c
     }
     public static let chunkSizes = (64 << 10)...(16 << 20)

@@ -21,7 +21,7 @@ struct BroadcastSimBench: ParsableCommand {
 
     @Option(help: "Node counts, comma-separated.") var nodes = "16,32,64,128,256,512,1024"
     @Option(help: "Image sizes, comma-separated (256M, 2G).") var sizes = "256M"
-    @Option(help: "Chunk size.") var chunk = "1M"
+    @Option(help: "Chunk size, or auto: what a transfer of each size uses (Manifest.chunkSize(forBytes:)).") var chunk = "auto"
     @Option(help: "Link rate per port and direction, Mbit/s.") var mbit = 200.0
     @Option(help: "Port queues, comma-separated, of prio, bfifo, tbf.") var queues = "prio"
     @Option(help: "Schedules, comma-separated: auto (the default's choice for each cell), relay, twotree, pipeline, binomial, central.")
@@ -46,7 +46,9 @@ struct BroadcastSimBench: ParsableCommand {
     }
 
     func run() throws {
-        guard let chunkBytes = try? Int(ByteSize.parse(chunk, bare: .bytes)), chunkBytes > 0 else {
+        // nil: auto, per cell (and 1 MiB for calibration rows that do not say theirs).
+        let named: Int? = chunk == "auto" ? nil : try? Int(ByteSize.parse(chunk, bare: .bytes))
+        guard let chunkBytes = chunk == "auto" ? Manifest.defaultChunkSize : named, chunkBytes > 0 else {
             throw ValidationError("--chunk '\(chunk)' is not a size like 1M")
         }
         if let files = calibrate { return try compare(files.split(separator: ",").map(String.init), chunkBytes: chunkBytes) }
@@ -57,7 +59,9 @@ struct BroadcastSimBench: ParsableCommand {
         let ks: [ScheduleKind?] = try list(schedules, "--schedules") { $0 == "auto" ? .some(nil) : ScheduleKind(rawValue: $0).map { .some($0) } }
         let fs = try list(faults, "--faults") { ["none", "slow", "fail", "both"].contains($0) ? $0 : nil }
         if !json {
-            print("simulated broadcast: \(Int(mbit)) Mbit/s per port and direction, chunks \(chunk); times in seconds, ratios to size/rate")
+            print(
+                "simulated broadcast: \(Int(mbit)) Mbit/s per port and direction, chunks \(chunk == "auto" ? "auto (256 KiB up to 256 MiB, 1 MiB from 1 GiB)" : chunk); times in seconds, ratios to size/rate"
+            )
             print(
                 "| queue | schedule | faults | nodes | size | time | × size/rate | bound | × bound | median rank | root sent | duplicates | events | wall |"
             )
@@ -65,9 +69,10 @@ struct BroadcastSimBench: ParsableCommand {
         }
         // Every combination, in the table's order: queue, schedule, faults, size, then N.
         let cells = qs.flatMap { q in ks.flatMap { k in fs.flatMap { f in bytes.flatMap { size in ns.map { (q, k, f, size, $0) } } } } }
-        for (q, named, f, size, n) in cells {
-            let k = named ?? .chosen(ranks: n, chunks: (size + chunkBytes - 1) / chunkBytes)
-            var s = Scenario(kind: k, ranks: n, imageBytes: size, chunkBytes: chunkBytes, link: link(q))
+        for (q, kindNamed, f, size, n) in cells {
+            let cb = named ?? Manifest.chunkSize(forBytes: Int64(size))
+            let k = kindNamed ?? .chosen(ranks: n, chunks: (size + cb - 1) / cb)
+            var s = Scenario(kind: k, ranks: n, imageBytes: size, chunkBytes: cb, link: link(q))
             var excluded = Set<Int>()
             if f == "slow" || f == "both" {
                 for r in stride(from: 8, to: n, by: 64) { s.slow[r] = 0.25; excluded.insert(r) }
@@ -78,7 +83,7 @@ struct BroadcastSimBench: ParsableCommand {
             }
             let t0 = Date()
             let out = Simulation.run(s)
-            report(s, auto: named == nil, fault: f, time: out.lastDone(excluding: excluded), outcome: out, wall: Date().timeIntervalSince(t0))
+            report(s, auto: kindNamed == nil, fault: f, time: out.lastDone(excluding: excluded), outcome: out, wall: Date().timeIntervalSince(t0))
         }
     }
 

@@ -181,12 +181,13 @@ import Testing
         for r in 0..<n { #expect(relay[r].neighbors == pipeline[r].neighbors, "N=\(n), rank \(r): the circulant graph") }
     }
 
-    /// Without a named chunk size, an image gets at least 256 chunks down to 256 KiB each, so the relay
-    /// stays the default at 16 nodes for small images too.
+    /// Without a named chunk size, an image gets at least 1,024 chunks down to 256 KiB each, so the
+    /// relay stays the default at 16 nodes for small images too, and its depth a small share.
     @Test func theDefaultChunkGivesSmallImagesEnoughChunks() {
-        #expect(Manifest.chunkSize(forBytes: 256 << 20) == 1 << 20)
         #expect(Manifest.chunkSize(forBytes: 2 << 30) == 1 << 20)
-        #expect(Manifest.chunkSize(forBytes: 128 << 20) == 512 << 10)
+        #expect(Manifest.chunkSize(forBytes: 1 << 30) == 1 << 20)
+        #expect(Manifest.chunkSize(forBytes: 512 << 20) == 512 << 10)
+        #expect(Manifest.chunkSize(forBytes: 256 << 20) == 256 << 10)
         #expect(Manifest.chunkSize(forBytes: 64 << 20) == 256 << 10)
         #expect(Manifest.chunkSize(forBytes: 1 << 20) == 256 << 10)
         #expect(ScheduleKind.chosen(ranks: 16, chunks: (64 << 20) / Manifest.chunkSize(forBytes: 64 << 20)) == .relay)
