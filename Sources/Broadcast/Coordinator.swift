@@ -26,6 +26,8 @@ public final class Coordinator: @unchecked Sendable {
         var expected: [String: Int] = [:]
         var joined: [String: Set<String>] = [:]
         var plan: Result<[String], BroadcastError>?
+        /// The chunk size rank 0 serves, once planned (every member is told the same).
+        var chunkSize = 0
     }
 
     let lock = NSCondition()
@@ -101,7 +103,7 @@ public final class Coordinator: @unchecked Sendable {
         let rank = i + 1
         switch plan {
         case .failure(let e): throw e
-        case .success(let addrs): return Assignment(transfer: id, rank: rank, addresses: addrs, chunkSize: chunkSize(of: path))
+        case .success(let addrs): return Assignment(transfer: id, rank: rank, addresses: addrs, chunkSize: g.chunkSize)
         }
     }
 
@@ -114,7 +116,8 @@ public final class Coordinator: @unchecked Sendable {
     /// Rank 0: the catalog's copy, served until every node has verified its own.
     func startRoot(id: String, path: String, host: String, members: [String]) throws -> [String] {
         var c = ParticipantConfig(rank: 0, addresses: [])
-        let chunkSize = chunkSize(of: path)
+        let chunkSize = chunkSize(of: path)  // the blob's size read once per transfer, not per member
+        groups[id]?.chunkSize = chunkSize
         c.source = path
         let key = "\(groups[id]?.digest ?? "") \(chunkSize)"
         if manifests[key] == nil {

@@ -699,7 +699,7 @@ public enum Builtins {
         case .relTime(var r):
             let negative = r < 0
             if negative { r = -r }
-            let whole = Int32(truncatingIfNeeded: Convert.truncate(r))
+            let whole = Convert.cInt(r)
             var days = whole, hrs = whole % 86400, mins = hrs % 3600
             var secs = Double(mins % 60) + (r - r.rounded(.down))
             days /= 86400; hrs /= 3600; mins /= 60
@@ -731,13 +731,11 @@ public enum Builtins {
         let v = try ev(a[0], &st)
         if case .relTime = v { return .error }
         guard let parts = split(v) else { return .error }
-        /// A part as HTCondor's EvaluateAttrInt reads it: an integer, or a real truncated; else 0.
+        /// A part as HTCondor's EvaluateAttrInt reads it: an integer (wrapped to a C int); anything else,
+        /// a real included, is no part (0).
         func part(_ name: String) -> Int32? {
-            switch parts.evaluate(name) {
-            case .integer(let i): return Int32(truncatingIfNeeded: i)
-            case .real(let r): return Int32(truncatingIfNeeded: Convert.truncate(r))
-            default: return nil
-            }
+            if case .integer(let i) = parts.evaluate(name) { return Int32(truncatingIfNeeded: i) }
+            return nil
         }
         t.tm_sec = part("Seconds") ?? 0
         t.tm_min = part("Minutes") ?? 0

@@ -16,8 +16,8 @@ enum TimeParse {
     static func absTime(_ text: [UInt8]) -> (secs: Int64, offset: Int64)? {
         var s = text
         var tzhr = 0, tzmin = 0, hasOffset = false
-        func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
-        func isSpace(_ c: UInt8) -> Bool { c == 32 || (c >= 9 && c <= 13) }
+        func isDigit(_ c: UInt8) -> Bool { Lexer.isDigit(c) }
+        let isSpace = Lexer.isSpace
         var len = s.count
         var i = len - 1
         while i >= 0 && isSpace(s[i]) { i -= 1 }
@@ -82,8 +82,8 @@ enum TimeParse {
     /// An empty string is zero.
     static func relTime(_ text: [UInt8]) -> Double? {
         let s = text
-        func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
-        func isSpace(_ c: UInt8) -> Bool { c == 32 || (c >= 9 && c <= 13) }
+        func isDigit(_ c: UInt8) -> Bool { Lexer.isDigit(c) }
+        let isSpace = Lexer.isSpace
         var i = s.count - 1
         func skipSpaces() { while i >= 0 && isSpace(s[i]) { i -= 1 } }
         /// The digits ending at i, read left to right (C's from_chars into an int: 0 when too long).

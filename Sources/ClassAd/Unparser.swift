@@ -278,10 +278,9 @@ enum TimeFormat {
     }
 
     /// string() of a relative time: whole seconds in a C int ([-][D+][HH:][MM:]SS), as HTCondor
-    /// converts it; a value out of the int's range wraps as C's conversion does on x86-64.
+    /// converts it; a value out of the int's range is INT_MIN, as C's conversion gives on x86-64.
     static func relTimeText(_ r: Double) -> String {
-        let t = Convert.truncate(r)
-        var secs = Int32(truncatingIfNeeded: t == .min ? Int64(Int32.min) : t)
+        var secs = Convert.cInt(r)
         var out = ""
         if secs < 0 { out += "-"; secs = 0 &- secs }
         let days = secs / 86400, hrs = (secs % 86400) / 3600, mins = (secs % 3600) / 60, s = secs % 60
