@@ -91,6 +91,17 @@ bench=$(mktemp -d)
 trap 'rm -rf "$bench"' EXIT
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-vm image build Images/minimal.toml >/dev/null 2>&1
 SLURM_VM_CATALOG=$bench/catalog SLURM_VM_RUNDIR=$bench/run .build/release/slurm-vm bench guest --runs 3
+stage "matchmaking benchmark"
+# 10,000 jobs x 1,000 images, from all alike to every job with constants of its own (issue 22), and
+# HTCondor's own library on the same ads (every job different) as the baseline; every run cross-checks
+# the batch and one-job results against the exact evaluator on sampled jobs (exit 1 on a mismatch).
+for share in 0 0.5 1; do
+  echo "--distinct $share"
+  .build/release/slurm-vm bench match --generate 10000 1000 --distinct "$share" --sample 200 --latency 20
+done
+.build/release/slurm-vm bench match --generate 1000 10000 --distinct 1 --sample 20 --latency 50 | grep -E "workload|one submission"
+.build/release/slurm-vm bench match --generate 10000 1000 --distinct 1 --sample 1 --dump "$bench/match" >/dev/null
+CONDOR_CONFIG=ONLY_ENV python3 Benchmarks/htcondor_match_rate.py "$bench/match" --jobs 100
 stage "broadcast benchmark"
 # Image distribution at the target point (16 nodes, 256 MiB, 200 Mbit/s): the benchmark's own pipelined
 # chain (the baseline) and slurm-vm's default schedule (auto: the relay there) side by side, and one

@@ -220,8 +220,13 @@ public final class Participant: @unchecked Sendable {
 
     // MARK: connections
 
-    func dial(_ p: Int, until deadline: Double) {
-        guard !ended, channels[p] == nil, let (host, port) = try? Self.split(config.addresses[p]) else { return }
+    /// Ranks being dialed, until their hello arrives or the dial gives up: one connection per pair,
+    /// as a second one replaces the first and whatever was sent on that is lost.
+    var dialsInFlight = Set<Int>()
+
+    func dial(_ p: Int, until deadline: Double, retrying: Bool = false) {
+        guard !ended, channels[p] == nil, retrying || dialsInFlight.insert(p).inserted else { return }
+        guard let (host, port) = try? Self.split(config.addresses[p]) else { dialsInFlight.remove(p); return }
         ClientBootstrap(group: loop)
             .channelOption(ChannelOptions.socket(SocketOptionLevel(IPPROTO_TCP), SocketOptionName(TCP_NOTSENT_LOWAT)), value: 256 << 10)
             .channelOption(ChannelOptions.recvAllocator, value: Self.reads)
@@ -234,8 +239,9 @@ public final class Participant: @unchecked Sendable {
                     self.send(.hello(rank: self.config.rank, complete: self.holdsAll, transfer: self.config.transfer), on: ch)
                 case .failure:
                     if self.now < deadline {
-                        self.loop.scheduleTask(in: .milliseconds(100)) { self.dial(p, until: deadline) }
+                        self.loop.scheduleTask(in: .milliseconds(100)) { self.dial(p, until: deadline, retrying: true) }
                     } else {
+                        self.dialsInFlight.remove(p)
                         if p == 0 { self.machine?.rootUnreachable() }
                         self.apply(.disconnected(peer: p))
                     }
@@ -303,6 +309,7 @@ public final class Participant: @unchecked Sendable {
             peer.chunkArrived(index, from: r, valid: ok)
         }
         func channelInactive(context: ChannelHandlerContext) {
+            if let r = rank { peer.dialsInFlight.remove(r) }
             if let r = rank, peer.channels[r] === context.channel { peer.channels[r] = nil; peer.apply(.disconnected(peer: r)) }
         }
         func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
@@ -321,6 +328,7 @@ public final class Participant: @unchecked Sendable {
             handler.rank = r
             if let old = channels[r], old !== ch { old.close(promise: nil) }
             channels[r] = ch
+            dialsInFlight.remove(r)
             if accepted { send(.hello(rank: config.rank, complete: holdsAll, transfer: config.transfer), on: ch) }
             if let m = manifest { send(.manifest(m), on: ch) }
             if let m = machine {

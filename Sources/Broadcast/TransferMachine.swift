@@ -198,6 +198,12 @@ public struct TransferMachine: Sendable {
         var out: [Action] = []
         switch event {
         case .connected(let p, let full):
+            if peers[p] != nil {
+                // A second connection replaced the first (both ends dialed): what either side asked on the
+                // old one may be lost with it, and both ask again on the new one.
+                wantQueue.removeAll { $0.peer == p }
+                for (c, q) in wanted where q == p { wanted[c] = nil; stats.reasked += 1 }
+            }
             peers[p] = PeerState(has: Bitset(count: plan.chunks, full: full), announced: Bitset(count: plan.chunks, full: full))
             lost.remove(p)
         case .disconnected(let p):
@@ -505,7 +511,8 @@ public struct TransferMachine: Sendable {
                 wanted[c] = nil
                 peers[q]?.myWants[c] = nil
             }
-            if treeParents[rank][t] >= 0 && peers[treeParents[rank][t]] == nil { out.append(.connect(treeParents[rank][t])) }
+            let q = treeParents[rank][t]
+            if q >= 0 && peers[q] == nil && dialing.insert(q).inserted { out.append(.connect(q)) }
         }
         if rank == s {
             // No children any more: whatever it still sends (repairs) may use its whole upload.

@@ -15,6 +15,10 @@ public final class Catalog: @unchecked Sendable {
     public let root: String
     public let blobs: BlobStore
     let db: DatabaseQueue
+    /// The images as matching needs them, kept between submissions while the catalog is unchanged
+    /// (Matching.swift).
+    var prepared: PreparedImages?
+    let preparedLock = NSLock()
 
     public static var defaultRoot: String {
         ProcessInfo.processInfo.environment["SLURM_VM_CATALOG"] ?? "/var/lib/slurm-vm"

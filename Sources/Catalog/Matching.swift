@@ -7,6 +7,7 @@
 // (ClassAd.Matchmaker) with the explainer's analysis when nothing matches.
 
 import ClassAd
+import Foundation
 
 /// Everything a submission brings to matching.
 public struct Submission: Sendable {
@@ -72,9 +73,11 @@ extension Catalog {
             sizing = try s.request.sizing(shape: s.shape, nodeCPUs: s.nodeCPUs)
             job = try s.request.jobAd(for: s.requester, sizing: sizing)
         } catch { return refuse(error.description) }
-        let records = try list()
-        let ads = try records.map { try $0.ad() }
-        let ranked = Matchmaker(images: ads).match(job).matches
+        let prepared = try preparedImages()
+        prepared.lock.lock()
+        defer { prepared.lock.unlock() }
+        let records = prepared.records, ads = prepared.ads
+        let ranked = prepared.matchmaker.match(job).matches
         let matches = ranked.map { records[$0.imageIndex] }
         guard let best = ranked.first else {
             // An image asked for by name that the catalog does not hold: say so directly, with what exists.
@@ -92,5 +95,42 @@ extension Catalog {
             request: s.request, sizing: sizing, memoryMB: s.request.memoryMB ?? ImageRecord.minMemoryMB(in: ads[best.imageIndex]),
             image: image.digest, imageLabel: image.label)
         return CatalogMatch(jobAd: job, matches: matches, accepted: accepted, refusal: nil, explanation: why)
+    }
+}
+
+/// The catalog's records, their ads and a matchmaker over them: read, parsed and compiled once, and
+/// used by every submission until the catalog changes (a submission then waits for its own match
+/// only, not for reading the catalog). `lock` serializes the matches: the exact evaluator's match
+/// record binds the shared image ads for the length of a pair.
+final class PreparedImages: @unchecked Sendable {
+    let key: [Int64]
+    let records: [ImageRecord]
+    let ads: [ClassAd]
+    let matchmaker: Matchmaker
+    let lock = NSLock()
+    init(key: [Int64], records: [ImageRecord], ads: [ClassAd]) {
+        self.key = key; self.records = records; self.ads = ads; matchmaker = Matchmaker(images: ads)
+        matchmaker.prepare()
+    }
+}
+
+extension Catalog {
+    /// The prepared images, made again when the catalog changed since: SQLite's data_version counts
+    /// other connections' commits (`slurm-vm image import` in another process), total_changes() this
+    /// connection's own. A change that lands while the images are read makes the next call read again.
+    func preparedImages() throws -> PreparedImages {
+        let key = try db.read { db in
+            [try Int64.fetchOne(db, sql: "PRAGMA data_version") ?? -1, try Int64.fetchOne(db, sql: "SELECT total_changes()") ?? -1]
+        }
+        preparedLock.lock()
+        let known = prepared
+        preparedLock.unlock()
+        if let known, known.key == key { return known }
+        let records = try list()
+        let fresh = PreparedImages(key: key, records: records, ads: try records.map { try $0.ad() })
+        preparedLock.lock()
+        prepared = fresh
+        preparedLock.unlock()
+        return fresh
     }
 }

@@ -3,14 +3,19 @@
 //  1. Autoclusters. Jobs whose Requirements, Rank and "significant" attributes (every attribute an
 //     image ad or the job's own Requirements/Rank can reach) are written identically behave identically
 //     against every image, so each cluster is matched once (HTCondor's negotiator does the same).
-//  2. Clauses. Each side's Requirements is split into its top-level `&&` conjuncts. A conjunct is
+//  2. Clauses. Each job's Requirements is split into its top-level `&&` conjuncts. A conjunct is
 //     specialised on its own ad's literal attributes (MY.VCPUs → 4); if what is left depends only on
-//     the other ad, it is interned and shared by every ad that produces the same text.
-//  3. Memos. A clause's value is computed once per (clause, partner) with the reference evaluator in
-//     the real match context, and kept as one byte. Evaluating a pair is then a fold of a few bytes
-//     with HTCondor's three-valued `&&`.
+//     the image, it is interned and shared by every job that produces the same text.
+//  3. Columns. Each distinct clause is compiled once (Compiled.swift) and run down the images' columns
+//     of plain attribute values, giving a bitset of the images it holds for; a clause of the commonest
+//     shape, an integer attribute against a constant, is a loop over the column's integers. A cluster's
+//     candidates are the AND of its clauses' bitsets: HTCondor's three-valued `&&` is true exactly
+//     when every operand is.
+//  4. Pairs. For each candidate the image's compiled Requirements and both Ranks are evaluated against
+//     the job's row.
 //
-// Every value is still produced by the exact evaluator; the batch path only avoids recomputing it.
+// Whatever does not compile, or meets a value that is not plain (an attribute bound to an expression),
+// goes to the exact evaluator in HTCondor's match record, for that clause and image only.
 
 public struct BatchResult: Sendable {
     /// For each job: its best image (index into the images), or nil.
@@ -18,9 +23,10 @@ public struct BatchResult: Sendable {
     /// Number of (job, image) pairs that match.
     public let matchingPairs: Int
     public let clusters: Int
+    /// Distinct job clauses, and how many of them compiled.
     public let jobClauses: Int
-    public let imageClauses: Int
-    /// Clause evaluations actually run with the evaluator (memo misses).
+    public let compiledClauses: Int
+    /// Evaluations the exact evaluator ran (what did not compile or met a value that is not plain).
     public let evaluations: Int
 }
 
@@ -31,40 +37,21 @@ public final class BatchMatcher {
     /// Clause value codes: how a conjunct's value takes part in `&&`.
     enum Code: UInt8 { case f = 0, t = 1, u = 2, e = 3, other = 4, unknown = 255 }
 
-    struct SideClauses {
-        var ids: [Int32]  // interned clause ids, in order
-        var exprs: [Expr]  // the original conjuncts (evaluated in the real context on a miss)
-        var hasRequirements: Bool
-    }
-
-    var imageSide: [SideClauses] = []
-    var imageRankIds: [Int32?] = []
-    var imageClauseTable: [String: Int32] = [:]
     /// Names referenced anywhere in the image ads (the job attributes images can see).
     var imageRefs = Set<String>()
     var imagesNeedWholeJob = false
     /// Names some image binds to a non-literal expression: such an attribute may look back at the job,
     /// so a job clause that reaches it cannot be shared between jobs.
     var imageComputedNames = Set<String>()
-    /// For each image, the set of names it mentions anywhere (index into `nameSets`), or -1 when it can
-    /// see the whole job. Image-side results depend on the job only through these attributes.
-    var imageNameSet: [Int] = []
-    var nameSets: [[AttrName]] = []
+    /// The images' attributes job clauses read, and their values.
+    var layout = PartnerLayout()
+    let imageTable: ColumnTable
 
     public init(images: [ClassAd]) {
         self.images = images
         mm = Matchmaker(images: images)
-        var setIndex: [[String]: Int] = [:]
-        for (i, ad) in images.enumerated() {
-            var side = SideClauses(ids: [], exprs: [], hasRequirements: ad.lookup("Requirements") != nil)
-            if let req = ad.lookup("Requirements") {
-                for c in req.conjuncts {
-                    side.exprs.append(c)
-                    side.ids.append(BatchMatcher.intern(c, own: ad, ownIndex: i, table: &imageClauseTable))
-                }
-            }
-            imageSide.append(side)
-            imageRankIds.append(ad.lookup("Rank").map { BatchMatcher.intern($0, own: ad, ownIndex: i, table: &imageClauseTable) })
+        imageTable = ColumnTable(count: images.count)
+        for ad in images {
             var mine = Set<String>(), mineWhole = false
             for (n, e) in zip(ad.names, ad.exprs) {
                 if !BatchMatcher.isConstant(e) { imageComputedNames.insert(n.key) }
@@ -72,17 +59,6 @@ public final class BatchMatcher {
             }
             imageRefs.formUnion(mine)
             imagesNeedWholeJob = imagesNeedWholeJob || mineWhole
-            if mineWhole {
-                imageNameSet.append(-1)
-            } else {
-                let sorted = mine.sorted()
-                let idx =
-                    setIndex[sorted]
-                    ?? {
-                        nameSets.append(sorted.map(AttrName.init)); setIndex[sorted] = nameSets.count - 1; return nameSets.count - 1
-                    }()
-                imageNameSet.append(idx)
-            }
         }
     }
 
@@ -189,21 +165,6 @@ public final class BatchMatcher {
 
     // MARK: matching
 
-    @inline(__always)
-    static func fold(_ acc: Code, _ b: Code) -> Code {
-        switch acc {
-        case .f: return .f
-        case .t: return b == .other ? .e : b
-        case .u:
-            switch b {
-            case .t, .u: return .u;
-            case .f: return .f;
-            default: return .e
-            }
-        default: return .e
-        }
-    }
-
     static func code(_ v: Value) -> Code {
         switch v {
         case .undefined: return .u
@@ -218,16 +179,65 @@ public final class BatchMatcher {
     /// in a match context).
     static func evalClause(_ e: Expr, of ad: ClassAd) -> Value {
         var st = EvalState(scope: ad)
-        if let slot = ad.slot(AttrName("Requirements")) {
+        if let slot = ad.slot(Matchmaker.requirements) {
             st.inProgress.append((ObjectIdentifier(ad), slot))
             st.depthRemaining -= 1
         }
         do { return try Evaluator.eval(e, &st) } catch { return .error }
     }
 
-    static func evalRank(_ ad: ClassAd, _ ctx: MatchContext) -> Double {
-        ctx.evaluate(attribute: "Rank", of: ad).rankValue
+    /// What two plain values share only when every expression gives them the same result: the type and
+    /// the value (a real by its bits: 0.0 and -0.0 compare equal but divide differently; a list by its
+    /// canonical text). nil: none (a record, a list holding anything but strings, integers, booleans
+    /// and lists of those).
+    enum Identity: Hashable {
+        case integer(Int64), real(UInt64), string([UInt8]), boolean(Bool), undefined, error, text(String)
     }
+
+    static func identity(_ v: Value) -> Identity? {
+        switch v {
+        case .integer(let i): return .integer(i)
+        case .real(let r): return .real(r.bitPattern)
+        case .string(let b): return .string(b.b)
+        case .boolean(let b): return .boolean(b)
+        case .undefined: return .undefined
+        case .error: return .error
+        case .list(let l):
+            func exactText(_ e: Expr) -> Bool {
+                switch e {
+                case .literal(.string), .literal(.integer), .literal(.boolean), .literal(.undefined), .literal(.error): return true
+                case .list(let items): return items.allSatisfy(exactText)
+                default: return false
+                }
+            }
+            return l.items.allSatisfy(exactText) ? .text("l" + Unparser.unparse(v)) : nil
+        case .classad: return nil
+        default: return .text(v.typeName + ":" + Unparser.unparse(v))
+        }
+    }
+
+    /// HTCondor's `&&`, `||` and `!` on value codes (f, t, u, e, other; `table[a * 5 + b]`), read off the
+    /// operators themselves with one value of each code, and checked with a second set (0 for false, a
+    /// real for true, a list for "other"): nil if the two disagreed, and the column path is not taken.
+    static let logic: (and: [UInt8], or: [UInt8], not: [UInt8])? = {
+        func tables(_ reps: [Value]) -> [[UInt8]] {
+            var and: [UInt8] = [], or: [UInt8] = []
+            for a in reps {
+                for b in reps {
+                    // The evaluator's short-circuits: `false && x` and `true || x` never look at x.
+                    and.append(code(a.booleanEquivalent == false ? .boolean(false) : Operators.binary(.logicalAnd, a, b)).rawValue)
+                    or.append(code(a.booleanEquivalent == true ? .boolean(true) : Operators.binary(.logicalOr, a, b)).rawValue)
+                }
+            }
+            return [and, or, reps.map { code(Operators.unary(.not, $0)).rawValue }]
+        }
+        let one = tables([.boolean(false), .boolean(true), .undefined, .error, .string("x")])
+        let two = tables([.integer(0), .real(2.5), .undefined, .error, .list(ListValue([]))])
+        return one == two ? (one[0], one[1], one[2]) : nil
+    }()
+
+    /// A set of image indices, 64 to a word.
+    typealias ImageSet = [UInt64]
 
     /// Matches every job; returns each job's best image.
     public func matchAll(_ jobs: [ClassAd]) -> BatchResult {
@@ -242,171 +252,161 @@ public final class BatchMatcher {
             clusterOf[j] = reps.count
             reps.append(j)
         }
-        // 2. job-side clauses per cluster
-        var jobClauseTable: [String: Int32] = [:]
-        var jobSide: [SideClauses] = []
-        var jobRankIds: [Int32?] = []
+        // 2. job-side clauses per cluster, each distinct one compiled once
+        var table: [String: Int32] = [:]
+        var clauseIds: [[Int32]] = []
+        var clauses: [(expr: Expr, owner: Int, compiled: CompiledClause?)] = []
         for (c, j) in reps.enumerated() {
             let job = jobs[j]
-            var side = SideClauses(ids: [], exprs: [], hasRequirements: job.lookup("Requirements") != nil)
-            if let req = job.lookup("Requirements") {
-                for e in req.conjuncts {
-                    side.exprs.append(e)
-                    side.ids.append(BatchMatcher.intern(e, own: job, ownIndex: c, table: &jobClauseTable, partnerComputed: imageComputedNames))
-                }
+            var ids: [Int32] = []
+            for e in job.lookup(Matchmaker.requirements)?.conjuncts ?? [] {
+                let id = BatchMatcher.intern(e, own: job, ownIndex: c, table: &table, partnerComputed: imageComputedNames)
+                if Int(id) == clauses.count { clauses.append((e, c, CompiledClause(e, of: job, layout: &layout))) }
+                ids.append(id)
             }
-            jobSide.append(side)
-            jobRankIds.append(
-                job.lookup("Rank").map { BatchMatcher.intern($0, own: job, ownIndex: c, table: &jobClauseTable, partnerComputed: imageComputedNames) }
-            )
+            clauseIds.append(ids)
         }
-        let nImages = images.count
-        let nClusters = reps.count
-        let nJobClauses = jobClauseTable.count
-        let nImageClauses = imageClauseTable.count
-        // Which cluster's conjunct each job clause id stands for (any one: shared ids read the same).
-        var jobClauseOwner = [(cluster: Int, k: Int)](repeating: (0, 0), count: nJobClauses)
-        for c in (0..<nClusters).reversed() { for (k, id) in jobSide[c].ids.enumerated() { jobClauseOwner[Int(id)] = (c, k) } }
-
-        // Memos. Job clauses: one row of codes over all images per clause, computed on first use.
-        var jobRows = [UInt8](repeating: Code.unknown.rawValue, count: nJobClauses * nImages)
-        var jobRowDone = [Bool](repeating: false, count: nJobClauses)
-        var imageMemo = [UInt8](repeating: Code.unknown.rawValue, count: nImageClauses * nClusters)
-        var jobRankMemo = [Double](repeating: .nan, count: nJobClauses * nImages)
-        var jobRankKnown = [Bool](repeating: false, count: nJobClauses * nImages)
-        var imageRankMemo = [Double](repeating: .nan, count: nImageClauses * nClusters)
-        var imageRankKnown = [Bool](repeating: false, count: nImageClauses * nClusters)
+        imageTable.extend(layout, images)
+        let nImages = images.count, words = (nImages + 63) / 64
         var evaluations = 0
-        var clusterBest = [Int?](repeating: nil, count: nClusters)
-        var clusterMatches = [Int](repeating: 0, count: nClusters)
-        // HTCondor's three-valued && on clause codes (f, t, u, e, other), as a table: andTable[acc * 8 + next].
-        var andTable = [UInt8](repeating: Code.e.rawValue, count: 64)
-        for x in 0..<5 { for y in 0..<5 { andTable[x * 8 + y] = BatchMatcher.fold(Code(rawValue: UInt8(x))!, Code(rawValue: UInt8(y))!).rawValue } }
-        var acc = [UInt8](repeating: 0, count: nImages)
-        // Projections: a cluster's values of the attributes one image name set mentions, interned.
-        struct ProjectedKey: Hashable { let clause: Int32; let set: Int32; let projection: Int32 }
-        let nSets = nameSets.count
-        var projIds = [Int32](repeating: -2, count: nClusters * max(1, nSets))
-        var projTables = [[String: Int32]](repeating: [:], count: nSets)
-        var projected: [ProjectedKey: UInt8] = [:]
-        var projectedRank: [ProjectedKey: Double] = [:]
-        func projection(_ c: Int, _ set: Int) -> Int32 {
-            let slot = c * nSets + set
-            if projIds[slot] != -2 { return projIds[slot] }
-            let job = jobs[reps[c]]
-            var key = ""
-            var ok = true
-            for n in nameSets[set] {
-                guard let e = job.lookup(n) else { key += "\u{1}"; continue }
-                guard BatchMatcher.isConstant(e) else { ok = false; break }
-                key += Unparser.unparse(e) + "\u{1}"
-            }
-            var id: Int32 = -1
-            if ok {
-                if let x = projTables[set][key] { id = x } else { id = Int32(projTables[set].count); projTables[set][key] = id }
-            }
-            projIds[slot] = id
-            return id
-        }
-        func projectedKey(_ clause: Int32, image i: Int, cluster c: Int) -> ProjectedKey? {
-            let set = imageNameSet[i]
-            guard set >= 0 else { return nil }
-            let p = projection(c, set)
-            return p >= 0 ? ProjectedKey(clause: clause, set: Int32(set), projection: p) : nil
-        }
-        // One match record, rebound to each pair that needs an evaluation.
+        // One match record, rebound to each pair that needs the exact evaluator.
         let shared = MatchContext(left: jobs[reps.first ?? 0], right: images[0])
         defer { shared.release() }
-        @discardableResult
-        func bind(_ job: ClassAd, _ image: ClassAd) -> MatchContext {
+        func bind(_ job: ClassAd, _ image: ClassAd) {
             if shared.left !== job || shared.right !== image { shared.rebind(left: job, right: image) }
-            return shared
         }
 
-        func fillJobRow(_ id: Int) {
-            let (c, k) = jobClauseOwner[id]
-            let job = jobs[reps[c]]
-            let e = jobSide[c].exprs[k]
+        // 3. each clause's images, computed on first use
+        var rows = [ImageSet?](repeating: nil, count: clauses.count)
+        func row(_ id: Int) -> ImageSet {
+            if let r = rows[id] { return r }
+            var set = ImageSet(repeating: 0, count: words)
+            let (e, owner, compiled) = clauses[id]
+            let job = jobs[reps[owner]]
+            let codes = compiled.map { imageTable.codes($0.expr) }
             for i in 0..<nImages {
-                bind(job, images[i])
-                jobRows[id * nImages + i] = BatchMatcher.code(BatchMatcher.evalClause(e, of: job)).rawValue
+                var code = codes?[i] ?? Code.unknown.rawValue
+                if code == Code.unknown.rawValue {
+                    var v = compiled.flatMap { imageTable.columns.evaluate($0, i) }
+                    if v == nil {
+                        bind(job, images[i])
+                        v = BatchMatcher.evalClause(e, of: job)
+                        evaluations += 1
+                    }
+                    code = BatchMatcher.code(v!).rawValue
+                }
+                if code == Code.t.rawValue { set[i >> 6] |= 1 << UInt64(i & 63) }
             }
-            evaluations += nImages
-            jobRowDone[id] = true
+            rows[id] = set
+            return set
         }
 
-        for c in 0..<nClusters {
-            let js = jobSide[c]
-            guard js.hasRequirements, !js.ids.isEmpty else { continue }
-            for id in js.ids where !jobRowDone[Int(id)] { fillJobRow(Int(id)) }
-            // fold the job's clause rows over all images
-            jobRows.withUnsafeBufferPointer { rows in
-                andTable.withUnsafeBufferPointer { tbl in
-                    acc.withUnsafeMutableBufferPointer { a in
-                        let first = Int(js.ids[0]) * nImages
-                        for i in 0..<nImages { let v = rows[first + i]; a[i] = v == Code.other.rawValue ? Code.other.rawValue : v }
-                        for k in 1..<js.ids.count {
-                            let base = Int(js.ids[k]) * nImages
-                            for i in 0..<nImages { a[i] = tbl[Int(a[i]) &* 8 &+ Int(rows[base + i])] }
-                        }
-                    }
+        // 4. each cluster's candidates: the AND of its clauses' images (none without Requirements)
+        var accepted = [ImageSet](repeating: ImageSet(repeating: 0, count: words), count: reps.count)
+        for c in reps.indices where !clauseIds[c].isEmpty {
+            var set = row(Int(clauseIds[c][0]))
+            for id in clauseIds[c].dropFirst() {
+                let r = row(Int(id))
+                for w in 0..<words { set[w] &= r[w] }
+            }
+            accepted[c] = set
+        }
+
+        // 5. the images' side: each image's Requirements run down the columns of its candidate jobs
+        //    (a row per cluster), as the jobs' clauses ran down the images'
+        let jobTable = ColumnTable(count: reps.count)
+        jobTable.extend(mm.jobLayout, reps.map { jobs[$0] })
+        var candidatesOf = [[Int]](repeating: [], count: nImages)
+        for c in reps.indices {
+            for w in 0..<words {
+                var bits = accepted[c][w]
+                while bits != 0 {
+                    candidatesOf[w * 64 + bits.trailingZeroBitCount].append(c)
+                    bits &= bits - 1
                 }
             }
+        }
+        for i in 0..<nImages where !candidatesOf[i].isEmpty {
+            let among = candidatesOf[i]
+            let compiled = mm.imageRequirements[i]
+            let codes = mm.imageHasRequirements[i] ? compiled.map { jobTable.codes($0.expr, among: among) } : nil
+            for (n, c) in among.enumerated() {
+                var holds = false
+                if mm.imageHasRequirements[i] {
+                    let code = codes?[n] ?? ColumnTable.unknown
+                    if code != ColumnTable.unknown {
+                        holds = code == Code.t.rawValue
+                    } else if let compiled, let v = jobTable.columns.evaluate(compiled, c) {
+                        holds = v.booleanEquivalent ?? false
+                    } else {
+                        bind(jobs[reps[c]], images[i])
+                        holds = shared.requirementsHold(of: images[i])
+                        evaluations += 1
+                    }
+                }
+                if !holds { accepted[c][i >> 6] &= ~(1 << UInt64(i & 63)) }
+            }
+        }
+
+        // 6. per cluster: both Ranks of each image that matched, and the best
+        var clusterBest = [Int?](repeating: nil, count: reps.count)
+        var clusterMatches = [Int](repeating: 0, count: reps.count)
+        var rankTable: [String: Int32] = [:]
+        var rankClauses: [CompiledClause?] = []
+        var rankMemos: [Int: ([Int32], [Double?])] = [:]
+        for c in reps.indices where !clauseIds[c].isEmpty {
             let job = jobs[reps[c]]
-            var best: ImageMatch? = nil
-            for i in 0..<nImages where acc[i] == Code.t.rawValue {
-                let isd = imageSide[i]
-                guard isd.hasRequirements else { continue }
-                var ctx: MatchContext? = nil
-                var a = Code.t.rawValue
-                for (k, id) in isd.ids.enumerated() {
-                    let slot = Int(id) * nClusters + c
-                    var v = imageMemo[slot]
-                    if v == Code.unknown.rawValue {
-                        let pk = projectedKey(id, image: i, cluster: c)
-                        if let pk, let known = projected[pk] {
-                            v = known
-                        } else {
-                            if ctx == nil { ctx = bind(job, images[i]) }
-                            v = BatchMatcher.code(BatchMatcher.evalClause(isd.exprs[k], of: images[i])).rawValue
-                            evaluations += 1
-                            if let pk { projected[pk] = v }
-                        }
-                        imageMemo[slot] = v
-                    }
-                    a = k == 0 ? (v == Code.other.rawValue ? Code.other.rawValue : v) : andTable[Int(a) * 8 + Int(v)]
-                    if a == Code.f.rawValue { break }
+            var jobRank: CompiledClause? = nil
+            var rankId = -1
+            let rankExpr = job.lookup(Matchmaker.rank)
+            let hasRank = rankExpr != nil
+            if let e = rankExpr {
+                // Compiled once for the jobs whose Rank reads the same once specialised (most of them).
+                let id = Int(BatchMatcher.intern(e, own: job, ownIndex: c, table: &rankTable, partnerComputed: imageComputedNames))
+                if id == rankClauses.count {
+                    rankClauses.append(CompiledClause(e, of: job, layout: &layout))
+                    imageTable.extend(layout, images)
                 }
-                guard a == Code.t.rawValue else { continue }
-                clusterMatches[c] += 1
-                var jr = 0.0, ir = 0.0
-                if let rid = jobRankIds[c] {
-                    let slot = Int(rid) * nImages + i
-                    if !jobRankKnown[slot] {
-                        if ctx == nil { ctx = bind(job, images[i]) }
-                        jobRankMemo[slot] = BatchMatcher.evalRank(job, ctx!); jobRankKnown[slot] = true; evaluations += 1
-                    }
-                    jr = jobRankMemo[slot]
-                }
-                if let rid = imageRankIds[i] {
-                    let slot = Int(rid) * nClusters + c
-                    if !imageRankKnown[slot] {
-                        let pk = projectedKey(rid, image: i, cluster: c)
-                        if let pk, let known = projectedRank[pk] {
-                            imageRankMemo[slot] = known
-                        } else {
-                            if ctx == nil { ctx = bind(job, images[i]) }
-                            imageRankMemo[slot] = BatchMatcher.evalRank(images[i], ctx!); evaluations += 1
-                            if let pk { projectedRank[pk] = imageRankMemo[slot] }
-                        }
-                        imageRankKnown[slot] = true
-                    }
-                    ir = imageRankMemo[slot]
-                }
-                let candidate = ImageMatch(imageIndex: i, imageName: mm.info[i].name, jobRank: jr, imageRank: ir)
-                if best == nil || mm.better(candidate, best!) { best = candidate }
+                jobRank = rankClauses[id]
+                rankId = id
             }
-            clusterBest[c] = best?.imageIndex
+            // A Rank of one attribute (the commonest kind) is evaluated once per distinct value of it,
+            // for all the jobs that share it.
+            var rankMemo: ([Int32], [Double?])? = nil
+            if rankId >= 0, let memo = rankMemos[rankId] {
+                rankMemo = memo
+            } else if let r = jobRank, r.slots.count == 1, let (ids, firsts) = imageTable.distinctValues(r.slots[0]), firsts.count < nImages {
+                rankMemo = (ids, [Double?](repeating: nil, count: firsts.count))
+            }
+            defer { if rankId >= 0, let rankMemo { rankMemos[rankId] = rankMemo } }
+            var best: (index: Int, jobRank: Double, imageRank: Double)? = nil
+            for w in 0..<words {
+                var bits = accepted[c][w]
+                clusterMatches[c] += bits.nonzeroBitCount
+                while bits != 0 {
+                    let i = w * 64 + bits.trailingZeroBitCount
+                    bits &= bits - 1
+                    var pair = Matchmaker.Pair(job: job, image: images[i])
+                    defer { pair.release() }
+                    var jr = 0.0
+                    if hasRank {
+                        if let d = rankMemo.map({ Int($0.0[i]) }), let known = rankMemo!.1[d] {
+                            jr = known
+                        } else {
+                            if let v = jobRank.flatMap({ imageTable.columns.evaluate($0, i) }) {
+                                jr = v.rankValue
+                            } else {
+                                jr = pair.context.evaluate(attribute: "Rank", of: job).rankValue
+                                evaluations += 1
+                            }
+                            if rankMemo != nil, imageTable.columns.plain(jobRank!.slots, i) { rankMemo!.1[Int(rankMemo!.0[i])] = jr }
+                        }
+                    }
+                    let ir = mm.imageRank(i, jobTable.columns, c, &pair)
+                    if best == nil || mm.better(i, jr, ir, than: best!.index, best!.jobRank, best!.imageRank) { best = (i, jr, ir) }
+                }
+            }
+            clusterBest[c] = best?.index
         }
         var bestPerJob = [Int?](repeating: nil, count: jobs.count)
         var pairs = 0
@@ -415,32 +415,35 @@ public final class BatchMatcher {
             pairs += clusterMatches[clusterOf[j]]
         }
         return BatchResult(
-            best: bestPerJob, matchingPairs: pairs, clusters: nClusters, jobClauses: nJobClauses,
-            imageClauses: nImageClauses, evaluations: evaluations)
+            best: bestPerJob, matchingPairs: pairs, clusters: reps.count, jobClauses: clauses.count,
+            compiledClauses: clauses.filter { $0.compiled != nil }.count, evaluations: evaluations)
     }
 
-    /// The autocluster key: every job attribute that any evaluation of this job against these images can reach.
+    /// The autocluster key: the job's Requirements and Rank, and every job attribute that an evaluation
+    /// of this job against these images can reach (what the images name, what Requirements and Rank
+    /// name, and what those attributes name in turn), each as written. Two jobs with the same key lack
+    /// the same reachable names too (an attribute one has and the other lacks would be in one key only).
     func signature(_ job: ClassAd) -> String {
-        var names = imageRefs
+        var refs = Set<String>()
         var whole = imagesNeedWholeJob
-        for a in ["Requirements", "Rank"] {
-            if let e = job.lookup(a) { BatchMatcher.collectRefs(e, into: &names, whole: &whole) }
+        for n in [Matchmaker.requirements, Matchmaker.rank] {
+            if let e = job.lookup(n) { BatchMatcher.collectRefs(e, into: &refs, whole: &whole) }
         }
         if whole { return Unparser.unparse(job) }
-        // close over the job's own attributes that the referenced ones refer to
-        var frontier = Array(names)
-        while let n = frontier.popLast() {
-            guard let e = job.lookup(AttrName(n)) else { continue }
-            var more = Set<String>()
-            BatchMatcher.collectRefs(e, into: &more, whole: &whole)
-            if whole { return Unparser.unparse(job) }
-            for m in more where !names.contains(m) { names.insert(m); frontier.append(m) }
+        var included = job.names.map { $0 == Matchmaker.requirements || $0 == Matchmaker.rank }
+        var grew = true
+        while grew {
+            grew = false
+            for (k, n) in job.names.enumerated() where !included[k] && (imageRefs.contains(n.key) || refs.contains(n.key)) {
+                included[k] = true
+                grew = true
+                BatchMatcher.collectRefs(job.exprs[k], into: &refs, whole: &whole)
+                if whole { return Unparser.unparse(job) }
+            }
         }
-        names.remove("requirements"); names.remove("rank")
-        var parts: [String] = []
-        for n in ["requirements", "rank"] + names.sorted() {
-            parts.append(n + "=" + (job.lookup(AttrName(n)).map { Unparser.unparse($0) } ?? "∅"))
-        }
-        return parts.joined(separator: "\u{1}")
+        var parts: [(String, Expr)] = []
+        for (k, n) in job.names.enumerated() where included[k] { parts.append((n.key, job.exprs[k])) }
+        parts.sort { $0.0 < $1.0 }
+        return parts.map { $0.0 + "=" + Unparser.unparse($0.1) }.joined(separator: "\u{1}")
     }
 }

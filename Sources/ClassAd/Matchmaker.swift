@@ -2,6 +2,8 @@
 // Requirements must accept the other ad, then candidates are ordered by the job's Rank, the image's
 // Rank, the newest Version and the Name.
 
+import Foundation
+
 public struct ImageMatch: Sendable {
     public let imageIndex: Int
     public let imageName: String
@@ -33,17 +35,99 @@ struct ImageInfo {
     }
 }
 
-public final class Matchmaker {
+public final class Matchmaker: @unchecked Sendable {
     public let images: [ClassAd]
     let info: [ImageInfo]
+    /// Each image's Requirements and Rank compiled against the job's attributes (nil: exact evaluator).
+    let imageRequirements: [CompiledClause?]
+    let imageRanks: [CompiledClause?]
+    let jobLayout: PartnerLayout
+    let imageHasRequirements: [Bool], imageHasRank: [Bool]
+    /// Each image's place in the order that breaks rank ties: newest version, then name, then index.
+    let tieOrder: [Int]
+    static let requirements = AttrName("Requirements"), rank = AttrName("Rank")
+    /// The images' attributes that jobs' compiled expressions read, grown as jobs name new ones.
+    var imageLayout = PartnerLayout()
+    let imageTable: ColumnTable
+    let lock = NSLock()
 
     public init(images: [ClassAd]) {
         self.images = images
         info = images.enumerated().map { ImageInfo($1, index: $0) }
+        var layout = PartnerLayout()
+        imageRequirements = images.map { CompiledClause(attribute: "Requirements", of: $0, layout: &layout) }
+        imageRanks = images.map { CompiledClause(attribute: "Rank", of: $0, layout: &layout) }
+        jobLayout = layout
+        let info = self.info
+        let byTies = images.indices.sorted { a, b in
+            let c = Builtins.naturalCompare(info[a].version, info[b].version)
+            if c != 0 { return c > 0 }
+            if info[a].name != info[b].name { return info[a].name < info[b].name }
+            return a < b
+        }
+        var order = [Int](repeating: 0, count: images.count)
+        for (position, i) in byTies.enumerated() { order[i] = position }
+        tieOrder = order
+        imageHasRequirements = images.map { $0.lookup(Self.requirements) != nil }
+        imageHasRank = images.map { $0.lookup(Self.rank) != nil }
+        imageTable = ColumnTable(count: images.count)
     }
 
-    /// The exact, pair-by-pair evaluation (the reference the batch matcher is checked against).
-    public func match(_ job: ClassAd) -> MatchResult {
+    /// Every image that accepts `job` and that `job` accepts, best first. Both Requirements and Ranks
+    /// are evaluated for every pair, compiled where they can be, by the exact evaluator where not.
+    /// `columns: false` evaluates the job's Requirements image by image too (the benchmark's "each pair
+    /// alone" figure); the result is the same.
+    public func match(_ job: ClassAd, columns byColumn: Bool = true) -> MatchResult {
+        lock.lock()
+        defer { lock.unlock() }
+        guard job.lookup(Self.requirements) != nil else { return MatchResult(matches: []) }
+        let jobRequirements = CompiledClause(attribute: "Requirements", of: job, layout: &imageLayout)
+        let jobRank = CompiledClause(attribute: "Rank", of: job, layout: &imageLayout)
+        imageTable.extend(imageLayout, images)
+        let columns = imageTable.columns
+        // The job's Requirements run down the images' columns first (Compiled.swift); the images that
+        // accept come next, pair by pair.
+        let codes = byColumn ? jobRequirements.map { imageTable.codes($0.expr) } : nil
+        let side = JobSide(job, self)
+        let hasRank = job.lookup(Self.rank) != nil
+        var out: [ImageMatch] = []
+        for i in images.indices {
+            var pair = Pair(job: job, image: images[i])
+            defer { pair.release() }
+            let code = codes?[i] ?? ColumnTable.unknown
+            let jobAccepts: Bool
+            if code != ColumnTable.unknown {
+                jobAccepts = code == BatchMatcher.Code.t.rawValue
+            } else if let c = jobRequirements, let v = columns.evaluate(c, i) {
+                jobAccepts = v.booleanEquivalent ?? false
+            } else {
+                jobAccepts = pair.context.requirementsHold(of: job)
+            }
+            guard jobAccepts, imageAccepts(i, side, &pair) else { continue }
+            var jr = 0.0
+            if hasRank {
+                jr = (jobRank.flatMap { columns.evaluate($0, i) } ?? pair.context.evaluate(attribute: "Rank", of: job)).rankValue
+            }
+            out.append(ImageMatch(imageIndex: i, imageName: info[i].name, jobRank: jr, imageRank: imageRank(i, side, &pair)))
+        }
+        return MatchResult(matches: sortMatches(out))
+    }
+
+    /// Reads every attribute the images define into the columns ahead of the first job, with each
+    /// column's distinct values: what a matchmaker kept between submissions (the catalog's) does once,
+    /// so no submission pays for being the first to name an attribute.
+    public func prepare() {
+        lock.lock()
+        defer { lock.unlock() }
+        var seen = Set<AttrName>()
+        for ad in images { for n in ad.names where CompiledExpr.partnerName(n) && seen.insert(n).inserted { _ = imageLayout.slot(n) } }
+        imageTable.extend(imageLayout, images)
+        for k in 0..<imageLayout.count { _ = imageTable.distinctValues(k) }
+    }
+
+    /// The same, every pair by the exact evaluator in HTCondor's match record: the reference the
+    /// compiled paths are checked against.
+    public func matchExactly(_ job: ClassAd) -> MatchResult {
         var out: [ImageMatch] = []
         for (i, image) in images.enumerated() {
             let ctx = MatchContext(left: job, right: image)
@@ -56,6 +140,45 @@ public final class Matchmaker {
         return MatchResult(matches: sortMatches(out))
     }
 
+    /// A job as the images' compiled expressions read it.
+    struct JobSide {
+        let row: PartnerColumns
+        init(_ job: ClassAd, _ mm: Matchmaker) { row = PartnerColumns(row: mm.jobLayout.row(of: job)) }
+    }
+
+    /// One (job, image) pair, with its match record made only if the exact evaluator is needed.
+    struct Pair {
+        // Not counted: a pair lives inside one loop step, while the caller holds both ads.
+        unowned(unsafe) let job: ClassAd
+        unowned(unsafe) let image: ClassAd
+        var made: MatchContext?
+        init(job: ClassAd, image: ClassAd) { self.job = job; self.image = image }
+        var context: MatchContext {
+            mutating get {
+                if let made { return made }
+                made = MatchContext(left: job, right: image)
+                return made!
+            }
+        }
+        func release() { made?.release() }
+    }
+
+    /// Whether image `i`'s Requirements accept the job.
+    func imageAccepts(_ i: Int, _ side: JobSide, _ pair: inout Pair) -> Bool {
+        guard imageHasRequirements[i] else { return false }
+        if let c = imageRequirements[i], let v = side.row.evaluate(c, 0) { return v.booleanEquivalent ?? false }
+        return pair.context.requirementsHold(of: images[i])
+    }
+
+    /// Image `i`'s Rank of the job (0 without one).
+    func imageRank(_ i: Int, _ side: JobSide, _ pair: inout Pair) -> Double { imageRank(i, side.row, 0, &pair) }
+
+    /// The same, with the job at position `at` of `jobs`.
+    func imageRank(_ i: Int, _ jobs: PartnerColumns, _ at: Int, _ pair: inout Pair) -> Double {
+        guard imageHasRank[i] else { return 0 }
+        return (imageRanks[i].flatMap { jobs.evaluate($0, at) } ?? pair.context.evaluate(attribute: "Rank", of: images[i])).rankValue
+    }
+
     /// "name version" of image `index`.
     public func label(of index: Int) -> String { info[index].label }
 
@@ -65,13 +188,14 @@ public final class Matchmaker {
 
     /// The negotiator's preference: job Rank, then image Rank, then newest version, then name (and index, for a total order).
     func better(_ a: ImageMatch, _ b: ImageMatch) -> Bool {
-        if a.jobRank != b.jobRank { return Matchmaker.rankGreater(a.jobRank, b.jobRank) }
-        if a.imageRank != b.imageRank { return Matchmaker.rankGreater(a.imageRank, b.imageRank) }
-        let c = Builtins.naturalCompare(info[a.imageIndex].version, info[b.imageIndex].version)
-        if c != 0 { return c > 0 }
-        let na = info[a.imageIndex].name, nb = info[b.imageIndex].name
-        if na != nb { return na < nb }
-        return a.imageIndex < b.imageIndex
+        better(a.imageIndex, a.jobRank, a.imageRank, than: b.imageIndex, b.jobRank, b.imageRank)
+    }
+
+    @inline(__always)
+    func better(_ a: Int, _ jobRankA: Double, _ imageRankA: Double, than b: Int, _ jobRankB: Double, _ imageRankB: Double) -> Bool {
+        if jobRankA != jobRankB { return Matchmaker.rankGreater(jobRankA, jobRankB) }
+        if imageRankA != imageRankB { return Matchmaker.rankGreater(imageRankA, imageRankB) }
+        return tieOrder[a] < tieOrder[b]
     }
 
     /// NaN ranks sort last.

@@ -272,6 +272,22 @@ final class Network {
         #expect(net.doneAt[1] != nil && net.failed[1] == nil, "\(net.failed[1] ?? "not done")")
     }
 
+    /// Both ends dialed at once (a re-planned parent): the second connection replaces the first, and
+    /// requests sent on the first may be lost with it. They are asked again on the second; before,
+    /// they stayed "in flight" and the stripe waited until the end of the transfer (CI: 2.4x).
+    @Test func requestsAreAskedAgainWhenAConnectionIsReplaced() {
+        let plan = Plan(kind: .relay, ranks: 4, chunks: 64)
+        var m = TransferMachine(rank: 2, plan: plan, holdsAll: false, now: 0)
+        #expect(m.treeParents[2] == [1, 1])
+        func wants(_ actions: [TransferMachine.Action]) -> [Int] {
+            actions.compactMap { if case .want(1, let c) = $0 { return c } else { return nil } }.sorted()
+        }
+        let first = wants(m.handle(.connected(peer: 1, complete: false), now: 0))
+        #expect(!first.isEmpty)
+        let again = wants(m.handle(.connected(peer: 1, complete: false), now: 0.01))
+        #expect(again == first)
+    }
+
     @Test func givesUpWhenNothingArrives() {
         let net = Network(.pipeline, ranks: 2, chunks: 4)
         net.killAt = (0, 0)

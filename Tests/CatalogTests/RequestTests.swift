@@ -196,6 +196,24 @@ import Testing
         #expect(ok.accepted?.imageLabel == "tiny1:1")
     }
 
+    /// Matching keeps the catalog's images prepared between submissions, and sees every change: one
+    /// made through the same catalog object, and one committed by another (another process's import).
+    @Test func preparedImagesFollowEveryChangeToTheCatalog() throws {
+        let root = tempDir("cat")
+        let c = try Catalog(root: root)
+        _ = try addImage(c, "old", "1")
+        func best() throws -> String? { try c.match(Submission(request: VMRequest(), requester: alice)).accepted?.imageLabel }
+        #expect(try best() == "old:1")
+        let first = try c.preparedImages()
+        #expect(try c.preparedImages() === first, "unchanged: reused")
+        _ = try c.setAttributes(.name("old"), set: [try ImageRecord.adminAttribute("Requirements", "TARGET.Owner == \"bob\"")], unset: [])
+        #expect(try best() == nil, "this connection's own change is seen")
+        let other = try Catalog(root: root)
+        _ = try addImage(other, "new", "1")
+        #expect(try best() == "new:1", "another connection's commit is seen")
+        #expect(try c.preparedImages() !== first)
+    }
+
     @Test func theDryRunsChecksAreTheSubmissionsChecks() throws {
         let c = try Catalog(root: tempDir("cat"))
         _ = try addImage(c, "minimal", "1")
