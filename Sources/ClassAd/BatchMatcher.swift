@@ -11,8 +11,9 @@
 //     shape, an integer attribute against a constant, is a loop over the column's integers. A cluster's
 //     candidates are the AND of its clauses' bitsets: HTCondor's three-valued `&&` is true exactly
 //     when every operand is.
-//  4. Pairs. For each candidate the image's compiled Requirements and both Ranks are evaluated against
-//     the job's row.
+//  4. Images' side. Each image's compiled Requirements runs down the columns of its candidate jobs
+//     (a row of plain values per cluster) the same way; then both Ranks of each pair that matched (a
+//     Rank of one attribute once per distinct value of it).
 //
 // Whatever does not compile, or meets a value that is not plain (an attribute bound to an expression),
 // goes to the exact evaluator in HTCondor's match record, for that clause and image only.

@@ -8,7 +8,7 @@
 // (plain literals, lists of literals, UNDEFINED for a missing name); a partner whose attribute is
 // anything else (an expression) is marked, and that pair goes to the exact evaluator.
 //
-// What compiles: literals, attribute references as above, operators, `?:`, `?:`-elvis and calls of
+// What compiles: literals, attribute references as above, operators, `c ? a : b`, `a ?: b` and calls of
 // every builtin that reads only its arguments' values. What does not (the whole expression then stays
 // with the exact evaluator): subscripts, records, absolute and scope names (`MY` as a record,
 // `PARENT`, `CurrentTime`…), own attributes bound to expressions, and the functions that look at
@@ -30,11 +30,9 @@ public struct PartnerLayout {
         return names.count - 1
     }
 
-    /// What the partner `ad` gives each slot from `from` on, or nil where reading it in a match would
-    /// evaluate an expression (that slot then sends the pair to the exact evaluator).
-    func row(of ad: ClassAd, from: Int = 0) -> [Value?] {
-        names[from...].map { CompiledExpr.plainValue(ad, $0) }
-    }
+    /// What the partner `ad` gives each slot, or nil where reading it in a match would evaluate an
+    /// expression (that slot then sends the pair to the exact evaluator).
+    func row(of ad: ClassAd) -> [Value?] { names.map { CompiledExpr.plainValue(ad, $0) } }
 }
 
 indirect enum CompiledExpr {
@@ -73,8 +71,7 @@ indirect enum CompiledExpr {
     /// Compiles `e`, an attribute expression of `own`, for evaluation against partners laid out in
     /// `layout` (which grows by the names it reads). nil: the expression must go to the exact evaluator.
     static func compile(_ e: Expr, own: ClassAd, layout: inout PartnerLayout) -> CompiledExpr? {
-        var staged = PartnerLayout()
-        staged = layout
+        var staged = layout  // a clause that does not compile leaves no slots behind
         guard let c = compile(e, own, &staged, depth: 0) else { return nil }
         layout = staged
         return c
