@@ -100,6 +100,8 @@ for share in 0 0.5 1; do
   .build/release/slurm-vm bench match --generate 10000 1000 --distinct "$share" --sample 200 --latency 20
 done
 .build/release/slurm-vm bench match --generate 1000 10000 --distinct 1 --sample 20 --latency 50 | grep -E "workload|one submission"
+# sbatch's own path: a scratch catalog of 10,000 images, then Catalog.match per submission.
+.build/release/slurm-vm bench match --generate 10 10 --distinct 1 --catalog-images 10000 --latency 50 | grep -E "^catalog|through the catalog"
 .build/release/slurm-vm bench match --generate 10000 1000 --distinct 1 --sample 1 --dump "$bench/match" >/dev/null
 CONDOR_CONFIG=ONLY_ENV python3 Benchmarks/htcondor_match_rate.py "$bench/match" --jobs 100
 stage "broadcast benchmark"

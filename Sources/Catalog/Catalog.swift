@@ -76,7 +76,16 @@ public final class Catalog: @unchecked Sendable {
 
     public func list() throws -> [ImageRecord] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, record FROM image ORDER BY name, created").map { try record(from: $0, db) }
+            // Tags in one query, not one per image: matching reads the whole catalog after every change.
+            var tags: [Int64: [String]] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT image_id, tag FROM tag ORDER BY tag") {
+                tags[row["image_id"], default: []].append(row["tag"])
+            }
+            return try Row.fetchAll(db, sql: "SELECT id, record FROM image ORDER BY name, created").map { row in
+                var r = try JSONDecoder().decode(ImageRecord.self, from: Data((row["record"] as String).utf8))
+                r.tags = tags[row["id"]] ?? []
+                return r
+            }
         }
     }
 
@@ -131,34 +140,42 @@ public final class Catalog: @unchecked Sendable {
     /// Adds an image whose blobs are already in the store. The same name, version and digest again is a
     /// no-op (returns false); the same name and version with other contents is refused.
     @discardableResult
-    public func add(_ record: ImageRecord) throws -> Bool {
-        for a in record.artefacts where !blobs.has(a.digest) {
-            throw CatalogError.blobMissing(digest: a.digest, path: blobs.path(of: a.digest))
-        }
-        return try db.write { db in
-            if let row = try Row.fetchOne(
-                db, sql: "SELECT digest FROM image WHERE name = ? AND version = ?",
-                arguments: [record.name, record.version])
-            {
-                let existing: String = row["digest"]
-                if existing == record.digest { return false }
-                throw CatalogError.versionConflict(name: record.name, version: record.version, existing: existing, new: record.digest)
+    public func add(_ record: ImageRecord) throws -> Bool { try add([record]) == 1 }
+
+    /// Adds several images in one transaction (all or none); returns how many were new.
+    @discardableResult
+    public func add(_ records: [ImageRecord]) throws -> Int {
+        for record in records {
+            for a in record.artefacts where !blobs.has(a.digest) {
+                throw CatalogError.blobMissing(digest: a.digest, path: blobs.path(of: a.digest))
             }
-            var stored = record
-            stored.tags = []
-            let json = String(decoding: try Self.encoder.encode(stored), as: UTF8.self)
+        }
+        return try db.write { db in try records.reduce(0) { n, r in n + (try add(r, db) ? 1 : 0) } }
+    }
+
+    func add(_ record: ImageRecord, _ db: Database) throws -> Bool {
+        if let row = try Row.fetchOne(
+            db, sql: "SELECT digest FROM image WHERE name = ? AND version = ?",
+            arguments: [record.name, record.version])
+        {
+            let existing: String = row["digest"]
+            if existing == record.digest { return false }
+            throw CatalogError.versionConflict(name: record.name, version: record.version, existing: existing, new: record.digest)
+        }
+        var stored = record
+        stored.tags = []
+        let json = String(decoding: try Self.encoder.encode(stored), as: UTF8.self)
+        try db.execute(
+            sql: "INSERT INTO image (name, version, digest, record, created) VALUES (?, ?, ?, ?, ?)",
+            arguments: [record.name, record.version, record.digest, json, record.created.timeIntervalSince1970])
+        let id = db.lastInsertedRowID
+        for a in record.artefacts {
             try db.execute(
-                sql: "INSERT INTO image (name, version, digest, record, created) VALUES (?, ?, ?, ?, ?)",
-                arguments: [record.name, record.version, record.digest, json, record.created.timeIntervalSince1970])
-            let id = db.lastInsertedRowID
-            for a in record.artefacts {
-                try db.execute(
-                    sql: "INSERT INTO artefact (image_id, role, digest, size) VALUES (?, ?, ?, ?)",
-                    arguments: [id, a.role, a.digest, a.size])
-            }
-            for t in record.tags { try setTag(db, name: record.name, tag: t, id: id) }
-            return true
+                sql: "INSERT INTO artefact (image_id, role, digest, size) VALUES (?, ?, ?, ?)",
+                arguments: [id, a.role, a.digest, a.size])
         }
+        for t in record.tags { try setTag(db, name: record.name, tag: t, id: id) }
+        return true
     }
 
     static var encoder: JSONEncoder {

@@ -13,8 +13,8 @@ public struct SyntheticWorkload {
         self.distinct = distinct
     }
     mutating func next() -> UInt64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
-    mutating func pick<T>(_ a: [T]) -> T { a[Int(next() % UInt64(a.count))] }
-    mutating func int(_ lo: Int, _ hi: Int) -> Int { lo + Int(next() % UInt64(hi - lo + 1)) }
+    public mutating func pick<T>(_ a: [T]) -> T { a[Int(next() % UInt64(a.count))] }
+    public mutating func int(_ lo: Int, _ hi: Int) -> Int { lo + Int(next() % UInt64(hi - lo + 1)) }
 
     static let oses = [("debian", ["11", "12", "13"]), ("ubuntu", ["22.04", "24.04"]), ("rocky", ["8", "9"])]
     static let kernels = ["5.10.0-30", "6.1.0-25", "6.1.0-28", "6.6.15", "6.12.4"]

@@ -1,6 +1,7 @@
 // `slurm-vm bench …`: performance measurements, reported as rates and ratios.
 
 import ArgumentParser
+import Catalog
 import ClassAd
 import Foundation
 
@@ -44,7 +45,15 @@ struct MatchBench: ParsableCommand {
             "Also time this many single submissions, each matched alone against every image as a submission is (a new Matchmaker, then match), and print the median and the 95th percentile."
     ) var latency = 0
 
+    @Option(
+        help: """
+            Also time sbatch's own path: a scratch catalog of this many synthetic images (one shared kernel and initrd), \
+            then Catalog.match for --latency submissions built from --vm-* options (the first after a change prepares the images).
+            """)
+    var catalogImages = 0
+
     func run() throws {
+        if catalogImages > 0 { try catalogLatency() }
         var jobAds: [ClassAd], imageAds: [ClassAd]
         if generate.count == 2 {
             guard (0...1).contains(distinct) else { throw ValidationError("--distinct \(distinct): give a share from 0 to 1") }
@@ -160,5 +169,61 @@ struct MatchBench: ParsableCommand {
             }
         }
         if mismatches > 0 { throw ExitCode(1) }
+    }
+
+    /// One submission through the catalog, as slurm-vmd answers sbatch: the job ad from --vm-* options,
+    /// then Catalog.match against every image.
+    func catalogLatency() throws {
+        let root = NSTemporaryDirectory() + "slurm-vm-bench-catalog-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let catalog = try Catalog(root: root)
+        let kernel = root + "/kernel", initrd = root + "/initrd"
+        try Data("bench kernel".utf8).write(to: URL(fileURLWithPath: kernel))
+        try Data("bench initrd".utf8).write(to: URL(fileURLWithPath: initrd))
+        let k = try catalog.blobs.ingest(kernel), i = try catalog.blobs.ingest(initrd)
+        var g = SyntheticWorkload(seed: seed, distinct: distinct)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var records: [ImageRecord] = []
+        for n in 0..<catalogImages {
+            let ad = g.image(n)
+            let own = zip(ad.names, ad.exprs).filter { !["name", "version", "requirements", "rank"].contains($0.0.key) }
+            let record = ImageRecord(
+                name: "img\(n)", version: ad.evaluate("Version").description.replacingOccurrences(of: "\"", with: ""),
+                artefacts: [Artefact(role: "kernel", digest: k.digest, size: k.size), Artefact(role: "initrd", digest: i.digest, size: i.size)],
+                cmdline: "quiet", derived: own.map { Attribute($0.0.spelling, Unparser.unparse($0.1)) },
+                admin: try ["Requirements", "Rank"].compactMap { a in try ad.lookup(a).map { try ImageRecord.adminAttribute(a, Unparser.unparse($0)) }
+                },
+                source: "bench")
+            records.append(record)
+        }
+        try catalog.add(records)
+        print(
+            String(format: "catalog:             %d images added in %.1f s", catalogImages, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9))
+        let who = Requester(user: "user3", uid: 1003, gid: 1003, account: "physics")
+        var rng = SyntheticWorkload(seed: seed &+ 1)
+        func submission() -> Submission {
+            let os = rng.pick(["debian", "ubuntu", "rocky"])
+            let libs = rng.int(0, 2) == 0 ? [] : [rng.pick(["mpich", "openmpi", "libfftw3", "python3"])]
+            return Submission(
+                request: VMRequest(
+                    vcpus: rng.int(1, 16), memoryMB: rng.int(256, 4096), os: os, libs: libs,
+                    requirements: "TARGET.SizeMB <= \(rng.int(100, 400))"),
+                requester: who)
+        }
+        var first = 0.0, ms: [Double] = [], matched = 0
+        for n in 0...max(1, latency) {
+            let s = submission()
+            let t = DispatchTime.now().uptimeNanoseconds
+            let m = try catalog.match(s)
+            let took = Double(DispatchTime.now().uptimeNanoseconds - t) / 1e6
+            if n == 0 { first = took } else { ms.append(took) }
+            if n > 0 && m.accepted != nil { matched += 1 }
+        }
+        ms.sort()
+        print(
+            String(
+                format:
+                    "through the catalog: median %.2f ms, 95th percentile %.2f ms per submission against %d images (%d submissions, %d matched); the first after a change %.0f ms",
+                ms[ms.count / 2], ms[min(ms.count - 1, ms.count * 95 / 100)], catalogImages, ms.count, matched, first))
     }
 }

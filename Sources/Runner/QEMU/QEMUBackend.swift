@@ -233,6 +233,10 @@ public final class QEMUGuest: RunningGuest, @unchecked Sendable {
         case "guest-panic": ended = .panicked
         default: ended = status == 0 ? .poweredOff : .vmmExited(status)
         }
+        // The console reaches its log through a pipe and a separate sink (handBoundedConsole): let the
+        // sink copy what QEMU wrote last before anyone reads the log for why the guest ended. Under
+        // load it lagged, and a kernel panic was reported as a plain reset (seen in CI).
+        VMMLaunch.stopConsoleSink(for: spec)
         return ended
     }
 
