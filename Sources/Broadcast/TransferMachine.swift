@@ -123,6 +123,10 @@ public struct TransferMachine: Sendable {
     var lost = Set<Int>()
     var progressStep = -1
     var lastArrival: Double
+    /// Relay and two trees: when a parent first held a chunk this rank lacked. Until then the stream
+    /// is still filling down to this rank (the n-th rank of a relay waits n chunk times for its first
+    /// chunk: at 1 MiB and 200 Mbit/s, rank 24 already a second), which is not a stall.
+    var parentOffered: Double?
     /// Ranks this one has asked to be connected to (once each).
     var dialing = Set<Int>()
     let startedAt: Double
@@ -183,6 +187,18 @@ public struct TransferMachine: Sendable {
 
     public var complete: Bool { have.isFull }
 
+    /// What "nothing arrived for stallSeconds" is measured from: the last arrival, or for a relay or
+    /// tree rank that has received nothing yet, the moment its parent had something for it.
+    var stallClock: Double {
+        plan.kind.streamsFromParents && stats.received == 0 && !have.isFull ? (parentOffered ?? .infinity) : lastArrival
+    }
+
+    mutating func noteOffer(from p: Int, chunk c: Int?, _ now: Double) {
+        guard parentOffered == nil, plan.kind.streamsFromParents, treeParents[rank].contains(p) else { return }
+        if let c, have[c] { return }
+        parentOffered = now
+    }
+
     /// Peers this rank opens connections to (higher ranks connect to lower ones, one link per pair).
     public var dialed: [Int] { schedule.neighbors.filter { $0 < rank }.sorted() }
     public var neighbors: Set<Int> { schedule.neighbors }
@@ -206,6 +222,7 @@ public struct TransferMachine: Sendable {
             }
             peers[p] = PeerState(has: Bitset(count: plan.chunks, full: full), announced: Bitset(count: plan.chunks, full: full))
             lost.remove(p)
+            if full { noteOffer(from: p, chunk: nil, now) }
         case .disconnected(let p):
             peers[p] = nil
             lost.insert(p)
@@ -214,6 +231,7 @@ public struct TransferMachine: Sendable {
         case .peerHas(let p, let c):
             peers[p]?.has.insert(c)
             peers[p]?.announced.insert(c)
+            noteOffer(from: p, chunk: c, now)
         case .received(let p, let c, let valid):
             var asked: Double? = peers[p]?.myWants[c]
             if asked == nil, let t = peers[p]?.anyAsked { asked = t; peers[p]?.anyAsked = nil }
@@ -386,7 +404,7 @@ public struct TransferMachine: Sendable {
             if !fallback[0] && !fallback[1] { return }
             for stripe in 0..<2 where !fallback[stripe] { mask.formUnion(stripeMasks[stripe]) }
             skip = Set(treeParents[rank].filter { $0 >= 0 && peers[$0] != nil })
-            if now - lastArrival <= options.stallSeconds { skip.insert(0) }  // the root's upload feeds the trees
+            if now - stallClock <= options.stallSeconds { skip.insert(0) }  // the root's upload feeds the trees
         }
         var active = peers.reduce(0) { n, e in
             skip.contains(e.key)
@@ -429,7 +447,7 @@ public struct TransferMachine: Sendable {
     /// other by more than `treeLag` chunks (the parent, or its own parent, is slow).
     mutating func treePull(_ now: Double, _ out: inout [Action]) -> [Bool] {
         var fallback = [false, false]
-        let stalled = now - lastArrival > options.stallSeconds
+        let stalled = now - stallClock > options.stallSeconds
         for stripe in 0..<2 {
             while treeCursor[stripe] < plan.chunks && have[treeCursor[stripe]] { treeCursor[stripe] += 2 }
             var q = treeParents[rank][stripe]
@@ -623,7 +641,7 @@ public struct TransferMachine: Sendable {
 
     /// Nothing arrives and no neighbor holds what is missing (they died or left): ask the root.
     mutating func fallBackToRoot(_ now: Double, _ out: inout [Action]) {
-        guard rank != 0, peers[0] == nil, !askedForRoot, now - lastArrival > options.stallSeconds else { return }
+        guard rank != 0, peers[0] == nil, !askedForRoot, now - stallClock > options.stallSeconds else { return }
         var held = Bitset(count: plan.chunks)
         for s in peers.values { for c in 0..<plan.chunks where s.announced[c] { held.insert(c) } }
         if have.newest(notIn: held) != nil || (0..<plan.chunks).contains(where: { !have[$0] && !held[$0] }) {

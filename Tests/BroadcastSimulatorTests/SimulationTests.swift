@@ -45,6 +45,21 @@ import Testing
         #expect(t <= s.bound * 1.1, "\(t) s against the bound \(s.bound) s")
     }
 
+    /// A long relay in 1 MiB chunks: rank 63 waits 63 chunk times (2.6 s) for its first chunk while the
+    /// stream fills down to it. That is not a stall: before, every rank past the 24th took it for one
+    /// after a second, pulled from everyone and dialed the root, and the root sent the image several
+    /// times over (at 128 ranks and 2 GiB the transfer took 110x size/rate).
+    @Test func aLongRelayFillsWithoutTakingTheWaitForAStall() {
+        let s = scenario(.relay, 64, mib: 128)
+        let out = Simulation.run(s)
+        let t = out.lastDone()!
+        let chunkTime = Double(s.chunkBytes) / s.link.payloadBytesPerSecond
+        let relayBound = Double(s.chunks + s.ranks - 2) * chunkTime
+        #expect(out.failed.allSatisfy { $0 == nil })
+        #expect(out.stats[0].sent <= s.chunks + s.chunks / 50, "the root sent \(out.stats[0].sent) chunks of \(s.chunks)")
+        #expect(t <= relayBound * 1.1, "\(t) s against the relay's own bound \(relayBound) s")
+    }
+
     /// Each tree level stores and forwards a whole chunk at half the rate, so 256 KiB chunks take the
     /// depth's cost to a quarter: at 64 MiB and 16 ranks that saves about a tenth of the time. (The
     /// testbed also needed the window at a parent counted in bytes, which this model's fast requests
