@@ -110,10 +110,16 @@ public enum ScheduleKind: String, Sendable, CaseIterable {
     /// drop-tail port at its full rate, where the two trees' two or three streams lose about a tenth
     /// (docs/broadcast.md); its depth costs (N − 1)/k of the transfer against the trees' 2⌈log2 N⌉/k.
     /// A sixteenth sits between the two: at 16 nodes, 256 MiB in 1 MiB chunks is a relay, 64 MiB two
-    /// trees. Every rank derives it from the manifest (ranks, chunks), so nothing travels.
+    /// trees. Never past `maxRelayRanks`: the simulated curve (docs/broadcast.md) has the relay slow
+    /// down in longer chains (1.17× size/rate at 64 ranks and 2 GiB against the trees' 1.05×, and
+    /// worse at 128), where a hiccup anywhere stalls every rank below it at once. Every rank derives
+    /// the choice from the manifest (ranks, chunks), so nothing travels.
     public static func chosen(ranks n: Int, chunks k: Int) -> ScheduleKind {
-        (n - 1) * 16 <= k ? .relay : .twoTree
+        n <= maxRelayRanks && (n - 1) * 16 <= k ? .relay : .twoTree
     }
+
+    /// The longest chain the default makes a relay.
+    public static let maxRelayRanks = 32
 
     /// Whether receivers pull (TransferMachine.pull) rather than senders working through a plan.
     public var pulls: Bool { self == .pipeline || streamsFromParents }

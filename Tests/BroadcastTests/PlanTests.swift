@@ -156,7 +156,8 @@ import Testing
         }
     }
 
-    /// The default: the relay while its depth (N − 1 chunks) is at most a sixteenth of the image.
+    /// The default: the relay while its depth (N − 1 chunks) is at most a sixteenth of the image, and
+    /// the chain at most 32 ranks long.
     @Test func theDefaultIsTheRelayWhileItsDepthIsASixteenthOfTheImage() {
         #expect(ScheduleKind.chosen(ranks: 16, chunks: 256) == .relay)  // 256 MiB in 1 MiB chunks
         #expect(ScheduleKind.chosen(ranks: 16, chunks: 239) == .twoTree)
@@ -166,6 +167,8 @@ import Testing
         #expect(ScheduleKind.chosen(ranks: 18, chunks: 256) == .twoTree)
         #expect(ScheduleKind.chosen(ranks: 2, chunks: 16) == .relay)
         #expect(ScheduleKind.chosen(ranks: 1024, chunks: 2048) == .twoTree)
+        #expect(ScheduleKind.chosen(ranks: 32, chunks: 2048) == .relay)  // 2 GiB in 1 MiB chunks
+        #expect(ScheduleKind.chosen(ranks: 33, chunks: 2048) == .twoTree)  // no longer chains
     }
 
     /// A rank that does not know the schedule yet dials the relay's neighbors (Participant.initialDials):
