@@ -376,7 +376,9 @@ public final class NodeManager: @unchecked Sendable {
         for g in job.guests {
             guard let end = g.waitForEnd(timeout: g.spec.id == suspect ? 1 : 0) else { continue }
             var how = "\(end)"
-            if let panic = Console.tail(g.spec.consolePath, lines: 40).split(separator: "\n").last(where: { $0.contains("Kernel panic") }) {
+            // The panic line comes before the kernel's call trace, which alone can run past 40 lines (a
+            // CI run had 43 after it and reported the panic as a plain reset): the whole tail is searched.
+            if let panic = Console.tail(g.spec.consolePath, lines: 2000).split(separator: "\n").last(where: { $0.contains("Kernel panic") }) {
                 // The console line without its "  | " prefix and the kernel's "[   1.014105] " time stamp.
                 var line = Substring(panic.replacingOccurrences(of: "  | ", with: "")).drop { $0 == " " }
                 if line.first == "[", let close = line.firstIndex(of: "]") { line = line[line.index(after: close)...].drop { $0 == " " } }
