@@ -81,19 +81,21 @@ public final class Catalog: @unchecked Sendable {
             for row in try Row.fetchAll(db, sql: "SELECT image_id, tag FROM tag ORDER BY tag") {
                 tags[row["image_id"], default: []].append(row["tag"])
             }
-            return try Row.fetchAll(db, sql: "SELECT id, record FROM image ORDER BY name, created").map { row in
-                var r = try JSONDecoder().decode(ImageRecord.self, from: Data((row["record"] as String).utf8))
-                r.tags = tags[row["id"]] ?? []
-                return r
+            return try Row.fetchAll(db, sql: "SELECT id, record FROM image ORDER BY name, created").map {
+                try record(from: $0, tags: tags[$0["id"]] ?? [])
             }
         }
     }
 
     func record(from row: Row, _ db: Database) throws -> ImageRecord {
+        let id: Int64 = row["id"]
+        return try record(from: row, tags: try String.fetchAll(db, sql: "SELECT tag FROM tag WHERE image_id = ? ORDER BY tag", arguments: [id]))
+    }
+
+    func record(from row: Row, tags: [String]) throws -> ImageRecord {
         let json: String = row["record"]
         var r = try JSONDecoder().decode(ImageRecord.self, from: Data(json.utf8))
-        let id: Int64 = row["id"]
-        r.tags = try String.fetchAll(db, sql: "SELECT tag FROM tag WHERE image_id = ? ORDER BY tag", arguments: [id])
+        r.tags = tags
         return r
     }
 

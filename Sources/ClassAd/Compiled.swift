@@ -59,7 +59,7 @@ indirect enum CompiledExpr {
     /// `ad` lacks it and no scope of the match record defines it. nil: anything else.
     static func plainValue(_ ad: ClassAd, _ name: AttrName) -> Value? {
         guard let e = ad.lookup(name) else {
-            return name.special == .none && !BatchMatcher.scopeNames.contains(name.key) ? .undefined : nil
+            return partnerName(name) ? .undefined : nil
         }
         switch e {
         case .literal(let v): return BatchMatcher.isPlain(v) ? v : nil
