@@ -5,7 +5,7 @@
 //     against every image, so each cluster is matched once (HTCondor's negotiator does the same).
 //  2. Clauses. Each job's Requirements is split into its top-level `&&` conjuncts. A conjunct is
 //     specialised on its own ad's literal attributes (MY.VCPUs → 4); if what is left depends only on
-//     the image, it is interned and shared by every job that produces the same text.
+//     the image, it is interned and shared by every job whose residue is written the same (WrittenForm).
 //  3. Columns. Each distinct clause is compiled once (Compiled.swift) and run down the images' columns
 //     of plain attribute values, giving a bitset of the images it holds for; a clause of the commonest
 //     shape, an integer attribute against a constant, is a loop over the column's integers. A cluster's
@@ -35,15 +35,12 @@ public final class BatchMatcher {
     public let images: [ClassAd]
     let mm: Matchmaker
 
-    /// Clause value codes: how a conjunct's value takes part in `&&`.
-    enum Code: UInt8 { case f = 0, t = 1, u = 2, e = 3, other = 4, unknown = 255 }
-
     /// Names referenced anywhere in the image ads (the job attributes images can see).
-    var imageRefs = Set<String>()
+    var imageRefs = Set<AttrKey>()
     var imagesNeedWholeJob = false
     /// Names some image binds to a non-literal expression: such an attribute may look back at the job,
     /// so a job clause that reaches it cannot be shared between jobs.
-    var imageComputedNames = Set<String>()
+    var imageComputedNames = Set<AttrKey>()
     /// The images' attributes job clauses read, and their values.
     var layout = PartnerLayout()
     let imageTable: ColumnTable
@@ -53,9 +50,9 @@ public final class BatchMatcher {
         mm = Matchmaker(images: images)
         imageTable = ColumnTable(count: images.count)
         for ad in images {
-            var mine = Set<String>(), mineWhole = false
+            var mine = Set<AttrKey>(), mineWhole = false
             for (n, e) in zip(ad.names, ad.exprs) {
-                if !BatchMatcher.isConstant(e) { imageComputedNames.insert(n.key) }
+                if !e.isConstant { imageComputedNames.insert(n.k) }
                 BatchMatcher.collectRefs(e, into: &mine, whole: &mineWhole)
             }
             imageRefs.formUnion(mine)
@@ -65,53 +62,30 @@ public final class BatchMatcher {
 
     // MARK: analysis
 
-    /// Names that denote a whole ad (or the match record) rather than one attribute.
-    static let scopeNames: Set<String> = [
-        "my", "self", "target", "other", "ad", "left", "right", "lctx", "rctx",
-        "root", "toplevel", "parent", "symmetricmatch", "leftmatchesright",
-        "rightmatchesleft", "leftrankvalue", "rightrankvalue",
-    ]
-
     /// Every attribute name an expression mentions; `whole` is set when it can see a whole ad (a bare
     /// `TARGET`, eval(), unparse(), a computed subscript, an absolute reference).
-    static func collectRefs(_ e: Expr, into s: inout Set<String>, whole: inout Bool) {
+    static func collectRefs(_ e: Expr, into s: inout Set<AttrKey>, whole: inout Bool) {
         switch e {
         case .literal(.classad), .record, .subscript_: whole = true
         case .attr(let n, let abs):
-            if abs || scopeNames.contains(n.key) { whole = true }
-            s.insert(n.key)
-        case .select(.attr(let bn, false), let n) where scopeNames.contains(bn.key):
-            s.insert(n.key)
-            s.insert(bn.key)
+            if abs || n.namesScope { whole = true }
+            s.insert(n.k)
+        case .select(.attr(let bn, false), let n) where bn.namesScope:
+            s.insert(n.k)
+            s.insert(bn.k)
             return
-        case .select(_, let n): s.insert(n.key)
+        case .select(_, let n): s.insert(n.k)
         case .call(let f, _):
-            let n = f.name.lowercased()
+            let n = f.lowercasedName
             if n == "eval" || n == "unparse" { whole = true }
         default: break
         }
-        for c in e.children { collectRefs(c, into: &s, whole: &whole) }
-    }
-
-    /// A literal, or a list written with only such elements: nothing in it can refer to another ad.
-    static func isConstant(_ e: Expr) -> Bool {
-        switch e {
-        case .literal(let v): return isPlain(v)
-        case .list(let items): return items.allSatisfy(isConstant)
-        default: return false
-        }
-    }
-
-    static func isPlain(_ v: Value) -> Bool {
-        switch v {
-        case .list, .classad: return false;
-        default: return true
-        }
+        e.forEachChild { collectRefs($0, into: &s, whole: &whole) }
     }
 
     /// A plain literal attribute of `ad` (what can be substituted into a clause).
     static func literalAttribute(_ ad: ClassAd, _ n: AttrName) -> Value? {
-        guard let e = ad.lookup(n), case .literal(let v) = e, isPlain(v) else { return nil }
+        guard let e = ad.lookup(n), case .literal(let v) = e, v.isPlain else { return nil }
         return v
     }
 
@@ -123,7 +97,7 @@ public final class BatchMatcher {
                 shareable = false
                 return e
             case .attr(let n, let abs):
-                if abs || scopeNames.contains(n.key) && n.key != "target" && n.key != "other" { shareable = false; return e }
+                if abs || n.namesScope && n.key != "target" && n.key != "other" { shareable = false; return e }
                 if own.lookup(n) != nil {
                     if let v = literalAttribute(own, n) { return .literal(v) }
                     shareable = false
@@ -136,7 +110,7 @@ public final class BatchMatcher {
             case .select(.attr(let bn, false), _) where own.lookup(bn) == nil && (bn.key == "target" || bn.key == "other"):
                 return e
             case .call(let f, _):
-                let n = f.name.lowercased()
+                let n = f.lowercasedName
                 if n == "eval" || n == "unparse" { shareable = false }
                 return e.mapChildren(go)
             default:
@@ -149,15 +123,21 @@ public final class BatchMatcher {
     /// The clause id: shared by every ad whose specialised clause reads the same, else private to this ad.
     /// `partnerComputed`: names the partner side binds to computed expressions (nil: the partners are
     /// not known yet, and this side's memo is per partner anyway).
-    static func intern(_ e: Expr, own: ClassAd, ownIndex: Int, table: inout [String: Int32], partnerComputed: Set<String>? = nil) -> Int32 {
+    static func intern(_ e: Expr, own: ClassAd, ownIndex: Int, table: inout [WrittenForm.Key: Int32], partnerComputed: Set<AttrKey>? = nil) -> Int32 {
         var shareable = true
         let residual = specialise(e, own: own, shareable: &shareable)
         if shareable, let computed = partnerComputed {
-            var refs = Set<String>(), whole = false
+            var refs = Set<AttrKey>(), whole = false
             collectRefs(residual, into: &refs, whole: &whole)
             if (whole && !computed.isEmpty) || !refs.isDisjoint(with: computed) { shareable = false }
         }
-        let key = (shareable ? "" : "#\(ownIndex):") + Unparser.unparse(residual)
+        var written = WrittenForm()
+        if !shareable {
+            written.append(tag: 0xff)  // no expression starts with this tag
+            written.append(Int64(ownIndex))
+        }
+        written.append(residual)
+        let key = written.key
         if let id = table[key] { return id }
         let id = Int32(table.count)
         table[key] = id
@@ -165,16 +145,6 @@ public final class BatchMatcher {
     }
 
     // MARK: matching
-
-    static func code(_ v: Value) -> Code {
-        switch v {
-        case .undefined: return .u
-        case .error: return .e
-        default:
-            if let b = v.booleanEquivalent { return b ? .t : .f }
-            return .other
-        }
-    }
 
     /// Evaluates one conjunct of `ad`'s Requirements, as evaluating Requirements would (`ad` must be bound
     /// in a match context).
@@ -187,56 +157,6 @@ public final class BatchMatcher {
         do { return try Evaluator.eval(e, &st) } catch { return .error }
     }
 
-    /// What two plain values share only when every expression gives them the same result: the type and
-    /// the value (a real by its bits: 0.0 and -0.0 compare equal but divide differently; a list by its
-    /// canonical text). nil: none (a record, a list holding anything but strings, integers, booleans
-    /// and lists of those).
-    enum Identity: Hashable {
-        case integer(Int64), real(UInt64), string([UInt8]), boolean(Bool), undefined, error, text(String)
-    }
-
-    static func identity(_ v: Value) -> Identity? {
-        switch v {
-        case .integer(let i): return .integer(i)
-        case .real(let r): return .real(r.bitPattern)
-        case .string(let b): return .string(b.b)
-        case .boolean(let b): return .boolean(b)
-        case .undefined: return .undefined
-        case .error: return .error
-        case .list(let l):
-            func exactText(_ e: Expr) -> Bool {
-                switch e {
-                case .literal(.string), .literal(.integer), .literal(.boolean), .literal(.undefined), .literal(.error): return true
-                case .list(let items): return items.allSatisfy(exactText)
-                default: return false
-                }
-            }
-            return l.items.allSatisfy(exactText) ? .text("l" + Unparser.unparse(v)) : nil
-        case .classad: return nil
-        default: return .text(v.typeName + ":" + Unparser.unparse(v))
-        }
-    }
-
-    /// HTCondor's `&&`, `||` and `!` on value codes (f, t, u, e, other; `table[a * 5 + b]`), read off the
-    /// operators themselves with one value of each code, and checked with a second set (0 for false, a
-    /// real for true, a list for "other"): nil if the two disagreed, and the column path is not taken.
-    static let logic: (and: [UInt8], or: [UInt8], not: [UInt8])? = {
-        func tables(_ reps: [Value]) -> [[UInt8]] {
-            var and: [UInt8] = [], or: [UInt8] = []
-            for a in reps {
-                for b in reps {
-                    // The evaluator's short-circuits: `false && x` and `true || x` never look at x.
-                    and.append(code(a.booleanEquivalent == false ? .boolean(false) : Operators.binary(.logicalAnd, a, b)).rawValue)
-                    or.append(code(a.booleanEquivalent == true ? .boolean(true) : Operators.binary(.logicalOr, a, b)).rawValue)
-                }
-            }
-            return [and, or, reps.map { code(Operators.unary(.not, $0)).rawValue }]
-        }
-        let one = tables([.boolean(false), .boolean(true), .undefined, .error, .string("x")])
-        let two = tables([.integer(0), .real(2.5), .undefined, .error, .list(ListValue([]))])
-        return one == two ? (one[0], one[1], one[2]) : nil
-    }()
-
     /// A set of image indices, 64 to a word.
     typealias ImageSet = [UInt64]
 
@@ -244,7 +164,7 @@ public final class BatchMatcher {
     public func matchAll(_ jobs: [ClassAd]) -> BatchResult {
         // 1. autoclusters
         var clusterOf = [Int](repeating: 0, count: jobs.count)
-        var signatures: [String: Int] = [:]
+        var signatures: [WrittenForm.Key: Int] = [:]
         var reps: [Int] = []
         for (j, job) in jobs.enumerated() {
             let sig = signature(job)
@@ -254,7 +174,7 @@ public final class BatchMatcher {
             reps.append(j)
         }
         // 2. job-side clauses per cluster, each distinct one compiled once
-        var table: [String: Int32] = [:]
+        var table: [WrittenForm.Key: Int32] = [:]
         var clauseIds: [[Int32]] = []
         var clauses: [(expr: Expr, owner: Int, compiled: CompiledClause?)] = []
         for (c, j) in reps.enumerated() {
@@ -268,6 +188,7 @@ public final class BatchMatcher {
             clauseIds.append(ids)
         }
         imageTable.extend(layout, images)
+        var imageColumns = imageTable.columns
         let nImages = images.count, words = (nImages + 63) / 64
         var evaluations = 0
         // One match record, rebound to each pair that needs the exact evaluator.
@@ -286,17 +207,12 @@ public final class BatchMatcher {
             let job = jobs[reps[owner]]
             let codes = compiled.map { imageTable.codes($0.expr) }
             for i in 0..<nImages {
-                var code = codes?[i] ?? Code.unknown.rawValue
-                if code == Code.unknown.rawValue {
-                    var v = compiled.flatMap { imageTable.columns.evaluate($0, i) }
-                    if v == nil {
-                        bind(job, images[i])
-                        v = BatchMatcher.evalClause(e, of: job)
-                        evaluations += 1
-                    }
-                    code = BatchMatcher.code(v!).rawValue
+                let holds = imageColumns.holds(codes?[i] ?? MatchCode.unknown.rawValue, compiled, i) {
+                    bind(job, images[i])
+                    evaluations += 1
+                    return BatchMatcher.evalClause(e, of: job).booleanEquivalent == true
                 }
-                if code == Code.t.rawValue { set[i >> 6] |= 1 << UInt64(i & 63) }
+                if holds { set[i >> 6] |= 1 << UInt64(i & 63) }
             }
             rows[id] = set
             return set
@@ -317,6 +233,7 @@ public final class BatchMatcher {
         //    (a row per cluster), as the jobs' clauses ran down the images'
         let jobTable = ColumnTable(count: reps.count)
         jobTable.extend(mm.jobLayout, reps.map { jobs[$0] })
+        let jobColumns = jobTable.columns
         var candidatesOf = [[Int]](repeating: [], count: nImages)
         for c in reps.indices {
             for w in 0..<words {
@@ -332,17 +249,12 @@ public final class BatchMatcher {
             let compiled = mm.imageRequirements[i]
             let codes = mm.imageHasRequirements[i] ? compiled.map { jobTable.codes($0.expr, among: among) } : nil
             for (n, c) in among.enumerated() {
-                var holds = false
+                var holds = false  // an image without Requirements accepts no job (as in HTCondor)
                 if mm.imageHasRequirements[i] {
-                    let code = codes?[n] ?? ColumnTable.unknown
-                    if code != ColumnTable.unknown {
-                        holds = code == Code.t.rawValue
-                    } else if let compiled, let v = jobTable.columns.evaluate(compiled, c) {
-                        holds = v.booleanEquivalent ?? false
-                    } else {
+                    holds = jobColumns.holds(codes?[n] ?? MatchCode.unknown.rawValue, compiled, c) {
                         bind(jobs[reps[c]], images[i])
-                        holds = shared.requirementsHold(of: images[i])
                         evaluations += 1
+                        return shared.requirementsHold(of: images[i])
                     }
                 }
                 if !holds { accepted[c][i >> 6] &= ~(1 << UInt64(i & 63)) }
@@ -352,34 +264,29 @@ public final class BatchMatcher {
         // 6. per cluster: both Ranks of each image that matched, and the best
         var clusterBest = [Int?](repeating: nil, count: reps.count)
         var clusterMatches = [Int](repeating: 0, count: reps.count)
-        var rankTable: [String: Int32] = [:]
+        var rankTable: [WrittenForm.Key: Int32] = [:]
         var rankClauses: [CompiledClause?] = []
-        var rankMemos: [Int: ([Int32], [Double?])] = [:]
+        // A job Rank of one attribute is evaluated once per distinct value of it, for all the jobs whose
+        // Rank reads the same (one memo per Rank clause, updated in place).
+        var rankMemos: [RankMemo?] = []
         for c in reps.indices where !clauseIds[c].isEmpty {
             let job = jobs[reps[c]]
             var jobRank: CompiledClause? = nil
             var rankId = -1
             let rankExpr = job.lookup(Matchmaker.rank)
-            let hasRank = rankExpr != nil
             if let e = rankExpr {
                 // Compiled once for the jobs whose Rank reads the same once specialised (most of them).
                 let id = Int(BatchMatcher.intern(e, own: job, ownIndex: c, table: &rankTable, partnerComputed: imageComputedNames))
                 if id == rankClauses.count {
-                    rankClauses.append(CompiledClause(e, of: job, layout: &layout))
+                    let compiled = CompiledClause(e, of: job, layout: &layout)
+                    rankClauses.append(compiled)
                     imageTable.extend(layout, images)
+                    imageColumns = imageTable.columns
+                    rankMemos.append(RankMemo(compiled, imageTable))
                 }
                 jobRank = rankClauses[id]
                 rankId = id
             }
-            // A Rank of one attribute (the commonest kind) is evaluated once per distinct value of it,
-            // for all the jobs that share it.
-            var rankMemo: ([Int32], [Double?])? = nil
-            if rankId >= 0, let memo = rankMemos[rankId] {
-                rankMemo = memo
-            } else if let r = jobRank, r.slots.count == 1, let (ids, firsts) = imageTable.distinctValues(r.slots[0]), firsts.count < nImages {
-                rankMemo = (ids, [Double?](repeating: nil, count: firsts.count))
-            }
-            defer { if rankId >= 0, let rankMemo { rankMemos[rankId] = rankMemo } }
             var best: (index: Int, jobRank: Double, imageRank: Double)? = nil
             for w in 0..<words {
                 var bits = accepted[c][w]
@@ -389,21 +296,14 @@ public final class BatchMatcher {
                     bits &= bits - 1
                     var pair = Matchmaker.Pair(job: job, image: images[i])
                     defer { pair.release() }
-                    var jr = 0.0
-                    if hasRank {
-                        if let d = rankMemo.map({ Int($0.0[i]) }), let known = rankMemo!.1[d] {
-                            jr = known
-                        } else {
-                            if let v = jobRank.flatMap({ imageTable.columns.evaluate($0, i) }) {
-                                jr = v.rankValue
-                            } else {
-                                jr = pair.context.evaluate(attribute: "Rank", of: job).rankValue
-                                evaluations += 1
-                            }
-                            if rankMemo != nil, imageTable.columns.plain(jobRank!.slots, i) { rankMemo!.1[Int(rankMemo!.0[i])] = jr }
+                    let jr =
+                        rankId < 0
+                        ? 0
+                        : imageColumns.rankValue(jobRank, i, memo: &rankMemos[rankId]) {
+                            evaluations += 1
+                            return pair.context.evaluate(attribute: "Rank", of: job).rankValue
                         }
-                    }
-                    let ir = mm.imageRank(i, jobTable.columns, c, &pair)
+                    let ir = mm.imageRank(i, jobColumns, c, &pair)
                     if best == nil || mm.better(i, jr, ir, than: best!.index, best!.jobRank, best!.imageRank) { best = (i, jr, ir) }
                 }
             }
@@ -424,27 +324,31 @@ public final class BatchMatcher {
     /// of this job against these images can reach (what the images name, what Requirements and Rank
     /// name, and what those attributes name in turn), each as written. Two jobs with the same key lack
     /// the same reachable names too (an attribute one has and the other lacks would be in one key only).
-    func signature(_ job: ClassAd) -> String {
-        var refs = Set<String>()
+    func signature(_ job: ClassAd) -> WrittenForm.Key {
+        var refs = Set<AttrKey>()
         var whole = imagesNeedWholeJob
         for n in [Matchmaker.requirements, Matchmaker.rank] {
             if let e = job.lookup(n) { BatchMatcher.collectRefs(e, into: &refs, whole: &whole) }
         }
-        if whole { return Unparser.unparse(job) }
+        if whole { return WrittenForm(wholeAd: job).key }
         var included = job.names.map { $0 == Matchmaker.requirements || $0 == Matchmaker.rank }
         var grew = true
         while grew {
             grew = false
-            for (k, n) in job.names.enumerated() where !included[k] && (imageRefs.contains(n.key) || refs.contains(n.key)) {
+            for (k, n) in job.names.enumerated() where !included[k] && (imageRefs.contains(n.k) || refs.contains(n.k)) {
                 included[k] = true
                 grew = true
                 BatchMatcher.collectRefs(job.exprs[k], into: &refs, whole: &whole)
-                if whole { return Unparser.unparse(job) }
+                if whole { return WrittenForm(wholeAd: job).key }
             }
         }
-        var parts: [(String, Expr)] = []
-        for (k, n) in job.names.enumerated() where included[k] { parts.append((n.key, job.exprs[k])) }
-        parts.sort { $0.0 < $1.0 }
-        return parts.map { $0.0 + "=" + Unparser.unparse($0.1) }.joined(separator: "\u{1}")
+        // In name order, so that jobs listing the same attributes in another order share a key.
+        let parts = job.names.indices.filter { included[$0] }.sorted { job.names[$0].k.bytes.lexicographicallyPrecedes(job.names[$1].k.bytes) }
+        var written = WrittenForm()
+        for k in parts {
+            written.append(text: job.names[k].k.bytes)
+            written.append(job.exprs[k])
+        }
+        return written.key
     }
 }

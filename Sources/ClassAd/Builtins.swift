@@ -101,7 +101,7 @@ public enum Builtins {
         t["strcmp"] = { _, a, st throws in try compareStrings(a, &st, ignoreCase: false) }
         t["stricmp"] = { _, a, st throws in try compareStrings(a, &st, ignoreCase: true) }
         for n in ["versioncmp", "versionle", "versionlt", "versionge", "versiongt", "versioneq"] {
-            t[n] = { name, a, st throws in try compareVersion(name, a, &st) }
+            t[n] = { _, a, st throws in try compareVersion(n, a, &st) }  // n: the name lowercased once, not per call
         }
         t["version_in_range"] = { _, a, st throws in try versionInRange(a, &st) }
         // Deliberate addition: HTCondor documents versionInRange() but registers it as version_in_range().
@@ -124,7 +124,7 @@ public enum Builtins {
         t["unparse"] = { _, a, st throws in unparse(a, &st) }
 
         // math
-        for n in ["floor", "ceil", "ceiling", "round"] { t[n] = { name, a, st throws in try round(name, a, &st) } }
+        for n in ["floor", "ceil", "ceiling", "round"] { t[n] = { _, a, st throws in try round(n, a, &st) } }
         t["pow"] = { _, a, st throws in try pow(a, &st) }
         t["quantize"] = { _, a, st throws in try quantize(a, &st) }
         t["random"] = { _, a, st throws in try random(a, &st) }
@@ -155,13 +155,13 @@ public enum Builtins {
             return .relTime(Double(Int(tmv.tm_hour) * 3600 + Int(tmv.tm_min) * 60 + Int(tmv.tm_sec)))
         }
         for n in ["getyear", "getmonth", "getdayofyear", "getdayofmonth", "getdayofweek", "getdays", "gethours", "getminutes", "getseconds"] {
-            t[n] = { name, a, st throws in try getField(name.lowercased(), a, &st) }
+            t[n] = { _, a, st throws in try getField(n, a, &st) }
         }
 
         // string lists (HTCondor's compatibility layer)
         t["stringlistsize"] = { _, a, st throws in try stringListSize(a, &st) }
         for n in ["stringlistsum", "stringlistavg", "stringlistmin", "stringlistmax"] {
-            t[n] = { name, a, st throws in try stringListSummarize(name.lowercased(), a, &st) }
+            t[n] = { _, a, st throws in try stringListSummarize(n, a, &st) }
         }
         t["stringlistmember"] = { _, a, st throws in try stringListMember(a, &st, ignoreCase: false) }
         t["stringlistimember"] = { _, a, st throws in try stringListMember(a, &st, ignoreCase: true) }
@@ -380,14 +380,14 @@ public enum Builtins {
         return ch(s1[i]) - ch(s2[i])
     }
 
+    /// `name`: lowercased (HTCondor 25 takes any capitalisation).
     static func compareVersion(_ name: String, _ a: [Expr], _ st: inout EvalState) throws -> Value {
         guard a.count == 2 else { return .error }
         let l = try ev(a[0], &st), r = try ev(a[1], &st)
         if l.isUndefined || r.isUndefined { return .undefined }
         guard let sl = Convert.stringBytes(l), let sr = Convert.stringBytes(r) else { return .error }
         let c = naturalCompare(sl.cString, sr.cString)
-        // Any capitalisation of the names, as HTCondor 25 looks them up.
-        switch name.lowercased() {
+        switch name {
         case "versioncmp": return .integer(Int64(c))
         case "versionle": return .boolean(c <= 0)
         case "versionlt": return .boolean(c < 0)
@@ -586,7 +586,7 @@ public enum Builtins {
         let v = try ev(a[0], &st)
         if case .integer = v { return v }
         guard let r = Convert.realValue(v) else { return .error }
-        switch name.lowercased() {
+        switch name {  // lowercased where registered
         case "floor": return .integer(Convert.truncate(r.rounded(.down)))
         case "ceil", "ceiling": return .integer(Convert.truncate(r.rounded(.up)))
         default: return .integer(Convert.truncate(r.rounded(.toNearestOrEven)))

@@ -15,6 +15,38 @@
 // expressions or scopes rather than values (eval, unparse, unresolved, evalInEachContext,
 // countMatches). The operators and builtins are the exact evaluator's own; only the lookups differ.
 
+extension Value {
+    /// Not a list or a record: a value whose reading cannot depend on the ad it is read in.
+    var isPlain: Bool {
+        switch self {
+        case .list, .classad: return false
+        default: return true
+        }
+    }
+}
+
+extension Expr {
+    /// A plain literal, or a list written with only such elements: nothing in it can refer to another ad.
+    var isConstant: Bool {
+        switch self {
+        case .literal(let v): return v.isPlain
+        case .list(let items): return items.allSatisfy(\.isConstant)
+        default: return false
+        }
+    }
+}
+
+extension AttrName {
+    /// Names that denote a whole ad (or the match record) rather than one attribute.
+    static let scopeKeys: Set<AttrKey> = Set(
+        [
+            "my", "self", "target", "other", "ad", "left", "right", "lctx", "rctx", "root", "toplevel", "parent", "symmetricmatch",
+            "leftmatchesright", "rightmatchesleft", "leftrankvalue", "rightrankvalue",
+        ].map { AttrName($0).k })
+
+    var namesScope: Bool { AttrName.scopeKeys.contains(k) }
+}
+
 /// Names of the partner's attributes that compiled expressions read, each given a slot.
 public struct PartnerLayout {
     public private(set) var names: [AttrName] = []
@@ -62,8 +94,8 @@ indirect enum CompiledExpr {
             return partnerName(name) ? .undefined : nil
         }
         switch e {
-        case .literal(let v): return BatchMatcher.isPlain(v) ? v : nil
-        case .list(let items) where items.allSatisfy(BatchMatcher.isConstant): return .list(ListValue(items, scope: ad))
+        case .literal(let v): return v.isPlain ? v : nil
+        case .list(let items) where items.allSatisfy(\.isConstant): return .list(ListValue(items, scope: ad))
         default: return nil
         }
     }
@@ -77,16 +109,16 @@ indirect enum CompiledExpr {
         return c
     }
 
-    static func partnerName(_ n: AttrName) -> Bool { n.special == .none && !BatchMatcher.scopeNames.contains(n.key) }
+    static func partnerName(_ n: AttrName) -> Bool { n.special == .none && !n.namesScope }
 
     private static func compile(_ e: Expr, _ own: ClassAd, _ layout: inout PartnerLayout, depth: Int) -> CompiledExpr? {
         guard depth < maxDepth else { return nil }
         func sub(_ x: Expr) -> CompiledExpr? { compile(x, own, &layout, depth: depth + 1) }
         switch e {
         case .literal(let v):
-            return BatchMatcher.isPlain(v) ? .constant(v) : nil
+            return v.isPlain ? .constant(v) : nil
         case .list(let items):
-            return items.allSatisfy(BatchMatcher.isConstant) ? .constant(.list(ListValue(items, scope: own))) : nil
+            return items.allSatisfy(\.isConstant) ? .constant(.list(ListValue(items, scope: own))) : nil
         case .attr(let n, false):
             guard partnerName(n) else { return nil }
             if own.lookup(n) != nil { return plainValue(own, n).map { .constant($0) } }
@@ -121,7 +153,7 @@ indirect enum CompiledExpr {
             return .elvis(x, y)
         case .call(let f, let args):
             guard let fn = f.builtin else { return .constant(.error) }  // an unknown function is ERROR
-            guard !scopeReaders.contains(f.name.lowercased()) else { return nil }
+            guard !scopeReaders.contains(f.lowercasedName) else { return nil }
             var compiled: [CompiledExpr] = []
             var constants: [Expr?] = []
             for a in args {
@@ -197,52 +229,6 @@ indirect enum CompiledExpr {
     }
 }
 
-/// The partners' plain values, one column per slot, and which (slot, partner) cells are not plain.
-struct PartnerColumns {
-    let count: Int
-    /// Column-major: slot k of partner i at `values[k * count + i]`.
-    var values: [Value] = []
-    var exact: [Bool] = []
-    var filled = 0
-
-    init(count: Int) { self.count = count }
-
-    /// One partner's row (what `PartnerLayout.row` read).
-    init(row: [Value?]) {
-        count = 1
-        values = row.map { $0 ?? .undefined }
-        exact = row.map { $0 == nil }
-        filled = row.count
-    }
-
-    /// Adds the columns of layout slots not yet filled, reading them from `ads`.
-    mutating func extend(_ layout: PartnerLayout, _ ads: [ClassAd]) {
-        guard filled < layout.count else { return }
-        for k in filled..<layout.count {
-            for ad in ads {
-                let v = CompiledExpr.plainValue(ad, layout.names[k])
-                values.append(v ?? .undefined)
-                exact.append(v == nil)
-            }
-        }
-        filled = layout.count
-    }
-
-    /// Whether every slot in `slots` is plain for partner `i`.
-    @inline(__always)
-    func plain(_ slots: [Int], _ i: Int) -> Bool {
-        for k in slots where exact[k &* count &+ i] { return false }
-        return true
-    }
-
-    /// Evaluates `c` against partner `i`; nil where the exact evaluator must answer.
-    @inline(__always)
-    func evaluate(_ c: CompiledClause, _ i: Int) -> Value? {
-        guard plain(c.slots, i) else { return nil }
-        return values.withUnsafeBufferPointer { b in try? c.expr.eval(b.baseAddress! + i, stride: count) }
-    }
-}
-
 /// An ad's attribute expression compiled for matching, with the slots it reads.
 final class CompiledClause {
     let expr: CompiledExpr
@@ -258,107 +244,5 @@ final class CompiledClause {
     convenience init?(attribute name: String, of own: ClassAd, layout: inout PartnerLayout) {
         guard let e = own.lookup(name) else { return nil }
         self.init(e, of: own, layout: &layout)
-    }
-}
-
-/// The images' columns with what running clauses down them keeps: per slot the integers (when every
-/// image holds a plain integer there) and the distinct values. Not thread-safe: one user at a time.
-final class ColumnTable {
-    let count: Int
-    private(set) var columns: PartnerColumns
-    private var integers: [[Int64]?] = []
-    private var distinct: [([Int32], [Int])??] = []
-    private lazy var everyone = Array(0..<count)
-    static let unknown = BatchMatcher.Code.unknown.rawValue
-
-    init(count: Int) {
-        self.count = count
-        columns = PartnerColumns(count: count)
-    }
-
-    func extend(_ layout: PartnerLayout, _ ads: [ClassAd]) {
-        columns.extend(layout, ads)
-        while integers.count < layout.count {
-            let k = integers.count
-            var out: [Int64] = []
-            out.reserveCapacity(count)
-            for i in 0..<count {
-                guard !columns.exact[k * count + i], case .integer(let x) = columns.values[k * count + i] else { out = []; break }
-                out.append(x)
-            }
-            integers.append(out.count == count ? out : nil)
-            distinct.append(nil)
-        }
-    }
-
-    /// Slot k: each image's distinct-value number, and the first image with each value. A value that
-    /// is not plain (the exact evaluator reads the image itself) is distinct from every other.
-    func distinctValues(_ k: Int) -> ([Int32], [Int])? {
-        if let known = distinct[k] { return known }
-        var number: [BatchMatcher.Identity: Int32] = [:]
-        var ids = [Int32](repeating: 0, count: count), firsts: [Int] = []
-        for i in 0..<count {
-            let cell = k * count + i
-            let key = columns.exact[cell] ? nil : BatchMatcher.identity(columns.values[cell])
-            if let key, let d = number[key] {
-                ids[i] = d
-                continue
-            }
-            ids[i] = Int32(firsts.count)
-            if let key { number[key] = Int32(firsts.count) }
-            firsts.append(i)
-        }
-        distinct[k] = .some((ids, firsts))
-        return (ids, firsts)
-    }
-
-    /// A compiled expression's value code (BatchMatcher.Code) for every image, run down the columns:
-    /// `&&`, `||` and `!` combine their operands' codes (the right operand only where the left one
-    /// leaves the answer open, as the evaluator's short-circuits do), an integer attribute against a
-    /// constant is a loop over its integers, an expression of one attribute is evaluated once per
-    /// distinct value, anything else once per image. `unknown` where it cannot be told here (a value
-    /// that is not plain, an evaluation that failed): the caller asks again for that image.
-    func codes(_ c: CompiledExpr) -> [UInt8] { codes(c, among: everyone) }
-
-    /// The same for the rows in `idx` only, in that order.
-    func codes(_ c: CompiledExpr, among idx: [Int]) -> [UInt8] {
-        let unknown = Self.unknown
-        switch c {
-        case .binary(let op, let x, let y) where (op == .logicalAnd || op == .logicalOr) && BatchMatcher.logic != nil:
-            let table = op == .logicalAnd ? BatchMatcher.logic!.and : BatchMatcher.logic!.or
-            let decided = op == .logicalAnd ? BatchMatcher.Code.f.rawValue : BatchMatcher.Code.t.rawValue
-            var out = codes(x, among: idx)
-            let open = idx.indices.filter { out[$0] != decided && out[$0] != unknown }
-            let b = codes(y, among: open.map { idx[$0] })
-            for (n, j) in open.enumerated() { out[j] = b[n] == unknown ? unknown : table[Int(out[j]) &* 5 &+ Int(b[n])] }
-            return out
-        case .unary(.not, let x) where BatchMatcher.logic != nil:
-            let table = BatchMatcher.logic!.not
-            return codes(x, among: idx).map { $0 == unknown ? unknown : table[Int($0)] }
-        case .compareInteger(let op, let k, let constant, let first) where integers[k] != nil:
-            let ints = integers[k]!
-            return idx.map { i in
-                let (l, r) = first ? (constant, ints[i]) : (ints[i], constant)
-                return Operators.ordered(op, l < r ? -1 : (l == r ? 0 : 1)) ? BatchMatcher.Code.t.rawValue : BatchMatcher.Code.f.rawValue
-            }
-        default:
-            let slots = c.slots
-            func at(_ i: Int) -> UInt8 {
-                guard columns.plain(slots, i) else { return unknown }
-                let v = columns.values.withUnsafeBufferPointer { b in try? c.eval(b.baseAddress! + i, stride: count) }
-                return v.map { BatchMatcher.code($0).rawValue } ?? unknown
-            }
-            if slots.count == 1, let (ids, firsts) = distinctValues(slots[0]), firsts.count < count {
-                var byValue = [UInt8?](repeating: nil, count: firsts.count)
-                return idx.map { i in
-                    let d = Int(ids[i])
-                    if let known = byValue[d] { return known }
-                    let v = at(firsts[d])
-                    byValue[d] = v
-                    return v
-                }
-            }
-            return idx.map(at)
-        }
     }
 }

@@ -92,6 +92,23 @@ extension Expr {
         }
     }
 
+    /// Calls `body` with each direct subexpression, as `children` lists them, without making the list.
+    @inline(__always)
+    public func forEachChild(_ body: (Expr) -> Void) {
+        switch self {
+        case .literal, .attr, .record: return
+        case .select(let a, _), .unary(_, let a), .paren(let a): body(a)
+        case .subscript_(let a, let b), .binary(_, let a, let b), .elvis(let a, let b):
+            body(a)
+            body(b)
+        case .ternary(let a, let b, let c):
+            body(a)
+            body(b)
+            body(c)
+        case .call(_, let items), .list(let items): for x in items { body(x) }
+        }
+    }
+
     /// The same node with each direct subexpression replaced by `f(child)`.
     public func mapChildren(_ f: (Expr) -> Expr) -> Expr {
         switch self {
@@ -121,9 +138,12 @@ extension Expr {
 /// A function call target: the name as written and the builtin it resolved to (nil: unknown → ERROR).
 public struct Function: @unchecked Sendable {
     public let name: String
+    /// The name's identity (function names are case-insensitive), made once rather than per evaluation.
+    public let lowercasedName: String
     public let builtin: Builtin?
     public init(name: String) {
         self.name = name
-        self.builtin = Builtins.lookup(name)
+        lowercasedName = name.lowercased()
+        builtin = Builtins.table[lowercasedName]
     }
 }

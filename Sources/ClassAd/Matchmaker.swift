@@ -85,30 +85,23 @@ public final class Matchmaker: @unchecked Sendable {
         let jobRank = CompiledClause(attribute: "Rank", of: job, layout: &imageLayout)
         imageTable.extend(imageLayout, images)
         let columns = imageTable.columns
-        // The job's Requirements run down the images' columns first (Compiled.swift); the images that
+        // The job's Requirements run down the images' columns first (Columns.swift); the images that
         // accept come next, pair by pair.
         let codes = byColumn ? jobRequirements.map { imageTable.codes($0.expr) } : nil
-        let side = JobSide(job, self)
+        let jobRow = PartnerColumns(row: jobLayout.row(of: job))
         let hasRank = job.lookup(Self.rank) != nil
+        var rankMemo = RankMemo(jobRank, imageTable)
         var out: [ImageMatch] = []
         for i in images.indices {
             var pair = Pair(job: job, image: images[i])
             defer { pair.release() }
-            let code = codes?[i] ?? ColumnTable.unknown
-            let jobAccepts: Bool
-            if code != ColumnTable.unknown {
-                jobAccepts = code == BatchMatcher.Code.t.rawValue
-            } else if let c = jobRequirements, let v = columns.evaluate(c, i) {
-                jobAccepts = v.booleanEquivalent ?? false
-            } else {
-                jobAccepts = pair.context.requirementsHold(of: job)
+            let jobAccepts = columns.holds(codes?[i] ?? MatchCode.unknown.rawValue, jobRequirements, i) {
+                pair.context.requirementsHold(of: job)
             }
-            guard jobAccepts, imageAccepts(i, side, &pair) else { continue }
-            var jr = 0.0
-            if hasRank {
-                jr = (jobRank.flatMap { columns.evaluate($0, i) } ?? pair.context.evaluate(attribute: "Rank", of: job)).rankValue
-            }
-            out.append(ImageMatch(imageIndex: i, imageName: info[i].name, jobRank: jr, imageRank: imageRank(i, side, &pair)))
+            guard jobAccepts, imageAccepts(i, jobRow, &pair) else { continue }
+            let jr =
+                hasRank ? columns.rankValue(jobRank, i, memo: &rankMemo) { pair.context.evaluate(attribute: "Rank", of: job).rankValue } : 0
+            out.append(ImageMatch(imageIndex: i, imageName: info[i].name, jobRank: jr, imageRank: imageRank(i, jobRow, 0, &pair)))
         }
         return MatchResult(matches: sortMatches(out))
     }
@@ -140,12 +133,6 @@ public final class Matchmaker: @unchecked Sendable {
         return MatchResult(matches: sortMatches(out))
     }
 
-    /// A job as the images' compiled expressions read it.
-    struct JobSide {
-        let row: PartnerColumns
-        init(_ job: ClassAd, _ mm: Matchmaker) { row = PartnerColumns(row: mm.jobLayout.row(of: job)) }
-    }
-
     /// One (job, image) pair, with its match record made only if the exact evaluator is needed.
     struct Pair {
         // Not counted: a pair lives inside one loop step, while the caller holds both ads.
@@ -163,17 +150,13 @@ public final class Matchmaker: @unchecked Sendable {
         func release() { made?.release() }
     }
 
-    /// Whether image `i`'s Requirements accept the job.
-    func imageAccepts(_ i: Int, _ side: JobSide, _ pair: inout Pair) -> Bool {
+    /// Whether image `i`'s Requirements accept the job, whose row of the images' slots is `job`.
+    func imageAccepts(_ i: Int, _ job: PartnerColumns, _ pair: inout Pair) -> Bool {
         guard imageHasRequirements[i] else { return false }
-        if let c = imageRequirements[i], let v = side.row.evaluate(c, 0) { return v.booleanEquivalent ?? false }
-        return pair.context.requirementsHold(of: images[i])
+        return job.holds(MatchCode.unknown.rawValue, imageRequirements[i], 0) { pair.context.requirementsHold(of: images[i]) }
     }
 
-    /// Image `i`'s Rank of the job (0 without one).
-    func imageRank(_ i: Int, _ side: JobSide, _ pair: inout Pair) -> Double { imageRank(i, side.row, 0, &pair) }
-
-    /// The same, with the job at position `at` of `jobs`.
+    /// Image `i`'s Rank of the job at position `at` of `jobs` (0 without one).
     func imageRank(_ i: Int, _ jobs: PartnerColumns, _ at: Int, _ pair: inout Pair) -> Double {
         guard imageHasRank[i] else { return 0 }
         return (imageRanks[i].flatMap { jobs.evaluate($0, at) } ?? pair.context.evaluate(attribute: "Rank", of: images[i])).rankValue

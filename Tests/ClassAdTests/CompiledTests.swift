@@ -152,4 +152,21 @@ import Support
         #expect(mm.match(shadow).matches.count == mm.matchExactly(shadow).matches.count)
         #expect(mm.match(shadow).matches.count == 1)
     }
+
+    /// Autoclusters and shared clauses are keyed on the written form: two expressions with one key must
+    /// unparse alike (the key may tell more apart than the text, never less).
+    @Test func theWrittenFormTellsApartWhatTheTextDoes() throws {
+        var g = Generator(rng: SeededRandom(seed: 9))
+        var textOf: [[UInt8]: String] = [:]
+        var texts = (0..<3000).map { _ in g.expr(3) }
+        texts += ["0.0", "-0.0", "x", "X", "(x)", "{1, 2}", "{1, 2.0}", "\"a\"", "\"A\"", "strcat(\"a\", \"b\")", "strCat(\"a\", \"b\")", "[a = 1]"]
+        for text in texts {
+            let e = try Parser.parseExpression(text)
+            var w = WrittenForm()
+            w.append(e)
+            let unparsed = Unparser.unparse(e)
+            if let seen = textOf[w.bytes] { #expect(seen == unparsed, "one key for \(seen) and \(unparsed)") } else { textOf[w.bytes] = unparsed }
+        }
+        #expect(textOf.count > 1000)
+    }
 }
