@@ -237,10 +237,14 @@ final class ColumnTable {
             let table = MatchCode.logic!.not
             return codes(x, among: idx).map { $0 == unknown ? unknown : table[Int($0)] }
         case .compareInteger(let op, let k, let constant, let first) where integers[k] != nil:
-            let ints = integers[k]!
-            return idx.map { i in
-                let (l, r) = first ? (constant, ints[i]) : (ints[i], constant)
-                return Operators.ordered(op, l < r ? -1 : (l == r ? 0 : 1)) ? MatchCode.t.rawValue : MatchCode.f.rawValue
+            // The operator decided once: the code for each of "column below, at, above the constant".
+            func code(_ c: Int) -> UInt8 { Operators.ordered(op, first ? -c : c) ? MatchCode.t.rawValue : MatchCode.f.rawValue }
+            let below = code(-1), at = code(0), above = code(1)
+            return integers[k]!.withUnsafeBufferPointer { ints in
+                idx.map { i in
+                    let x = ints[i]
+                    return x < constant ? below : (x == constant ? at : above)
+                }
             }
         default:
             let slots = c.slots
