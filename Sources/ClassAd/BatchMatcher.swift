@@ -345,6 +345,7 @@ public final class BatchMatcher {
         // In name order, so that jobs listing the same attributes in another order share a key.
         let parts = job.names.indices.filter { included[$0] }.sorted { job.names[$0].k.bytes.lexicographicallyPrecedes(job.names[$1].k.bytes) }
         var written = WrittenForm()
+        written.append(tag: 0xfd)  // not a whole ad's key (WrittenForm(wholeAd:))
         for k in parts {
             written.append(text: job.names[k].k.bytes)
             written.append(job.exprs[k])

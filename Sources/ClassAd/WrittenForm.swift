@@ -9,9 +9,11 @@ struct WrittenForm {
 
     init() { bytes.reserveCapacity(256) }
 
-    /// Every attribute of `ad`, in order, as written.
+    /// Every attribute of `ad`, in order, as written (after a tag of its own, so that it is never the
+    /// key of a list of some attributes).
     init(wholeAd ad: ClassAd) {
         self.init()
+        append(tag: 0xfe)
         for (n, e) in zip(ad.names, ad.exprs) {
             append(text: n.spelling.utf8)
             append(e)

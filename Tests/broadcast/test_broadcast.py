@@ -85,14 +85,18 @@ def test_every_node_gets_a_verified_copy(work, n):
 
 
 # The fault tests run on every kind of port queue the testbed has, with each schedule the default may
-# choose (the two trees and the relay) and with the pipeline. The other tests run the default (auto).
-VARIANTS = [(q, s) for s in ("pipeline", "twotree", "relay") for q in QUEUES]
+# choose (the two trees and the relay) and with the pipeline, under cubic; and the default's two
+# schedules under BBR too (queue x congestion control: the variants of issue 21). The other tests run
+# the default (auto).
+VARIANTS = [(q, s, "cubic") for s in ("pipeline", "twotree", "relay") for q in QUEUES] + [
+    (q, s, "bbr") for s in ("twotree", "relay") for q in QUEUES
+]
 
 
-@pytest.mark.parametrize("queue,schedule", VARIANTS)
-def test_a_node_killed_mid_transfer_does_not_stop_the_others(work, queue, schedule):
+@pytest.mark.parametrize("queue,schedule,congestion", VARIANTS)
+def test_a_node_killed_mid_transfer_does_not_stop_the_others(work, queue, schedule, congestion):
     src, want = image(work, 12)
-    with Testbed(6, mbit=40, queue=queue) as tb:           # 12 MiB at 40 Mbit/s: about 2.5 s
+    with Testbed(6, mbit=40, queue=queue, congestion=congestion) as tb:           # 12 MiB at 40 Mbit/s: about 2.5 s
         procs = start(tb, src, work, want, schedule=schedule)
         time.sleep(1.2)
         procs[3].send_signal(signal.SIGKILL)
@@ -108,10 +112,10 @@ def test_a_node_killed_mid_transfer_does_not_stop_the_others(work, queue, schedu
     assert not os.path.exists(os.path.join(work, "copy3"))
 
 
-@pytest.mark.parametrize("queue,schedule", VARIANTS)
-def test_a_corrupted_chunk_is_detected_and_fetched_again(work, queue, schedule):
+@pytest.mark.parametrize("queue,schedule,congestion", VARIANTS)
+def test_a_corrupted_chunk_is_detected_and_fetched_again(work, queue, schedule, congestion):
     src, want = image(work, 4)
-    with Testbed(4, mbit=400, queue=queue) as tb:
+    with Testbed(4, mbit=400, queue=queue, congestion=congestion) as tb:
         results = finish(start(tb, src, work, want, extra={0: ["--corrupt", "0,3,7"], 2: ["--corrupt", "5"]}, schedule=schedule))
     assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
     assert sum(rep.get("corrupted", 0) for _, rep, _ in results) >= 3
@@ -132,10 +136,10 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_file(work):
     assert results[1][0] == 0 and digest(os.path.join(work, "copy1")) == want
 
 
-@pytest.mark.parametrize("queue,schedule", VARIANTS)
-def test_a_slow_node_finishes_and_so_do_the_others(work, queue, schedule):
+@pytest.mark.parametrize("queue,schedule,congestion", VARIANTS)
+def test_a_slow_node_finishes_and_so_do_the_others(work, queue, schedule, congestion):
     src, want = image(work, 8)
-    with Testbed(8, mbit=200, slow={4: 50}, queue=queue) as tb:
+    with Testbed(8, mbit=200, slow={4: 50}, queue=queue, congestion=congestion) as tb:
         results = finish(start(tb, src, work, want, schedule=schedule))
     assert all(rc == 0 for rc, _, _ in results), [e for _, _, e in results]
     for i in range(1, 8):
