@@ -36,17 +36,6 @@ extension Expr {
     }
 }
 
-extension AttrName {
-    /// Names that denote a whole ad (or the match record) rather than one attribute.
-    static let scopeKeys: Set<AttrKey> = Set(
-        [
-            "my", "self", "target", "other", "ad", "left", "right", "lctx", "rctx", "root", "toplevel", "parent", "symmetricmatch",
-            "leftmatchesright", "rightmatchesleft", "leftrankvalue", "rightrankvalue",
-        ].map { AttrName($0).k })
-
-    var namesScope: Bool { AttrName.scopeKeys.contains(k) }
-}
-
 /// Names of the partner's attributes that compiled expressions read, each given a slot.
 public struct PartnerLayout {
     public private(set) var names: [AttrName] = []

@@ -161,6 +161,13 @@ public struct AttrName: Hashable, Sendable, CustomStringConvertible {
     /// Which of HTCondor's special scope names this is, if any.
     let special: Special
     enum Special: UInt8, Sendable { case none, root, current, parent, currentTime }
+    /// Whether the name denotes a whole ad or the match record (`TARGET`, `MY`, `LEFT`, …) rather than
+    /// one attribute: decided once here, as the matcher asks it for every reference it reads.
+    let namesScope: Bool
+    static let scopeNames: Set<String> = [
+        "my", "self", "target", "other", "ad", "left", "right", "lctx", "rctx", "root", "toplevel", "parent", "symmetricmatch",
+        "leftmatchesright", "rightmatchesleft", "leftrankvalue", "rightrankvalue",
+    ]
 
     public init(_ s: String) {
         spelling = s
@@ -174,6 +181,7 @@ public struct AttrName: Hashable, Sendable, CustomStringConvertible {
         case "currenttime": special = .currentTime
         default: special = .none
         }
+        namesScope = AttrName.scopeNames.contains(key)
     }
     public static func == (a: AttrName, b: AttrName) -> Bool { a.k == b.k }
     public func hash(into h: inout Hasher) { h.combine(k) }

@@ -103,16 +103,20 @@ struct WrittenForm {
         case .call(let f, let args):
             append(tag: 11)
             append(text: f.name.utf8)
-            append(Int64(args.count))
-            for a in args { append(a) }
+            append(items: args)
         case .list(let items):
             append(tag: 12)
-            append(Int64(items.count))
-            for x in items { append(x) }
+            append(items: items)
         case .record(let ad):
             append(tag: 13)
             append(text: Unparser.unparse(ad).utf8)  // rare in a Requirements; the text is exact
         }
+    }
+
+    /// A count, then each expression: a call's arguments, a list's elements.
+    mutating func append(items: [Expr]) {
+        append(Int64(items.count))
+        for x in items { append(x) }
     }
 
     mutating func append(_ v: Value) {
@@ -131,8 +135,7 @@ struct WrittenForm {
             append(text: s.b)
         case .list(let l):
             append(tag: l.built ? 28 : 27)
-            append(Int64(l.items.count))
-            for x in l.items { append(x) }
+            append(items: l.items)
         case .classad(let ad):
             append(tag: 29)
             append(text: Unparser.unparse(ad).utf8)
